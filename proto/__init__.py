@@ -1,0 +1,1 @@
+"""proto: the one source of truth for the segment layout and the control messages."""
