@@ -1,0 +1,96 @@
+import pytest
+
+from observer.config import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_cores,
+    parse_feed_spec,
+)
+
+SAMPLE = """
+[observer]
+name = "main"
+depth = 50
+[[feed]]
+exchange = "binance"
+symbols = ["BTCUSDT", "ETHUSDT"]
+ws_url = "wss://127.0.0.1:9443"
+rest_url = "https://127.0.0.1:9444"
+[[feed]]
+exchange = "bybit"
+category = "linear"
+symbols = ["BTCUSDT"]
+[[feed]]
+exchange = "kraken"
+symbols = ["BTC/USD"]
+"""
+
+
+def test_sample_file_loads_with_defaults(tmp_path):
+    path = tmp_path / "observer.toml"
+    path.write_text(SAMPLE)
+    config = load_config(path)
+    assert config.name == "main" and config.depth == 50
+    binance, bybit, kraken = config.feeds
+    assert binance.symbols == ("BTCUSDT", "ETHUSDT")
+    assert binance.ws_url == "wss://127.0.0.1:9443"
+    assert bybit.ws_url == "wss://stream.bybit.com/v5/public/linear"
+    assert bybit.category == "linear"
+    assert kraken.ws_url == "wss://ws.kraken.com/v2" and kraken.rest_url is None
+
+
+def test_feed_shorthand():
+    feed = parse_feed_spec("binance:BTCUSDT,ETHUSDT")
+    assert feed.exchange == "binance" and feed.symbols == ("BTCUSDT", "ETHUSDT")
+    assert feed.rest_url == "https://api.binance.com"
+    assert parse_feed_spec("bybit/linear:BTCUSDT").ws_url.endswith("/v5/public/linear")
+    assert parse_feed_spec("synthetic:BTCUSD").ws_url is None
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"observer": {"depth": 0}}, "depth 0"),
+        ({"observer": {"depht": 5}}, "unknown key"),
+        ({"observer": {"depth": True}}, "expected int"),
+        ({"feed": [{"symbols": ["X"]}]}, "'exchange' is required"),
+        ({"feed": [{"exchange": "mtgox", "symbols": ["X"]}]}, "unknown exchange 'mtgox'"),
+        ({"feed": [{"exchange": "binance", "symbols": []}]}, "non-empty list"),
+        ({"feed": [{"exchange": "binance", "symbols": ["X"], "ws_url": "http://x"}]}, "ws_url"),
+        ({"feed": [{"exchange": "kraken", "symbols": ["X"], "category": "spot"}]}, "bybit only"),
+        ({"feed": [{"exchange": "bybit", "symbols": ["X"], "category": "option"}]}, "category"),
+        ({"feed": [{"exchange": "binance", "symbols": ["X"], "ca_file": "/nonexistent/ca.pem"}]}, "ca_file"),
+        ({"feed": [{"exchange": "binance", "symbols": ["X", "x"]}]}, "configured twice"),
+        ({"observer": {"cores": [1, 1]}}, "twice"),
+        ({"observer": {"name": "a b"}}, "name"),
+        ({"extra": {}}, "unknown section"),
+    ],
+)
+def test_bad_config_is_a_clear_error(data, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        config_from_dict(data, where="test.toml")
+    assert fragment in str(info.value)
+    assert "test.toml" in str(info.value)
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[observer\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_bad_feed_spec():
+    with pytest.raises(ConfigError, match="EXCHANGE:SYMBOL"):
+        parse_feed_spec("binance")
+
+
+def test_parse_cores():
+    assert parse_cores("2,3") == (2, 3)
+    assert parse_cores("0-2,5") == (0, 1, 2, 5)
+    for bad in ("", "a", "1,1", "-1"):
+        with pytest.raises(ConfigError):
+            parse_cores(bad)
