@@ -94,3 +94,10 @@ def test_parse_cores():
     for bad in ("", "a", "1,1", "-1"):
         with pytest.raises(ConfigError):
             parse_cores(bad)
+
+
+def test_sample_config_in_docs_is_valid():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[2] / "docs" / "observer.toml")
+    assert {f.exchange for f in config.feeds} == {"binance", "binance-futures", "coinbase", "kraken", "okx", "bybit"}
