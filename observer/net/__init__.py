@@ -1,0 +1,28 @@
+"""observer/net: TCP, TLS, HTTP/1.1 and a WebSocket client on loom.
+
+The protocol logic lives in sans-IO modules (`wsframe`, `wshandshake`, `httpparse`: bytes in,
+events out, no sockets) so that it is tested byte by byte without a network; `tcp`, `tls`,
+`http` and `websocket` run it over loom fibers. Every failure is a `NetError` subclass.
+"""
+
+from observer.net.errors import (
+    ConnectError,
+    ConnectionClosed,
+    DnsError,
+    HttpError,
+    NetError,
+    NetTimeout,
+    ProtocolError,
+    TlsError,
+)
+
+__all__ = [
+    "NetError",
+    "DnsError",
+    "ConnectError",
+    "TlsError",
+    "NetTimeout",
+    "ProtocolError",
+    "ConnectionClosed",
+    "HttpError",
+]
