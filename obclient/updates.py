@@ -1,0 +1,134 @@
+"""Following the update rings: a cursor per shard, overrun detection, resync from the slots.
+
+Why this shape. Each shard appends a fixed-size record per book change into its own ring
+(C5), and never waits for anyone. A follower keeps its own position per ring; when the writer
+has gone a whole ring past it (the reader was slow, stopped or swapped out), the follower sees
+it from the sequence numbers, counts an overrun, jumps to the head and, for every book of that
+shard, emits a KIND_RESYNC record read from the book's slot, so the caller's view is whole
+again without ever having slowed the writer.
+
+A record and a resync may describe the same change twice (the slot can be newer than records
+still ahead in the ring); `book_seq` orders them: callers that care drop a record whose
+`book_seq` is not above the last one they saw for that book.
+
+Waiting (C6): `wait` checks the rings, blocks in the reader's epoll, then checks again, so an
+update that lands between the check and the sleep is never missed (its eventfd edge is queued
+in the epoll already). `spin` busy-polls the heads with loads only, for pinned clients.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from proto import latch, layout
+
+from obclient.snapshot import Update
+
+RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
+SPIN_CHECK_CLOCK_EVERY = 256  # busy-poll iterations between clock reads
+_RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
+
+
+class UpdateFollower:
+    """Follows the rings of some shards of a `SegmentReader`. Get one from `reader.follow()`."""
+
+    def __init__(self, reader, shard_indexes: list[int], *, from_oldest: bool = False):
+        g = reader.geometry
+        self._reader = reader
+        self._words = reader._words
+        self._mv = reader._mv
+        self._mask = g.ring_records - 1
+        self._ring_records = g.ring_records
+        self.shard_indexes = list(shard_indexes)
+        self._head_word = [reader.shard_word(i, "head") for i in self.shard_indexes]
+        self._ring_offset = [g.rings_offset + i * g.ring_bytes for i in self.shard_indexes]
+        self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
+                          for i in self.shard_indexes]
+        heads = [self._words[w] for w in self._head_word]
+        self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
+        self.overruns = 0  # times a ring lapped this follower
+        self.records = 0  # records delivered from the rings
+
+    def pending(self) -> bool:
+        """True when any followed ring has records this follower has not taken."""
+        words = self._words
+        for k, word in enumerate(self._head_word):
+            if words[word] != self._pos[k]:
+                return True
+        return False
+
+    def poll(self, records_max: int = RECORDS_PER_POLL_MAX) -> list[Update]:
+        """Take up to `records_max` records (plus resyncs after an overrun); never blocks."""
+        out: list[Update] = []
+        for k in range(len(self._head_word)):
+            self._poll_ring(k, out, records_max)
+        return out
+
+    def _poll_ring(self, k: int, out: list, records_max: int) -> None:
+        words = self._words
+        pos = self._pos[k]
+        head = latch.ring_head(words, self._head_word[k])
+        if head - pos > self._ring_records:
+            self._resync(k, head, out)
+            return
+        while pos < head and len(out) < records_max:
+            offset = self._ring_offset[k] + (pos & self._mask) * layout.RING_RECORD.itemsize
+            body = latch.ring_read(words, offset // 8, pos, self._read_body, offset)
+            if body is None:
+                self._resync(k, latch.ring_head(words, self._head_word[k]), out)
+                return
+            out.append(Update._make(body))
+            pos += 1
+        self.records += pos - self._pos[k]
+        self._pos[k] = pos
+
+    def _read_body(self, offset: int) -> tuple:
+        return _RECORD_BODY.unpack_from(self._mv, offset + layout.RECORD_BODY_OFFSET)
+
+    def _resync(self, k: int, head: int, out: list) -> None:
+        """Lapped: skip to the head and re-read every book of the shard from its slot."""
+        self.overruns += 1
+        self._pos[k] = head
+        for book_index in self._books_of[k]:
+            snap = self._reader.snapshot(book_index, 1)
+            out.append(Update(
+                book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp,
+                snap.seq, snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
+                int(snap.bid_px[0]) if snap.n_bids else 0, int(snap.bid_sz[0]) if snap.n_bids else 0,
+                int(snap.ask_px[0]) if snap.n_asks else 0, int(snap.ask_sz[0]) if snap.n_asks else 0))
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """Block until records are pending or `timeout_s` passes: check, poll, check again."""
+        if self.pending():
+            return True
+        self._reader.wait(timeout_s)
+        return self.pending()
+
+    def spin(self, timeout_s: float) -> bool:
+        """Busy-poll the heads (no syscalls) until records are pending or `timeout_s` passes."""
+        deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
+        words, head_word, pos = self._words, self._head_word, self._pos
+        if len(head_word) == 1:
+            word, pos0 = head_word[0], pos[0]
+            while True:
+                for _ in range(SPIN_CHECK_CLOCK_EVERY):
+                    if words[word] != pos0:
+                        return True
+                if time.monotonic_ns() >= deadline_ns:
+                    return False
+        while True:
+            if self.pending():
+                return True
+            if time.monotonic_ns() >= deadline_ns:
+                return False
+
+    def updates(self, timeout_s: float | None = None):
+        """Yield records as they arrive (blocking in epoll); return after `timeout_s` without one."""
+        while True:
+            batch = self.poll()
+            if batch:
+                yield from batch
+                continue
+            if not self.wait(timeout_s):
+                return

@@ -1,0 +1,244 @@
+"""The shard writer: publishes its books into their slots, appends to its ring, signals once.
+
+Why this shape. A shard is the only writer of its books' slots and of its ring (C1), so the
+writer keeps its own copy of every sequence number and never reads one back. Everything a
+publish touches is located at construction: for each book and each of its two copies, four
+int64 numpy views that `book.export_top` fills directly, and the word offsets of the copy head,
+the stats and the ring. A publish is then `export_top`, one `struct.pack_into` for the copy
+head, the latch flip, one `pack_into` for the ring record and a few word stores: no array, list
+or dict is created once warm (tests/shm/test_writer.py checks this with tracemalloc).
+
+Batching (C6): publishes only mark the writer dirty; `flush()` writes the shard's eventfd once,
+however many books changed and however many clients wait. The feed driver calls it once per
+loop pass that published.
+
+The order of stores that makes readers safe is in proto/latch.py; this module only says what
+goes into a copy and a record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import numpy as np
+
+from proto import latch, layout
+
+_COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
+_RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
+_STAT_WORD = {name: i for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
+_WORD_BYTES = 8
+
+
+class ShardWriter:
+    """Writes one shard's books and ring. Get one from `Segment.writer(shard_index)`."""
+
+    def __init__(self, segment, shard_index: int):
+        g = segment.geometry
+        self.shard_index = shard_index
+        self.depth_max = g.depth_max
+        self._map = memoryview(segment.map)
+        self._words = self._map.cast("Q")  # sequence words, heads (unsigned)
+        self._swords = self._map.cast("q")  # counters and timestamps (signed)
+        self._eventfd = segment.eventfds[shard_index]
+        descs = segment.books()
+        self._owned = [d.shard_index == shard_index for d in descs]
+        self.book_indexes = [i for i, mine in enumerate(self._owned) if mine]
+        self._locate_slots(segment, g)
+        self._locate_ring(g)
+        self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
+                             for i in range(g.books_n)]
+        self._dirty = False
+        self._pending = (None, 0, 0, 0, 0)  # (book, flags, recv_ts_ns, publish_ts_ns, seq_next)
+        shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
+        self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
+        self._flushes_index = shard_word0 + layout.SHARD.fields["flushes"][1] // 8
+        self._swords[shard_word0 + layout.SHARD.fields["writer_pid"][1] // 8] = os.getpid()
+        self.heartbeat()
+
+    def _locate_slots(self, segment, g) -> None:
+        slots = np.frombuffer(segment.map, layout.slot_dtype(g.depth_max), count=g.books_n,
+                              offset=g.slots_offset)
+        copy_bytes = layout.copy_dtype(g.depth_max).itemsize
+        copies_offset = layout.slot_dtype(g.depth_max).fields["copies"][1]
+        self._seq_index: list[int] = []
+        self._seq: list[int] = []
+        self._views: list[tuple] = []  # per book: per copy (bid_px, bid_sz, ask_px, ask_sz)
+        self._copy_bytes: list[tuple] = []  # per book: per copy, the whole copy as uint8
+        self._head_offset: list[tuple] = []  # per book: per copy, byte offset of the copy head
+        for i in range(g.books_n):
+            slot_offset = g.slots_offset + i * g.slot_bytes
+            self._seq_index.append(slot_offset // _WORD_BYTES)
+            self._seq.append(self._words[slot_offset // _WORD_BYTES])  # resume after restart
+            copies = slots[i]["copies"]
+            self._views.append(tuple((c["bid_px"], c["bid_sz"], c["ask_px"], c["ask_sz"])
+                                     for c in copies))
+            offsets = tuple(slot_offset + copies_offset + k * copy_bytes for k in range(2))
+            self._head_offset.append(offsets)
+            raw = np.frombuffer(segment.map, np.uint8, count=g.slot_bytes, offset=slot_offset)
+            base = copies_offset
+            self._copy_bytes.append(tuple(raw[base + k * copy_bytes: base + (k + 1) * copy_bytes]
+                                          for k in range(2)))
+        self._bid0_word = layout.copy_dtype(g.depth_max).fields["bid_px"][1] // _WORD_BYTES
+        self._ask0_word = layout.copy_dtype(g.depth_max).fields["ask_px"][1] // _WORD_BYTES
+        self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
+
+    def _locate_ring(self, g) -> None:
+        shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
+        self._head_index = shard_offset // _WORD_BYTES
+        self._head = self._words[self._head_index]  # resume after restart
+        self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
+        self._ring_mask = g.ring_records - 1
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, book_index: int, book, *, stale: bool = False, lagging: bool = False,
+                recv_ts_ns: int = 0) -> int:
+        """Publish `book`'s top levels into slot `book_index` and append a ring record.
+
+        Returns the slot's new sequence number. The caller flushes once per batch.
+        """
+        if not self._owned[book_index]:
+            raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
+        flags = layout.FLAG_PUBLISHED | (layout.FLAG_STALE if stale else 0) | (
+            layout.FLAG_LAGGING if lagging else 0)
+        publish_ts_ns = time.time_ns()
+        seq = self._seq[book_index]
+        self._pending = (book, flags, recv_ts_ns, publish_ts_ns, seq + 1)
+        seq = latch.latch_write(self._words, self._seq_index[book_index], seq,
+                                self._write_copy, book_index)
+        self._seq[book_index] = seq
+        self._append(book_index, layout.KIND_UPDATE, seq)
+        self._count_update(book_index, publish_ts_ns, recv_ts_ns, book.exch_ts_ns)
+        self._pending = (None, 0, 0, 0, 0)
+        self._dirty = True
+        return seq
+
+    def _write_copy(self, copy_index: int, book_index: int) -> None:
+        book, flags, recv_ts_ns, publish_ts_ns, seq_next = self._pending
+        bid_px, bid_sz, ask_px, ask_sz = self._views[book_index][copy_index]
+        n_bids, n_asks = book.export_top(bid_px, bid_sz, ask_px, ask_sz)
+        assert 0 <= n_bids <= self.depth_max
+        assert 0 <= n_asks <= self.depth_max
+        _COPY_HEAD.pack_into(self._map, self._head_offset[book_index][copy_index], seq_next,
+                             n_bids, n_asks, book.price_exp, book.size_exp, flags,
+                             book.update_id, book.exch_ts_ns, recv_ts_ns, publish_ts_ns)
+
+    def mark_stale(self, book_index: int) -> int:
+        """Republish the current copy with the stale flag, and append a STALE record."""
+        if not self._owned[book_index]:
+            raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
+        seq = self._seq[book_index]
+        self._pending = (None, 0, 0, time.time_ns(), seq + 1)
+        seq = latch.latch_write(self._words, self._seq_index[book_index], seq,
+                                self._write_copy_stale, book_index)
+        self._seq[book_index] = seq
+        self._append(book_index, layout.KIND_STALE, seq)
+        self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
+        self._pending = (None, 0, 0, 0, 0)
+        self._dirty = True
+        return seq
+
+    def _write_copy_stale(self, copy_index: int, book_index: int) -> None:
+        _, _, _, publish_ts_ns, seq_next = self._pending
+        copies = self._copy_bytes[book_index]
+        copies[copy_index][:] = copies[1 - copy_index]  # the visible copy, bulk
+        head_word = self._head_offset[book_index][copy_index] // _WORD_BYTES
+        self._words[head_word] = seq_next  # book_seq
+        self._words[head_word + 5] |= layout.FLAG_STALE | layout.FLAG_PUBLISHED  # flags
+        self._swords[head_word + 9] = publish_ts_ns
+
+    def _append(self, book_index: int, kind: int, seq: int) -> None:
+        """One ring record describing the copy just made visible (`seq & 1`)."""
+        pos = self._head
+        record_offset = self._ring_offset + (pos & self._ring_mask) * layout.RING_RECORD.itemsize
+        head_word = self._head_offset[book_index][seq & 1] // _WORD_BYTES
+        self._head = latch.ring_append(self._words, record_offset // _WORD_BYTES,
+                                       self._head_index, pos, self._write_record,
+                                       record_offset, book_index, kind, head_word)
+
+    def _write_record(self, record_offset: int, book_index: int, kind: int,
+                      head_word: int) -> None:
+        w, s = self._words, self._swords
+        copy_word0 = head_word  # the copy starts with its head
+        n_bids, n_asks = s[head_word + 1], s[head_word + 2]
+        bid = copy_word0 + self._bid0_word
+        ask = copy_word0 + self._ask0_word
+        _RECORD_BODY.pack_into(
+            self._map, record_offset + layout.RECORD_BODY_OFFSET, book_index, kind,
+            w[head_word + 5], s[head_word + 3], s[head_word + 4], w[head_word], w[head_word + 6],
+            s[head_word + 7], s[head_word + 8], s[head_word + 9],
+            s[bid] if n_bids else 0, s[bid + self._szo_words] if n_bids else 0,
+            s[ask] if n_asks else 0, s[ask + self._szo_words] if n_asks else 0)
+
+    def _count_update(self, book_index: int, publish_ts_ns: int, recv_ts_ns: int,
+                      exch_ts_ns: int) -> None:
+        word0 = self._stats_word0[book_index]
+        s = self._swords
+        s[word0 + _STAT_WORD["updates"]] += 1
+        s[word0 + _STAT_WORD["last_update_ns"]] = publish_ts_ns
+        s[word0 + _STAT_WORD["last_recv_ns"]] = recv_ts_ns
+        s[word0 + _STAT_WORD["last_exch_ts_ns"]] = exch_ts_ns
+
+    def flush(self) -> bool:
+        """Wake every waiting client with one eventfd write if anything was published."""
+        if not self._dirty:
+            return False
+        self._dirty = False
+        try:
+            os.eventfd_write(self._eventfd, 1)
+        except BlockingIOError:
+            pass  # counter saturated (2**64 - 2 batches): readers already have a pending wake
+        self._words[self._flushes_index] += 1
+        return True
+
+    def heartbeat(self, now_ns: int | None = None) -> None:
+        """Bump this shard's heartbeat (C9); the shard calls it at its heartbeat period."""
+        self._swords[self._heartbeat_index] = time.time_ns() if now_ns is None else now_ns
+
+    def book_stats(self, book_index: int) -> "BookStats":
+        """The counters of one book, living in the segment, for the shard to update."""
+        if not self._owned[book_index]:
+            raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
+        return BookStats(self._swords, self._stats_word0[book_index])
+
+    def seq(self, book_index: int) -> int:
+        return self._seq[book_index]
+
+    def release(self) -> None:
+        """Drop every view of the mapping so the segment can be unmapped."""
+        self._views = []
+        self._copy_bytes = []
+        self._words.release()
+        self._swords.release()
+        self._map.release()
+
+
+class BookStats:
+    """Attribute access to one book's int64 counters: `stats.gaps += 1` is two word accesses."""
+
+    __slots__ = ("_words", "_word0")
+
+    def __init__(self, words, word0: int):
+        self._words = words
+        self._word0 = word0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: self._words[self._word0 + i]
+                for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
+
+
+def _stat_property(word: int) -> property:
+    def get(self) -> int:
+        return self._words[self._word0 + word]
+
+    def put(self, value: int) -> None:
+        latch.store_word(self._words, self._word0 + word, value)
+
+    return property(get, put)
+
+
+for _name, _word in _STAT_WORD.items():
+    setattr(BookStats, _name, _stat_property(_word))

@@ -1,0 +1,243 @@
+"""Publishing and reading back in one process: exact values, flags, ring records, stats, batching."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from obclient.segment import SegmentReader
+from observer.shm import Segment
+from proto import layout
+from proto.layout import BookDesc
+from shm_doubles import BookDouble
+
+DESCS = [BookDesc("binance", "BTCUSDT", "btcusdt", 0), BookDesc("kraken", "BTCUSD", "XBT/USD", 1),
+         BookDesc("okx", "ETHUSDT", "ETH-USDT", 1)]
+
+
+@pytest.fixture
+def seg(make_segment):
+    return make_segment(DESCS, shards_n=2, depth_max=4, ring_records=16)
+
+
+@pytest.fixture
+def reader(seg):
+    fd = seg.reader_fd()
+    reader = SegmentReader(fd, seg.eventfds)
+    yield reader
+    reader.close()
+    os.close(fd)
+
+
+def book_with(bids, asks, update_id=1, exch_ts_ns=0, price_exp=-2, size_exp=-8):
+    book = BookDouble(price_exp, size_exp)
+    book.set(bids, asks, update_id, exch_ts_ns)
+    return book
+
+
+def test_descriptors_round_trip(reader):
+    books = reader.books()
+    assert [(b.exchange, b.symbol, b.native, b.shard_index) for b in books] == [tuple(d) for d in DESCS]
+    assert books[1].name == "kraken:BTCUSD"
+
+
+def test_unpublished_book_reads_empty_and_stale(reader):
+    snap = reader.snapshot(0)
+    assert snap.n_bids == 0
+    assert snap.stale
+
+
+def test_publish_reads_back_exact(seg, reader):
+    big = 9_007_199_254_740_993  # 2**53 + 1: not a float, must survive exactly
+    book = book_with([(6_543_210, big), (6_543_209, 7)], [(6_543_211, 3)], update_id=77,
+                     exch_ts_ns=123)
+    seq = seg.writer(0).publish(0, book, recv_ts_ns=456)
+    snap = reader.snapshot(0)
+    assert snap.seq == seq == 1
+    assert list(snap.bid_px) == [6_543_210, 6_543_209]
+    assert list(snap.bid_sz) == [big, 7]
+    assert list(snap.ask_px) == [6_543_211]
+    assert (snap.price_exp, snap.size_exp) == (-2, -8)
+    assert (snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns) == (77, 123, 456)
+    assert snap.publish_ts_ns > 0
+    assert not snap.stale and not snap.lagging
+    assert snap.bids_decimal()[0] == (Decimal("65432.10"), Decimal("90071992.54740993"))
+    assert snap.bids[0, 0] == 65432.10
+    assert snap.asks[0, 0] == 65432.11
+    snap.check()
+
+
+def test_depth_limits_and_clamps(seg, reader):
+    levels = [(1000 - k, 1) for k in range(10)]
+    seg.writer(0).publish(0, book_with(levels, [(2000 + k, 1) for k in range(2)]))
+    assert reader.snapshot(0).n_bids == 4  # depth_max of the segment
+    top = reader.top(0)
+    assert (top.n_bids, top.n_asks) == (1, 1)
+    assert reader.snapshot(0, depth=0).n_bids == 0
+
+
+def test_flags_stale_lagging_and_mark_stale(seg, reader):
+    w = seg.writer(1)
+    w.publish(2, book_with([(10, 1)], [(11, 1)]), lagging=True)
+    assert reader.snapshot(2).lagging
+    w.publish(2, book_with([(10, 2)], [(11, 1)]))
+    w.mark_stale(2)
+    snap = reader.snapshot(2)
+    assert snap.stale
+    assert list(snap.bid_sz) == [2]  # the last book stays readable, flagged
+    assert reader.book_stats(2)["stale_marks"] == 1
+
+
+def test_exponent_change_is_published(seg, reader):
+    w = seg.writer(0)
+    w.publish(0, book_with([(100, 1)], [(101, 1)], price_exp=-1))
+    w.publish(0, book_with([(1000, 1)], [(1010, 1)], price_exp=-2))
+    snap = reader.snapshot(0)
+    assert snap.price_exp == -2
+    assert snap.bids[0, 0] == 10.0
+
+
+def test_writer_refuses_other_shards_book(seg):
+    with pytest.raises(ValueError, match="does not belong to shard 0"):
+        seg.writer(0).publish(1, book_with([], []))
+
+
+def test_ring_records_follow_publishes_in_order(seg, reader):
+    follower = reader.follow([1])
+    w = seg.writer(1)
+    for i in range(1, 6):
+        w.publish(1 + i % 2, book_with([(100 + i, i)], [(200, 1)], update_id=i))
+    w.mark_stale(1)
+    got = follower.poll()
+    assert [(u.book_index, u.update_id, u.kind) for u in got[:5]] == [
+        (2, 1, 1), (1, 2, 1), (2, 3, 1), (1, 4, 1), (2, 5, 1)]
+    assert got[5].kind == layout.KIND_STALE and got[5].stale
+    assert got[4].bid_px == 105 and got[4].bid == 1.05
+    assert follower.overruns == 0
+    assert follower.poll() == []
+
+
+def test_follower_from_oldest_and_lap_resync(seg, reader):
+    w = seg.writer(0)
+    for i in range(1, 41):  # ring holds 16
+        w.publish(0, book_with([(100 + i, 1)], [(500, 1)], update_id=i))
+    assert [u.update_id for u in reader.follow([0], from_oldest=True).poll()] == list(range(25, 41))
+    follower = reader.follow([0])
+    for i in range(41, 61):
+        w.publish(0, book_with([(100 + i, 1)], [(500, 1)], update_id=i))
+    got = follower.poll()
+    assert follower.overruns == 1
+    assert [(u.kind, u.update_id, u.bid_px) for u in got] == [(layout.KIND_RESYNC, 60, 160)]
+
+
+def test_stats_counters_live_in_segment(seg, reader):
+    w = seg.writer(1)
+    stats = w.book_stats(1)
+    stats.gaps += 2
+    stats.lag_ns = -5  # clocks disagree: signed
+    w.publish(1, book_with([(1, 1)], [(2, 1)], exch_ts_ns=9), recv_ts_ns=11)
+    got = reader.book_stats(1)
+    assert (got["gaps"], got["lag_ns"], got["updates"]) == (2, -5, 1)
+    assert (got["last_exch_ts_ns"], got["last_recv_ns"]) == (9, 11)
+    assert stats.as_dict()["gaps"] == 2
+
+
+def test_one_eventfd_write_per_batch(seg, reader):
+    w = seg.writer(1)
+    assert not w.flush()  # nothing published: no wake-up
+    for i in range(10):
+        w.publish(1 + i % 2, book_with([(1, 1)], [(2, 1)], update_id=i))
+    assert w.flush()
+    assert reader.wait(1.0)  # the edge reached our epoll
+    assert reader.shard_stats(1)["flushes"] == 1
+    # Test-only peek at the counter (clients never read it): exactly one write.
+    assert os.eventfd_read(seg.eventfds[1]) == 1
+
+
+def test_wait_checks_before_sleeping(seg, reader):
+    follower = reader.follow()
+    assert not follower.wait(0.01)  # nothing: times out
+    seg.writer(0).publish(0, book_with([(1, 1)], [(2, 1)]))  # no flush: no edge at all
+    assert follower.wait(30.0)  # still returns at once: it checks the ring first
+    assert len(follower.poll()) == 1
+    assert follower.spin(0.001) is False
+
+
+def test_heartbeats_and_generation(make_segment):
+    seg = make_segment(generation=7)
+    reader = SegmentReader.open(seg.name)
+    try:
+        assert reader.generation == 7
+        seg.heartbeat(now_ns=123)
+        seg.writer(0).heartbeat(now_ns=456)
+        assert reader.heartbeat_ns() == 123
+        assert reader.shard_heartbeat_ns(0) == 456
+        assert reader.shard_stats(0)["writer_pid"] == os.getpid()
+        assert not reader.closed
+        seg.mark_closed()
+        assert reader.closed
+    finally:
+        reader.close()
+
+
+def test_attach_in_forked_process_writes_visible(make_segment):
+    seg = make_segment()
+    pid = os.fork()
+    if pid == 0:  # the shard: attach by name, publish, exit
+        code = 1
+        try:
+            shard = Segment.attach(seg.name, seg.eventfds)
+            shard.writer(0).publish(0, book_with([(42, 1)], [(43, 1)], update_id=5))
+            shard.writer(0).flush()
+            shard.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with SegmentReader.open(seg.name) as reader:
+        snap = reader.snapshot(0)
+        assert (snap.update_id, int(snap.bid_px[0])) == (5, 42)
+        assert reader.shard_stats(0)["writer_pid"] == pid
+
+
+def test_publish_allocates_nothing_once_warm(seg):
+    w = seg.writer(1)
+    book = book_with([(100 - k, 1 + k) for k in range(4)], [(101 + k, 1) for k in range(4)])
+    for _ in range(1000):  # warm-up
+        w.publish(1, book, recv_ts_ns=1)
+        w.flush()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for i in range(20_000):
+            w.publish(1, book, recv_ts_ns=i)
+            if i % 8 == 0:
+                w.flush()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before <= 1024  # nothing retained per publish
+    assert peak - before <= 4096  # and no per-publish buffers even transiently
+
+
+def test_segment_refuses_bad_descriptors(segment_name):
+    with pytest.raises(layout.LayoutError, match="shard 3"):
+        Segment.create(segment_name, [BookDesc("x", "Y", "y", 3)], 2, 4, 16)
+    with pytest.raises(layout.LayoutError, match="power of two"):
+        Segment.create(segment_name, DESCS, 2, 4, 100)
+    with pytest.raises(layout.LayoutError, match="symbol"):
+        Segment.create(segment_name, [BookDesc("x", "Y" * 60, "y", 0)], 1, 4, 16)
+    assert not os.path.exists("/dev/shm" + segment_name)
+
+
+def test_second_create_with_same_name_fails(make_segment, segment_name):
+    make_segment()
+    with pytest.raises(Exception, match="exists"):
+        Segment.create(segment_name, DESCS[:1], 1, 4, 16)
+    assert np.dtype(layout.RING_RECORD).itemsize == 96
