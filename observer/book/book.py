@@ -1,0 +1,294 @@
+"""The exact L2 book: one instrument, two sides, integer prices and sizes.
+
+What it owns: for each side a sorted Python list of integer keys and a parallel list of sizes,
+the two exponents (C3), the exchange's last update id and event time, and its counters. What it
+never does: parse JSON, know an exchange's sync rules, or do I/O. Feed adapters decide *when*
+to apply; the book decides *how*, and reports a crossed book instead of hiding it.
+
+Layout, and why. Each side keeps its best level at the END of its lists: bids store the price,
+asks store the negated price, so both lists ascend towards the best. Nearly all traffic touches
+the top of a book, and inserting or deleting near the end of a Python list moves only the few
+pointers behind it. One `bisect` finds a level (O(log n)); there is no dict beside the lists, so
+a level is one key and one size and nothing can disagree. Reading the top is `keys[-1]`: O(1),
+never a re-sort (the fault measured in cryptofeed, MEASUREMENTS.md).
+
+Snapshots are built by sorting once (O(n log n)) rather than by n inserts, since a Coinbase
+snapshot holds tens of thousands of levels and arrives best-first (inserting at the far end of
+the list each time would be quadratic).
+
+Limits: `levels_max` bounds each side (past it the worst levels are dropped and counted:
+they are the ones nobody can vouch for anyway); `depth_max` is the subscribed depth of a
+depth-limited channel (Kraken, Bybit, OKX), and the book truncates to it after every message,
+as those exchanges require.
+
+Invariants, asserted after each apply (cheap, O(1)): both lists of a side have one length,
+depth is at most `levels_max`, the best sizes are positive. Inserts assert their neighbours,
+so sortedness holds by construction; `check()` verifies everything in O(levels) and tests call
+it after every apply (`paranoid=True`). A crossed book (best bid >= best ask) is not an
+assertion: it is what a lost message looks like, so `apply` raises `BookCrossed` after the
+update is in, and the adapter resyncs.
+"""
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from observer.book.fixed import DECIMALS_MAX, MANTISSA_MAX, POW10, parse_decimal
+
+BID = 0
+ASK = 1
+
+
+class BookError(ValueError):
+    """A level the book cannot hold: bad text, out of range, or past a limit."""
+
+
+class BookCrossed(BookError):
+    """Best bid >= best ask after an update: the book lost a message and must resync."""
+
+
+@dataclass(slots=True)
+class BookUpdate:
+    """One exchange message's worth of levels. Levels are sequences whose [0] is the price
+    text and [1] the size text, exactly as parsed from the wire (extra fields ignored)."""
+
+    is_snapshot: bool
+    bids: Sequence
+    asks: Sequence
+    update_id: int = 0
+    exch_ts_ns: int = 0
+
+
+class Book:
+    """An exact L2 book. See the module essay for layout and invariants."""
+
+    def __init__(self, name, *, levels_max=100_000, depth_max=0, paranoid=False):
+        assert levels_max > 0
+        assert depth_max >= 0
+        self.name = name
+        self.levels_max = levels_max
+        self.depth_max = depth_max  # 0: no truncation beyond levels_max
+        self.paranoid = paranoid
+        self.price_exp = 0
+        self.size_exp = 0
+        self.update_id = 0
+        self.exch_ts_ns = 0
+        self.updates = 0
+        self.levels_dropped = 0
+        self.rescales = 0
+        self._keys = ([], [])  # per side, ascending towards the best level
+        self._sizes = ([], [])
+
+    # ----------------------------------------------------------------------------- control
+
+    def clear(self):
+        """Forget every level (exponents stay: they only ever get finer)."""
+        for side in (BID, ASK):
+            self._keys[side].clear()
+            self._sizes[side].clear()
+        self.update_id = 0
+        self.exch_ts_ns = 0
+
+    def apply(self, update):
+        """Apply a snapshot (replaces the book) or a delta, then check the result.
+
+        Raises BookError on bad level text (the book may then be half-applied: the caller
+        must resync it) and BookCrossed when the result is crossed.
+        """
+        if update.is_snapshot:
+            self.load_side(BID, update.bids)
+            self.load_side(ASK, update.asks)
+        else:
+            self.apply_side(BID, update.bids)
+            self.apply_side(ASK, update.asks)
+        self.end_update(update.update_id, update.exch_ts_ns)
+
+    def apply_side(self, side, levels):
+        """Set each level in wire order (a price may repeat in one message: last wins)."""
+        keys = self._keys[side]
+        sizes = self._sizes[side]
+        negate = side == ASK
+        for level in levels:
+            price, size = self.level_ints(level[0], level[1])
+            side_set(keys, sizes, -price if negate else price, size)
+
+    def set_level(self, side, price_text, size_text):
+        """One level (feeds whose messages mix sides, e.g. Coinbase); end with end_update."""
+        price, size = self.level_ints(price_text, size_text)
+        side_set(self._keys[side], self._sizes[side], -price if side == ASK else price, size)
+
+    def load_side(self, side, levels):
+        """Replace one side from a snapshot, sorting once; later duplicates win."""
+        parsed = [(parse_decimal(level[0]), parse_decimal(level[1])) for level in levels]
+        price_decimals = max((p[1] for p, _ in parsed), default=0)
+        size_decimals = max((s[1] for _, s in parsed), default=0)
+        self.rescale(max(price_decimals, -self.price_exp), max(size_decimals, -self.size_exp))
+        sign = -1 if side == ASK else 1
+        by_key = {}
+        for (price_m, price_d), (size_m, size_d) in parsed:
+            price = self.scaled(price_m, price_d, self.price_exp, "price")
+            by_key[sign * price] = self.scaled(size_m, size_d, self.size_exp, "size")
+        keys = self._keys[side]
+        sizes = self._sizes[side]
+        keys[:] = sorted(key for key, size in by_key.items() if size)
+        sizes[:] = [by_key[key] for key in keys]
+
+    def end_update(self, update_id, exch_ts_ns):
+        """Close one message: truncate, record ids, assert invariants, detect a cross."""
+        for side in (BID, ASK):
+            self.enforce_limits(side)
+        self.update_id = update_id
+        if exch_ts_ns:
+            self.exch_ts_ns = exch_ts_ns
+        self.updates += 1
+        self.assert_invariants()
+        if self.is_crossed():
+            raise BookCrossed(f"{self.name}: crossed book (bid {self.best()[0]} >= ask {self.best()[2]})")
+
+    def enforce_limits(self, side):
+        keys = self._keys[side]
+        if self.depth_max and len(keys) > self.depth_max:
+            side_truncate(keys, self._sizes[side], self.depth_max)
+        if len(keys) > self.levels_max:
+            self.levels_dropped += side_truncate(keys, self._sizes[side], self.levels_max)
+
+    # ------------------------------------------------------------------------------ values
+
+    def level_ints(self, price_text, size_text):
+        """Both texts as ints at the book's exponents, rescaling first if either is finer."""
+        price_m, price_d = parse_decimal(price_text)
+        size_m, size_d = parse_decimal(size_text)
+        if price_d > -self.price_exp or size_d > -self.size_exp:
+            self.rescale(max(price_d, -self.price_exp), max(size_d, -self.size_exp))
+        return (
+            self.scaled(price_m, price_d, self.price_exp, "price"),
+            self.scaled(size_m, size_d, self.size_exp, "size"),
+        )
+
+    def scaled(self, mantissa, decimals, exp, what):
+        value = mantissa * POW10[-exp - decimals]
+        if value > MANTISSA_MAX:
+            raise BookError(f"{self.name}: {what} {mantissa}e-{decimals} exceeds int64 at exp {exp}")
+        return value
+
+    def rescale(self, price_decimals, size_decimals):
+        """Make the exponents finer, multiplying what the book holds (exact, rare)."""
+        assert price_decimals <= DECIMALS_MAX
+        assert size_decimals <= DECIMALS_MAX
+        if price_decimals == -self.price_exp and size_decimals == -self.size_exp:
+            return
+        price_factor = POW10[price_decimals + self.price_exp]
+        size_factor = POW10[size_decimals + self.size_exp]
+        for side in (BID, ASK):
+            scale_list(self._keys[side], price_factor)
+            scale_list(self._sizes[side], size_factor)
+        self.price_exp = -price_decimals
+        self.size_exp = -size_decimals
+        self.rescales += 1
+
+    # ----------------------------------------------------------------------------- reading
+
+    def best(self):
+        """(bid_px, bid_sz, ask_px, ask_sz) as ints, 0 for an empty side. O(1)."""
+        bid_keys, ask_keys = self._keys
+        bid_sizes, ask_sizes = self._sizes
+        bid_px = bid_keys[-1] if bid_keys else 0
+        bid_sz = bid_sizes[-1] if bid_sizes else 0
+        ask_px = -ask_keys[-1] if ask_keys else 0
+        ask_sz = ask_sizes[-1] if ask_sizes else 0
+        return bid_px, bid_sz, ask_px, ask_sz
+
+    def depth(self, side):
+        return len(self._keys[side])
+
+    def is_crossed(self):
+        bid_keys, ask_keys = self._keys
+        return bool(bid_keys) and bool(ask_keys) and bid_keys[-1] >= -ask_keys[-1]
+
+    def levels(self, side, n=None):
+        """[(price_int, size_int), ...] best first; for tests and checksums."""
+        keys = self._keys[side]
+        sizes = self._sizes[side]
+        count = len(keys) if n is None else min(n, len(keys))
+        sign = -1 if side == ASK else 1
+        return [(sign * keys[-1 - i], sizes[-1 - i]) for i in range(count)]
+
+    def export_top(self, bid_px, bid_sz, ask_px, ask_sz):
+        """Fill four int64 views best first; return (n_bids, n_asks). No buffer allocated."""
+        n_bids = side_export(self._keys[BID], self._sizes[BID], False, bid_px, bid_sz)
+        n_asks = side_export(self._keys[ASK], self._sizes[ASK], True, ask_px, ask_sz)
+        return n_bids, n_asks
+
+    # -------------------------------------------------------------------------- invariants
+
+    def assert_invariants(self):
+        for side in (BID, ASK):
+            assert len(self._keys[side]) == len(self._sizes[side])
+            assert len(self._keys[side]) <= self.levels_max
+            assert not self._sizes[side] or self._sizes[side][-1] > 0
+        if self.paranoid:
+            self.check()
+
+    def check(self):
+        """Full O(levels) check: strictly sorted sides, no zero or negative sizes, depth."""
+        for side in (BID, ASK):
+            keys = self._keys[side]
+            sizes = self._sizes[side]
+            assert all(a < b for a, b in zip(keys, keys[1:])), f"{self.name}: side {side} unsorted"
+            assert all(size > 0 for size in sizes), f"{self.name}: side {side} has a zero size"
+            assert not self.depth_max or len(keys) <= self.depth_max
+            assert len(keys) <= self.levels_max
+
+
+# ---------------------------------------------------------------------------------- leaves
+
+
+def side_set(keys, sizes, key, size):
+    """Set one level to an absolute size (0 deletes; deleting an unknown level is a no-op).
+
+    Returns +1 inserted, -1 deleted, 0 otherwise.
+    """
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        if size:
+            sizes[i] = size
+            return 0
+        del keys[i]
+        del sizes[i]
+        return -1
+    if not size:
+        return 0
+    keys.insert(i, key)
+    sizes.insert(i, size)
+    assert i == 0 or keys[i - 1] < key
+    assert i + 1 == len(keys) or key < keys[i + 1]
+    return 1
+
+
+def side_truncate(keys, sizes, depth):
+    """Keep the best `depth` levels (the list ends); return how many were dropped."""
+    excess = len(keys) - depth
+    if excess <= 0:
+        return 0
+    del keys[:excess]
+    del sizes[:excess]
+    return excess
+
+
+def side_export(keys, sizes, negate, px_out, sz_out):
+    """Copy the best levels into two int64 views, best first; return the count."""
+    n = min(len(keys), len(px_out))
+    if n:
+        # Reverse views of the outputs take the tails in list order: no reversed copy.
+        px_out[n - 1 :: -1] = keys[-n:]
+        sz_out[n - 1 :: -1] = sizes[-n:]
+        if negate:
+            np.negative(px_out[:n], out=px_out[:n])
+    return n
+
+
+def scale_list(values, factor):
+    if factor != 1:
+        values[:] = [value * factor for value in values]

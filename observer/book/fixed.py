@@ -1,0 +1,90 @@
+"""Exact decimal text <-> fixed-point integers (contract C3).
+
+Exchanges send prices and sizes as decimal text ("0.35130000", "30316", Kraken v2's JSON
+number literals). The book stores each value as a Python int `mantissa` meaning
+`mantissa * 10**exp`, with one exponent per book side kind (price, size). Nothing here ever
+touches a binary float, so two distinct price texts can never land on one level and a size is
+never rounded.
+
+The exponent is learned from the wire: a book starts at exp 0 and every text with more
+fraction digits than seen so far makes the exponent finer (the book rescales what it holds,
+exactly, by a power of ten). Trailing zeros count as precision on purpose: Kraken's checksum
+is computed over the text with the instrument's full precision ("0.00100000" -> "100000"), so
+the exponent must remember them.
+
+The fast path is one `find`, one slice-join and one `int()`; anything unusual (exponent
+notation such as "1e-05") goes through `decimal.Decimal`, still exact. Text that is not a
+plain non-negative decimal raises ValueError: `int()` alone would accept "1_000", " 12" or
+"+5", so the digits are checked first.
+"""
+
+from decimal import Decimal, InvalidOperation
+
+# int64 is what the segment stores (proto layout); a mantissa past it cannot be exported.
+MANTISSA_MAX = 2**63 - 1
+# The finest exponent accepted: 10**-18 covers every exchange's tick and lot (ETH wei).
+DECIMALS_MAX = 18
+
+_SLOW_CHARS = frozenset("0123456789.eE+-")
+
+POW10 = tuple(10**k for k in range(2 * DECIMALS_MAX + 1))
+
+
+def parse_decimal(text):
+    """Return (mantissa, decimals) with value == mantissa / 10**decimals, exactly.
+
+    Raises ValueError for anything that is not a finite non-negative decimal.
+    """
+    dot = text.find(".")
+    if dot < 0:
+        digits = text
+        decimals = 0
+    else:
+        digits = text[:dot] + text[dot + 1 :]
+        decimals = len(text) - dot - 1
+    if digits.isascii() and digits.isdigit() and decimals <= DECIMALS_MAX:
+        return int(digits), decimals
+    return parse_decimal_slow(text)
+
+
+def parse_decimal_slow(text):
+    """The rare forms: exponent notation, or reject. Kept out of the hot path."""
+    if not isinstance(text, str) or len(text) > 64 or not set(text) <= _SLOW_CHARS or text[:1] in "+-":
+        raise ValueError(f"not a decimal: {text!r}"[:100])
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a decimal: {text!r}") from None
+    if not value.is_finite() or value.is_signed():
+        raise ValueError(f"not a finite non-negative decimal: {text!r}")
+    sign, digit_tuple, exponent = value.as_tuple()
+    assert sign == 0
+    mantissa = int("".join(map(str, digit_tuple)))
+    if exponent >= 0:
+        return mantissa * 10**exponent, 0
+    decimals = -exponent
+    if decimals > DECIMALS_MAX:
+        raise ValueError(f"more than {DECIMALS_MAX} fraction digits: {text!r}")
+    return mantissa, decimals
+
+
+def render_minimal(mantissa, exp):
+    """Shortest decimal text of mantissa * 10**exp ("30316", "5.16"): OKX's string form."""
+    assert exp <= 0
+    assert mantissa >= 0
+    if exp == 0:
+        return str(mantissa)
+    digits = str(mantissa).rjust(1 - exp, "0")
+    whole = digits[:exp]
+    frac = digits[exp:].rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def render_fixed(mantissa, exp):
+    """Decimal text with exactly -exp fraction digits ("0.00100000"): full precision."""
+    assert exp <= 0
+    assert mantissa >= 0
+    if exp == 0:
+        return str(mantissa)
+    digits = str(mantissa).rjust(1 - exp, "0")
+    return f"{digits[:exp]}.{digits[exp:]}"

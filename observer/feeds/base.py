@@ -1,0 +1,251 @@
+"""What every exchange adapter shares: books, sync table, action queue, keepalive, limits.
+
+An adapter is one feed (exchange + symbols + config), sans-IO (STYLE 7): the session driver
+owns the sockets and calls `on_open`, `on_message`, `on_snapshot`, `on_close` and `on_tick`
+with the time; each returns the actions to perform (actions.py). An exchange module subclasses
+`Adapter` and fills in four things: how symbols map onto connections and URLs, what to send on
+open and to resubscribe, how to read one message, and how to recover a book (resubscribe, or
+for Binance refetch a REST snapshot).
+
+Why the queue: a message can fail half-way (a bad level after two good ones). The adapter then
+marks the book for resync, queuing the actions, and raises FeedProtocolError; the driver counts
+the error and calls `drain()` to collect what was queued. Nothing is lost and nothing is
+applied twice.
+
+Keepalive and liveness are data, not code paths: `ping_text` sent when the connection has
+been quiet for `ping_idle_s` (OKX's text `ping`, Bybit's `{"op":"ping"}`, Kraken's app ping),
+and a Reconnect when nothing at all arrived for `silence_max_s`.
+"""
+
+import orjson
+
+from observer.book import Book, BookCrossed, BookError
+from observer.feeds.actions import FeedProtocolError, Publish, Reconnect, Send, Stale
+from observer.feeds.scheduler import NS_PER_S, SendLimiter
+from observer.feeds.sync import Kind, State, SymbolSync
+from proto import symbols as symbol_names
+
+# The bad shapes a JSON message can take; each is a FeedProtocolError, never a crash.
+MESSAGE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+STAT_BY_REASON = {
+    "gap": "gaps",
+    "checksum": "checksum_errors",
+    "crossed": "crossed",
+    "reset": "resets",
+    "bad_message": "bad_messages",
+    "overflow": "overflows",
+    "disconnect": "disconnects",
+}
+
+
+class Adapter:
+    """Base of the six exchange adapters; see the module essay."""
+
+    exchange = ""
+    ws_url_default = ""
+    rest_url_default = ""
+    symbols_per_conn_max = 200
+    send_rate_per_s = 5.0
+    send_burst = 5
+    ping_text = None
+    ping_idle_s = 20.0
+    silence_max_s = 60.0  # 0: the exchange may stay silent (its pings are below us, in net)
+    message_levels_max = 200_000  # levels in one message (Coinbase BTC-USD snapshot fits)
+
+    def __init__(self, symbols, *, ws_url=None, rest_url=None, depth=0, levels_max=100_000,
+                 paranoid=False):
+        if not symbols:
+            raise ValueError(f"{self.exchange}: no symbols")
+        self.ws_url = (ws_url or self.ws_url_default).rstrip("/")
+        self.rest_url = (rest_url or self.rest_url_default).rstrip("/")
+        self.depth = depth
+        self.books = {}
+        self.syncs = {}
+        self.by_native = {}
+        for given in symbols:
+            native = symbol_names.native(self.exchange, given)
+            symbol = symbol_names.normalise(native)
+            if symbol in self.books:
+                raise ValueError(f"{self.exchange}: symbol {given!r} listed twice")
+            self.books[symbol] = Book(f"{self.exchange}:{symbol}", levels_max=levels_max,
+                                      depth_max=self.book_depth_max(), paranoid=paranoid)
+            self.by_native[native] = symbol
+            self.syncs[symbol] = SymbolSync(symbol, native, -1)
+        self.conns = self.plan_connections()
+        for conn in self.conns:
+            for symbol in conn.symbols:
+                self.syncs[symbol].conn_id = conn.conn_id
+        self.limiter = SendLimiter(rate_per_s=self.send_rate_per_s, burst=self.send_burst)
+        self.now_ns = 0
+        self.open_conns = set()
+        self.last_recv_ns = {}
+        self.last_send_ns = {}
+        self.protocol_errors = 0
+        self.reconnects = 0
+        self.queue = []
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def book_depth_max(self):
+        """Truncation depth for the books (0: none). Depth-limited channels override."""
+        return 0
+
+    def plan_connections(self):
+        raise NotImplementedError
+
+    def subscribe_conn(self, conn_id):
+        """Queue what a fresh connection must send (may be nothing: Binance URL streams)."""
+        raise NotImplementedError
+
+    def handle(self, conn_id, data, recv_ns):
+        raise NotImplementedError
+
+    def recover(self, sync):
+        """Get a fresh snapshot for one book after a resync (resubscribe, or REST refetch)."""
+        raise NotImplementedError
+
+    def pump(self):
+        """Called at the end of every input: release what waits on time (REST snapshots)."""
+
+    # ---------------------------------------------------------------------- the inputs
+
+    def connections(self):
+        return list(self.conns)
+
+    def on_open(self, conn_id, now_ns):
+        self.now_ns = now_ns
+        self.open_conns.add(conn_id)
+        self.last_recv_ns[conn_id] = now_ns
+        self.last_send_ns[conn_id] = now_ns
+        self.limiter.reset(conn_id, now_ns)
+        for sync in self.conn_syncs(conn_id):
+            if sync.state is not State.DOWN:
+                self.close_sync(sync)
+            sync.on(Kind.OPEN)
+        self.subscribe_conn(conn_id)
+        self.flush_sends(conn_id)
+        self.pump()
+        return self.drain()
+
+    def on_message(self, conn_id, data, recv_ns):
+        if conn_id not in self.open_conns:
+            raise FeedProtocolError(f"{self.exchange}: message on connection {conn_id} not open")
+        self.now_ns = recv_ns
+        self.last_recv_ns[conn_id] = recv_ns
+        try:
+            self.handle(conn_id, data, recv_ns)
+        except FeedProtocolError:
+            self.protocol_errors += 1
+            raise
+        except MESSAGE_ERRORS as exc:
+            self.protocol_errors += 1
+            raise FeedProtocolError(f"{self.exchange}: bad message: {exc!r}"[:300]) from exc
+        finally:
+            self.flush_sends(conn_id)
+            self.pump()
+        return self.drain()
+
+    def on_snapshot(self, symbol, status, headers, body, recv_ns):
+        raise FeedProtocolError(f"{self.exchange}: takes no REST snapshots")
+
+    def on_close(self, conn_id, reason):
+        self.open_conns.discard(conn_id)
+        for sync in self.conn_syncs(conn_id):
+            self.close_sync(sync)
+        return self.drain()
+
+    def on_tick(self, now_ns):
+        self.now_ns = now_ns
+        for conn_id in sorted(self.open_conns):
+            quiet_ns = now_ns - self.last_recv_ns[conn_id]
+            if self.silence_max_s and quiet_ns > self.silence_max_s * NS_PER_S:
+                self.reconnects += 1
+                self.queue.append(Reconnect(conn_id, f"silent for {quiet_ns // NS_PER_S} s"))
+                continue
+            idle_ns = now_ns - max(self.last_recv_ns[conn_id], self.last_send_ns[conn_id])
+            if self.ping_text and idle_ns > self.ping_idle_s * NS_PER_S:
+                self.send(conn_id, self.ping_text)
+            self.flush_sends(conn_id)
+        self.pump()
+        return self.drain()
+
+    def drain(self):
+        actions = self.queue
+        self.queue = []
+        return actions
+
+    # ----------------------------------------------------------------------- helpers
+
+    def conn_syncs(self, conn_id):
+        return [sync for sync in self.syncs.values() if sync.conn_id == conn_id]
+
+    def sync_for_native(self, native):
+        symbol = self.by_native.get(native)
+        if symbol is None:
+            raise FeedProtocolError(f"{self.exchange}: message for unsubscribed symbol {native!r}"[:200])
+        return self.syncs[symbol]
+
+    def close_sync(self, sync):
+        if sync.state is State.LIVE:
+            self.mark_stale(sync, "disconnect")
+        sync.on(Kind.CLOSE)
+        sync.buffer.clear()
+        sync.seq = None
+        sync.bridged = False
+        self.books[sync.symbol].clear()
+
+    def send(self, conn_id, text):
+        self.limiter.push(conn_id, text)
+
+    def flush_sends(self, conn_id):
+        if conn_id not in self.open_conns:
+            return
+        for text in self.limiter.ready(conn_id, self.now_ns):
+            self.last_send_ns[conn_id] = self.now_ns
+            self.queue.append(Send(conn_id, text))
+
+    def loads(self, data):
+        """Parse one JSON message; anything unparseable is a FeedProtocolError."""
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise FeedProtocolError(f"{self.exchange}: not JSON: {exc}"[:200]) from None
+
+    def apply(self, sync, update):
+        """Apply one update to a book. A crossed result resyncs the book and returns False;
+        an unreadable level resyncs it and raises FeedProtocolError."""
+        book = self.books[sync.symbol]
+        try:
+            book.apply(update)
+        except BookCrossed:
+            self.resync(sync, "crossed")
+            return False
+        except MESSAGE_ERRORS as exc:
+            self.resync(sync, "bad_message")
+            raise FeedProtocolError(f"{book.name}: bad level: {exc}"[:300]) from exc
+        sync.stats.updates += 1
+        return True
+
+    def publish(self, sync):
+        """Ask the driver to publish the book, only if it is synced (LIVE)."""
+        if sync.state is State.LIVE:
+            self.queue.append(Publish(sync.symbol))
+
+    def mark_stale(self, sync, reason):
+        setattr(sync.stats, STAT_BY_REASON[reason], getattr(sync.stats, STAT_BY_REASON[reason]) + 1)
+        self.queue.append(Stale(sync.symbol, reason))
+
+    def resync(self, sync, reason):
+        """The book cannot be trusted: count why, publish it stale, get a fresh snapshot."""
+        if sync.state is State.LIVE:
+            self.mark_stale(sync, reason)
+        else:
+            stat = STAT_BY_REASON[reason]
+            setattr(sync.stats, stat, getattr(sync.stats, stat) + 1)
+        sync.stats.resyncs += 1
+        sync.seq = None
+        sync.bridged = False
+        sync.buffer.clear()
+        self.books[sync.symbol].clear()
+        self.recover(sync)

@@ -1,0 +1,207 @@
+"""Binance spot: diff depth stream + REST snapshot (PROTOCOLS.md section 1).
+
+The book comes from two sources that race: the WebSocket diff stream (`U`..`u` per event) and
+a REST snapshot (`lastUpdateId`). Per symbol:
+
+1. On open (streams are in the URL, so nothing is sent) the book waits for a snapshot; every
+   event is buffered (at most `buffer_events_max`, else the buffer restarts: overflow).
+2. The snapshot is requested through the SnapshotScheduler (staggered, Retry-After honoured).
+3. A snapshot older than the first buffered event (`lastUpdateId + 1 < U`) is fetched again.
+4. Buffered events with `u <= lastUpdateId` are dropped; the rest are applied by the live rule.
+5. Live rule: `u <= book.update_id` is stale (dropped, counted); `U > book.update_id + 1` is a
+   gap: the book goes stale and is fetched again while the WebSocket stays open and the event
+   starts the new buffer. Otherwise the levels are applied and `update_id := u`.
+
+USD-M futures (binance_futures.py) differ only in the bridging and chain rules, which is why
+they are the two methods `accepts_first` and `continues`.
+
+Limits honoured: no message is sent on the connection (5 msgs/s inbound), at most
+`symbols_per_conn_max` streams per connection, REST snapshots at most `snapshot_limit` levels
+and spaced by the scheduler. Binance pings below the WebSocket layer, which net answers, so the
+adapter has no silence deadline of its own.
+"""
+
+from observer.book import BookUpdate
+from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
+from observer.feeds.base import MESSAGE_ERRORS, Adapter
+from observer.feeds.scheduler import SnapshotScheduler
+from observer.feeds.sync import Kind, State
+
+NS_PER_MS = 1_000_000
+
+
+class BinanceAdapter(Adapter):
+    exchange = "binance"
+    ws_url_default = "wss://stream.binance.com:9443"
+    rest_url_default = "https://api.binance.com"
+    depth_path = "/api/v3/depth"
+    symbols_per_conn_max = 200
+    silence_max_s = 0
+    buffer_events_max = 2000
+
+    def __init__(self, symbols, *, snapshot_limit=1000, stream_suffix="@depth@100ms",
+                 snapshot_interval_s=0.5, **options):
+        self.snapshot_limit = snapshot_limit
+        self.stream_suffix = stream_suffix
+        super().__init__(symbols, **options)
+        self.scheduler = SnapshotScheduler(interval_s=snapshot_interval_s)
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def plan_connections(self):
+        symbols = list(self.books)
+        conns = []
+        for start in range(0, len(symbols), self.symbols_per_conn_max):
+            chunk = tuple(symbols[start : start + self.symbols_per_conn_max])
+            streams = "/".join(self.syncs[s].native.lower() + self.stream_suffix for s in chunk)
+            conns.append(ConnSpec(len(conns), f"{self.ws_url}/stream?streams={streams}", chunk))
+        return conns
+
+    def subscribe_conn(self, conn_id):
+        for sync in self.conn_syncs(conn_id):
+            sync.on(Kind.ACK)  # the URL subscribed it
+            self.scheduler.request(sync.symbol)
+
+    def recover(self, sync):
+        sync.on(Kind.REFETCH)
+        self.scheduler.request(sync.symbol)
+
+    def pump(self):
+        for symbol in self.scheduler.due(self.now_ns):
+            native = self.syncs[symbol].native
+            url = f"{self.rest_url}{self.depth_path}?symbol={native}&limit={self.snapshot_limit}"
+            self.queue.append(FetchSnapshot(symbol, url))
+
+    def close_sync(self, sync):
+        self.scheduler.cancel(sync.symbol)
+        super().close_sync(sync)
+
+    # ------------------------------------------------------------------------ messages
+
+    def handle(self, conn_id, data, recv_ns):
+        msg = self.loads(data)
+        if not isinstance(msg, dict):
+            raise FeedProtocolError("binance: message is not an object")
+        payload = msg["data"] if "stream" in msg else msg
+        if not isinstance(payload, dict):
+            raise FeedProtocolError("binance: payload is not an object")
+        kind = payload.get("e")
+        if kind == "depthUpdate":
+            self.on_depth(conn_id, payload)
+        elif kind == "serverShutdown":
+            self.reconnects += 1
+            self.queue.append(Reconnect(conn_id, "serverShutdown"))
+        elif "id" in msg and "result" in msg:
+            return  # reply to a control request
+        else:
+            raise FeedProtocolError(f"binance: unexpected message kind {kind!r}"[:200])
+
+    def on_depth(self, conn_id, event):
+        sync = self.sync_for_native(event["s"])
+        check_event(event)
+        if sync.conn_id != conn_id:
+            raise FeedProtocolError(f"binance: {sync.symbol} arrived on connection {conn_id}")
+        sync.on(Kind.DELTA)
+        if sync.state is State.AWAITING_SNAPSHOT:
+            self.buffer(sync, event)
+        elif sync.state is State.LIVE:
+            self.apply_event(sync, event)
+            self.publish(sync)
+
+    def buffer(self, sync, event):
+        if len(sync.buffer) >= self.buffer_events_max:
+            self.resync(sync, "overflow")
+        sync.buffer.append(event)
+
+    def apply_event(self, sync, event):
+        """The live rule (step 5). On a gap the event starts the new buffer."""
+        book = self.books[sync.symbol]
+        if not sync.bridged:
+            if event["u"] < self.first_u_min(book):
+                sync.stats.stale_dropped += 1
+                return
+            if not self.accepts_first(book.update_id, event):
+                self.resync(sync, "gap")
+                sync.buffer.append(event)
+                return
+        elif not self.continues(book.update_id, event):
+            if event["u"] <= book.update_id:
+                sync.stats.stale_dropped += 1
+                return
+            self.resync(sync, "gap")
+            sync.buffer.append(event)
+            return
+        update = BookUpdate(False, event["b"], event["a"], event["u"], event["E"] * NS_PER_MS)
+        if self.apply(sync, update):
+            sync.bridged = True
+
+    # Spot rules; futures override these three.
+    def first_u_min(self, book):
+        return book.update_id + 1  # drop u <= lastUpdateId
+
+    def accepts_first(self, update_id, event):
+        return event["U"] <= update_id + 1 <= event["u"]
+
+    def continues(self, update_id, event):
+        return event["U"] <= update_id + 1 < event["u"] + 1
+
+    def snapshot_too_old(self, last_update_id, first_event):
+        return last_update_id + 1 < first_event["U"]
+
+    # ----------------------------------------------------------------------- snapshots
+
+    def on_snapshot(self, symbol, status, headers, body, recv_ns):
+        self.now_ns = recv_ns
+        sync = self.syncs.get(symbol)
+        if sync is None:
+            raise FeedProtocolError(f"binance: snapshot for unknown symbol {symbol!r}"[:200])
+        try:
+            if self.scheduler.on_reply(symbol, status, headers, recv_ns):
+                self.take_snapshot(sync, body)
+        finally:
+            self.pump()
+        return self.drain()
+
+    def take_snapshot(self, sync, body):
+        if sync.state is not State.AWAITING_SNAPSHOT:
+            return  # the connection closed or the book resynced meanwhile
+        try:
+            snap = self.loads(body)
+            last_update_id = snap["lastUpdateId"]
+            bids = snap["bids"]
+            asks = snap["asks"]
+            if type(last_update_id) is not int or not isinstance(bids, list) or not isinstance(asks, list):
+                raise FeedProtocolError("binance: snapshot fields of the wrong type")
+        except (FeedProtocolError, *MESSAGE_ERRORS) as exc:
+            sync.stats.bad_messages += 1
+            self.scheduler.on_reply(sync.symbol, 0, None, self.now_ns)  # retry after a pause
+            raise FeedProtocolError(f"binance: bad snapshot for {sync.symbol}: {exc}"[:300]) from None
+        if sync.buffer and self.snapshot_too_old(last_update_id, sync.buffer[0]):
+            sync.stats.snapshots_old += 1
+            self.scheduler.request(sync.symbol)
+            return
+        exch_ts_ns = snap.get("E", 0) * NS_PER_MS if type(snap.get("E", 0)) is int else 0
+        if not self.apply(sync, BookUpdate(True, bids, asks, last_update_id, exch_ts_ns)):
+            return
+        sync.on(Kind.SNAPSHOT)
+        sync.stats.snapshots += 1
+        sync.bridged = False
+        pending = sync.buffer
+        sync.buffer = []
+        for event in pending:
+            if sync.state is State.LIVE:
+                self.apply_event(sync, event)
+            else:
+                sync.buffer.append(event)
+        self.publish(sync)
+
+
+def check_event(event):
+    """Types of the fields the sync rule reads; anything else is malformed."""
+    for key in ("U", "u", "E"):
+        if type(event[key]) is not int:
+            raise FeedProtocolError(f"binance: field {key} is not an integer")
+    if event["U"] > event["u"]:
+        raise FeedProtocolError("binance: U > u")
+    if not isinstance(event["b"], list) or not isinstance(event["a"], list):
+        raise FeedProtocolError("binance: b/a are not lists")

@@ -1,0 +1,36 @@
+"""Binance USD-M futures: the spot machinery with the `pu` chain (PROTOCOLS.md section 1b).
+
+Update ids on futures are not contiguous (previous `u` 600917, next `U` 601193), so the spot
+rule `U == u + 1` would see a gap on every event. Instead each event names the final id of the
+previous one (`pu`), and continuity is `pu == book.update_id`. Bridging after a snapshot is also
+one off from spot: events with `u < lastUpdateId` are dropped and the first applied one must have
+`U <= lastUpdateId <= u` (no +1). Everything else (buffering, staggered REST snapshots,
+refetch on a gap while the WebSocket stays) is BinanceAdapter's.
+"""
+
+from observer.feeds.actions import FeedProtocolError
+from observer.feeds.binance import BinanceAdapter
+
+
+class BinanceFuturesAdapter(BinanceAdapter):
+    exchange = "binance-futures"
+    ws_url_default = "wss://fstream.binance.com"
+    rest_url_default = "https://fapi.binance.com"
+    depth_path = "/fapi/v1/depth"
+
+    def on_depth(self, conn_id, event):
+        if type(event.get("pu")) is not int:
+            raise FeedProtocolError("binance-futures: depth event without an integer pu")
+        super().on_depth(conn_id, event)
+
+    def first_u_min(self, book):
+        return book.update_id  # drop u < lastUpdateId
+
+    def accepts_first(self, update_id, event):
+        return event["U"] <= update_id <= event["u"]
+
+    def continues(self, update_id, event):
+        return event["pu"] == update_id
+
+    def snapshot_too_old(self, last_update_id, first_event):
+        return last_update_id < first_event["U"]

@@ -1,0 +1,39 @@
+"""Symbol naming (proto/symbols.py): normalised names, books named exchange:SYMBOL."""
+
+import pytest
+
+from proto.symbols import SymbolError, book_name, native, normalise
+
+
+@pytest.mark.parametrize("given", ["BTC/USD", "BTC-USD", "XBT/USD", "btcusd", "XBTUSD", "btc_usd"])
+def test_spellings_of_btcusd_normalise_alike(given):
+    assert normalise(given) == "BTCUSD"
+
+
+def test_usdt_pairs_stay():
+    assert normalise("BTCUSDT") == "BTCUSDT"
+    assert normalise("BTC-USDT") == "BTCUSDT"
+    assert book_name("kraken", "XBT/USD") == "kraken:BTCUSD"
+
+
+@pytest.mark.parametrize(
+    "exchange, given, expected",
+    [("kraken", "BTCUSD", "BTC/USD"), ("kraken", "XBT/USD", "XBT/USD"), ("coinbase", "BTCUSD", "BTC-USD"),
+     ("okx", "BTCUSDT", "BTC-USDT"), ("okx", "BTC-USDT-SWAP", "BTC-USDT-SWAP"),
+     ("binance", "btc/usdt", "BTCUSDT"), ("bybit", "BTCUSDT", "BTCUSDT"), ("binance-futures", "ETHUSDT", "ETHUSDT")],
+)
+def test_native_spelling(exchange, given, expected):
+    assert native(exchange, given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "BTC USD", "x" * 41, "BTC$", None])
+def test_bad_symbols_are_clear_errors(bad):
+    with pytest.raises(SymbolError):
+        normalise(bad)
+
+
+def test_unknown_exchange():
+    with pytest.raises(SymbolError):
+        book_name("ftx", "BTCUSD")
+    with pytest.raises(SymbolError):
+        native("coinbase", "FOOBAR")
