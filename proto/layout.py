@@ -304,7 +304,9 @@ def check_header(buf, size_bytes: int) -> Geometry:
     if size_bytes < HEADER.itemsize:
         raise LayoutError(f"segment is {size_bytes} bytes, smaller than its {HEADER.itemsize}-byte "
                           f"header: not an observer segment")
-    head = np.frombuffer(buf, HEADER, count=1)[0]
+    with memoryview(buf) as view:  # a copy: no view of the mapping outlives this call
+        raw = bytes(view[:HEADER.itemsize])
+    head = np.frombuffer(raw, HEADER, count=1)[0]
     if int(head["magic"]) != MAGIC:
         raise LayoutError(f"bad magic {int(head['magic']):#018x} (expected {MAGIC:#018x}): "
                           f"not an observer segment")

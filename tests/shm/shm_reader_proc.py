@@ -1,0 +1,90 @@
+"""A reader process for the multi-process shm tests: `python shm_reader_proc.py MODE ...`.
+
+It receives the segment as an inherited O_RDONLY fd and the shard eventfds (never a name), as a
+client does, and reports one JSON line (or a line per round) on stdout.
+
+Modes:
+  torn SHM_FD DEPTH DURATION_S TORN_STOP   snapshot book 0 in a loop, count copies that mix
+                                           two publications (see shm_doubles.RampBook)
+  follow SHM_FD EFD FINAL_ID               follow the ring until update_id FINAL_ID is seen;
+                                           report overruns and ordering
+  wakes SHM_FD EFD ROUNDS                  per round: wait in epoll, then print the ids read and
+                                           whether the wait returned an event
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from obclient.segment import SegmentReader
+from proto import layout
+
+
+def torn(shm_fd: int, depth: int, duration_s: float, torn_stop: int) -> dict:
+    reader = SegmentReader(shm_fd)
+    reads = torn_n = 0
+    ids = set()
+    deadline = time.monotonic() + duration_s
+    while time.monotonic() < deadline and torn_n < torn_stop:
+        for _ in range(100):
+            snap = reader.snapshot(0)
+            if snap.update_id == 0:
+                continue  # not yet published
+            reads += 1
+            ids.add(snap.update_id)
+            whole = (snap.n_bids == depth and snap.n_asks == depth
+                     and bool((snap.bid_sz == snap.update_id).all())
+                     and bool((snap.ask_sz == snap.update_id).all()))
+            torn_n += not whole
+    reader.close()
+    return {"reads": reads, "torn": torn_n, "distinct": len(ids)}
+
+
+def follow(shm_fd: int, eventfd: int, final_id: int) -> dict:
+    reader = SegmentReader(shm_fd, [eventfd])
+    follower = reader.follow([0])
+    print("ready", flush=True)
+    last_id = 0
+    order_errors = resyncs = 0
+    resync_ids = []
+    deadline = time.monotonic() + 60
+    while last_id != final_id and time.monotonic() < deadline:
+        follower.wait(0.5)
+        for update in follower.poll():
+            if update.kind == layout.KIND_RESYNC:
+                resyncs += 1
+                resync_ids.append(update.update_id)
+                order_errors += update.update_id < last_id
+            else:
+                order_errors += update.update_id != last_id + 1
+            last_id = update.update_id
+    return {"overruns": follower.overruns, "last_id": last_id, "order_errors": order_errors,
+            "resyncs": resyncs, "resync_ids": resync_ids, "records": follower.records}
+
+
+def wakes(shm_fd: int, eventfd: int, rounds: int) -> None:
+    reader = SegmentReader(shm_fd, [eventfd])
+    follower = reader.follow([0])
+    print("ready", flush=True)
+    for _ in range(rounds):
+        events = reader.wait(10.0)
+        ids = [u.update_id for u in follower.poll()]
+        print(json.dumps({"ids": ids, "woke": bool(events)}), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    mode, args = argv[0], argv[1:]
+    if mode == "torn":
+        print(json.dumps(torn(int(args[0]), int(args[1]), float(args[2]), int(args[3]))))
+    elif mode == "follow":
+        print(json.dumps(follow(int(args[0]), int(args[1]), int(args[2]))))
+    elif mode == "wakes":
+        wakes(int(args[0]), int(args[1]), int(args[2]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
