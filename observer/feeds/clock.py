@@ -1,0 +1,33 @@
+"""Exchange timestamps to integer nanoseconds, without floats.
+
+Coinbase and Kraken stamp events with RFC 3339 text ("2026-11-01T12:00:00.123456789Z"). The
+date-and-seconds prefix changes once a second, so its epoch value is cached (bounded by
+`prefix_cache_max`) and only the fraction is parsed per message. Times must be UTC ("Z" or
+"+00:00"); anything else raises ValueError, which adapters turn into FeedProtocolError.
+"""
+
+import calendar
+import time
+
+prefix_cache_max = 4096
+_prefix_ns = {}
+
+
+def rfc3339_ns(text):
+    """'2026-11-01T12:00:00.123456789Z' -> ns since the epoch (UTC only)."""
+    prefix = text[:19]
+    base_ns = _prefix_ns.get(prefix)
+    if base_ns is None:
+        base_ns = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000
+        if len(_prefix_ns) >= prefix_cache_max:
+            _prefix_ns.clear()
+        _prefix_ns[prefix] = base_ns
+    rest = text[19:]
+    if rest in ("Z", "+00:00"):
+        return base_ns
+    if rest[:1] != "." or not (rest.endswith("Z") or rest.endswith("+00:00")):
+        raise ValueError(f"not an RFC 3339 UTC time: {text!r}"[:100])
+    digits = rest[1:].rstrip("Z").removesuffix("+00:00")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+        raise ValueError(f"bad fraction in time: {text!r}"[:100])
+    return base_ns + int(digits.ljust(9, "0"))
