@@ -1,0 +1,272 @@
+"""The calls a fiber makes: sleep, recv_into, sendall, accept, connect, read, write, ...
+
+Each is a few lines over `fiber.suspend()`. I/O calls try the non-blocking call first when the
+fd's hint says it may succeed (glommio's pattern, and what makes a read with data waiting cost
+one syscall and no switch); only what would block becomes an operation for the backend, and the
+fiber waits for its completion. Whether io_uring ran the call in the kernel or epoll waited for
+an edge and ran it here is invisible from this side.
+
+Fairness: a fiber whose calls keep completing at once would never yield, so after
+`IMMEDIATE_RUN_MAX` of them in a row it yields once (one switch per 64 messages).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, LoomError,
+                      Op)
+from .fiber import current_fiber, suspend, yield_now
+
+IMMEDIATE_RUN_MAX = 64
+CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
+
+
+def _immediate(fiber) -> None:
+    loop = fiber.loop
+    loop._immediate += 1
+    loop._immediate_run += 1
+    if loop._immediate_run >= IMMEDIATE_RUN_MAX:
+        yield_now(fiber)
+
+
+def _wait_op(fiber, state, kind, buf=None, nbytes=0, data=None):
+    op = fiber.op
+    if op is None or op.in_flight:
+        op = fiber.op = Op(fiber.on_op_done)
+    op.kind = kind
+    op.state = state
+    op.buf = buf
+    op.nbytes = nbytes
+    op.data = data
+    loop = fiber.loop
+    loop._backend.submit(op)
+    loop._immediate_run = 0
+    try:
+        return suspend(fiber, loop._cancel_op, op)
+    finally:
+        op.buf = None
+        op.data = None
+
+
+def sleep(delay_s: float) -> None:
+    """Suspend the fiber for `delay_s` seconds; 0 just yields to the other ready fibers."""
+    fiber = current_fiber()
+    if delay_s <= 0:
+        yield_now(fiber)
+        return
+    loop = fiber.loop
+    entry = loop._timers.arm(loop._clock() + delay_s, loop._wake_fiber, fiber)
+    suspend(fiber, loop._cancel_timer, entry)
+
+
+def recv_into(sock, buf, nbytes: int = 0) -> int:
+    """Receive into `buf` (at most `nbytes`, 0 = all of it); returns the count, 0 at EOF."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(sock)
+    if state.in_hint:
+        try:
+            n = sock.recv_into(buf, nbytes)
+        except BlockingIOError:
+            state.in_hint = False
+        else:
+            if state.stream and 0 < n < (nbytes or len(buf)):
+                state.in_hint = False            # a short stream read drained the socket
+            _immediate(fiber)
+            return n
+    return _wait_op(fiber, state, RECV, buf, nbytes)
+
+
+def recv(sock, n: int) -> bytes:
+    """Receive up to `n` bytes (b"" at EOF). Allocates; hot paths use recv_into."""
+    buf = bytearray(n)
+    count = recv_into(sock, buf)
+    del buf[count:]
+    return bytes(buf)
+
+
+def sendall(sock, data) -> None:
+    """Send all of `data`, waiting for buffer space as often as needed."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(sock)
+    total = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+    sent = 0
+    view = None
+    while sent < total:
+        if state.out_hint:
+            try:
+                n = sock.send(data if view is None else view[sent:])
+            except BlockingIOError:
+                state.out_hint = False
+                continue
+            sent += n
+            if sent < total:
+                state.out_hint = False           # a short send filled the buffer
+                view = memoryview(data).cast("B") if view is None else view
+            continue
+        view = memoryview(data).cast("B") if view is None else view
+        sent += _wait_op(fiber, state, SEND, data=view[sent:])
+    _immediate(fiber)
+
+
+def accept(sock):
+    """Accept one connection: `(conn, addr)`, conn already non-blocking."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(sock)
+    if state.in_hint:
+        try:
+            conn, addr = sock.accept()
+        except BlockingIOError:
+            state.in_hint = False
+        else:
+            conn.setblocking(False)
+            _immediate(fiber)
+            return conn, addr
+    return _wait_op(fiber, state, ACCEPT)
+
+
+def connect(sock, addr) -> None:
+    """Connect to a numeric address (resolve names first, e.g. in run_in_thread)."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(sock)
+    while True:
+        err = sock.connect_ex(addr)
+        if err in (0, errno.EISCONN):
+            return
+        if err == errno.EINPROGRESS:
+            _wait_op(fiber, state, CONNECT)
+            return
+        if err == errno.EAGAIN and sock.family == socket.AF_UNIX:
+            sleep(CONNECT_RETRY_S)               # the listener's backlog is full
+            continue
+        raise OSError(err, f"connect to {addr!r}: {errno.errorcode.get(err, err)}")
+
+
+def read(fd: int, buf) -> int:
+    """Read from a plain fd (pipe, eventfd, tty) into `buf`; returns the count, 0 at EOF."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(fd)
+    if state.sock is not None:
+        return recv_into(state.sock, buf)
+    if state.in_hint:
+        n = state.file.readinto(buf)
+        if n is not None:
+            _immediate(fiber)
+            return n
+        state.in_hint = False
+    return _wait_op(fiber, state, READ, buf)
+
+
+def write(fd: int, data) -> int:
+    """Write some of `data` to a plain fd; returns how many bytes went (at least one)."""
+    fiber = current_fiber()
+    state = fiber.loop.state_for(fd)
+    if state.sock is not None:
+        return _send_some(fiber, state, data)
+    if state.out_hint:
+        n = state.file.write(data)
+        if n is not None:
+            _immediate(fiber)
+            return n
+        state.out_hint = False
+    return _wait_op(fiber, state, WRITE, data=data)
+
+
+def _send_some(fiber, state, data) -> int:
+    try:
+        n = state.sock.send(data)
+    except BlockingIOError:
+        state.out_hint = False
+        return _wait_op(fiber, state, SEND, data=data)
+    _immediate(fiber)
+    return n
+
+
+def wait_readable(obj) -> None:
+    """Wait for new readiness after your own non-blocking call returned EAGAIN."""
+    fiber = current_fiber()
+    _wait_op(fiber, fiber.loop.state_for(obj), POLL_IN)
+
+
+def wait_writable(obj) -> None:
+    """Wait until the fd has buffer space again after your own call returned EAGAIN."""
+    fiber = current_fiber()
+    _wait_op(fiber, fiber.loop.state_for(obj), POLL_OUT)
+
+
+def close(obj) -> None:
+    """Close a socket or fd that loom knows; fibers waiting on it get `ClosedError`."""
+    fiber = current_fiber()
+    fiber.loop.forget(obj)
+    if isinstance(obj, int):
+        os.close(obj)
+    else:
+        obj.close()
+
+
+def run_in_thread(fn, *args):
+    """Run a blocking `fn(*args)` on the loop's thread pool; return its result or raise."""
+    fiber = current_fiber()
+    pool = fiber.loop._threads
+    job = pool.submit(fiber, fn, args)
+    return suspend(fiber, pool.abandon, job)
+
+
+def join_fiber(target, timeout_s: float | None) -> None:
+    fiber = current_fiber()
+    if target is fiber:
+        raise LoomError(f"fiber {fiber.name!r} cannot join itself")
+    if target.joiners is None:
+        target.joiners = []
+    target.joiners.append(fiber)
+    with timeout(timeout_s):
+        suspend(fiber, _leave_joiners, (target, fiber))
+
+
+def _leave_joiners(target_fiber) -> None:
+    target, fiber = target_fiber
+    if target.joiners and fiber in target.joiners:
+        target.joiners.remove(fiber)
+
+
+class timeout:
+    """`with loom.timeout(s):` raises TimeoutError at the fiber's wait point after `s` seconds.
+
+    None means no limit. Nested scopes each fire on their own deadline; a scope that fired but
+    whose error was never delivered (the fiber had already been woken) clears it on exit.
+    """
+
+    __slots__ = ("delay_s", "fiber", "entry", "error")
+
+    def __init__(self, delay_s: float | None):
+        self.delay_s = delay_s
+        self.fiber = None
+        self.entry = None
+        self.error = None
+
+    def __enter__(self):
+        if self.delay_s is not None:
+            fiber = self.fiber = current_fiber()
+            loop = fiber.loop
+            self.entry = loop._timers.arm(loop._clock() + self.delay_s, _fire_timeout, self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.entry is not None:
+            self.fiber.loop._timers.cancel(self.entry)
+            self.entry = None
+        if self.error is not None and self.fiber.deferred is self.error:
+            self.fiber.deferred = None
+        return False
+
+    @property
+    def expired(self) -> bool:
+        return self.error is not None
+
+
+def _fire_timeout(scope: timeout) -> None:
+    scope.entry = None
+    scope.error = TimeoutError(f"timed out after {scope.delay_s} s")
+    scope.fiber.loop.interrupt(scope.fiber, scope.error)

@@ -1,0 +1,375 @@
+"""One contract, every backend: what a fiber sees must not depend on io_uring vs epoll vs kqueue.
+
+Real sockets (TCP loopback, unix stream and seqpacket, socketpair), real pipes and eventfds.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from observer import loom
+
+MESSAGES = [b"x", b"hello", bytes(range(256)) * 4, b"\0" * 65536]
+
+
+def echo_server(sock, buf_bytes=65536):
+    buf = bytearray(buf_bytes)
+    view = memoryview(buf)
+    while True:
+        n = loom.recv_into(sock, buf)
+        if n == 0:
+            return
+        loom.sendall(sock, view[:n])
+
+
+def recv_exactly(sock, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = loom.recv_into(sock, view[got:])
+        assert k > 0, f"EOF after {got} of {n} bytes"
+        got += k
+    return bytes(buf)
+
+
+def run_echo(loop, client, server):
+    def main():
+        peer = loop.spawn(echo_server, server)
+        for message in MESSAGES:
+            loom.sendall(client, message)
+            assert recv_exactly(client, len(message)) == message
+        client.shutdown(socket.SHUT_WR)
+        peer.join()
+        return "ok"
+
+    assert loop.run(main) == "ok"
+
+
+def test_echo_socketpair(loop, closing):
+    run_echo(loop, *closing(*socket.socketpair()))
+
+
+def test_echo_tcp_loopback(loop, tcp_pair):
+    run_echo(loop, *tcp_pair)
+
+
+def test_echo_unix_stream_with_accept_and_connect(loop, closing, sockdir):
+    path = os.path.join(sockdir, "s")
+    listener = closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    listener.bind(path)
+    listener.listen(8)
+    client = closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+
+    def main():
+        acceptor = loop.spawn(loom.accept, listener)
+        loom.connect(client, path)
+        conn, _ = acceptor.join()
+        closing(conn)
+        assert conn.getblocking() is False
+        peer = loop.spawn(echo_server, conn)
+        for message in MESSAGES:
+            loom.sendall(client, message)
+            assert recv_exactly(client, len(message)) == message
+        client.shutdown(socket.SHUT_WR)
+        peer.join()
+
+    loop.run(main)
+
+
+def test_tcp_connect_and_accept(loop, closing):
+    listener = closing(socket.create_server(("127.0.0.1", 0)))
+    client = closing(socket.socket())
+
+    def main():
+        acceptor = loop.spawn(loom.accept, listener)
+        loom.connect(client, listener.getsockname())
+        conn, addr = acceptor.join()
+        closing(conn)
+        assert addr[0] == "127.0.0.1"
+        loom.sendall(conn, b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+
+    loop.run(main)
+
+
+def test_connect_refused_is_a_clear_error(loop, closing):
+    probe = closing(socket.create_server(("127.0.0.1", 0)))
+    port = probe.getsockname()[1]
+    probe.close()                                   # nobody listens there now
+    client = closing(socket.socket())
+
+    def main():
+        with pytest.raises(ConnectionRefusedError):
+            loom.connect(client, ("127.0.0.1", port))
+
+    loop.run(main)
+
+
+def test_seqpacket_keeps_message_boundaries(loop, closing):
+    a, b = closing(*socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+
+    def main():
+        for i in range(5):
+            loom.sendall(a, b"m%d" % i * (i + 1))
+        buf = bytearray(100)
+        got = []
+        for _ in range(5):
+            n = loom.recv_into(b, buf)
+            got.append(bytes(buf[:n]))
+        assert got == [b"m%d" % i * (i + 1) for i in range(5)]
+
+    loop.run(main)
+
+
+def test_pipe_read_write_and_eof(loop, closing):
+    r, w = closing(*os.pipe())
+
+    def writer():
+        for i in range(100):
+            loom.write(w, b"%04d" % i)
+            if i % 10 == 0:
+                loom.sleep(0.001)
+        os.close(w)
+        return "done"
+
+    def main():
+        fiber = loop.spawn(writer)
+        data = bytearray()
+        buf = bytearray(7)
+        while True:
+            n = loom.read(r, buf)
+            if n == 0:
+                break
+            data += buf[:n]
+        assert fiber.join() == "done"
+        assert data == b"".join(b"%04d" % i for i in range(100))
+
+    loop.run(main)
+
+
+def test_eventfd_wakes_reader_from_another_thread(loop, closing):
+    efd = closing(os.eventfd(0))
+
+    def poster():
+        time.sleep(0.02)
+        os.eventfd_write(efd, 5)
+
+    def main():
+        thread = threading.Thread(target=poster)
+        thread.start()
+        buf = bytearray(8)
+        assert loom.read(efd, buf) == 8
+        thread.join()
+        return struct.unpack("<Q", buf)[0]
+
+    assert loop.run(main) == 5
+
+
+def test_thousand_concurrent_fibers(loop, closing):
+    pairs = [closing(*socket.socketpair()) for _ in range(500)]
+    results = []
+
+    def pinger(sock, i):
+        for k in range(3):
+            msg = struct.pack("<II", i, k)
+            loom.sendall(sock, msg)
+            assert recv_exactly(sock, 8) == msg
+        results.append(i)
+        sock.shutdown(socket.SHUT_WR)
+
+    def main():
+        fibers = []
+        for i, (a, b) in enumerate(pairs):
+            fibers.append(loop.spawn(echo_server, b, 64))
+            fibers.append(loop.spawn(pinger, a, i))
+        assert len(fibers) == 1000
+        assert loop.stats().fibers_live >= 1000
+        for fiber in fibers:
+            fiber.join()
+
+    loop.run(main)
+    assert sorted(results) == list(range(500))
+
+
+def test_16mib_partial_reads_and_writes(loop, closing):
+    size = 16 * 1024 * 1024
+    payload = os.urandom(1024) * (size // 1024)
+    a, b = closing(*socket.socketpair())
+
+    def reader():
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        reads = 0
+        while got < size:
+            n = loom.recv_into(b, view[got:], min(size - got, 100_000))
+            assert n > 0
+            got += n
+            reads += 1
+        return hashlib.sha256(buf).hexdigest(), reads
+
+    def main():
+        fiber = loop.spawn(reader)
+        loom.sendall(a, payload)
+        digest, reads = fiber.join()
+        assert digest == hashlib.sha256(payload).hexdigest()
+        assert reads > 1                                    # it really was partial
+
+    loop.run(main)
+
+
+def test_eof_reads_zero(loop, closing):
+    a, b = closing(*socket.socketpair())
+
+    def main():
+        a.close()
+        assert loom.recv_into(b, bytearray(10)) == 0
+        assert loom.recv(b, 10) == b""
+
+    loop.run(main)
+
+
+def test_peer_reset_raises_connection_reset(loop, tcp_pair):
+    client, server = tcp_pair
+
+    def main():
+        reader = loop.spawn(loom.recv_into, client, bytearray(10))
+        loom.sleep(0.01)                               # the reader is parked now
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()                                 # RST
+        with pytest.raises(ConnectionResetError):
+            reader.join()
+
+    loop.run(main)
+
+
+def test_closed_socket_is_a_clear_error(loop, closing):
+    a, b = closing(*socket.socketpair())
+    b.close()
+
+    def main():
+        with pytest.raises(OSError) as info:
+            loom.recv_into(b, bytearray(4))
+        assert info.value.errno == errno.EBADF
+
+    loop.run(main)
+
+
+def test_close_wakes_a_waiting_reader_with_closed_error(loop, closing):
+    a, b = closing(*socket.socketpair())
+
+    def main():
+        reader = loop.spawn(loom.recv_into, b, bytearray(4))
+        loom.sleep(0.005)
+        loom.close(b)
+        with pytest.raises(loom.ClosedError):
+            reader.join()
+
+    loop.run(main)
+
+
+def test_two_readers_on_one_fd_is_an_error(loop, closing):
+    a, b = closing(*socket.socketpair())
+
+    def main():
+        first = loop.spawn(loom.recv_into, b, bytearray(4))
+        loom.sleep(0.005)
+        with pytest.raises(loom.LoomError, match="already has a waiting reader"):
+            loom.recv_into(b, bytearray(4))
+        loom.sendall(a, b"abcd")
+        assert first.join() == 4
+
+    loop.run(main)
+
+
+def test_thread_offload(loop):
+    def blocking(x):
+        time.sleep(0.01)
+        return x * 2
+
+    def failing():
+        raise KeyError("from a thread")
+
+    def main():
+        fibers = [loop.spawn(loom.run_in_thread, blocking, i) for i in range(10)]
+        assert [f.join() for f in fibers] == [i * 2 for i in range(10)]
+        with pytest.raises(KeyError, match="from a thread"):
+            loom.run_in_thread(failing)
+
+    loop.run(main)
+
+
+def test_overflow_saturation_loses_nothing(loop, closing):
+    """More operations in flight than the io_uring submission queue holds: all complete."""
+    count = 600
+    pairs = [closing(*socket.socketpair()) for _ in range(count)]
+    got = {}
+
+    def reader(i, sock):
+        buf = bytearray(8)
+        n = loom.recv_into(sock, buf)
+        got[i] = struct.unpack("<Q", buf[:n])[0]
+
+    def main():
+        fibers = [loop.spawn(reader, i, b) for i, (_, b) in enumerate(pairs)]
+        loom.sleep(0.01)                            # every reader is parked in the backend
+        for i, (a, _) in enumerate(pairs):
+            a.send(struct.pack("<Q", i * 7))
+        for fiber in fibers:
+            fiber.join()
+
+    loop.run(main)
+    assert got == {i: i * 7 for i in range(count)}
+    stats = loop.stats()
+    assert stats.ops_completed >= count
+    if loop.backend_name == "io_uring":
+        assert stats.overflow_high_water > 0, "the test did not overflow the submission queue"
+
+
+def test_callback_layer_read_write_call_later(loop, closing):
+    a, b = closing(*socket.socketpair())
+    events = []
+    buf = bytearray(16)
+
+    def on_read(result):
+        events.append(("read", result, bytes(buf[:result])))
+
+    def on_write(result):
+        events.append(("write", result))
+        loop.read(b, buf, on_read)
+
+    loop.write(a, b"payload", on_write)
+    loop.call_later(0.01, events.append, ("later",))
+    loop.run()
+    assert events[0] == ("write", 7)
+    assert ("read", 7, b"payload") in events
+    assert ("later",) in events
+
+
+def test_stats_count_operations(loop, closing):
+    a, b = closing(*socket.socketpair())
+
+    def main():
+        reader = loop.spawn(loom.recv_into, b, bytearray(4))
+        loom.sleep(0.005)
+        loom.sendall(a, b"abcd")
+        reader.join()
+
+    loop.run(main)
+    stats = loop.stats()
+    assert stats.backend == loop.backend_name
+    assert stats.switches > 0
+    assert stats.ops_submitted >= 1
+    assert stats.ops_completed >= 1
+    assert stats.timers_armed >= 1
+    assert stats.fibers_spawned == 2
+    assert stats.fibers_live == 0
