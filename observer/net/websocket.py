@@ -1,0 +1,197 @@
+"""The WebSocket client on loom: `connect(url)` for ws:// and wss://, then `recv()` in a loop.
+
+This module is only the transport: bytes from a `TcpStream` or `TlsStream` go into the
+`FrameReader`'s own receive window (no intermediate buffer), events come out of
+`ClientConnection`, and whatever the connection owes the server (pongs, close replies) is sent
+before `recv()` looks at the next event. The protocol rules are all in the sans-IO modules.
+
+`recv()` returns the connection's one reusable `Message`; its `data` memoryview is valid until
+the next `recv()`. A feed decodes it (orjson accepts a memoryview) before asking for the next.
+
+Failure is always an exception, never a hang:
+- the server's close frame, or EOF, ends in `ConnectionClosed(code, reason)` (1006 for EOF
+  without a close frame, as RFC 6455 7.1.5 says);
+- a protocol violation sends a close frame with its code and raises `ProtocolError`;
+- a read that sees no bytes for `recv_timeout_s` raises `NetTimeout` (exchanges send pings or
+  heartbeats well inside a minute, so silence that long means the connection is dead);
+- `close()` waits at most `close_timeout_s` for the server's close frame, then drops TCP.
+"""
+
+from __future__ import annotations
+
+from observer.net import tcp, tls
+from observer.net.errors import ConnectionClosed, NetError, ProtocolError
+from observer.net.wsconn import ClientConnection, State
+from observer.net.wsframe import (
+    MESSAGE_BYTES_MAX,
+    RECV_BYTES_MAX,
+    Close,
+    FrameReader,
+    Message,
+    Ping,
+    Pong,
+)
+from observer.net.wshandshake import Handshake, parse_url
+
+HANDSHAKE_READ_BYTES = 4096
+RECV_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
+
+
+def connect(url: str, *, ca_file: str | None = None, timeout_s: float = 10.0,
+            message_bytes_max: int = MESSAGE_BYTES_MAX, compression: bool = True,
+            headers: dict[str, str] | None = None, recv_timeout_s: float | None = RECV_TIMEOUT_S,
+            recv_bytes_max: int = RECV_BYTES_MAX, ssl_context=None) -> "WebSocket":
+    """Open a WebSocket (TCP, TLS for wss://, the upgrade), all within `timeout_s`."""
+    target = parse_url(url)
+    if target.secure:
+        stream = tls.connect(target.host, target.port, ca_file=ca_file, context=ssl_context,
+                             timeout_s=timeout_s, read_timeout_s=timeout_s)
+    else:
+        stream = tcp.connect(target.host, target.port, timeout_s=timeout_s,
+                             read_timeout_s=timeout_s)
+    try:
+        handshake = Handshake(target, compression=compression, headers=headers)
+        stream.sendall(handshake.request())
+        _read_handshake_reply(stream, handshake, url)
+        _, deflate = handshake.check()
+    except BaseException:
+        stream.close()
+        raise
+    reader = FrameReader(message_bytes_max=message_bytes_max, recv_bytes_max=recv_bytes_max,
+                         deflate=deflate is not None,
+                         deflate_reset=bool(deflate and deflate.server_no_context_takeover))
+    reader.receive_data(handshake.leftover)
+    stream.read_timeout_s = recv_timeout_s
+    return WebSocket(stream, ClientConnection(reader), url)
+
+
+def _read_handshake_reply(stream, handshake: Handshake, url: str) -> None:
+    buf = bytearray(HANDSHAKE_READ_BYTES)
+    view = memoryview(buf)
+    while True:
+        n = stream.recv_into(view)
+        if n == 0:
+            raise ConnectionClosed(1006, f"{url}: server closed during the opening handshake")
+        if handshake.receive_data(view[:n]):
+            return
+
+
+class WebSocket:
+    """An open client WebSocket. One fiber calls recv(); any fiber may send."""
+
+    def __init__(self, stream, conn: ClientConnection, url: str) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.url = url
+        self.pongs_received = 0
+        self.pings_received = 0
+        self._closed_error: NetError | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    def recv(self) -> Message:
+        """The next data message; answers pings on the way. Raises on close or failure."""
+        conn = self.conn
+        reader = conn.reader
+        stream = self.stream
+        while True:
+            if self._closed_error is not None:
+                raise self._closed_error
+            try:
+                event = conn.next_event()
+            except ProtocolError as exc:
+                self._fail(exc)
+                raise
+            if type(event) is Message:
+                return event
+            if event is None:
+                self._read_more(stream, reader)
+            else:
+                self._on_control(event)
+
+    def _read_more(self, stream, reader: FrameReader) -> None:
+        try:
+            n = stream.recv_into(reader.recv_window())
+        except NetError as exc:
+            self._fail(exc)
+            raise
+        if n == 0:
+            self._fail(ConnectionClosed(1006, "connection closed without a close frame"))
+            raise self._closed_error
+        reader.received(n)
+
+    def _on_control(self, event) -> None:
+        if type(event) is Ping:
+            self.pings_received += 1
+            self._flush()
+        elif type(event) is Pong:
+            self.pongs_received += 1
+        elif type(event) is Close:
+            self._flush()
+            self._fail(ConnectionClosed(event.code, event.reason))
+            raise self._closed_error
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.stream.sendall(data)
+
+    def _fail(self, error: NetError) -> None:
+        """Remember why the connection ended, send what it owes (a close frame), drop TCP."""
+        if self._closed_error is None:
+            self._closed_error = error if isinstance(error, ConnectionClosed) else \
+                ConnectionClosed(getattr(error, "close_code", 1006), str(error))
+        try:
+            self._flush()
+        except NetError:
+            pass
+        self.stream.close()
+
+    def send_text(self, text: str) -> None:
+        self._send(self.conn.send_text(text))
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
+        self._send(self.conn.send_binary(data))
+
+    def ping(self, payload: bytes = b"") -> None:
+        self._send(self.conn.send_ping(payload))
+
+    def _send(self, frame: bytes) -> None:
+        if self._closed_error is not None:
+            raise self._closed_error
+        try:
+            self.stream.sendall(frame)
+        except NetError as exc:
+            self._fail(exc)
+            raise
+
+    def close(self, code: int = 1000, reason: str = "",
+              timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """The closing handshake: send close, wait for the server's, drop TCP. Never hangs."""
+        if self.stream.closed:
+            return
+        frame = self.conn.send_close(code, reason)
+        try:
+            if frame:
+                self.stream.sendall(frame)
+            self.stream.read_timeout_s = timeout_s
+            while self.conn.state is not State.CLOSED:
+                event = self.conn.next_event()
+                if event is None:
+                    n = self.stream.recv_into(self.conn.reader.recv_window())
+                    if n == 0:
+                        break
+                    self.conn.reader.received(n)
+        except NetError:  # a timeout, a reset, a violation: we are leaving anyway
+            pass
+        finally:
+            if self._closed_error is None:
+                self._closed_error = ConnectionClosed(code, reason)
+            self.stream.close()

@@ -1,0 +1,192 @@
+"""Real peers for the net tests and the benchmark: a self-signed certificate, a `websockets`
+server and a TLS `http.server`, each in its own thread on 127.0.0.1 with a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import ipaddress
+import ssl
+import http.server
+import threading
+from pathlib import Path
+
+
+def make_cert(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1; returns (cert_file, key_file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName(common_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = directory / "cert.pem"
+    key_file = directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def server_ssl_context(certs) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs["cert"], certs["key"])
+    return ctx
+
+
+# -- a websockets server in a thread --------------------------------------------------------------
+
+async def _ws_handler(conn):
+    """Behaviour by path: what each interop test needs the independent peer to do."""
+    from websockets.exceptions import ConnectionClosed
+
+    path = conn.request.path
+    try:
+        if path == "/echo":
+            async for message in conn:
+                await conn.send(message)
+        elif path == "/fragments":
+            await conn.send(["frag", "mented ", "täxt"])
+            await conn.send([b"\x00\x01", b"", b"\x02" * 70000])
+            await conn.wait_closed()
+        elif path == "/big":
+            size = 8 * 1024 * 1024
+            await conn.send(bytes(range(256)) * (size // 256))
+            await conn.send("x" * size)
+            await conn.wait_closed()
+        elif path == "/ping":
+            waiter = await conn.ping(b"are you there")
+            await asyncio.wait_for(waiter, 10)
+            await conn.send("pong-received")
+            await conn.wait_closed()
+        elif path == "/close":
+            await conn.send("closing")
+            await conn.close(4001, "bye now")
+        elif path == "/abort":
+            await conn.send("aborting")
+            await asyncio.sleep(0.05)
+            conn.transport.abort()
+        elif path == "/silent":
+            await conn.wait_closed()
+        elif path == "/stream":
+            for i in range(1000):
+                await conn.send('{"stream":"btcusdt@depth","data":{"u":%d}}' % i)
+            await conn.wait_closed()
+    except ConnectionClosed:
+        pass
+
+
+class WsServer:
+    def __init__(self, ssl_ctx, compression):
+        self.ssl_ctx = ssl_ctx
+        self.compression = compression
+        self.port = 0
+        self._ready = threading.Event()
+        self._stop = None
+        self._loop = None
+        self._thread = threading.Thread(target=self._run, name="ws-server", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        assert self._ready.wait(20), "websockets server did not start"
+        return self
+
+    def _run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(_ws_handler, "127.0.0.1", 0, ssl=self.ssl_ctx,
+                         compression=self.compression, max_size=None, ping_interval=None,
+                         close_timeout=2) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def stop(self):
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "websockets server did not stop"
+
+
+# -- an HTTPS server in a thread ----------------------------------------------------------------
+
+SNAPSHOT = b'{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[]}' * 50
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        self.server.requests.append((self.path, dict(self.headers), id(self.connection)))
+        path = self.path.split("?")[0]
+        if path == "/json":
+            self._reply(200, SNAPSHOT, [("Content-Type", "application/json")])
+        elif path == "/gzip":
+            assert "gzip" in self.headers.get("Accept-Encoding", "")
+            self._reply(200, gzip.compress(SNAPSHOT), [("Content-Encoding", "gzip")])
+        elif path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(SNAPSHOT), 1000):
+                part = SNAPSHOT[i:i + 1000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/429":
+            self._reply(429, b'{"code":-1003}', [("Retry-After", "17")])
+        elif path == "/418":
+            self._reply(418, b'{"code":-1003}', [("Retry-After", "120")])
+        elif path == "/close":
+            self._reply(200, b"bye", [("Connection", "close")])
+            self.close_connection = True
+        elif path == "/stall":
+            self.server.stall.wait(30)
+            self._reply(200, b"late")
+        elif path == "/big":
+            self._reply(200, b"b" * 3_000_000)
+        else:
+            self._reply(404, b"not found")
+
+    def _reply(self, status, body, headers=()):
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class HttpsServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, ssl_ctx):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        if ssl_ctx is not None:
+            self.socket = ssl_ctx.wrap_socket(self.socket, server_side=True)
+        self.requests = []
+        self.stall = threading.Event()
+        self.port = self.server_address[1]
