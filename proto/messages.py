@@ -25,6 +25,8 @@ rules. Stats bodies are maps (string keys) because counters are added often and 
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -187,9 +189,11 @@ class Snapshot:
     req_id: int
     book: int
     name: str
+    seq: int
     update_id: int
     exch_ts_ns: int
-    local_ts_ns: int
+    recv_ts_ns: int
+    publish_ts_ns: int
     stale: bool
     lagging: bool
     price_exp: int
@@ -229,8 +233,10 @@ class Updates:
 BOOK_INFO_FIELDS = (
     "index", "exchange", "symbol", "native_symbol", "shard", "price_exp", "size_exp", "depth_max",
 )
+# An update is a ring record (proto/layout.py RING_RECORD) without its sequence word.
 UPDATE_FIELDS = (
-    "book", "seq", "exch_ts_ns", "local_ts_ns", "bid_px", "bid_sz", "ask_px", "ask_sz", "kind",
+    "book_index", "kind", "flags", "price_exp", "size_exp", "book_seq", "update_id",
+    "exch_ts_ns", "recv_ts_ns", "publish_ts_ns", "bid_px", "bid_sz", "ask_px", "ask_sz",
 )
 
 REQUESTS = {m.TYPE: m for m in (
@@ -347,6 +353,24 @@ def server_codec() -> Codec:
 def client_codec() -> Codec:
     """The client's codec: decodes replies, encodes requests."""
     return Codec(REPLIES, REPLY_BYTES_MAX)
+
+
+# --- where the socket is ---------------------------------------------------------------------
+
+SOCKET_ENV = "OBSERVER_SOCKET"
+SOCKET_FILE = "observer.sock"
+
+
+def default_socket_path() -> str:
+    """The control socket both sides use when not told: $OBSERVER_SOCKET, else observer.sock in
+    $XDG_RUNTIME_DIR, else in the temp dir."""
+    path = os.environ.get(SOCKET_ENV)
+    if path:
+        return path
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.isdir(runtime_dir):
+        return os.path.join(runtime_dir, SOCKET_FILE)
+    return os.path.join(tempfile.gettempdir(), SOCKET_FILE)
 
 
 # --- book names ------------------------------------------------------------------------------

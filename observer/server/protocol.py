@@ -6,7 +6,7 @@ lives here with no socket and no loom, so tests drive it byte by byte through an
 the transport (`control.py`) stays a thin loop of recv, dispatch, send.
 
 What one connection may cost is fixed when it is created: one frame of input
-(`REQUEST_BYTES_MAX`), `outbound_frames_max` replies waiting to be sent, `queue_records_max`
+(`REQUEST_BYTES_MAX`), `outbound_frames_max` replies (`OUTBOUND_BYTES_MAX` bytes) waiting to be sent, `queue_records_max`
 pushed update records. A client that sends requests but never reads its replies hits the outbound
 limit and is closed; a subscriber that reads too slowly loses update records (counted, reported in
 every `updates` message and in stats) and the shard that produced them never waits.
@@ -27,6 +27,7 @@ from proto import messages as m
 
 BAD_MESSAGES_MAX = 3
 OUTBOUND_FRAMES_MAX = 64
+OUTBOUND_BYTES_MAX = 2 * 1024 * 1024
 QUEUE_RECORDS_MAX = 4096
 SUBSCRIPTIONS_MAX = m.NAMES_MAX
 
@@ -61,6 +62,7 @@ class ServerConnection:
         self.bad_messages_max = bad_messages_max
         self.outbound: collections.deque[Outbound] = collections.deque()
         self.outbound_frames_max = outbound_frames_max
+        self.outbound_bytes = 0              # bytes in `outbound`; the transport subtracts
         self.closing = False
         self.close_reason = ""
         self._decoder = framing.FrameDecoder(m.REQUEST_BYTES_MAX)
@@ -172,8 +174,19 @@ class ServerConnection:
         if len(self.outbound) >= self.outbound_frames_max:
             self._close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
             return
-        payload = self._codec.encode(msg)
-        self.outbound.append(Outbound(framing.encode_frame(payload, m.REPLY_BYTES_MAX), fds))
+        if self.outbound_bytes >= OUTBOUND_BYTES_MAX:
+            self._close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
+            return
+        data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
+        self.outbound_bytes += len(data)
+        self.outbound.append(Outbound(data, fds))
+
+    def pop_outbound(self) -> Outbound:
+        """The next frame to send (the transport calls this, never outbound.popleft)."""
+        out = self.outbound.popleft()
+        self.outbound_bytes -= len(out.data)
+        assert self.outbound_bytes >= 0
+        return out
 
     def push_update(self, record: tuple) -> None:
         """Called by the fan-out for a subscribed book: never blocks, drops (counted) when full."""

@@ -35,7 +35,8 @@ class TableCatalog:
     def snapshot(self, index, depth):
         bids = [[10000 - i, 5] for i in range(5)][: depth or None]
         asks = [[10001 + i, 5] for i in range(5)][: depth or None]
-        return {"update_id": 42, "exch_ts_ns": 1, "local_ts_ns": 2, "stale": False,
+        return {"seq": 8, "update_id": 42, "exch_ts_ns": 1, "recv_ts_ns": 2, "publish_ts_ns": 3,
+                "stale": False,
                 "lagging": False, "price_exp": -2, "size_exp": -8, "bids": bids, "asks": asks}
 
     def stats(self):
@@ -56,7 +57,7 @@ class Pair:
 
     def pump(self):
         while self.server.outbound:
-            out = self.server.outbound.popleft()
+            out = self.server.pop_outbound()
             self.fds.extend(out.fds)
             self.client.receive_data(out.data)
 

@@ -1,0 +1,394 @@
+"""The client a strategy links: connect to the observer, read its books, follow their updates.
+
+Why this shape. The control socket is only the way in: one `hello` returns the segment's
+read-only fd and the shard eventfds (SCM_RIGHTS), and from then on books are read from shared
+memory (`SegmentReader`) and updates followed on the rings, with no round trip to the observer.
+The socket stays open for one more job: it is how a dead observer is seen at once (C6, C9). The
+client keeps its own epoll, stable for its whole life (so `fileno()` can go to asyncio's
+`add_reader` once), holding the eventfds with EPOLLET (never read) and the control socket.
+
+Liveness and reattach (C9). The observer is considered gone when the control socket hangs up,
+the segment is marked closed, or the header heartbeat is older than `stale_after_s`. The client
+then drops the segment, reports every book stale (a `snapshot` returns the last copy with its
+stale flag set; `updates` yields one KIND_STALE record per followed book), and tries to attach
+again every `reattach_period_s`. A new observer means a new segment and generation: book
+indexes are resolved again by name, and `updates` yields a KIND_RESYNC record per followed book
+from the new slots before going on.
+
+Blocking and busy-poll. `updates()` waits in epoll (blocking) or spins on the ring heads
+(`busy_poll=True`, for a client pinned to its own core); both wake at least every
+`liveness_check_s` to check the heartbeat and the socket. A wake-up is a hint: the rings are
+always checked before and after waiting.
+
+The sans-IO protocol machine is obclient/protocol.py; this module is its blocking transport.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+import time
+
+from obclient.protocol import ClientProtocol, ProtocolError
+from obclient.segment import SegmentReader
+from obclient.snapshot import BookSnapshot, Update
+from proto import layout
+from proto import messages as m
+
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 5.0
+REATTACH_PERIOD_S = 0.2
+LIVENESS_CHECK_S = 0.25
+STALE_AFTER_S = 1.0            # heartbeat age past which the observer counts as gone
+RECV_BYTES_MAX = 256 * 1024
+FDS_MAX = 253                  # Linux SCM_MAX_FD
+_EPOLL_EVENTS_MAX = 64
+
+
+class ObserverUnavailable(ConnectionError):
+    """No observer answers on the socket (or it went away and has not come back yet)."""
+
+
+class BookNotFound(LookupError):
+    """The name matches no book, or several (the message lists them)."""
+
+
+class RequestFailed(RuntimeError):
+    """The observer answered a request with an error reply."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{m.ErrorCode.NAMES.get(code, code)}: {message}")
+        self.code = code
+
+
+def connect(socket_path: str | None = None, *, client_name: str = "obclient",
+            timeout_s: float = CONNECT_TIMEOUT_S, busy_poll: bool = False,
+            stale_after_s: float = STALE_AFTER_S) -> "Client":
+    """Connect to the observer (default socket: `proto.messages.default_socket_path()`)."""
+    client = Client(socket_path or m.default_socket_path(), client_name=client_name,
+                    timeout_s=timeout_s, busy_poll=busy_poll, stale_after_s=stale_after_s)
+    try:
+        client.attach()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+class _Attachment:
+    """One observer generation: its socket, protocol machine, segment reader and books."""
+
+    def __init__(self, sock, proto, welcome, reader):
+        self.sock = sock
+        self.proto = proto
+        self.welcome = welcome
+        self.reader = reader
+        self.books = reader.books()
+        self.generation = reader.generation
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class Client:
+    """See the module essay. Get one with `obclient.connect()`."""
+
+    def __init__(self, socket_path: str, *, client_name: str = "obclient",
+                 timeout_s: float = CONNECT_TIMEOUT_S, busy_poll: bool = False,
+                 stale_after_s: float = STALE_AFTER_S,
+                 reattach_period_s: float = REATTACH_PERIOD_S):
+        self.socket_path = socket_path
+        self.client_name = client_name
+        self.timeout_s = timeout_s
+        self.busy_poll = busy_poll
+        self.stale_after_s = stale_after_s
+        self.reattach_period_s = reattach_period_s
+        self._epoll = select.epoll()
+        self._att: _Attachment | None = None
+        self._last_try_s = 0.0
+        self._last_snapshots: dict[str, BookSnapshot] = {}
+        self.attaches = 0
+        self.detaches = 0
+        self.detach_reason = ""
+
+    # -- attaching ---------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return self._att is not None
+
+    @property
+    def generation(self) -> int:
+        return self._att.generation if self._att else 0
+
+    def attach(self) -> None:
+        """Connect, handshake, map the segment. Raises ObserverUnavailable."""
+        assert self._att is None
+        self._last_try_s = time.monotonic()
+        sock = _connect_socket(self.socket_path, self.timeout_s)
+        try:
+            self._att = self._handshake(sock)
+        except BaseException:
+            sock.close()
+            raise
+        for fd in self._att.reader.eventfds:
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+        self.attaches += 1
+
+    def _handshake(self, sock: socket.socket) -> _Attachment:
+        proto = ClientProtocol(self.client_name)
+        req_id, data = proto.hello(want_fds=True)
+        sock.sendall(data)
+        fds: list[int] = []
+        try:
+            welcome = _await_reply(sock, proto, req_id, self.timeout_s, fds)
+            if type(welcome) is m.Error:
+                raise ObserverUnavailable(f"observer at {self.socket_path} refused us: "
+                                          f"{m.ErrorCode.NAMES.get(welcome.code)}: {welcome.message}")
+            if not welcome.fds_passed or len(fds) != 1 + welcome.n_eventfds:
+                raise ObserverUnavailable(f"observer at {self.socket_path} passed {len(fds)} fds, "
+                                          f"expected {1 + welcome.n_eventfds}")
+            reader = SegmentReader(fds[0], fds[1:], own_fds=True)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return _Attachment(sock, proto, welcome, reader)
+
+    def _detach(self, reason: str) -> None:
+        att, self._att = self._att, None
+        if att is None:
+            return
+        for fd in (*att.reader.eventfds, att.sock.fileno()):
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        att.close()
+        self.detaches += 1
+        self.detach_reason = reason
+
+    def _ensure_attached(self, *, force: bool = False) -> bool:
+        """Attached now? Tries to reattach at most every reattach_period_s (or now if forced)."""
+        if self._att is not None:
+            self._check_liveness()
+        if self._att is not None:
+            return True
+        if not force and time.monotonic() - self._last_try_s < self.reattach_period_s:
+            return False
+        try:
+            self.attach()
+        except (ObserverUnavailable, OSError, ProtocolError, layout.LayoutError):
+            return False
+        return True
+
+    def _check_liveness(self) -> None:
+        """Detach if the observer is gone: socket hang-up, closed segment, stale heartbeat."""
+        att = self._att
+        reason = self._service_socket(att)
+        if reason is None and att.reader.closed:
+            reason = "observer shut down"
+        if reason is None and att.reader.heartbeat_age_s() > self.stale_after_s:
+            reason = f"heartbeat older than {self.stale_after_s} s"
+        if reason is not None:
+            self._detach(reason)
+
+    def _service_socket(self, att: _Attachment) -> str | None:
+        """Read whatever the server pushed without blocking; a reason if it hung up."""
+        while True:
+            try:
+                data = att.sock.recv(RECV_BYTES_MAX, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                return f"control socket failed: {exc}"
+            if not data:
+                return "control socket closed by the observer"
+            try:
+                att.proto.receive_data(data)
+            except ProtocolError as exc:
+                return str(exc)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(self, cls, *fields):
+        """Send one request and wait for its reply; raises RequestFailed on an error reply."""
+        if not self._ensure_attached(force=True):
+            raise ObserverUnavailable(f"no observer at {self.socket_path}")
+        att = self._att
+        req_id, data = att.proto.request(cls, *fields)
+        try:
+            att.sock.sendall(data)
+            reply = _await_reply(att.sock, att.proto, req_id, self.timeout_s, None)
+        except (OSError, ProtocolError) as exc:
+            self._detach(f"request failed: {exc}")
+            raise ObserverUnavailable(f"observer at {self.socket_path} went away: {exc}") from None
+        if type(reply) is m.Error:
+            raise RequestFailed(reply.code, reply.message)
+        return reply
+
+    def stats(self) -> m.Stats:
+        return self.request(m.StatsRequest)
+
+    def subscribe(self, names=()) -> list[int]:
+        """Ask the server to push update records for these books over the socket."""
+        return self.request(m.Subscribe, list(names)).books
+
+    def pushed_updates(self, timeout_s: float | None = None):
+        """Yield update records pushed over the socket (after `subscribe`); returns after
+        `timeout_s` without one, or when the observer goes away."""
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._att is not None:
+            proto = self._att.proto
+            while proto.pushed:
+                for record in proto.pushed.popleft().records:
+                    yield Update(*record[: len(Update._fields)])
+            remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
+            if remaining_s is not None and remaining_s <= 0:
+                return
+            if not _readable(self._att.sock, remaining_s):
+                return
+            reason = self._service_socket(self._att)
+            if reason is not None:
+                self._detach(reason)
+
+    # -- books -------------------------------------------------------------------------------
+
+    def books(self) -> list:
+        """Every book of the observer (`BookInfo`: book_index, exchange, symbol, ...)."""
+        if not self._ensure_attached(force=True):
+            raise ObserverUnavailable(f"no observer at {self.socket_path}")
+        return list(self._att.books)
+
+    def book(self, name: str) -> "Book":
+        """A handle on one book: `SYMBOL` when one venue has it, else `exchange:SYMBOL`."""
+        info = self._resolve(name)
+        return Book(self, info.name)
+
+    def _resolve(self, name: str):
+        try:
+            return m.resolve_book(name, self.books())
+        except m.BookNameError as exc:
+            raise BookNotFound(str(exc)) from None
+
+    def snapshot(self, name: str, depth: int | None = None) -> BookSnapshot:
+        """A consistent copy of book `name`; the last copy, marked stale, if the observer is
+        gone (ObserverUnavailable if there never was one)."""
+        if self._ensure_attached():
+            try:
+                info = m.resolve_book(name, self._att.books)
+            except m.BookNameError as exc:
+                raise BookNotFound(str(exc)) from None
+            snap = self._att.reader.snapshot(info.book_index, depth)
+            self._last_snapshots[name] = snap
+            return snap
+        last = self._last_snapshots.get(name)
+        if last is None:
+            raise ObserverUnavailable(f"no observer at {self.socket_path}")
+        last.flags |= layout.FLAG_STALE
+        return last
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def updates(self, names=None, timeout_s: float | None = None, *,
+                busy_poll: bool | None = None):
+        """Yield `Update` records for the named books (None: all) as they arrive.
+
+        Returns after `timeout_s` seconds without a record. Survives observer restarts: yields
+        KIND_STALE per book when it goes, KIND_RESYNC per book when a new one is attached.
+        """
+        from obclient.stream import follow_updates
+
+        spin = self.busy_poll if busy_poll is None else busy_poll
+        return follow_updates(self, names, timeout_s, spin)
+
+    def fileno(self) -> int:
+        """An fd that becomes readable on any update or observer event (asyncio add_reader);
+        call `updates(..., timeout_s=0)` when it does."""
+        return self._epoll.fileno()
+
+    def close(self) -> None:
+        self._detach("closed by the caller")
+        self._epoll.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Book:
+    """A named book of one client: its snapshots follow the observer across restarts."""
+
+    def __init__(self, client: Client, name: str):
+        self.client = client
+        self.name = name
+
+    def snapshot(self, depth: int | None = None) -> BookSnapshot:
+        return self.client.snapshot(self.name, depth)
+
+    def __repr__(self) -> str:
+        return f"Book({self.name!r})"
+
+
+# -- socket helpers ------------------------------------------------------------------------------
+
+def _connect_socket(path: str, timeout_s: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise ObserverUnavailable(f"no observer at {path} ({exc.strerror.lower()}); "
+                                  f"is it running? (--socket or ${m.SOCKET_ENV})") from None
+    except OSError as exc:
+        sock.close()
+        raise ObserverUnavailable(f"cannot connect to {path}: {exc}") from None
+    sock.settimeout(None)
+    return sock
+
+
+def _readable(sock: socket.socket, timeout_s: float | None) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(None if timeout_s is None else max(0, int(timeout_s * 1000))))
+
+
+def _await_reply(sock, proto: ClientProtocol, req_id: int, timeout_s: float, fds: list | None):
+    """Read until the reply to `req_id` arrives; collects passed fds into `fds` (None: refuse
+    any, closing them)."""
+    deadline_s = time.monotonic() + timeout_s
+    while (reply := proto.take_reply(req_id)) is None:
+        remaining_s = deadline_s - time.monotonic()
+        if remaining_s <= 0 or not _readable(sock, remaining_s):
+            raise ObserverUnavailable(f"no reply from the observer within {timeout_s} s")
+        data, got_fds = _recv_with_fds(sock)
+        if fds is None:
+            for fd in got_fds:
+                os.close(fd)
+        else:
+            fds.extend(got_fds)
+        if not data:
+            raise ObserverUnavailable("the observer closed the control socket")
+        proto.receive_data(data)
+    return reply
+
+
+def _recv_with_fds(sock) -> tuple[bytes, list[int]]:
+    data, ancdata, flags, _ = sock.recvmsg(RECV_BYTES_MAX, socket.CMSG_SPACE(FDS_MAX * 4),
+                                           socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", cdata[: len(cdata) - len(cdata) % 4]))
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ObserverUnavailable("fds passed by the observer were truncated")
+    return data, fds

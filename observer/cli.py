@@ -1,0 +1,164 @@
+"""`observer`: the command that runs a supervisor and its shard(s) until SIGTERM or SIGINT.
+
+    observer --feed synthetic:BTCUSD,ETHUSD [--rate N] [--seed S] [--socket PATH] [--name NAME]
+    observer --config observer.toml
+
+Why it is thin: configuration is observer/config.py (one frozen ObserverConfig from a file and
+flags), the long-lived objects are `Supervisor` and `Shard`, and this module only wires them on
+one loom loop and turns signals into a clean stop. Signals arrive through `signal.set_wakeup_fd`
+on a socketpair that a fiber reads, so the stop runs as ordinary fiber code (no work inside a
+signal handler, no interrupted loop internals). A clean stop removes the socket file and closes
+the segment, whose name was already unlinked at start-up.
+
+Exit codes: 0 after a clean stop, 2 for a bad command line or configuration (one line on
+stderr), 3 when another observer already holds the name or the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+
+from observer import config as cfg
+from observer import logs
+from observer.instance import AlreadyRunning
+from observer.server.control import SocketInUse
+from proto import messages as m
+from proto.layout import BookDesc, LayoutError
+
+log = logging.getLogger("observer")
+
+EXIT_USAGE = 2
+EXIT_RUNNING = 3
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="observer", description="Shared-memory L2 order book server.")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--feed", action="append", default=[],
+                   help="EXCHANGE:SYMBOL[,SYMBOL...], e.g. synthetic:BTCUSD,ETHUSD (repeatable)")
+    p.add_argument("--rate", type=float, help="synthetic feeds: updates per second per symbol")
+    p.add_argument("--seed", type=int, help="synthetic feeds: random seed")
+    p.add_argument("--socket", help=f"control socket path (default: ${m.SOCKET_ENV}, else "
+                   f"{m.SOCKET_FILE} in $XDG_RUNTIME_DIR or the temp dir)")
+    p.add_argument("--name", help="instance name (one live observer per name)")
+    p.add_argument("--depth", type=int, help="levels per side published")
+    p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
+    p.add_argument("--log-format", choices=("text", "json"))
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return p.parse_args(argv)
+
+
+def build_config(args) -> cfg.ObserverConfig:
+    config = cfg.load_config(args.config) if args.config else cfg.ObserverConfig()
+    feeds = [cfg.parse_feed_spec(spec) for spec in args.feed]
+    config = config.with_overrides(
+        name=args.name, socket=args.socket, depth=args.depth, backend=args.backend,
+        log_format=args.log_format, log_level=args.log_level,
+        feeds=tuple(feeds) if feeds else None)
+    synthetic = {"rate_hz": args.rate, "seed": args.seed}
+    config = config.with_overrides(feeds=tuple(
+        _override(f, synthetic) if f.exchange == "synthetic" else f for f in config.feeds))
+    cfg.validate(config, where="command line")
+    if not config.feeds:
+        raise cfg.ConfigError("no feeds: give --feed EXCHANGE:SYMBOLS or a --config file")
+    unsupported = sorted({f.exchange for f in config.feeds if f.exchange != "synthetic"})
+    if unsupported:
+        raise cfg.ConfigError(f"feed(s) {', '.join(unsupported)} are not wired into the observer "
+                              "yet; this build runs synthetic feeds only")
+    return config
+
+
+def _override(feed: cfg.FeedConfig, values: dict) -> cfg.FeedConfig:
+    import dataclasses
+    changes = {k: v for k, v in values.items() if v is not None}
+    if changes.get("rate_hz", 1) <= 0:
+        raise cfg.ConfigError("--rate must be positive")
+    return dataclasses.replace(feed, **changes)
+
+
+def plan(config: cfg.ObserverConfig):
+    """Book descriptors (one shard for now) and the feed objects that fill them."""
+    from observer.feeds.synthetic import SyntheticFeed
+
+    descs, feeds, index_of = [], [], {}
+    for feed_cfg in config.feeds:
+        feed = SyntheticFeed(feed_cfg.symbols, rate_hz=feed_cfg.rate_hz, seed=feed_cfg.seed,
+                             depth=min(config.depth, feed_cfg.depth or config.depth))
+        for symbol in feed.symbols:
+            index_of[(feed.exchange, symbol)] = len(descs)
+            descs.append(BookDesc(feed.exchange, symbol, symbol, 0))
+        feeds.append(feed)
+    return descs, feeds, index_of
+
+
+def run(config: cfg.ObserverConfig) -> int:
+    from observer import loom
+    from observer.shard import Shard
+    from observer.supervisor import Supervisor
+
+    descs, feeds, index_of = plan(config)
+    loop = loom.Loop(backend=config.backend)
+    socket_path = config.socket or m.default_socket_path()
+    supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=1,
+                            depth_max=config.depth, socket_path=socket_path,
+                            allow_uids=config.allow_uids, allow_gids=config.allow_gids)
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    old_wakeup_fd = signal.set_wakeup_fd(wake_w.fileno())
+    old_handlers = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        supervisor.start()
+        shard = Shard(0, supervisor.segment.writer(0), feeds, index_of)
+        loop.run(_serve, loop, supervisor, shard, wake_r, socket_path)
+    finally:
+        supervisor.stop()
+        signal.set_wakeup_fd(old_wakeup_fd)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        wake_r.close()
+        wake_w.close()
+        loop.close()
+    return 0
+
+
+def _note_signal(signum, frame) -> None:
+    """The wakeup fd carries the signal to the loop; nothing to do here."""
+
+
+def _serve(loop, supervisor, shard, wake_r, socket_path) -> None:
+    from observer import loom
+
+    shard.start(loop)
+    log.info("observer ready name=%s socket=%s books=%d pid=%d", supervisor.name, socket_path,
+             len(supervisor.book_descs), __import__("os").getpid())
+    signum = loom.recv(wake_r, 1)
+    log.info("observer stopping (signal %d)", signum[0] if signum else 0)
+    shard.stop()
+    supervisor.stop()
+    loop.stop()
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = build_config(args)
+    except cfg.ConfigError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(config.log_format, config.log_level)
+    try:
+        return run(config)
+    except (AlreadyRunning, SocketInUse) as exc:
+        print(f"observer: {exc}", file=sys.stderr)
+        return EXIT_RUNNING
+    except (LayoutError, ValueError, OSError) as exc:
+        print(f"observer: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""A shard: runs its feeds into its ShardWriter on one loom loop.
+
+Why an object of its own: C1 puts one shard process per core, each the only writer of its books
+and its ring. Today the observer runs one shard inside the supervisor's process and loop; the
+split of issue 7 moves a `Shard` into a pinned child process with its own `Loop` and a writer
+from `Segment.attach_fd`, and nothing here changes. A shard knows its writer, its feeds and which
+segment book index each of their symbols has; it does not know about clients or the socket.
+
+One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next
+deadline, hands it the time, publishes the books its actions name and flushes the writer once
+per pass (one eventfd write per batch, C6). Only the synthetic feed runs here yet; exchange
+adapters arrive with the session driver (observer/feeds/session.py), which owns their I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from observer import loom
+from observer.feeds.actions import Publish, Stale
+
+log = logging.getLogger("observer.shard")
+
+HEARTBEAT_PERIOD_S = 0.1
+TICK_MIN_S = 0.0005          # never sleep less than this between feed passes
+
+
+class Shard:
+    def __init__(self, index: int, writer, feeds: list, book_index_of: dict,
+                 *, heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
+        """`feeds`: sans-IO feed objects with start/on_tick/next_deadline_ns/books;
+        `book_index_of[(exchange, symbol)]`: the segment slot of each book."""
+        assert writer.shard_index == index
+        self.index = index
+        self.writer = writer
+        self.feeds = list(feeds)
+        self.book_index_of = dict(book_index_of)
+        self.heartbeat_period_s = heartbeat_period_s
+        self.passes = 0
+        self.publishes = 0
+        self._fibers: list = []
+
+    def start(self, loop) -> None:
+        for feed in self.feeds:
+            self._fibers.append(loop.spawn(self._run_feed, feed))
+        self._fibers.append(loop.spawn(self._heartbeat))
+
+    def stop(self) -> None:
+        for fiber in self._fibers:
+            if not fiber.done:
+                fiber.cancel()
+        self._fibers.clear()
+
+    def _run_feed(self, feed) -> None:
+        self._apply(feed, feed.start(time.time_ns()))
+        while True:
+            wait_s = (feed.next_deadline_ns() - time.time_ns()) / 1e9
+            loom.sleep(max(TICK_MIN_S, wait_s))
+            self._apply(feed, feed.on_tick(time.time_ns()))
+
+    def _apply(self, feed, actions) -> None:
+        recv_ts_ns = time.time_ns()
+        for action in actions:
+            book_index = self.book_index_of[(feed.exchange, action.symbol)]
+            if type(action) is Publish:
+                self.writer.publish(book_index, feed.books[action.symbol], recv_ts_ns=recv_ts_ns)
+                self.publishes += 1
+            elif type(action) is Stale:
+                self.writer.mark_stale(book_index)
+        self.writer.flush()
+        self.passes += 1
+
+    def _heartbeat(self) -> None:
+        while True:
+            self.writer.heartbeat()
+            loom.sleep(self.heartbeat_period_s)

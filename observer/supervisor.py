@@ -1,0 +1,176 @@
+"""The supervisor: owns the instance name, the segment, the control server and the heartbeat.
+
+Why this split (C1): the supervisor creates everything that outlives a shard (the segment, the
+eventfds, the control socket), and shards only write. Today one shard runs in the supervisor's
+loop; issue 7 moves shards into pinned child processes and the supervisor keeps this shape.
+
+Start-up order, and why:
+1. Take the instance lock (observer/instance.py): a second observer with the same name refuses
+   to start while the first lives, and nothing of the first is touched.
+2. Create the segment under a name unique to this process and generation, open one `O_RDONLY`
+   fd on it for clients, then unlink the name at once. From then on the segment exists only
+   through fds (ours, the shards', the clients'), so kill -9 of the observer leaves nothing in
+   /dev/shm: the kernel frees the memory when the last fd or mapping goes (C9).
+3. Bind the control socket (replacing a stale one left by a killed observer, refusing a live
+   one) and serve the catalog below.
+
+The catalog is what the control server asks (protocol.py): the handshake facts, the fds to pass,
+book descriptions, consistent snapshots (read like any client, through a read-only
+`SegmentReader`) and stats. The supervisor also follows every shard's ring and fans records out
+to clients that subscribed over the socket; it wakes on the shard eventfds (EPOLLET, through the
+reader's epoll) and never makes a shard wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+
+from obclient.segment import SegmentReader
+from observer import loom
+from observer.instance import InstanceLock
+from observer.server.control import ControlServer
+from observer.shm import Segment
+from proto import layout
+from proto import messages as m
+from proto.layout import BookDesc
+
+log = logging.getLogger("observer.supervisor")
+
+HEARTBEAT_PERIOD_S = 0.1
+RING_RECORDS = 1 << 14
+FANOUT_BATCH_MAX = 1024      # ring records fanned out per pass before yielding
+FANOUT_CHECK_S = 0.1         # wake-ups are hints: recheck the rings at least this often
+
+
+class Supervisor:
+    def __init__(self, loop, *, name: str, book_descs: list[BookDesc], shards_n: int,
+                 depth_max: int, socket_path: str, allow_uids=(), allow_gids=(),
+                 heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
+        self.loop = loop
+        self.name = name
+        self.book_descs = list(book_descs)
+        self.shards_n = shards_n
+        self.depth_max = depth_max
+        self.socket_path = socket_path
+        self.heartbeat_period_s = heartbeat_period_s
+        self.lock = InstanceLock(name)
+        self.segment: Segment | None = None
+        self.reader: SegmentReader | None = None
+        self.reader_fd = -1
+        self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
+                                    allow_gids=allow_gids)
+        self.started_s = time.monotonic()
+        self._fibers: list = []
+
+    def start(self) -> None:
+        """Lock the name, create the segment, serve the socket. Undoes itself on failure."""
+        self.lock.acquire()
+        try:
+            self._create_segment()
+            self.server.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._fibers.append(self.loop.spawn(self._heartbeat))
+        self._fibers.append(self.loop.spawn(self._fanout))
+
+    def _create_segment(self) -> None:
+        shm_name = f"observer-{self.name}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.segment = Segment.create(shm_name, self.book_descs, self.shards_n, self.depth_max,
+                                      RING_RECORDS, heartbeat_period_s=self.heartbeat_period_s)
+        try:
+            self.reader_fd = self.segment.reader_fd()
+        finally:
+            self.segment.unlink()
+        self.reader = SegmentReader(self.reader_fd, self.segment.eventfds)   # EPOLLET on each
+
+    def stop(self) -> None:
+        """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
+        for fiber in self._fibers:
+            if not fiber.done:
+                fiber.cancel()
+        self._fibers.clear()
+        self.server.close()
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self.segment is not None:
+            self.segment.mark_closed()
+            self.segment.close()
+            self.segment = None
+        if self.reader_fd >= 0:
+            os.close(self.reader_fd)
+            self.reader_fd = -1
+        self.lock.release()
+
+    # -- fibers ------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while True:
+            self.segment.heartbeat()
+            loom.sleep(self.heartbeat_period_s)
+
+    def _fanout(self) -> None:
+        """Follow every ring; queue records for socket subscribers (bounded, never blocking)."""
+        follower = self.reader.follow()
+        epoll_fd = self.reader.fileno()
+        while True:
+            for update in follower.poll(FANOUT_BATCH_MAX):
+                self.server.fanout(update.book_index, tuple(update))
+            if follower.pending():
+                loom.sleep(0)
+                continue
+            try:
+                with loom.timeout(FANOUT_CHECK_S):
+                    loom.wait_readable(epoll_fd)
+            except TimeoutError:
+                pass
+            self.reader.wait(0)      # drain the inner epoll so its fd is quiet until next edge
+
+    # -- the catalog the control server serves -----------------------------------------------
+
+    def hello_info(self) -> dict:
+        g = self.reader.geometry
+        return {"server_name": self.name, "pid": os.getpid(), "generation": self.reader.generation,
+                "segment_bytes": g.segment_bytes, "layout_version": layout.LAYOUT_VERSION,
+                "layout_hash": layout.LAYOUT_HASH, "n_eventfds": len(self.segment.eventfds),
+                "heartbeat_period_s": self.heartbeat_period_s}
+
+    def handout_fds(self) -> list[int]:
+        return [self.reader_fd, *self.segment.eventfds]
+
+    def book_infos(self) -> list[list]:
+        return [[b.book_index, b.exchange, b.symbol, b.native, b.shard_index, *self._exps(b),
+                 self.depth_max] for b in self.reader.books()]
+
+    def _exps(self, info) -> tuple[int, int]:
+        snap = self.reader.snapshot(info.book_index, 0)
+        return snap.price_exp, snap.size_exp
+
+    def snapshot(self, book_index: int, depth: int) -> dict:
+        snap = self.reader.snapshot(book_index, depth or None)
+        return {"seq": snap.seq, "update_id": snap.update_id, "exch_ts_ns": snap.exch_ts_ns,
+                "recv_ts_ns": snap.recv_ts_ns, "publish_ts_ns": snap.publish_ts_ns,
+                "stale": snap.stale, "lagging": snap.lagging, "price_exp": snap.price_exp,
+                "size_exp": snap.size_exp,
+                "bids": [[int(p), int(s)] for p, s in zip(snap.bid_px, snap.bid_sz)],
+                "asks": [[int(p), int(s)] for p, s in zip(snap.ask_px, snap.ask_sz)]}
+
+    def stats(self) -> tuple[dict, list, list]:
+        now_ns = time.time_ns()
+        observer = {"name": self.name, "pid": os.getpid(), "generation": self.reader.generation,
+                    "uptime_s": round(time.monotonic() - self.started_s, 3),
+                    "books": len(self.book_descs), "shards": self.shards_n,
+                    "protocol_version": m.PROTOCOL_VERSION, **self.server.stats()}
+        books = []
+        for info in self.reader.books():
+            counters = self.reader.book_stats(info.book_index)
+            last_ns = counters["last_update_ns"]
+            books.append({"book": info.name, "stale": self.reader.snapshot(info.book_index, 0).stale,
+                          "last_update_age_s": round((now_ns - last_ns) / 1e9, 3) if last_ns else None,
+                          **{k: v for k, v in counters.items() if not k.startswith("reserved")}})
+        return observer, books, self.server.client_stats()
+
