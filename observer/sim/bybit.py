@@ -1,0 +1,194 @@
+"""Bybit v5 public: `orderbook.{depth}.{symbol}` snapshot + delta, spot and linear.
+
+Each (symbol, depth) topic is one stream with its own window and update id `u`, shared by all
+its subscribers: a delta turns the previous window into the new one exactly (levels leaving
+the window are deleted explicitly) and `u` goes up by one per message, so a client checks
+`u == previous u + 1`. A gap fault advances `u` without sending; a `reset` fault re-sends a
+snapshot with `u = 1` (Bybit's "service restarted" signal). Depth 1 is snapshot-only and is
+re-pushed with the same `u` after `level1_repush_s` (3 s) without change.
+
+Spot and linear differ where clients trip: the key order of a push (spot has `ts` before
+`type`, linear after), the subscribe ack (`ret_msg` "subscribe" vs ""), and spot's limit of 10
+args per subscribe. A duplicate subscribe is refused ("already subscribed"); a resync is
+unsubscribe then subscribe. `{"op":"ping"}` is answered unless a ping-deadline fault mutes it;
+a connection with neither client messages nor data for `idle_s` (10 min) is closed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from observer.sim.book import Instrument, window, window_diff
+from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
+from observer.sim.wire import Conn
+
+DEPTHS = (1, 50, 200, 1000)
+SPOT_ARGS_MAX = 10
+
+
+class BybitSpot(Venue):
+    name = "bybit"
+    category = "spot"
+    ws_path = "/v5/public/spot"
+    faults = COMMON_FAULTS + ("reset",)
+
+    def instrument(self, symbol: str) -> Instrument:
+        return Instrument(price_decimals=2, size_decimals=6, tick_int=10)
+
+    def init_market(self, market: Market) -> None:
+        market.state["topics"] = {}            # depth -> {"u", "window", "subs", "pushed_s"}
+        market.state["seq"] = 5_000_000
+
+    def sequence_of(self, market: Market):
+        return {str(d): t["u"] for d, t in market.state["topics"].items()}
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def message(self, market: Market, depth: int, kind: str, bids, asks, u: int) -> bytes:
+        inst = market.inst
+        b = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for p, q in bids)
+        a = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for p, q in asks)
+        ts_ms = time.time_ns() // 1_000_000
+        topic = f'"topic":"orderbook.{depth}.{market.symbol}"'
+        data = f'"data":{{"s":"{market.symbol}","b":[{b}],"a":[{a}],"u":{u},"seq":{market.state["seq"]}}}'
+        if self.category == "spot":
+            return f'{{{topic},"ts":{ts_ms},"type":"{kind}",{data},"cts":{ts_ms}}}'.encode()
+        return f'{{{topic},"type":"{kind}","ts":{ts_ms},{data},"cts":{ts_ms}}}'.encode()
+
+    def snapshot(self, market: Market, depth: int, topic: dict) -> bytes:
+        bids, asks = window(market.book, depth)
+        topic["window"] = (bids, asks)
+        topic["pushed_s"] = time.monotonic()
+        self.counters["snapshots_served"] += 1
+        payload = self.message(market, depth, "snapshot", list(bids.items()), list(asks.items()), topic["u"])
+        size_bytes = self.take_oversized()
+        return payload if size_bytes is None else pad_json(payload, size_bytes)
+
+    # -- the stream -----------------------------------------------------------------------
+
+    def publish(self, market: Market, changes: list, now_s: float) -> None:
+        market.state["seq"] += 1 + len(changes)
+        reset = market.reset_next > 0
+        market.reset_next = 0
+        for depth, topic in market.state["topics"].items():
+            if reset:
+                topic["u"] = 1
+                self.broadcast(topic["subs"], self.snapshot(market, depth, topic))
+                continue
+            bids0, asks0 = topic["window"]
+            bids1, asks1 = window(market.book, depth)
+            bids, asks = window_diff(bids0, bids1), window_diff(asks0, asks1)
+            if not bids and not asks:
+                continue
+            topic["u"] += 1
+            topic["window"] = (bids1, asks1)
+            if depth == 1:
+                topic["pushed_s"] = now_s
+                payload = self.message(market, depth, "snapshot", list(bids1.items()), list(asks1.items()), topic["u"])
+            else:
+                payload = self.message(market, depth, "delta", bids, asks, topic["u"])
+            self.broadcast(topic["subs"], payload)
+
+    def hide(self, market: Market, changes: list) -> None:
+        market.state["seq"] += 1 + len(changes)
+        for depth, topic in market.state["topics"].items():
+            after = window(market.book, depth)
+            if after != topic["window"]:
+                topic["u"] += 1
+                topic["window"] = after
+
+    # -- connections ----------------------------------------------------------------------
+
+    def on_open(self, conn: Conn) -> None:
+        conn.state["conn_id"] = f"obsim-{conn.id}"
+        conn.state["topics"] = {}                  # topic name -> (market, depth)
+
+    def on_close(self, conn: Conn) -> None:
+        for market, depth in conn.state["topics"].values():
+            self.drop_sub(market, depth, conn)
+
+    def drop_sub(self, market: Market, depth: int, conn: Conn) -> None:
+        topic = market.state["topics"].get(depth)
+        if topic is not None:
+            topic["subs"].discard(conn)
+            if not topic["subs"]:
+                del market.state["topics"][depth]
+
+    def reply(self, conn: Conn, op: str, req_id, success: bool, ret_msg: str) -> None:
+        obj = {"success": success, "ret_msg": ret_msg, "conn_id": conn.state["conn_id"]}
+        if req_id is not None:
+            obj["req_id"] = req_id
+        obj["op"] = op
+        conn.send_payload(orjson.dumps(obj))
+
+    def parse_topic(self, name) -> tuple[Market, int] | None:
+        parts = str(name).split(".")
+        if len(parts) != 3 or parts[0] != "orderbook" or not parts[1].isdigit():
+            return None
+        market, depth = self.markets.get(parts[2]), int(parts[1])
+        return (market, depth) if market is not None and depth in DEPTHS else None
+
+    def on_message(self, conn: Conn, message, now_s: float) -> None:
+        req = self.parse_client_json(conn, message)
+        if req is None:
+            return self.reply(conn, "", None, False, "error:request not a JSON object")
+        op, req_id, args = req.get("op"), req.get("req_id"), req.get("args", [])
+        if op == "ping":
+            if now_s >= conn.pongs_muted_until_s:
+                self.counters["pings_answered"] += 1
+                self.reply(conn, "ping", req_id, True, "pong")
+            return
+        if op not in ("subscribe", "unsubscribe") or not isinstance(args, list):
+            return self.reply(conn, str(op), req_id, False, f"error:unknown op or bad args: {op}")
+        if self.category == "spot" and len(args) > SPOT_ARGS_MAX:
+            return self.reply(conn, op, req_id, False, f"error:args size >{SPOT_ARGS_MAX}")
+        for name in args:
+            if not self.one_topic(conn, op, name, req_id):
+                return
+        self.reply(conn, op, req_id, True, "subscribe" if self.category == "spot" else "")
+        if op == "subscribe":
+            for name in args:
+                market, depth = self.parse_topic(name)
+                conn.send_payload(self.snapshot(market, depth, market.state["topics"][depth]))
+
+    def one_topic(self, conn: Conn, op: str, name, req_id) -> bool:
+        parsed = self.parse_topic(name)
+        if parsed is None:
+            self.reply(conn, op, req_id, False, f"error:handler not found,topic:{name}")
+            return False
+        market, depth = parsed
+        held = name in conn.state["topics"]
+        if op == "subscribe" and held:
+            self.counters["subscribes_refused"] += 1
+            self.reply(conn, op, req_id, False, f"error:already subscribed,topic:{name}")
+            return False
+        if op == "unsubscribe":
+            if held:
+                del conn.state["topics"][name]
+                conn.state["subs"].discard(name)
+                self.drop_sub(market, depth, conn)
+            return True
+        self.counters["subscribes"] += 1
+        conn.state["topics"][name] = (market, depth)
+        conn.state["subs"].add(name)
+        topic = market.state["topics"].setdefault(depth, {"u": 1_000_000, "window": ({}, {}), "subs": set(), "pushed_s": 0.0})
+        topic["subs"].add(conn)
+        return True
+
+    def housekeep(self, now_s: float) -> None:
+        for conn in list(self.conns):
+            if now_s - max(conn.last_in_s, conn.last_out_s) > self.opts.bybit_idle_s:
+                self.close_conn(conn, 1000, "idle", "closes_idle")
+        for market in self.markets.values():
+            topic = market.state["topics"].get(1)
+            if topic and now_s - topic["pushed_s"] >= self.opts.bybit_level1_repush_s:
+                self.broadcast(topic["subs"], self.snapshot(market, 1, topic))
+                self.counters["snapshots_served"] -= 1          # a re-push, not a served snapshot
+
+
+class BybitLinear(BybitSpot):
+    name = "bybit-linear"
+    category = "linear"
+    ws_path = "/v5/public/linear"
