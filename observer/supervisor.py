@@ -12,7 +12,8 @@ Start-up order, and why:
    through fds (ours, the shards', the clients'), so kill -9 of the observer leaves nothing in
    /dev/shm: the kernel frees the memory when the last fd or mapping goes (C9).
 3. Bind the control socket (replacing a stale one left by a killed observer, refusing a live
-   one) and serve the catalog below.
+   one) and serve the catalog below; fork the reaper (observer/reaper.py), which removes the
+   socket file if we die without doing it ourselves.
 
 The catalog is what the control server asks (protocol.py): the handshake facts, the fds to pass,
 book descriptions, consistent snapshots (read like any client, through a read-only
@@ -31,6 +32,7 @@ import time
 from obclient.segment import SegmentReader
 from observer import loom
 from observer.instance import InstanceLock
+from observer.reaper import Reaper
 from observer.server.control import ControlServer
 from observer.shm import Segment
 from proto import layout
@@ -60,6 +62,7 @@ class Supervisor:
         self.segment: Segment | None = None
         self.reader: SegmentReader | None = None
         self.reader_fd = -1
+        self.reaper: Reaper | None = None
         self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
                                     allow_gids=allow_gids)
         self.started_s = time.monotonic()
@@ -71,6 +74,7 @@ class Supervisor:
         try:
             self._create_segment()
             self.server.start()
+            self.reaper = Reaper(self.socket_path)
         except BaseException:
             self.stop()
             raise
@@ -94,6 +98,9 @@ class Supervisor:
                 fiber.cancel()
         self._fibers.clear()
         self.server.close()
+        if self.reaper is not None:
+            self.reaper.stop()
+            self.reaper = None
         if self.reader is not None:
             self.reader.close()
             self.reader = None

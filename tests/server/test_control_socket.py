@@ -1,0 +1,236 @@
+"""The control server in a real observer process, met by real (and hostile) unix-socket peers."""
+
+import array
+import fcntl
+import mmap
+import os
+import resource
+import socket
+import stat
+import time
+
+import pytest
+
+import obclient
+from obclient.protocol import ClientProtocol
+from observer.testing import ObserverProcess, wait_until
+from proto import framing
+from proto import messages as m
+
+REPLY_WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def observer():
+    with ObserverProcess(rate=500) as obs:
+        obs.wait_ready().close()
+        yield obs
+
+
+def raw_connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(REPLY_WAIT_S)
+    sock.connect(path)
+    return sock
+
+
+def read_messages(sock, proto, fds=None):
+    """Read once (blocking up to the socket timeout) and feed the protocol; b"" at EOF."""
+    data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(64 * 4))
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got = array.array("i", cdata[: len(cdata) - len(cdata) % 4])
+            if fds is None:
+                for fd in got:
+                    os.close(fd)
+            else:
+                fds.extend(got)
+    if data:
+        proto.receive_data(data)
+    return data
+
+
+def await_reply(sock, proto, req_id, fds=None):
+    while (reply := proto.take_reply(req_id)) is None:
+        if not read_messages(sock, proto, fds):
+            raise EOFError("server closed before replying")
+    return reply
+
+
+def read_until_closed(sock, proto):
+    """Everything the server sends until it closes the connection."""
+    while read_messages(sock, proto):
+        pass
+
+
+def hello(sock, proto, fds=None):
+    req_id, data = proto.hello()
+    sock.sendall(data)
+    return await_reply(sock, proto, req_id, fds)
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def test_socket_file_mode_is_0660(observer):
+    mode = stat.S_IMODE(os.stat(observer.socket_path).st_mode)
+    assert mode == 0o660
+    assert stat.S_ISSOCK(os.stat(observer.socket_path).st_mode)
+
+
+def test_handshake_passes_readonly_segment_fd_and_eventfds(observer):
+    sock, proto, fds = raw_connect(observer.socket_path), ClientProtocol("t"), []
+    try:
+        welcome = hello(sock, proto, fds)
+        assert type(welcome) is m.Welcome
+        assert welcome.fds_passed
+        assert len(fds) == 1 + welcome.n_eventfds
+        seg_fd = fds[0]
+        assert fcntl.fcntl(seg_fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        assert os.fstat(seg_fd).st_size == welcome.segment_bytes
+        with pytest.raises(PermissionError):
+            mmap.mmap(seg_fd, welcome.segment_bytes, mmap.MAP_SHARED,
+                      mmap.PROT_READ | mmap.PROT_WRITE)
+        view = mmap.mmap(seg_fd, welcome.segment_bytes, mmap.MAP_SHARED, mmap.PROT_READ)
+        with pytest.raises(TypeError):
+            view[0] = 1
+        view.close()
+    finally:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+
+
+def test_garbage_bytes_close_only_that_connection(observer):
+    good = obclient.connect(observer.socket_path)
+    bad, proto = raw_connect(observer.socket_path), ClientProtocol()
+    bad.sendall(b"\xde\xad\xbe\xef" * 64)
+    read_until_closed(bad, proto)
+    bad.close()
+    assert proto.unsolicited_errors[-1].code == m.ErrorCode.BAD_FRAME
+    assert not good.snapshot("BTCUSD", 5).stale
+    assert good.stats().observer["clients"] >= 1
+    good.close()
+
+
+def test_oversized_frame_gets_error_and_connection_survives(observer):
+    sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+    hello(sock, proto)
+    big = m.REQUEST_BYTES_MAX + 1
+    sock.sendall(framing.HEADER.pack(big) + b"\x00" * big)
+    while not proto.unsolicited_errors:
+        assert read_messages(sock, proto)
+    assert proto.unsolicited_errors[-1].code == m.ErrorCode.BAD_FRAME
+    req_id, data = proto.request(m.ListBooks)
+    sock.sendall(data)
+    assert type(await_reply(sock, proto, req_id)) is m.BookList
+    sock.close()
+
+
+def test_truncated_and_unknown_messages_get_errors_then_repeated_ones_close(observer):
+    sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+    hello(sock, proto)
+    sock.sendall(framing.encode_frame(b"\x93\x01", 100))        # an array of 3 with 1 element
+    sock.sendall(framing.encode_frame(b"\x92\xa8teleport\x07", 100))   # ["teleport", 7]
+    assert await_reply(sock, proto, 7).code == m.ErrorCode.UNKNOWN_TYPE
+    assert proto.unsolicited_errors[-1].code == m.ErrorCode.BAD_MSGPACK
+    req_id, data = proto.request(m.ListBooks)                  # still served
+    sock.sendall(data)
+    assert type(await_reply(sock, proto, req_id)) is m.BookList
+    sock.sendall(framing.encode_frame(b"\xc1", 100))           # third bad message: closed
+    read_until_closed(sock, proto)
+    assert "closing" in proto.unsolicited_errors[-1].message
+    sock.close()
+
+
+def test_request_before_hello_is_refused(observer):
+    sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+    req_id, data = proto.request(m.StatsRequest)
+    sock.sendall(data)
+    assert await_reply(sock, proto, req_id).code == m.ErrorCode.NOT_READY
+    sock.close()
+
+
+def test_flood_of_subscribes_from_a_client_that_never_reads(observer):
+    """The flooder is closed at its outbound limit; fds and memory stay bounded; others go on."""
+    pid = observer.proc.pid
+    fds_before, rss_before = open_fds(pid), rss_bytes(pid)
+    other = obclient.connect(observer.socket_path)
+    flooders = []
+    for _ in range(3):
+        sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+        hello(sock, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        batch = b"".join(proto.request(m.Subscribe, [])[1] for _ in range(2000))
+        try:
+            sock.sendall(batch)       # the server stops reading us once it closes us
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        flooders.append(sock)
+    wait_until(lambda: other.stats().observer["clients"] == 1, REPLY_WAIT_S,
+               "the flooders to be closed")
+    assert not other.snapshot("BTCUSD", 1).stale
+    for sock in flooders:
+        sock.close()
+    assert open_fds(pid) <= fds_before + 1                 # +1: `other`
+    assert rss_bytes(pid) < rss_before + 64 * 1024 * 1024
+    other.close()
+
+
+def test_subscriber_that_never_reads_loses_counted_updates_and_blocks_nobody(observer):
+    pid = observer.proc.pid
+    rss_before = rss_bytes(pid)
+    stuck = obclient.Client(observer.socket_path, client_name="stuck")
+    stuck.attach()
+    stuck._att.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.subscribe([])                                    # every book, pushed; never read
+    reader = obclient.connect(observer.socket_path, client_name="reader")
+
+    def stuck_dropped():
+        rows = [c for c in reader.stats().clients if c["name"] == "stuck"]
+        return rows and rows[0]["dropped"] > 0
+
+    wait_until(stuck_dropped, 60, "the stuck subscriber's queue to overflow")
+    got = next(iter(reader.updates(["BTCUSD"], timeout_s=REPLY_WAIT_S)), None)
+    assert got is not None                                 # the shard kept publishing
+    row = [c for c in reader.stats().clients if c["name"] == "stuck"][0]
+    assert row["queued"] <= 4096
+    assert rss_bytes(pid) < rss_before + 64 * 1024 * 1024
+    stuck.close()
+    reader.close()
+
+
+def test_socket_subscription_pushes_update_records(observer):
+    client = obclient.connect(observer.socket_path)
+    books = client.subscribe(["BTCUSD"])
+    btc = client.book("BTCUSD")
+    index = [b.book_index for b in client.books() if b.name == btc.name][0]
+    assert books == [index]
+    records = []
+    for update in client.pushed_updates(timeout_s=REPLY_WAIT_S):
+        records.append(update)
+        if len(records) == 20:
+            break
+    assert len(records) == 20
+    assert {u.book_index for u in records} == {index}
+    seqs = [u.book_seq for u in records]
+    assert seqs == sorted(seqs)
+    assert all(u.bid_px < u.ask_px for u in records)
+    client.close()
+
+
+def test_socket_snapshot_matches_shared_memory_exponents(observer):
+    client = obclient.connect(observer.socket_path)
+    reply = client.request(m.SnapshotRequest, "BTCUSD", 3)
+    snap = client.snapshot("BTCUSD", 3)
+    assert reply.price_exp == snap.price_exp
+    assert reply.size_exp == snap.size_exp
+    assert len(reply.bids) == 3
+    assert reply.bids[0][0] < reply.asks[0][0]
+    client.close()
