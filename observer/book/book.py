@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from observer.book.fixed import DECIMALS_MAX, MANTISSA_MAX, POW10, parse_decimal
+from observer.book.fixed import DECIMALS_MAX, MANTISSA_MAX, POW10, parse_decimal, parse_decimal_slow
 
 BID = 0
 ASK = 1
@@ -64,6 +64,8 @@ class BookUpdate:
 class Book:
     """An exact L2 book. See the module essay for layout and invariants."""
 
+    text_cache_max = 4096  # decimal texts remembered per field (price, size)
+
     def __init__(self, name, *, levels_max=100_000, depth_max=0, paranoid=False):
         assert levels_max > 0
         assert depth_max >= 0
@@ -80,6 +82,8 @@ class Book:
         self.rescales = 0
         self._keys = ([], [])  # per side, ascending towards the best level
         self._sizes = ([], [])
+        self._price_ints = {}  # text -> int at the current exponent (see text_int)
+        self._size_ints = {}
 
     # ----------------------------------------------------------------------------- control
 
@@ -109,15 +113,21 @@ class Book:
         """Set each level in wire order (a price may repeat in one message: last wins)."""
         keys = self._keys[side]
         sizes = self._sizes[side]
-        negate = side == ASK
+        price_ints = self._price_ints
+        size_ints = self._size_ints
+        sign = -1 if side == ASK else 1
         for level in levels:
-            price, size = self.level_ints(level[0], level[1])
-            side_set(keys, sizes, -price if negate else price, size)
+            price = price_ints.get(level[0])
+            if price is None:
+                price = self.text_int(level[0], True)
+            size = size_ints.get(level[1])
+            if size is None:
+                size = self.text_int(level[1], False)
+            side_set(keys, sizes, sign * price, size)
 
     def set_level(self, side, price_text, size_text):
         """One level (feeds whose messages mix sides, e.g. Coinbase); end with end_update."""
-        price, size = self.level_ints(price_text, size_text)
-        side_set(self._keys[side], self._sizes[side], -price if side == ASK else price, size)
+        self.apply_side(side, ((price_text, size_text),))
 
     def load_side(self, side, levels):
         """Replace one side from a snapshot, sorting once; later duplicates win."""
@@ -137,35 +147,59 @@ class Book:
 
     def end_update(self, update_id, exch_ts_ns):
         """Close one message: truncate, record ids, assert invariants, detect a cross."""
-        for side in (BID, ASK):
-            self.enforce_limits(side)
+        bid_keys, ask_keys = self._keys
+        limit = self.depth_max or self.levels_max
+        if len(bid_keys) > limit or len(ask_keys) > limit:
+            self.enforce_limits()
         self.update_id = update_id
         if exch_ts_ns:
             self.exch_ts_ns = exch_ts_ns
         self.updates += 1
         self.assert_invariants()
-        if self.is_crossed():
-            raise BookCrossed(f"{self.name}: crossed book (bid {self.best()[0]} >= ask {self.best()[2]})")
+        if bid_keys and ask_keys and bid_keys[-1] >= -ask_keys[-1]:
+            raise BookCrossed(f"{self.name}: crossed book (bid {bid_keys[-1]} >= ask {-ask_keys[-1]})")
 
-    def enforce_limits(self, side):
-        keys = self._keys[side]
-        if self.depth_max and len(keys) > self.depth_max:
-            side_truncate(keys, self._sizes[side], self.depth_max)
-        if len(keys) > self.levels_max:
-            self.levels_dropped += side_truncate(keys, self._sizes[side], self.levels_max)
+    def enforce_limits(self):
+        for side in (BID, ASK):
+            keys = self._keys[side]
+            if self.depth_max and len(keys) > self.depth_max:
+                side_truncate(keys, self._sizes[side], self.depth_max)
+            if len(keys) > self.levels_max:
+                self.levels_dropped += side_truncate(keys, self._sizes[side], self.levels_max)
 
     # ------------------------------------------------------------------------------ values
 
-    def level_ints(self, price_text, size_text):
-        """Both texts as ints at the book's exponents, rescaling first if either is finer."""
-        price_m, price_d = parse_decimal(price_text)
-        size_m, size_d = parse_decimal(size_text)
-        if price_d > -self.price_exp or size_d > -self.size_exp:
-            self.rescale(max(price_d, -self.price_exp), max(size_d, -self.size_exp))
-        return (
-            self.scaled(price_m, price_d, self.price_exp, "price"),
-            self.scaled(size_m, size_d, self.size_exp, "size"),
-        )
+    def text_int(self, text, is_price):
+        """Decimal text as an int at the book's exponent (making it finer if needed), cached.
+
+        Discussion: the same few hundred price texts come back message after message near the
+        top of a book, so a text -> int dict (bounded by `text_cache_max`, emptied when full
+        and on every rescale) turns most parses into one lookup.
+        """
+        # parse_decimal's fast path, inlined: this runs for every size that is new.
+        head, _, tail = text.partition(".")
+        digits = head + tail
+        decimals = len(tail)
+        if digits.isdigit() and digits.isascii() and decimals <= DECIMALS_MAX:
+            mantissa = int(digits)
+        else:
+            mantissa, decimals = parse_decimal_slow(text)
+        if is_price:
+            if decimals > -self.price_exp:
+                self.rescale(decimals, -self.size_exp)
+            value = mantissa * POW10[-self.price_exp - decimals]
+            cache = self._price_ints
+        else:
+            if decimals > -self.size_exp:
+                self.rescale(-self.price_exp, decimals)
+            value = mantissa * POW10[-self.size_exp - decimals]
+            cache = self._size_ints
+        if value > MANTISSA_MAX:
+            raise BookError(f"{self.name}: {text!r} exceeds int64 at the book's exponent"[:200])
+        if len(cache) >= self.text_cache_max:
+            cache.clear()
+        cache[text] = value
+        return value
 
     def scaled(self, mantissa, decimals, exp, what):
         value = mantissa * POW10[-exp - decimals]
@@ -186,6 +220,8 @@ class Book:
             scale_list(self._sizes[side], size_factor)
         self.price_exp = -price_decimals
         self.size_exp = -size_decimals
+        self._price_ints.clear()
+        self._size_ints.clear()
         self.rescales += 1
 
     # ----------------------------------------------------------------------------- reading
@@ -224,10 +260,14 @@ class Book:
     # -------------------------------------------------------------------------- invariants
 
     def assert_invariants(self):
-        for side in (BID, ASK):
-            assert len(self._keys[side]) == len(self._sizes[side])
-            assert len(self._keys[side]) <= self.levels_max
-            assert not self._sizes[side] or self._sizes[side][-1] > 0
+        bid_keys, ask_keys = self._keys
+        bid_sizes, ask_sizes = self._sizes
+        assert len(bid_keys) == len(bid_sizes)
+        assert len(ask_keys) == len(ask_sizes)
+        assert len(bid_keys) <= self.levels_max
+        assert len(ask_keys) <= self.levels_max
+        assert not bid_sizes or bid_sizes[-1] > 0
+        assert not ask_sizes or ask_sizes[-1] > 0
         if self.paranoid:
             self.check()
 

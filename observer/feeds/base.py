@@ -199,7 +199,7 @@ class Adapter:
         self.limiter.push(conn_id, text)
 
     def flush_sends(self, conn_id):
-        if conn_id not in self.open_conns:
+        if conn_id not in self.open_conns or not self.limiter.queues.get(conn_id):
             return
         for text in self.limiter.ready(conn_id, self.now_ns):
             self.last_send_ns[conn_id] = self.now_ns

@@ -67,6 +67,8 @@ class BinanceAdapter(Adapter):
         self.scheduler.request(sync.symbol)
 
     def pump(self):
+        if not self.scheduler.queue:
+            return
         for symbol in self.scheduler.due(self.now_ns):
             native = self.syncs[symbol].native
             url = f"{self.rest_url}{self.depth_path}?symbol={native}&limit={self.snapshot_limit}"

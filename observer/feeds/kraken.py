@@ -5,7 +5,8 @@ over the decimal TEXT of the top 10 levels per side. v2 sends prices and sizes a
 and a binary float cannot carry "0.00100000". So messages are read decimal-preserving: before
 orjson parses them, the numbers of the `price` and `qty` keys are turned into strings by one
 bytes regex (bench_parse_kraken.py measures it against `json.loads(parse_float=str)`, the
-other exact approach; orjson alone cannot keep the text).
+other exact approach: on small updates the two are within noise of each other, about 3x the
+plain orjson floor; orjson alone cannot keep the text).
 
 Per symbol:
 - One subscribe for all symbols of a connection; Kraken acks each symbol separately (ACK).
@@ -37,7 +38,12 @@ DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
 
 # `"price":45283.5` -> `"price":"45283.5"`: keep the literal text of the number.
-_NUMBER_TO_TEXT = re.compile(rb'"(price|qty)":(-?[0-9][0-9.eE+-]*)')
+_NUMBER_TO_TEXT = re.compile(rb'("(?:price|qty)":)(-?[0-9][0-9.eE+-]*)')
+
+
+def _quoted(match):
+    # A function, not a template: re expands `\1` templates in Python, twice as slow here.
+    return match[1] + b'"' + match[2] + b'"'
 
 
 def loads_exact(data):
@@ -45,7 +51,7 @@ def loads_exact(data):
     if isinstance(data, str):
         data = data.encode()
     try:
-        return orjson.loads(_NUMBER_TO_TEXT.sub(rb'"\1":"\2"', data))
+        return orjson.loads(_NUMBER_TO_TEXT.sub(_quoted, data))
     except orjson.JSONDecodeError as exc:
         raise FeedProtocolError(f"kraken: not JSON: {exc}"[:200]) from None
 

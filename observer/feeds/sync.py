@@ -25,6 +25,10 @@ from observer.feeds.actions import FeedProtocolError
 
 
 class State(enum.Enum):
+    # Members are singletons: identity hashing keeps the per-message TRANSITIONS lookup in C
+    # (Enum's own __hash__ is Python code, two calls per lookup).
+    __hash__ = object.__hash__
+
     DOWN = "down"
     SUBSCRIBING = "subscribing"
     AWAITING_SNAPSHOT = "awaiting_snapshot"
@@ -32,6 +36,8 @@ class State(enum.Enum):
 
 
 class Kind(enum.Enum):
+    __hash__ = object.__hash__
+
     OPEN = "open"
     ACK = "ack"
     SNAPSHOT = "snapshot"

@@ -1,0 +1,37 @@
+"""Binance spot diff depth: adapter on_message vs the orjson floor and a cryptofeed-style book."""
+
+import orjson
+
+import feedbench
+from observer.feeds.binance import BinanceAdapter
+
+walk = feedbench.Walk(tick_decimals=2, size_decimals=8)
+SNAPSHOT = orjson.dumps({"lastUpdateId": 1000, "bids": walk.bids0, "asks": walk.asks0})
+messages = []
+for i in range(feedbench.MESSAGES):
+    bids, asks = walk.step()
+    data = {"e": "depthUpdate", "E": 1700000000000 + i, "s": "BTCUSDT", "U": 1001 + 3 * i, "u": 1003 + 3 * i,
+            "b": bids, "a": asks}
+    messages.append(orjson.dumps({"stream": "btcusdt@depth@100ms", "data": data}))
+
+
+def live():
+    adapter = BinanceAdapter(["BTCUSDT"], snapshot_interval_s=0)
+    adapter.on_open(0, 0)
+    adapter.on_snapshot("BTCUSDT", 200, {}, SNAPSHOT, 1)
+    return adapter
+
+
+def levels(msg):
+    data = msg["data"]
+    for p, s in data["b"]:
+        yield 0, p, s
+    for p, s in data["a"]:
+        yield 1, p, s
+
+
+feedbench.report("bench_parse_binance", [
+    ("observer BinanceAdapter", feedbench.adapter_consumer(live)),
+    ("orjson.loads only (floor)", feedbench.floor_consumer),
+    ("orjson+Decimal+order-book (cf)", feedbench.cryptofeed_style(levels)),
+], messages)
