@@ -209,6 +209,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:          # Ctrl-C is how `watch` ends; elsewhere, an interruption
+        return 0 if args.command == "watch" else 130
 
 
 if __name__ == "__main__":

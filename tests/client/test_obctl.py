@@ -1,0 +1,121 @@
+"""obctl as a user runs it: a separate process against a real observer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+
+from observer.testing import ObserverProcess, wait_until
+
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def observer():
+    with ObserverProcess(rate=100) as obs:
+        obs.wait_ready().close()
+        yield obs
+
+
+def obctl(*args, socket_path=None, env_socket=None):
+    env = dict(os.environ)
+    env.pop("OBSERVER_SOCKET", None)
+    if env_socket:
+        env["OBSERVER_SOCKET"] = env_socket
+    cmd = [sys.executable, "-m", "obclient.obctl"]
+    if socket_path:
+        cmd += ["--socket", socket_path]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env,
+                          timeout=WAIT_S)
+
+
+def test_snapshot_ladder_has_asks_above_bids(observer):
+    done = obctl("snapshot", "BTCUSD", "--depth", "3", socket_path=observer.socket_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("synthetic:BTCUSD  update ")
+    assert "live" in lines[0]
+    kinds = [line.split()[0] for line in lines[2:]]
+    assert kinds == ["ask"] * 3 + ["----"] + ["bid"] * 3
+    asks = [Decimal(line.split()[1]) for line in lines[2:5]]
+    bids = [Decimal(line.split()[1]) for line in lines[6:9]]
+    assert asks == sorted(asks, reverse=True)          # best ask just above the spread
+    assert bids == sorted(bids, reverse=True)          # best bid just below it
+    assert asks[-1] > bids[0]
+    assert f"spread {asks[-1] - bids[0]}" in lines[5]
+
+
+def test_snapshot_json_has_exact_decimal_strings(observer):
+    done = obctl("snapshot", "synthetic:ETHUSD", "--json", "--depth", "4",
+                 env_socket=observer.socket_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["book"] == "synthetic:ETHUSD"
+    assert len(doc["bids"]) == 4 and len(doc["asks"]) == 4
+    for price, size in doc["bids"] + doc["asks"]:
+        assert isinstance(price, str) and isinstance(size, str)
+        assert len(price.split(".")[1]) == 2            # price exponent -2, kept exactly
+        assert len(size.split(".")[1]) == 4             # size exponent -4
+    assert Decimal(doc["bids"][0][0]) < Decimal(doc["asks"][0][0])
+    assert doc["stale"] is False
+    assert doc["update_id"] > 0
+
+
+def test_list_and_stats(observer):
+    done = obctl("list", "--json", socket_path=observer.socket_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["book"] for r in rows] == ["synthetic:BTCUSD", "synthetic:ETHUSD"]
+    assert not any(r["stale"] for r in rows)
+    text = obctl("list", socket_path=observer.socket_path)
+    assert "synthetic:BTCUSD" in text.stdout and "live" in text.stdout
+    done = obctl("stats", "--json", socket_path=observer.socket_path)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["observer"]["name"] == observer.name
+    assert stats["observer"]["uptime_s"] > 0
+    assert {b["book"] for b in stats["books"]} == {"synthetic:BTCUSD", "synthetic:ETHUSD"}
+    assert all(b["updates"] > 0 for b in stats["books"])
+    assert any(c["name"] == "obctl" for c in stats["clients"])
+    text = obctl("stats", socket_path=observer.socket_path)
+    assert text.returncode == 0 and "generation" in text.stdout
+
+
+def test_errors_are_one_line_and_non_zero(observer, tmp_path):
+    missing = obctl("snapshot", "BTCUSD", socket_path=str(tmp_path / "none.sock"))
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("obctl: no observer at ")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    unknown = obctl("snapshot", "DOGEUSD", socket_path=observer.socket_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "obctl: unknown book 'DOGEUSD'"
+    bad_depth = obctl("snapshot", "BTCUSD", "--depth", "0", socket_path=observer.socket_path)
+    assert bad_depth.returncode == 2
+
+
+def test_watch_redraws_until_ctrl_c(observer):
+    env = dict(os.environ, OBSERVER_SOCKET=observer.socket_path)
+    proc = subprocess.Popen([sys.executable, "-m", "obclient.obctl", "watch", "BTCUSD",
+                             "--depth", "2"], stdout=subprocess.PIPE, env=env)
+    chunks = []
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+
+        def redrawn_twice():
+            data = proc.stdout.read()
+            if data:
+                chunks.append(data)
+            return b"".join(chunks).count(b"\x1b[H\x1b[J") >= 2
+
+        wait_until(redrawn_twice, WAIT_S, "two redraws")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT_S) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert b"synthetic:BTCUSD" in b"".join(chunks)
