@@ -49,6 +49,10 @@ class BybitAdapter(Adapter):
         self.requests = {}  # req_id -> natives of a pending subscribe
         self.ping_text = None  # built per send with a fresh req_id
 
+    @staticmethod
+    def subscription_depths(category="spot"):
+        return DEPTHS[category]
+
     def book_depth_max(self):
         return self.depth
 

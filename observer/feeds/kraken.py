@@ -91,6 +91,10 @@ class KrakenAdapter(Adapter):
         self.req_id = 0
         self.ping_text = None  # built per send: carries a fresh req_id
 
+    @staticmethod
+    def subscription_depths(category=None):
+        return DEPTHS
+
     def book_depth_max(self):
         return self.depth
 

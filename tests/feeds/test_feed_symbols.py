@@ -37,3 +37,17 @@ def test_unknown_exchange():
         book_name("ftx", "BTCUSD")
     with pytest.raises(SymbolError):
         native("coinbase", "FOOBAR")
+
+
+def test_make_adapter_covers_the_published_depth():
+    from observer.feeds import make_adapter
+
+    kraken = make_adapter("kraken", ["BTC/USD"], depth=50)
+    assert (kraken.depth, kraken.books["BTCUSD"].depth_max) == (100, 100)
+    bybit = make_adapter("bybit", ["BTCUSDT"], depth=20, category="linear")
+    assert (bybit.depth, bybit.category) == (50, "linear")
+    assert make_adapter("binance", ["BTCUSDT"], depth=50).books["BTCUSDT"].depth_max == 0
+    with pytest.raises(ValueError):
+        make_adapter("ftx", ["BTCUSD"])
+    with pytest.raises(ValueError):
+        make_adapter("okx", ["BTC-USDT"], category="spot")
