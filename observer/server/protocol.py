@@ -6,10 +6,11 @@ lives here with no socket and no loom, so tests drive it byte by byte through an
 the transport (`control.py`) stays a thin loop of recv, dispatch, send.
 
 What one connection may cost is fixed when it is created: one frame of input
-(`REQUEST_BYTES_MAX`), `outbound_frames_max` replies (`OUTBOUND_BYTES_MAX` bytes) waiting to be sent, `queue_records_max`
-pushed update records. A client that sends requests but never reads its replies hits the outbound
-limit and is closed; a subscriber that reads too slowly loses update records (counted, reported in
-every `updates` message and in stats) and the shard that produced them never waits.
+(`REQUEST_BYTES_MAX`), `outbound_frames_max` replies (at most `OUTBOUND_BYTES_MAX` bytes)
+waiting to be sent, `queue_records_max` pushed update records. A client that sends requests but
+never reads its replies hits the outbound limit and is closed; a subscriber that reads too slowly
+loses update records (counted, reported in every `updates` message and in stats) and the shard
+that produced them never waits.
 
 The machine never raises on bad input. Each malformed, oversized or unknown message gets an
 `error` reply and costs one unit of `bad_messages_max`; a stream that cannot be framed at all, or
@@ -20,10 +21,13 @@ a client out of budget, gets a last error and `closing` is set. Replies are prod
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass
 
 from proto import framing
 from proto import messages as m
+
+log = logging.getLogger("observer.server")
 
 BAD_MESSAGES_MAX = 3
 OUTBOUND_FRAMES_MAX = 64
@@ -104,6 +108,10 @@ class ServerConnection:
             self._bad(exc.code, str(exc), exc.req_id, fatal=False)
         except m.BookNameError as exc:
             self.reply(m.Error(request.req_id, exc.code, str(exc)))
+        except Exception as exc:            # a server bug: this request fails, nothing else
+            log.exception("control request %s failed", type(request).__name__)
+            self.reply(m.Error(request.req_id, m.ErrorCode.INTERNAL,
+                               _clip(f"{type(exc).__name__}: {exc}")))
 
     def _dispatch(self, request) -> None:
         handler = _HANDLERS[type(request)]

@@ -243,3 +243,18 @@ def test_client_rejects_garbage_from_server():
     client = ClientProtocol()
     with pytest.raises(ProtocolError):
         client.receive_data(b"\xff\xff\xff\xff\x00")
+
+
+def test_a_failing_catalog_gets_internal_error_and_nothing_else():
+    pair = Pair()
+    pair.hello()
+
+    def broken(index, depth):
+        raise RuntimeError("disk on fire")
+
+    pair.server.catalog.snapshot = broken
+    reply = pair.call(m.SnapshotRequest, "BTCUSD", 1)
+    assert reply.code == m.ErrorCode.INTERNAL
+    assert "disk on fire" in reply.message
+    assert not pair.server.closing
+    assert type(pair.call(m.ListBooks)) is m.BookList
