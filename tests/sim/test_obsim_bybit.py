@@ -1,0 +1,177 @@
+"""obsim's Bybit v5 venues (spot and linear), checked by an independent client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from observer.sim.harness import Obsim
+
+from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
+
+ARGS = ["--exchanges", "bybit,bybit-linear", "--rate", "150", "--depth", "80",
+        "--bybit-level1-repush-s", "0.3", "--bybit-idle-s", "0.8"]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with Obsim(ARGS) as sim:
+        yield sim
+
+
+class BybitClient:
+    def __init__(self, depth: int) -> None:
+        self.book = LittleBook(depth)
+        self.u: int | None = None
+        self.gaps = self.restarts = self.deltas = self.snapshots = 0
+        self.key_orders: set[tuple] = set()
+
+    def on_push(self, msg: dict) -> None:
+        self.key_orders.add(tuple(msg))
+        data = msg["data"]
+        if msg["type"] == "snapshot":
+            self.snapshots += 1
+            self.restarts += data["u"] == 1
+            self.book.clear()
+        elif data["u"] != self.u + 1:
+            self.gaps += 1
+        else:
+            self.deltas += 1
+        self.u = data["u"]
+        for side, key in (("bid", "b"), ("ask", "a")):
+            for price, size in data[key]:
+                self.book.set(side, price, size)
+        self.book.truncate()
+
+
+async def op(ws, name: str, args=None, req_id="r1"):
+    msg = {"req_id": req_id, "op": name}
+    if args is not None:
+        msg["args"] = args
+    await ws.send(json.dumps(msg))
+
+
+async def read(ws, client: BybitClient, until, timeout_s: float = 10.0):
+    while not until():
+        msg = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+        if "topic" in msg:
+            client.on_push(msg)
+
+
+async def follow_and_compare(sim, exchange: str, symbol: str, depth: int) -> BybitClient:
+    client = BybitClient(depth)
+    async with await open_ws(sim, sim.ws_url(exchange)) as ws:
+        await op(ws, "subscribe", [f"orderbook.{depth}.{symbol}"])
+        ack = await recv_json(ws)
+        assert ack["success"] is True and ack["op"] == "subscribe" and ack["req_id"] == "r1"
+        assert ack["ret_msg"] == ("subscribe" if exchange == "bybit" else "")
+        await read(ws, client, lambda: client.deltas >= 200)
+        await to_thread(sim.pause, exchange)
+        try:
+            true = await to_thread(sim.book, exchange, symbol, depth)
+            await read(ws, client, lambda: client.u == true["sequence"][str(depth)])
+        finally:
+            await to_thread(sim.resume, exchange)
+    assert client.book.top("bid") == true["bids"] and client.book.top("ask") == true["asks"]
+    assert client.gaps == 0
+    return client
+
+
+def test_spot_snapshot_delta_u_chain_and_key_order(sim):
+    client = run(follow_and_compare(sim, "bybit", "BTCUSDT", 50))
+    assert client.key_orders == {("topic", "ts", "type", "data", "cts")}
+
+
+def test_linear_key_order_differs(sim):
+    client = run(follow_and_compare(sim, "bybit-linear", "ETHUSDT", 50))
+    assert client.key_orders == {("topic", "type", "ts", "data", "cts")}
+
+
+def test_duplicate_subscribe_refused_and_resync_by_unsubscribe(sim):
+    async def scenario():
+        async with await open_ws(sim, sim.ws_url("bybit")) as ws:
+            topic = "orderbook.50.ETHUSDT"
+            await op(ws, "subscribe", [topic])
+            while (msg := await recv_json(ws)).get("op") != "subscribe":
+                pass
+            await op(ws, "subscribe", [topic], req_id="r2")
+            while (msg := await recv_json(ws)).get("op") != "subscribe":
+                pass
+            assert msg["success"] is False and "already subscribed" in msg["ret_msg"]
+            await op(ws, "unsubscribe", [topic], req_id="r3")
+            while (msg := await recv_json(ws)).get("op") != "unsubscribe":
+                pass
+            assert msg["success"] is True
+            await op(ws, "subscribe", [topic], req_id="r4")
+            while (msg := await recv_json(ws)).get("type") != "snapshot":
+                pass
+            await op(ws, "subscribe", [f"orderbook.50.S{i}" for i in range(11)], req_id="r5")
+            while (msg := await recv_json(ws)).get("req_id") != "r5":
+                pass
+            assert msg["success"] is False and "args" in msg["ret_msg"]        # spot: 10 args max
+            await ws.send("garbage")
+            while "success" not in (msg := await recv_json(ws)):
+                pass
+            assert msg["success"] is False
+    run(scenario())
+
+
+def test_gap_and_restart_faults(sim):
+    async def scenario():
+        client = BybitClient(50)
+        async with await open_ws(sim, sim.ws_url("bybit-linear")) as ws:
+            await op(ws, "subscribe", ["orderbook.50.BTCUSDT"])
+            await read(ws, client, lambda: client.deltas >= 10)
+            await to_thread(sim.fault, "bybit-linear", "gap", symbol="BTCUSDT")
+            await read(ws, client, lambda: client.gaps == 1)
+            await to_thread(sim.fault, "bybit-linear", "reset", symbol="BTCUSDT")
+            await read(ws, client, lambda: client.restarts == 1)
+            start = client.deltas
+            await read(ws, client, lambda: client.deltas >= start + 20)
+            assert client.u == 21 and client.gaps == 1              # counts on from u = 1
+    run(scenario())
+
+
+def test_level1_is_snapshot_only_and_repushed_with_the_same_u(sim):
+    async def scenario():
+        client = BybitClient(1)
+        async with await open_ws(sim, sim.ws_url("bybit")) as ws:
+            await op(ws, "subscribe", ["orderbook.1.BTCUSDT"])
+            await read(ws, client, lambda: client.snapshots >= 5)
+            assert client.deltas == 0
+            await to_thread(sim.pause, "bybit")
+            try:
+                await asyncio.sleep(0.1)
+                u = client.u
+                seen = client.snapshots
+                await read(ws, client, lambda: client.snapshots >= seen + 2)
+                assert client.u == u
+            finally:
+                await to_thread(sim.resume, "bybit")
+    run(scenario())
+
+
+def test_op_ping_and_idle_close(sim):
+    async def scenario():
+        await to_thread(sim.pause, "bybit")
+        try:
+            async with await open_ws(sim, sim.ws_url("bybit")) as ws:
+                await op(ws, "ping", req_id="p1")
+                msg = await recv_json(ws)
+                assert msg["success"] is True and msg["ret_msg"] == "pong" and msg["op"] == "ping"
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)           # no pings, no data: cut
+        finally:
+            await to_thread(sim.resume, "bybit")
+    run(scenario())
+
+
+def test_replay_of_the_old_orderbook_recording():
+    recordings = recordings_dir()
+    with Obsim(["--exchanges", "bybit", "--source", "replay", "--recordings", str(recordings),
+                "--rate", "200", "--depth", "25"]) as sim:
+        client = run(follow_and_compare(sim, "bybit", "BTCUSD", 50))
+        assert client.deltas >= 200
