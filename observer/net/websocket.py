@@ -98,22 +98,22 @@ class WebSocket:
 
     def recv(self) -> Message:
         """The next data message; answers pings on the way. Raises on close or failure."""
-        conn = self.conn
-        reader = conn.reader
-        stream = self.stream
+        if self._closed_error is not None:
+            raise self._closed_error
+        reader = self.conn.reader
         while True:
-            if self._closed_error is not None:
-                raise self._closed_error
             try:
-                event = conn.next_event()
+                event = reader.next_event()  # the reader directly: one call per message
             except ProtocolError as exc:
+                self.conn.fail(exc.close_code, str(exc))
                 self._fail(exc)
                 raise
             if type(event) is Message:
                 return event
             if event is None:
-                self._read_more(stream, reader)
+                self._read_more(self.stream, reader)
             else:
+                self.conn.on_control(event)
                 self._on_control(event)
 
     def _read_more(self, stream, reader: FrameReader) -> None:

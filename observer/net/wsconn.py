@@ -58,17 +58,20 @@ class ClientConnection:
         try:
             event = self.reader.next_event()
         except ProtocolError as exc:
-            self._fail(exc.close_code, str(exc))
+            self.fail(exc.close_code, str(exc))
             raise
         if event is None or type(event) is Message:
             return event
+        self.on_control(event)
+        return event
+
+    def on_control(self, event: Ping | Pong | Close) -> None:
+        """Apply the rules for a control event (queue a pong, echo a close)."""
         if type(event) is Ping:
             if self.state is State.OPEN:
                 self._queue(encode_frame(OP_PONG, event.payload))
-            return event
-        if type(event) is Close:
+        elif type(event) is Close:
             self._on_close(event)
-        return event
 
     def _on_close(self, event: Close) -> None:
         self.close_code = event.code
@@ -79,7 +82,8 @@ class ClientConnection:
             self.close_sent_code = event.code
         self.state = State.CLOSED
 
-    def _fail(self, code: int, reason: str) -> None:
+    def fail(self, code: int, reason: str) -> None:
+        """The reader raised: owe the server a close frame with the violation's code."""
         if self.state is State.OPEN:
             self._queue(encode_close(code, reason[:100]))
             self.close_sent_code = code

@@ -178,6 +178,33 @@ class FrameReader:
 
     def next_event(self) -> Message | Ping | Pong | Close | None:
         """The next complete event, or None when more bytes are needed."""
+        # Discussion: the fast path. Nearly every frame of a feed is a complete, final,
+        # uncompressed text or binary frame under 64 KiB sitting in the buffer; it is handled
+        # here in one function, without the calls of the general path (which measured 40 % of
+        # the receive time). Anything else (control frames, fragments, deflate, 64-bit lengths,
+        # partial frames, violations) falls through to `_parse`, which checks everything.
+        start = self._start
+        avail = self._end - start
+        if avail >= 4 and not self._frag_opcode and self._direct_left < 0:
+            buf = self._buf
+            b0 = buf[start]
+            b1 = buf[start + 1]
+            if (b0 == 0x81 or b0 == 0x82) and b1 <= 126:
+                if b1 < 126:
+                    pstart = start + 2
+                    end = pstart + b1
+                else:
+                    pstart = start + 4
+                    end = pstart + ((buf[start + 2] << 8) | buf[start + 3])
+                if end <= self._end and end - pstart <= self.message_bytes_max:
+                    data = self._view[pstart:end]
+                    msg = self._message
+                    msg.is_text = b0 == 0x81
+                    if msg.is_text and self.validate_utf8:
+                        _check_utf8(data)
+                    self._start = end
+                    msg.data = data
+                    return msg
         while True:
             event = self._parse()
             if event is _AGAIN:
