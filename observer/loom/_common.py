@@ -59,7 +59,7 @@ class Op:
     """One operation in flight; reused by its owner (a fiber) across waits."""
 
     __slots__ = ("kind", "state", "buf", "nbytes", "data", "callback", "user_data",
-                 "in_flight", "cancelled", "keep")
+                 "in_flight", "cancelled", "keep", "successor")
 
     def __init__(self, callback=None):
         self.kind = 0
@@ -72,6 +72,7 @@ class Op:
         self.in_flight = False
         self.cancelled = False
         self.keep = None         # io_uring: objects the kernel points into (kept alive)
+        self.successor = None    # io_uring: the op held back until this cancelled one ends
 
     def __repr__(self) -> str:
         fd = self.state.fd if self.state is not None else -1
@@ -82,7 +83,8 @@ class FdState:
     """What one loop knows about one fd. Created on first use, dropped by `loom.close()`."""
 
     __slots__ = ("fd", "obj", "sock", "file", "stream", "reader", "writer",
-                 "in_hint", "out_hint", "registered")
+                 "in_hint", "out_hint", "registered", "pushback", "pushback_accept",
+                 "zombie_in", "zombie_out")
 
     def __init__(self, obj, fd: int):
         self.fd = fd
@@ -97,6 +99,11 @@ class FdState:
         self.in_hint = True       # a call now may succeed (unknown counts as yes)
         self.out_hint = True
         self.registered = False
+        # io_uring only: what an op got after its waiter gave up, for the next caller.
+        self.pushback = bytearray()
+        self.pushback_accept: list = []
+        self.zombie_in: Op | None = None      # a cancelled op still in the kernel
+        self.zombie_out: Op | None = None
 
 
 def fd_of(obj) -> int:
@@ -202,3 +209,12 @@ def deliver(op: Op, result, log) -> None:
         raise
     except Exception:
         log.exception("loom: callback %r for %r raised", op.callback, op)
+
+
+def take_pushback(state: FdState, buf, nbytes: int) -> int:
+    """io_uring: bytes an abandoned read got after its waiter left are returned first."""
+    view = memoryview(buf).cast("B")
+    n = min(len(state.pushback), nbytes or len(view))
+    view[:n] = state.pushback[:n]
+    del state.pushback[:n]
+    return n

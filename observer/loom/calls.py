@@ -17,7 +17,7 @@ import os
 import socket
 
 from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, LoomError,
-                      Op)
+                      Op, take_pushback as _take_pushback)
 from .fiber import current_fiber, suspend, yield_now
 
 IMMEDIATE_RUN_MAX = 64
@@ -47,8 +47,9 @@ def _wait_op(fiber, state, kind, buf=None, nbytes=0, data=None):
     try:
         return suspend(fiber, loop._cancel_op, op)
     finally:
-        op.buf = None
-        op.data = None
+        if not op.in_flight:             # io_uring: an abandoned op keeps its buffer
+            op.buf = None
+            op.data = None
 
 
 def sleep(delay_s: float) -> None:
@@ -66,6 +67,8 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
     """Receive into `buf` (at most `nbytes`, 0 = all of it); returns the count, 0 at EOF."""
     fiber = current_fiber()
     state = fiber.loop.state_for(sock)
+    if state.pushback:
+        return _take_pushback(state, buf, nbytes)
     if state.in_hint:
         try:
             n = sock.recv_into(buf, nbytes)
@@ -115,6 +118,8 @@ def accept(sock):
     """Accept one connection: `(conn, addr)`, conn already non-blocking."""
     fiber = current_fiber()
     state = fiber.loop.state_for(sock)
+    if state.pushback_accept:
+        return state.pushback_accept.pop(0)
     if state.in_hint:
         try:
             conn, addr = sock.accept()
@@ -150,6 +155,8 @@ def read(fd: int, buf) -> int:
     state = fiber.loop.state_for(fd)
     if state.sock is not None:
         return recv_into(state.sock, buf)
+    if state.pushback:
+        return _take_pushback(state, buf, 0)
     if state.in_hint:
         n = state.file.readinto(buf)
         if n is not None:

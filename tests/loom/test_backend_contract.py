@@ -17,6 +17,8 @@ import pytest
 
 from observer import loom
 
+pytestmark = pytest.mark.timeout(30)
+
 MESSAGES = [b"x", b"hello", bytes(range(256)) * 4, b"\0" * 65536]
 
 

@@ -8,6 +8,8 @@ import greenlet
 import pytest
 
 from observer import loom
+
+pytestmark = pytest.mark.timeout(30)
 from observer.loom import fiber as fibers
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from observer import loom
 
+pytestmark = pytest.mark.timeout(30)
+
 CHILD = """
 import os, sys
 from observer import loom

@@ -6,6 +6,8 @@ import pytest
 
 from observer import loom
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def test_event_wakes_every_waiter_with_the_value(loop):
     event = loom.Event()

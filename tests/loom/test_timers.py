@@ -3,6 +3,8 @@
 import pytest
 
 from observer import loom
+
+pytestmark = pytest.mark.timeout(30)
 from observer.loom.timers import PRUNE_MIN, TimerQueue
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from observer import loom
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def fill_socket(sock):
     """Fill the send buffer so that the next send would block."""

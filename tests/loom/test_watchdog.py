@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import logging
 import time
 
 from observer import loom
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def blocks_the_loop_deliberately():
