@@ -14,7 +14,9 @@ from __future__ import annotations
 import errno
 import io
 import os
+import logging
 import socket
+from dataclasses import dataclass
 
 # Operation kinds. Readiness backends perform the call themselves; io_uring submits it.
 RECV = 1        # sock.recv_into(buf, nbytes)
@@ -29,6 +31,8 @@ POLL_OUT = 8    # readiness only (wait_writable)
 KIND_NAMES = {RECV: "recv", SEND: "send", ACCEPT: "accept", CONNECT: "connect", READ: "read",
               WRITE: "write", POLL_IN: "wait_readable", POLL_OUT: "wait_writable"}
 READ_KINDS = frozenset((RECV, ACCEPT, READ, POLL_IN))
+
+log = logging.getLogger("observer.loom")
 
 FDS_MAX = 65536              # fds one loop tracks at once; past it registration is an error
 
@@ -218,3 +222,104 @@ def take_pushback(state: FdState, buf, nbytes: int) -> int:
     view[:n] = state.pushback[:n]
     del state.pushback[:n]
     return n
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    backend: str
+    submitted: int
+    completed: int
+    polls: int
+    pending: int
+    overflow_high_water: int = 0       # readiness backends have no submission queue
+
+
+class ReadinessBackend:
+    """What epoll and kqueue share: ops parked on their fd (one reader, one writer), performed
+    by `_attempt` when an event says the fd is ready.
+
+    An op submitted while its fd's hint says "ready" (an edge arrived while nobody waited) goes
+    on the `_runnable` list, which the next poll performs before it blocks; so no edge is ever
+    lost between a failed call and the park.
+    """
+
+    name = "readiness"
+
+    def __init__(self):
+        self._runnable: list[Op] = []
+        self.pending = 0
+        self.submitted = 0
+        self.completed = 0
+        self.polls = 0
+
+    def _run_runnable(self) -> int:
+        runnable, self._runnable = self._runnable, []
+        done = 0
+        for op in runnable:
+            done += self._attempt(op)
+        return done
+
+    # -- operations (shared) --------------------------------------------------------------------
+
+    def submit(self, op: Op) -> None:
+        state = op.state
+        if op.kind in READ_KINDS:
+            if state.reader is not None:
+                raise LoomError(f"fd {state.fd} already has a waiting reader ({state.reader})")
+            state.reader = op
+            if op.kind == POLL_IN:
+                state.in_hint = False          # wait for a new edge, not a stale one
+            ready = state.in_hint
+        else:
+            if state.writer is not None:
+                raise LoomError(f"fd {state.fd} already has a waiting writer ({state.writer})")
+            state.writer = op
+            if op.kind in (POLL_OUT, CONNECT):
+                state.out_hint = False
+            ready = state.out_hint
+        op.in_flight = True
+        self.pending += 1
+        self.submitted += 1
+        if ready:
+            self._runnable.append(op)
+
+    def cancel(self, op: Op) -> None:
+        """Unpark an op whose waiter gave up (timeout, cancel). Nothing is in the kernel."""
+        if not op.in_flight:
+            return
+        state = op.state
+        if state.reader is op:
+            state.reader = None
+        elif state.writer is op:
+            state.writer = None
+        if op in self._runnable:
+            self._runnable.remove(op)
+        op.in_flight = False
+        self.pending -= 1
+
+    def has_runnable(self) -> bool:
+        return bool(self._runnable)
+
+    def _attempt(self, op: Op) -> int:
+        if not op.in_flight:
+            return 0                       # cancelled after it was queued
+        state = op.state
+        result = perform(op)
+        if result is WOULD_BLOCK:
+            if op.kind in READ_KINDS:
+                state.in_hint = False
+            else:
+                state.out_hint = False
+            return 0
+        if state.reader is op:
+            state.reader = None
+        else:
+            state.writer = None
+        op.in_flight = False
+        self.pending -= 1
+        self.completed += 1
+        deliver(op, result, log)
+        return 1
+
+    def statistics(self) -> BackendStats:
+        return BackendStats(self.name, self.submitted, self.completed, self.polls, self.pending)

@@ -47,7 +47,8 @@ class ThreadPool:
         self._done: collections.deque[Job] = collections.deque()
         self._threads: list[threading.Thread] = []
         self.jobs_out = 0                    # submitted, not yet collected by the loop
-        self._efd = -1
+        self._efd = -1                       # the loop reads this one
+        self._signal_fd = -1                 # workers write this one (same fd for an eventfd)
         self._wake_buf = bytearray(8)
         self._wake_op = None
 
@@ -55,7 +56,7 @@ class ThreadPool:
         if self.jobs_out >= self.jobs_max:
             raise LoomError(f"jobs_max={self.jobs_max} thread jobs already out")
         if self._efd < 0:
-            self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._open_wake_fd()
         job = Job(fiber, fn, args)
         self.jobs_out += 1
         if self._wake_op is None:
@@ -67,6 +68,20 @@ class ThreadPool:
             thread.start()
         self._jobs.put(job)
         return job
+
+    def _open_wake_fd(self) -> None:
+        """An eventfd where there is one (Linux); a pipe elsewhere (BSD, macOS)."""
+        if hasattr(os, "eventfd"):
+            self._efd = self._signal_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        else:
+            self._efd, self._signal_fd = os.pipe()
+            os.set_blocking(self._signal_fd, False)
+
+    def _signal(self) -> None:
+        try:
+            os.write(self._signal_fd, b"\1\0\0\0\0\0\0\0")
+        except BlockingIOError:
+            pass                      # a pipe full of wake-ups already wakes the loop
 
     def abandon(self, job: Job) -> None:
         job.abandoned = True
@@ -81,7 +96,7 @@ class ThreadPool:
             except BaseException as exc:      # delivered to the waiting fiber
                 job.error = exc
             self._done.append(job)
-            os.eventfd_write(self._efd, 1)
+            self._signal()
 
     def _on_wake(self, result) -> None:
         """The eventfd read completed (on the loop): hand finished jobs back to their fibers."""
@@ -109,4 +124,6 @@ class ThreadPool:
         if self._efd >= 0:
             self._loop.forget(self._efd)
             os.close(self._efd)
-            self._efd = -1
+            if self._signal_fd != self._efd:
+                os.close(self._signal_fd)
+            self._efd = self._signal_fd = -1

@@ -158,6 +158,7 @@ def test_pipe_read_write_and_eof(loop, closing):
     loop.run(main)
 
 
+@pytest.mark.skipif(not hasattr(os, "eventfd"), reason="this OS has no eventfd")
 def test_eventfd_wakes_reader_from_another_thread(loop, closing):
     efd = closing(os.eventfd(0))
 
