@@ -40,6 +40,7 @@ from proto import messages as m
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 5.0
 REATTACH_PERIOD_S = 0.2
+REATTACH_TIMEOUT_S = 0.5       # a background reattach attempt waits at most this for hello
 LIVENESS_CHECK_S = 0.25
 STALE_AFTER_S = 1.0            # heartbeat age past which the observer counts as gone
 RECV_BYTES_MAX = 256 * 1024
@@ -124,13 +125,14 @@ class Client:
     def generation(self) -> int:
         return self._att.generation if self._att else 0
 
-    def attach(self) -> None:
+    def attach(self, timeout_s: float | None = None) -> None:
         """Connect, handshake, map the segment. Raises ObserverUnavailable."""
         assert self._att is None
         self._last_try_s = time.monotonic()
-        sock = _connect_socket(self.socket_path, self.timeout_s)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        sock = _connect_socket(self.socket_path, timeout_s)
         try:
-            self._att = self._handshake(sock)
+            self._att = self._handshake(sock, timeout_s)
         except BaseException:
             sock.close()
             raise
@@ -139,13 +141,13 @@ class Client:
         self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         self.attaches += 1
 
-    def _handshake(self, sock: socket.socket) -> _Attachment:
+    def _handshake(self, sock: socket.socket, timeout_s: float) -> _Attachment:
         proto = ClientProtocol(self.client_name)
         req_id, data = proto.hello(want_fds=True)
         sock.sendall(data)
         fds: list[int] = []
         try:
-            welcome = _await_reply(sock, proto, req_id, self.timeout_s, fds)
+            welcome = _await_reply(sock, proto, req_id, timeout_s, fds)
             if type(welcome) is m.Error:
                 raise ObserverUnavailable(f"observer at {self.socket_path} refused us: "
                                           f"{m.ErrorCode.NAMES.get(welcome.code)}: {welcome.message}")
@@ -171,6 +173,7 @@ class Client:
         att.close()
         self.detaches += 1
         self.detach_reason = reason
+        self._last_try_s = time.monotonic()      # the first reattach waits one period
 
     def _ensure_attached(self, *, force: bool = False) -> bool:
         """Attached now? Tries to reattach at most every reattach_period_s (or now if forced)."""
@@ -181,7 +184,7 @@ class Client:
         if not force and time.monotonic() - self._last_try_s < self.reattach_period_s:
             return False
         try:
-            self.attach()
+            self.attach(timeout_s=self.timeout_s if force else REATTACH_TIMEOUT_S)
         except (ObserverUnavailable, OSError, ProtocolError, layout.LayoutError):
             return False
         return True

@@ -121,10 +121,20 @@ class Supervisor:
             loom.sleep(self.heartbeat_period_s)
 
     def _fanout(self) -> None:
-        """Follow every ring; queue records for socket subscribers (bounded, never blocking)."""
-        follower = self.reader.follow()
+        """Follow every ring; queue records for socket subscribers (bounded, never blocking).
+
+        With no subscriber the rings are not read at all (a follower starts at the heads when
+        the first one appears), so the shard's publishing costs this process nothing extra.
+        """
+        follower = None
         epoll_fd = self.reader.fileno()
         while True:
+            if not self.server.has_subscribers():
+                follower = None
+                loom.sleep(FANOUT_CHECK_S)
+                continue
+            if follower is None:
+                follower = self.reader.follow()
             for update in follower.poll(FANOUT_BATCH_MAX):
                 self.server.fanout(update.book_index, tuple(update))
             if follower.pending():

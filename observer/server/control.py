@@ -141,6 +141,9 @@ class ControlServer:
                 client.proto.push_update(record)
                 client.wake()
 
+    def has_subscribers(self) -> bool:
+        return any(client.proto.subscribed for client in self.clients.values())
+
     def client_stats(self) -> list[dict]:
         return [c.proto.stats() for c in self.clients.values()]
 

@@ -156,3 +156,24 @@ def test_client_kill_9_leaves_the_observer_serving(observer):
                                for c in client.stats().clients), WAIT_S,
                    "the killed client's connection to be dropped")
         assert not client.snapshot("BTCUSD").stale
+
+
+def test_stale_heartbeat_is_noticed_and_the_client_reattaches(tmp_path):
+    """SIGSTOP freezes the observer without closing its socket: only the heartbeat tells."""
+    import signal
+
+    with ObserverProcess(workdir=str(tmp_path)) as obs:
+        obs.wait_ready().close()
+        client = obclient.connect(obs.socket_path, stale_after_s=0.5)
+        book = client.book("BTCUSD")
+        generation = client.generation
+        assert not book.snapshot().stale
+        obs.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: book.snapshot().stale, WAIT_S, "the frozen observer to be noticed")
+            assert "heartbeat" in client.detach_reason
+        finally:
+            obs.send_signal(signal.SIGCONT)
+        wait_until(lambda: not book.snapshot().stale, WAIT_S, "the client to reattach")
+        assert client.generation == generation            # same observer, same segment
+        client.close()

@@ -1,0 +1,242 @@
+"""ControlServer on a real loom loop (in a thread of this process) with real unix sockets:
+the admission rules (SO_PEERCRED allow-list, clients_max) that a full observer cannot vary."""
+
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from obclient.protocol import ClientProtocol
+from observer import loom
+from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
+from observer.testing import unique_name
+from proto import messages as m
+
+from test_protocol import TableCatalog
+
+WAIT_S = 20.0
+
+
+class ServerThread:
+    """A loom loop in its own thread serving a ControlServer until stopped."""
+
+    def __init__(self, path, **kw):
+        self.path = path
+        self.kw = kw
+        self.server = None
+        self.ready = threading.Event()
+        self.error = None
+        self._stop_r, self._stop_w = socket.socketpair()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            loop = loom.Loop()
+            self.server = ControlServer(loop, TableCatalog(), self.path, **self.kw)
+            loop.run(self._main, loop)
+            loop.close()
+        except BaseException as exc:  # reported to the test thread
+            self.error = exc
+            self.ready.set()
+
+    def _main(self, loop):
+        self.server.start()
+        self.ready.set()
+        loom.recv(self._stop_r, 1)
+        self.server.close()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(WAIT_S)
+        assert self.error is None, self.error
+        return self
+
+    def __exit__(self, *exc):
+        self._stop_w.send(b"x")
+        self.thread.join(WAIT_S)
+        self._stop_r.close()
+        self._stop_w.close()
+        assert not self.thread.is_alive()
+
+
+def connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(WAIT_S)
+    sock.connect(path)
+    return sock
+
+
+def exchange(sock, proto, req_id, data):
+    sock.sendall(data)
+    while (reply := proto.take_reply(req_id)) is None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed before the reply")
+        proto.receive_data(chunk)
+    return reply
+
+
+def first_message_then_eof(sock):
+    proto, chunks = ClientProtocol(), []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    proto.receive_data(b"".join(chunks))
+    return proto.unsolicited_errors[-1]
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / f"{unique_name()}.sock")
+
+
+def test_serves_hello_without_fds_and_removes_socket_on_close(path):
+    with ServerThread(path):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        sock, proto = connect(path), ClientProtocol("t")
+        welcome = exchange(sock, proto, *proto.hello(want_fds=False))
+        assert type(welcome) is m.Welcome
+        assert not welcome.fds_passed
+        books = exchange(sock, proto, *proto.request(m.ListBooks))
+        assert len(books.books) == 3
+        sock.close()
+    assert not os.path.exists(path)
+
+
+def test_peer_outside_the_allow_list_is_denied(path):
+    with ServerThread(path) as st:
+        st.server.allow_uids = frozenset()          # not even our own uid
+        sock = connect(path)
+        err = first_message_then_eof(sock)
+        assert err.code == m.ErrorCode.DENIED
+        sock.close()
+        assert st.server.denied == 1
+
+
+def test_peer_allowed_by_gid(path):
+    with ServerThread(path, allow_gids=(os.getgid(),)) as st:
+        st.server.allow_uids = frozenset()
+        sock, proto = connect(path), ClientProtocol()
+        assert type(exchange(sock, proto, *proto.hello(want_fds=False))) is m.Welcome
+        sock.close()
+
+
+def test_clients_past_the_limit_get_busy_and_fds_stay_bounded(path):
+    with ServerThread(path, clients_max=2) as st:
+        kept = []
+        for _ in range(2):
+            sock, proto = connect(path), ClientProtocol()
+            exchange(sock, proto, *proto.hello(want_fds=False))
+            kept.append(sock)
+        for _ in range(5):
+            extra = connect(path)
+            assert first_message_then_eof(extra).code == m.ErrorCode.BUSY
+            extra.close()
+        assert st.server.refused_busy == 5
+        assert len(st.server.clients) == 2
+        for sock in kept:
+            sock.close()
+
+
+def test_peer_credentials_are_the_kernels(path):
+    listener = bind_socket(path)
+    try:
+        client = connect(path)
+        conn, _ = listener.accept()
+        assert peer_credentials(conn) == (os.getpid(), os.getuid(), os.getgid())
+        conn.close()
+        client.close()
+        with pytest.raises(SocketInUse):
+            bind_socket(path)                       # a live listener is never replaced
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+def test_a_regular_file_is_never_replaced(path):
+    with open(path, "w") as f:
+        f.write("precious")
+    with pytest.raises(SocketInUse, match="not a socket"):
+        bind_socket(path)
+    assert open(path).read() == "precious"
+
+
+def _as_nobody(path) -> str:
+    """Fork, become uid/gid 65534, connect to `path`: 'EACCES', or the first error code name."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        result = b"?"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                sock = connect(path)
+            except PermissionError:
+                result = b"EACCES"
+            else:
+                result = m.ErrorCode.NAMES[first_message_then_eof(sock).code].encode()
+        finally:
+            os.write(write_fd, result)
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    result = os.read(read_fd, 64).decode()
+    os.close(read_fd)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_another_uid_is_kept_out_by_mode_0660_and_by_peer_credentials():
+    import shutil
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="obs-uid-")
+    os.chmod(workdir, 0o755)                     # the directory lets anyone reach the socket
+    path = os.path.join(workdir, "observer.sock")
+    try:
+        with ServerThread(path) as st:
+            assert _as_nobody(path) == "EACCES"      # mode 0660, owner root: no connect
+            os.chmod(path, 0o666)                    # an operator widened it by mistake
+            assert _as_nobody(path) == "DENIED"      # SO_PEERCRED still refuses uid 65534
+            assert st.server.denied == 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_allow_uids_admits_another_uid():
+    import shutil
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="obs-uid-")
+    os.chmod(workdir, 0o755)
+    path = os.path.join(workdir, "observer.sock")
+    try:
+        with ServerThread(path, allow_uids=(65534,)):
+            os.chmod(path, 0o666)
+            sock_result = _as_nobody_hello(path)
+            assert sock_result == "welcome"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _as_nobody_hello(path) -> str:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        result = b"?"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            sock, proto = connect(path), ClientProtocol()
+            result = exchange(sock, proto, *proto.hello(want_fds=False)).TYPE.encode()
+        finally:
+            os.write(write_fd, result)
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    result = os.read(read_fd, 64).decode()
+    os.close(read_fd)
+    return result
