@@ -79,7 +79,7 @@ class SymbolStats:
     __slots__ = (
         "updates", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
         "checksums_ok", "crossed", "resets", "bad_messages", "overflows", "disconnects",
-        "stale_dropped", "keepalives",
+        "stale_dropped", "keepalives", "reconnects",
     )
 
     def __init__(self):

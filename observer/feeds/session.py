@@ -1,0 +1,263 @@
+"""The session driver: runs any sans-IO adapter on loom over observer/net (STYLE 7).
+
+The adapter decides everything about the protocol; this module only performs its actions and
+feeds it what happened. Per feed it runs:
+
+- one fiber per connection the adapter asks for (`adapter.connections()`): connect the
+  WebSocket, `on_open`, then `recv()` -> `on_message` until the connection fails or the adapter
+  asks for a reconnect; `on_close`; then wait an exponential backoff with jitter and go again,
+  forever. Every attempt is counted (session stats, and `reconnects` on each book it carries).
+- one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, staggered snapshots,
+  pings and silence deadlines live in the adapter and are released there);
+- one short fiber per REST snapshot (`FetchSnapshot`), so a slow or refused snapshot never
+  blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin.
+
+`Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
+into the segment and flushes once per call); `Send`, `FetchSnapshot` and `Reconnect` are done
+here. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
+connection, to keep a garbage flood from flooding the log), and `adapter.drain()` collects
+what the adapter queued before failing. A reconnect requested from another fiber cancels the
+connection fiber's current wait (loom `Fiber.cancel`), which closes that socket.
+
+Backoff: the n-th consecutive failure waits between d/2 and d, d = min(backoff_max_s,
+backoff_initial_s * 2**n) (equal jitter: never zero, never in lock-step with other feeds). A
+connection that delivered at least one message resets the count.
+"""
+
+import logging
+import random
+import time
+from urllib.parse import urlsplit
+
+from observer import loom
+from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
+from observer.net import NetError
+from observer.net import http as net_http
+from observer.net import websocket
+
+log = logging.getLogger("observer.feeds.session")
+
+MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
+HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
+
+
+class SessionStats:
+    __slots__ = ("connects", "connect_failures", "disconnects", "reconnects", "messages",
+                 "protocol_errors", "sends", "send_failures", "snapshot_fetches",
+                 "snapshot_failures")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Session:
+    """Runs one adapter. `start(loop)` spawns its fibers; `stop()` ends them."""
+
+    def __init__(self, adapter, sink, *, ca_file=None, ssl_context=None, tick_s=0.1,
+                 connect_timeout_s=10.0, recv_timeout_s=60.0, message_bytes_max=MESSAGE_BYTES_MAX,
+                 backoff_initial_s=0.25, backoff_max_s=30.0, http_timeout_s=10.0, seed=None):
+        assert 0 < tick_s <= 0.25  # the adapters' contract: on_tick at least every 0.25 s
+        assert 0 < backoff_initial_s <= backoff_max_s
+        self.adapter = adapter
+        self.sink = sink
+        self.ca_file = ca_file
+        self.ssl_context = ssl_context
+        self.tick_s = tick_s
+        self.connect_timeout_s = connect_timeout_s
+        self.recv_timeout_s = recv_timeout_s
+        self.message_bytes_max = message_bytes_max
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.http_timeout_s = http_timeout_s
+        self.rng = random.Random(seed)
+        self.stats = SessionStats()
+        self.sockets = {}  # conn_id -> open WebSocket
+        self.conn_fibers = {}  # conn_id -> the fiber running that connection
+        self.reconnect_reasons = {}  # conn_id -> why a reconnect was asked for
+        self.http_idle = {}  # origin -> [HttpClient]
+        self.errors_logged = set()
+        self.loop = None
+        self.fibers = []
+        self.stopping = False
+
+    # ------------------------------------------------------------------------ lifetime
+
+    def start(self, loop):
+        self.loop = loop
+        for spec in self.adapter.connections():
+            fiber = loop.spawn(self.run_connection, spec, name=f"{self.adapter.exchange}-conn{spec.conn_id}")
+            self.conn_fibers[spec.conn_id] = fiber
+            self.fibers.append(fiber)
+        self.fibers.append(loop.spawn(self.run_ticker, name=f"{self.adapter.exchange}-tick"))
+
+    def stop(self):
+        """Cancel every fiber of the session; sockets close as their fibers unwind."""
+        self.stopping = True
+        for fiber in self.fibers:
+            if not fiber.done:
+                fiber.cancel()
+        for clients in self.http_idle.values():
+            for client in clients:
+                client.close()
+        self.http_idle.clear()
+
+    # --------------------------------------------------------------------- connections
+
+    def run_connection(self, spec):
+        failures = 0
+        while not self.stopping:
+            try:
+                if failures:
+                    loom.sleep(self.backoff_s(failures))
+                delivered = self.connect_once(spec)
+            except loom.Cancelled:
+                if self.stopping:
+                    return
+                delivered = True  # a reconnect the adapter asked for: not a failure
+            failures = 0 if delivered else failures + 1
+            self.stats.reconnects += 1
+            for symbol in spec.symbols:
+                self.adapter.syncs[symbol].stats.reconnects += 1
+
+    def backoff_s(self, failures):
+        ceiling_s = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures, 30))
+        return ceiling_s / 2 + self.rng.uniform(0, ceiling_s / 2)
+
+    def connect_once(self, spec):
+        """One connection's life. Returns True if at least one message arrived."""
+        self.stats.connects += 1
+        try:
+            ws = websocket.connect(spec.url, ca_file=self.ca_file, ssl_context=self.ssl_context,
+                                   timeout_s=self.connect_timeout_s, recv_timeout_s=self.recv_timeout_s,
+                                   message_bytes_max=self.message_bytes_max)
+        except NetError as exc:
+            self.stats.connect_failures += 1
+            self.log_once(spec.conn_id, "connect", f"connect to {spec.url} failed: {exc}")
+            return False
+        conn_id = spec.conn_id
+        self.sockets[conn_id] = ws
+        self.reconnect_reasons.pop(conn_id, None)
+        delivered = False
+        reason = "closed"
+        try:
+            self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
+            while conn_id not in self.reconnect_reasons:
+                message = ws.recv()
+                delivered = True
+                self.stats.messages += 1
+                self.deliver(conn_id, message.data)
+            reason = self.reconnect_reasons[conn_id]
+        except NetError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.stats.disconnects += 1
+        except loom.Cancelled:
+            reason = self.reconnect_reasons.get(conn_id, "stopped")
+            raise
+        finally:
+            del self.sockets[conn_id]
+            if self.stopping:
+                ws.stream.close()
+            else:
+                ws.close(timeout_s=0.5)
+            self.perform(self.adapter.on_close(conn_id, reason), 0)
+        return delivered
+
+    def deliver(self, conn_id, data):
+        recv_ns = time.time_ns()
+        try:
+            actions = self.adapter.on_message(conn_id, data, recv_ns)
+        except FeedProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self.log_once(conn_id, str(exc)[:40], f"bad message: {exc}")
+            actions = self.adapter.drain()
+        self.perform(actions, recv_ns)
+
+    def run_ticker(self):
+        while not self.stopping:
+            loom.sleep(self.tick_s)
+            self.perform(self.adapter.on_tick(time.time_ns()), 0)
+
+    # ------------------------------------------------------------------------- actions
+
+    def perform(self, actions, recv_ns):
+        if not actions:
+            return
+        published = []
+        for action in actions:
+            kind = type(action)
+            if kind is Publish or kind is Stale:
+                published.append(action)
+            elif kind is Send:
+                self.send(action)
+            elif kind is FetchSnapshot:
+                self.stats.snapshot_fetches += 1
+                self.fibers.append(self.loop.spawn(self.fetch_snapshot, action, name="snapshot"))
+                self.fibers = [fiber for fiber in self.fibers if not fiber.done]
+            elif kind is Reconnect:
+                self.request_reconnect(action.conn_id, action.reason)
+            else:
+                raise TypeError(f"unknown action {action!r}")
+        if published:
+            self.sink(published, recv_ns or time.time_ns())
+
+    def send(self, action):
+        ws = self.sockets.get(action.conn_id)
+        if ws is None:
+            return  # the connection dropped meanwhile: on_open resubscribes everything
+        try:
+            ws.send_text(action.text)
+            self.stats.sends += 1
+        except NetError as exc:
+            self.stats.send_failures += 1
+            self.request_reconnect(action.conn_id, f"send failed: {exc}")
+
+    def request_reconnect(self, conn_id, reason):
+        if conn_id in self.reconnect_reasons:
+            return
+        self.reconnect_reasons[conn_id] = reason
+        log.info("%s conn %d: reconnect (%s)", self.adapter.exchange, conn_id, reason)
+        fiber = self.conn_fibers.get(conn_id)
+        if fiber is not None and fiber is not loom.current_fiber() and conn_id in self.sockets:
+            fiber.cancel()  # wakes its recv; the connection loop reconnects
+
+    def fetch_snapshot(self, action):
+        parts = urlsplit(action.url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        idle = self.http_idle.setdefault(origin, [])
+        client = idle.pop() if idle else net_http.HttpClient(
+            origin, ca_file=self.ca_file, ssl_context=self.ssl_context, timeout_s=self.http_timeout_s,
+            body_bytes_max=self.message_bytes_max)
+        try:
+            response = client.get(path)
+            status, headers, body = response.status, response.headers, response.body
+        except NetError as exc:
+            self.stats.snapshot_failures += 1
+            self.log_once(-1, "snapshot", f"snapshot {action.url} failed: {exc}")
+            client.close()
+            client = None
+            status, headers, body = 0, {}, b""
+        if client is not None and not self.stopping and len(idle) < HTTP_CLIENTS_IDLE_MAX:
+            idle.append(client)
+        elif client is not None:
+            client.close()
+        recv_ns = time.time_ns()
+        try:
+            actions = self.adapter.on_snapshot(action.symbol, status, headers, body, recv_ns)
+        except FeedProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self.log_once(-1, "snapshot-body", f"bad snapshot: {exc}")
+            actions = self.adapter.drain()
+        self.perform(actions, recv_ns)
+
+    def log_once(self, conn_id, kind, text):
+        key = (conn_id, kind)
+        if key in self.errors_logged:
+            return
+        if len(self.errors_logged) < 1024:
+            self.errors_logged.add(key)
+        log.warning("%s: %s", self.adapter.exchange, text)
