@@ -14,7 +14,7 @@ from observer.server.control import ControlServer, SocketInUse, bind_socket, pee
 from observer.testing import unique_name
 from proto import messages as m
 
-from test_protocol import TableCatalog
+from test_server_protocol import TableCatalog
 
 WAIT_S = 20.0
 
