@@ -88,6 +88,18 @@ class _Attachment:
         self.reader = reader
         self.books = reader.books()
         self.generation = reader.generation
+        self._index_of: dict[str, int] = {}
+
+    def index_of(self, name: str) -> int:
+        """The book index of `name` in this generation (resolved once per name)."""
+        index = self._index_of.get(name)
+        if index is None:
+            try:
+                index = m.resolve_book(name, self.books).book_index
+            except m.BookNameError as exc:
+                raise BookNotFound(str(exc)) from None
+            self._index_of[name] = index
+        return index
 
     def close(self) -> None:
         self.reader.close()
@@ -110,6 +122,7 @@ class Client:
         self._epoll = select.epoll()
         self._att: _Attachment | None = None
         self._last_try_s = 0.0
+        self.liveness_due_s = 0.0
         self._last_snapshots: dict[str, BookSnapshot] = {}
         self.attaches = 0
         self.detaches = 0
@@ -176,9 +189,17 @@ class Client:
         self._last_try_s = time.monotonic()      # the first reattach waits one period
 
     def _ensure_attached(self, *, force: bool = False) -> bool:
-        """Attached now? Tries to reattach at most every reattach_period_s (or now if forced)."""
+        """Attached now? Tries to reattach at most every reattach_period_s (or now if forced).
+
+        Liveness is checked at most every LIVENESS_CHECK_S (a clock read otherwise), or at once
+        when `liveness_due_s` was reset because the control socket fired: a read of shared
+        memory must not cost a syscall.
+        """
         if self._att is not None:
-            self._check_liveness()
+            now_s = time.monotonic()
+            if force or now_s >= self.liveness_due_s:
+                self.liveness_due_s = now_s + LIVENESS_CHECK_S
+                self._check_liveness()
         if self._att is not None:
             return True
         if not force and time.monotonic() - self._last_try_s < self.reattach_period_s:
@@ -282,11 +303,7 @@ class Client:
         """A consistent copy of book `name`; the last copy, marked stale, if the observer is
         gone (ObserverUnavailable if there never was one)."""
         if self._ensure_attached():
-            try:
-                info = m.resolve_book(name, self._att.books)
-            except m.BookNameError as exc:
-                raise BookNotFound(str(exc)) from None
-            snap = self._att.reader.snapshot(info.book_index, depth)
+            snap = self._att.reader.snapshot(self._att.index_of(name), depth)
             self._last_snapshots[name] = snap
             return snap
         last = self._last_snapshots.get(name)

@@ -65,10 +65,10 @@ def follow_updates(client, names, timeout_s: float | None, spin: bool):
         if spin:
             follower.spin(wait_s)
         else:
-            try:
-                client._epoll.poll(wait_s, _EPOLL_EVENTS_MAX)
-            except InterruptedError:
-                pass
+            sock_fd = att.sock.fileno()
+            for fd, _ in client._epoll.poll(wait_s, _EPOLL_EVENTS_MAX):
+                if fd == sock_fd:
+                    client.liveness_due_s = 0.0      # hang-up or a message: check at once
 
 
 def _resolve(books, names) -> set[int]:

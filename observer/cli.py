@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -33,6 +34,10 @@ log = logging.getLogger("observer")
 
 EXIT_USAGE = 2
 EXIT_RUNNING = 3
+
+
+class StartError(RuntimeError):
+    """The observer could not set itself up (segment, socket); nothing was left behind."""
 
 
 def parse_args(argv):
@@ -111,7 +116,10 @@ def run(config: cfg.ObserverConfig) -> int:
     old_wakeup_fd = signal.set_wakeup_fd(wake_w.fileno())
     old_handlers = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        supervisor.start()
+        try:
+            supervisor.start()
+        except (LayoutError, ValueError, OSError) as exc:
+            raise StartError(f"cannot start: {exc}") from exc
         shard = Shard(0, supervisor.segment.writer(0), feeds, index_of)
         loop.run(_serve, loop, supervisor, shard, wake_r, socket_path)
     finally:
@@ -134,7 +142,7 @@ def _serve(loop, supervisor, shard, wake_r, socket_path) -> None:
 
     shard.start(loop)
     log.info("observer ready name=%s socket=%s books=%d pid=%d", supervisor.name, socket_path,
-             len(supervisor.book_descs), __import__("os").getpid())
+             len(supervisor.book_descs), os.getpid())
     signum = loom.recv(wake_r, 1)
     log.info("observer stopping (signal %d)", signum[0] if signum else 0)
     shard.stop()
@@ -155,8 +163,8 @@ def main(argv=None) -> int:
     except (AlreadyRunning, SocketInUse) as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return EXIT_RUNNING
-    except (LayoutError, ValueError, OSError) as exc:
-        print(f"observer: cannot start: {exc}", file=sys.stderr)
+    except StartError as exc:
+        print(f"observer: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

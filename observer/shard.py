@@ -53,6 +53,17 @@ class Shard:
         self._fibers.clear()
 
     def _run_feed(self, feed) -> None:
+        try:
+            self._feed_loop(feed)
+        except Exception:
+            # A feed bug must not leave its books looking live: mark them stale for clients,
+            # then let loom log the error with the fiber's name.
+            for symbol in feed.books:
+                self.writer.mark_stale(self.book_index_of[(feed.exchange, symbol)])
+            self.writer.flush()
+            raise
+
+    def _feed_loop(self, feed) -> None:
         self._apply(feed, feed.start(time.time_ns()))
         while True:
             wait_s = (feed.next_deadline_ns() - time.time_ns()) / 1e9
