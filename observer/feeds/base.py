@@ -48,6 +48,7 @@ class Adapter:
     symbols_per_conn_max = 200
     send_rate_per_s = 5.0
     send_burst = 5
+    send_limit_per_ip = False  # True: one bucket for all connections (the exchange counts per IP)
     ping_text = None
     ping_idle_s = 20.0
     silence_max_s = 60.0  # 0: the exchange may stay silent (its pings are below us, in net)
@@ -76,7 +77,8 @@ class Adapter:
         for conn in self.conns:
             for symbol in conn.symbols:
                 self.syncs[symbol].conn_id = conn.conn_id
-        self.limiter = SendLimiter(rate_per_s=self.send_rate_per_s, burst=self.send_burst)
+        self.limiter = SendLimiter(rate_per_s=self.send_rate_per_s, burst=self.send_burst,
+                                   shared=self.send_limit_per_ip)
         self.now_ns = 0
         self.open_conns = set()
         self.last_recv_ns = {}
@@ -196,7 +198,14 @@ class Adapter:
         self.books[sync.symbol].clear()
 
     def send(self, conn_id, text):
-        self.limiter.push(conn_id, text)
+        """Queue a text behind the rate limit. A full queue means resyncs outrun the limit:
+        start the connection afresh instead (on_open resubscribes everything at once)."""
+        try:
+            self.limiter.push(conn_id, text)
+        except OverflowError as exc:
+            self.limiter.queues[conn_id].clear()
+            self.reconnects += 1
+            self.queue.append(Reconnect(conn_id, str(exc)))
 
     def flush_sends(self, conn_id):
         if conn_id not in self.open_conns or not self.limiter.queues.get(conn_id):

@@ -39,12 +39,18 @@ class BinanceAdapter(Adapter):
     silence_max_s = 0
     buffer_events_max = 2000
 
+    weight_per_minute = 6000  # REQUEST_WEIGHT per IP; a 1000-level snapshot costs 50
+
     def __init__(self, symbols, *, snapshot_limit=1000, stream_suffix="@depth@100ms",
-                 snapshot_interval_s=0.5, **options):
+                 snapshot_interval_s=1.0, **options):
         self.snapshot_limit = snapshot_limit
         self.stream_suffix = stream_suffix
         super().__init__(symbols, **options)
-        self.scheduler = SnapshotScheduler(interval_s=snapshot_interval_s)
+        # At most one snapshot a second (half the spot budget at limit 1000), and a pause once
+        # 80 % of the minute's weight is used, whoever used it.
+        self.scheduler = SnapshotScheduler(
+            interval_s=snapshot_interval_s, weight_header="x-mbx-used-weight-1m",
+            weight_soft_max=int(self.weight_per_minute * 0.8))
 
     # ------------------------------------------------------------------ subclass hooks
 

@@ -17,6 +17,7 @@ class BinanceFuturesAdapter(BinanceAdapter):
     ws_url_default = "wss://fstream.binance.com"
     rest_url_default = "https://fapi.binance.com"
     depth_path = "/fapi/v1/depth"
+    weight_per_minute = 2400
 
     def on_depth(self, conn_id, event):
         if type(event.get("pu")) is not int:

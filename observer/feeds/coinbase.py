@@ -30,8 +30,9 @@ class CoinbaseAdapter(Adapter):
     exchange = "coinbase"
     ws_url_default = "wss://advanced-trade-ws.coinbase.com"
     symbols_per_conn_max = 15
-    send_rate_per_s = 4.0  # 8 per second per IP, shared by every connection
-    send_burst = 4
+    send_rate_per_s = 6.0  # Coinbase allows 8 per second per IP, across every connection
+    send_burst = 6
+    send_limit_per_ip = True
     silence_max_s = 10.0  # heartbeats arrive every second
 
     def __init__(self, symbols, **options):

@@ -21,8 +21,8 @@ NS_PER_S = 1_000_000_000
 class SnapshotScheduler:
     """Staggered REST snapshot requests with Retry-After honoured."""
 
-    def __init__(self, *, interval_s=0.5, inflight_max=1, retry_s=1.0, retry_max_s=30.0,
-                 queue_max=4096):
+    def __init__(self, *, interval_s=1.0, inflight_max=1, retry_s=1.0, retry_max_s=30.0,
+                 queue_max=4096, weight_header=None, weight_soft_max=0, weight_pause_s=10.0):
         assert interval_s >= 0
         assert inflight_max >= 1
         self.interval_ns = int(interval_s * NS_PER_S)
@@ -30,6 +30,12 @@ class SnapshotScheduler:
         self.retry_ns = int(retry_s * NS_PER_S)
         self.retry_max_ns = int(retry_max_s * NS_PER_S)
         self.queue_max = queue_max
+        # Binance reports the weight used this minute (X-MBX-USED-WEIGHT-1M); past the soft
+        # limit the queue pauses before the exchange has to answer 429.
+        self.weight_header = weight_header
+        self.weight_soft_max = weight_soft_max
+        self.weight_pause_ns = int(weight_pause_s * NS_PER_S)
+        self.weight_pauses = 0
         self.queue = deque()
         self.inflight = set()
         self.blocked_until_ns = 0
@@ -69,6 +75,7 @@ class SnapshotScheduler:
     def on_reply(self, symbol, status, headers, now_ns):
         """Record a reply. Returns True if the body is a snapshot to use; else it is requeued."""
         self.inflight.discard(symbol)
+        self.check_weight(headers, now_ns)
         if status == 200:
             self.failures_in_row = 0
             return True
@@ -85,6 +92,18 @@ class SnapshotScheduler:
         return False
 
 
+    def check_weight(self, headers, now_ns):
+        if not self.weight_header or not headers:
+            return
+        try:
+            used = int(headers.get(self.weight_header, 0))
+        except (TypeError, ValueError):
+            return
+        if self.weight_soft_max and used >= self.weight_soft_max:
+            self.weight_pauses += 1
+            self.blocked_until_ns = max(self.blocked_until_ns, now_ns + self.weight_pause_ns)
+
+
 def retry_after_ns(headers, default_ns):
     """Retry-After in seconds (the form Binance uses); the default if absent or unreadable."""
     value = (headers or {}).get("retry-after")
@@ -98,21 +117,30 @@ def retry_after_ns(headers, default_ns):
 
 
 class SendLimiter:
-    """A token bucket per connection: at most `rate_per_s` texts a second, `burst` at once."""
+    """A token bucket: at most `rate_per_s` texts a second, `burst` at once.
 
-    def __init__(self, *, rate_per_s, burst, queue_max=256):
+    Texts wait in one bounded queue per connection. The bucket is per connection, or one for
+    all of them when the exchange counts per IP (`shared=True`, Coinbase's 8 messages/s).
+    """
+
+    def __init__(self, *, rate_per_s, burst, queue_max=256, shared=False):
         assert rate_per_s > 0
         assert burst >= 1
         self.token_ns = int(NS_PER_S / rate_per_s)
         self.burst = burst
         self.queue_max = queue_max
-        self.tokens = {}  # conn_id -> (tokens, updated_ns)
+        self.shared = shared
+        self.tokens = {}  # bucket key -> (tokens, updated_ns)
         self.queues = {}  # conn_id -> deque of texts
 
+    def bucket(self, conn_id):
+        return None if self.shared else conn_id
+
     def reset(self, conn_id, now_ns):
-        """A new connection starts with a full bucket and an empty queue."""
-        self.tokens[conn_id] = (self.burst, now_ns)
+        """A new connection starts with an empty queue (and a full bucket of its own)."""
         self.queues[conn_id] = deque()
+        if not self.shared or None not in self.tokens:
+            self.tokens[self.bucket(conn_id)] = (self.burst, now_ns)
 
     def push(self, conn_id, text):
         queue = self.queues.setdefault(conn_id, deque())
@@ -121,11 +149,12 @@ class SendLimiter:
         queue.append(text)
 
     def ready(self, conn_id, now_ns):
-        """Texts that may be sent now, in order."""
+        """Texts that may be sent now on this connection, in order."""
         queue = self.queues.get(conn_id)
         if not queue:
             return []
-        tokens, updated_ns = self.tokens.get(conn_id, (self.burst, now_ns))
+        key = self.bucket(conn_id)
+        tokens, updated_ns = self.tokens.get(key, (self.burst, now_ns))
         earned = (now_ns - updated_ns) // self.token_ns
         if earned > 0:
             tokens = min(self.burst, tokens + earned)
@@ -134,5 +163,5 @@ class SendLimiter:
         while queue and tokens >= 1:
             out.append(queue.popleft())
             tokens -= 1
-        self.tokens[conn_id] = (tokens, updated_ns)
+        self.tokens[key] = (tokens, updated_ns)
         return out

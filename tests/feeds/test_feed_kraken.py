@@ -177,3 +177,13 @@ def test_malformed_raise(kraken, data):
     with pytest.raises(FeedProtocolError):
         kraken.on_message(0, data, 3)
     assert kraken.syncs["BTCUSD"].state is State.LIVE
+
+
+def test_resync_storm_past_the_send_queue_reconnects_instead(kraken):
+    kraken.limiter.queue_max = 4
+    actions = []
+    for i in range(12):  # 24 texts in the same instant: 10 go (the burst), the rest must wait
+        actions += kraken.on_message(0, v2_book("update", "BTC/USD", [("99.9", "1.00")], [], 1), 3 + i)
+        actions += kraken.on_message(0, ack("BTC/USD"), 3 + i)
+        actions += kraken.on_message(0, v2_book("snapshot", "BTC/USD", BIDS, ASKS, crc_of(BIDS, ASKS)), 3 + i)
+    assert any(isinstance(a, Reconnect) for a in actions)
