@@ -20,7 +20,7 @@ import sys
 import time
 from decimal import Decimal
 
-import orjson
+import json
 
 import obclient
 from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed
@@ -95,7 +95,7 @@ def cmd_snapshot(client, args) -> int:
     book = client.book(args.symbol)
     snap = book.snapshot(args.depth)
     if args.json:
-        print(orjson.dumps(snapshot_json(book.name, snap)).decode())
+        print(json.dumps(snapshot_json(book.name, snap), separators=(",", ":")))
     else:
         print(ladder(book.name, snap))
     return 0
@@ -109,7 +109,7 @@ def cmd_list(client, args) -> int:
                      "native": info.native, "shard": info.shard_index,
                      "update_id": int(snap.update_id), "stale": snap.stale})
     if args.json:
-        print(orjson.dumps(rows).decode())
+        print(json.dumps(rows, separators=(",", ":")))
         return 0
     w = max([len(r["book"]) for r in rows] + [4])
     print(f"{'book':<{w}}  {'native':<12}  shard  {'update_id':>10}  state")
@@ -122,8 +122,8 @@ def cmd_list(client, args) -> int:
 def cmd_stats(client, args) -> int:
     stats = client.stats()
     if args.json:
-        print(orjson.dumps({"observer": stats.observer, "books": stats.books,
-                            "clients": stats.clients}).decode())
+        print(json.dumps({"observer": stats.observer, "books": stats.books,
+                          "clients": stats.clients}, separators=(",", ":")))
         return 0
     o = stats.observer
     print(f"observer {o.get('name')}  pid {o.get('pid')}  generation {o.get('generation')}  "

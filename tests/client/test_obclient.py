@@ -177,3 +177,16 @@ def test_stale_heartbeat_is_noticed_and_the_client_reattaches(tmp_path):
         wait_until(lambda: not book.snapshot().stale, WAIT_S, "the client to reattach")
         assert client.generation == generation            # same observer, same segment
         client.close()
+
+
+def test_obclient_and_obctl_import_neither_the_server_nor_greenlet():
+    import subprocess
+    import sys
+
+    code = ("import sys, obclient, obclient.obctl; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'observer', 'greenlet', 'posix_ipc', 'orjson'}); print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
