@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 
 from netpeers import HttpsServer, WsServer, make_cert, server_ssl_context
+from observer import loom
+
+
+@pytest.fixture(params=loom.available_backends())
+def backend(request):
+    """Every loom backend this machine runs: net must behave the same on each."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -190,3 +190,105 @@ class HttpsServer(http.server.ThreadingHTTPServer):
         self.requests = []
         self.stall = threading.Event()
         self.port = self.server_address[1]
+
+
+# -- a raw WebSocket peer that misbehaves on purpose ------------------------------------------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_value(request: bytes) -> bytes:
+    import base64
+    import hashlib
+
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def upgrade_reply(request: bytes, accept: bytes | None = None) -> bytes:
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + (accept or accept_value(request)) + b"\r\n\r\n")
+
+
+def read_request(conn) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_client_frames(conn, count: int, timeout_s: float = 10.0) -> list[tuple[int, bytes]]:
+    """Read `count` masked client frames: [(opcode, unmasked payload)]; fewer at EOF."""
+    import struct
+
+    conn.settimeout(timeout_s)
+    buf = b""
+    frames = []
+    while len(frames) < count:
+        while True:
+            if len(buf) >= 2:
+                n = buf[1] & 0x7F
+                pos = 2
+                if n == 126 and len(buf) >= 4:
+                    n, pos = struct.unpack_from("!H", buf, 2)[0], 4
+                elif n == 127 and len(buf) >= 10:
+                    n, pos = struct.unpack_from("!Q", buf, 2)[0], 10
+                if n < 126 or pos > 2:
+                    assert buf[1] & 0x80, "client frame not masked"
+                    if len(buf) >= pos + 4 + n:
+                        key = buf[pos:pos + 4]
+                        payload = bytes(b ^ key[i % 4] for i, b in enumerate(buf[pos + 4:pos + 4 + n]))
+                        frames.append((buf[0] & 0x0F, payload))
+                        buf = buf[pos + 4 + n:]
+                        break
+            chunk = conn.recv(65536)
+            if not chunk:
+                return frames
+            buf += chunk
+    return frames
+
+
+class RawServer:
+    """Plain TCP on 127.0.0.1: each accepted connection runs `behaviour(conn)` in a thread;
+    whatever the behaviour returns (or raises) is kept in `results` for the test to check."""
+
+    def __init__(self, behaviour):
+        import socket
+
+        self.behaviour = behaviour
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.results: list = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._serve_one, daemon=True)
+        self._thread.start()
+
+    def _serve_one(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            self.done.set()
+            return
+        with conn:
+            try:
+                self.results.append(self.behaviour(conn))
+            except Exception as exc:  # reported to the test, not lost in a thread
+                self.results.append(exc)
+        self.done.set()
+
+    def close(self):
+        import socket
+
+        try:  # wakes an accept() still waiting (close() alone does not on Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "raw server thread did not end"

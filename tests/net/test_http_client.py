@@ -21,8 +21,8 @@ from observer.net.errors import (
 from observer.net.http import HttpClient
 
 
-def run(fn, *args):
-    loop = loom.Loop()
+def run(fn, *args, backend=None):
+    loop = loom.Loop(backend)
     try:
         return loop.run(fn, *args)
     finally:
@@ -33,7 +33,7 @@ def client_for(server, certs, **kwargs):
     return HttpClient(f"https://127.0.0.1:{server.port}", ca_file=str(certs["cert"]), **kwargs)
 
 
-def test_json_chunked_gzip_over_one_keepalive_connection(https_server, certs):
+def test_json_chunked_gzip_over_one_keepalive_connection(https_server, certs, backend):
     def main():
         client = client_for(https_server, certs)
         replies = [client.get("/json?symbol=BTCUSDT&limit=1000"), client.get("/chunked"),
@@ -41,7 +41,7 @@ def test_json_chunked_gzip_over_one_keepalive_connection(https_server, certs):
         client.close()
         return [(r.status, r.body) for r in replies], client.connections_made
 
-    replies, connections = run(main)
+    replies, connections = run(main, backend=backend)
     assert replies == [(200, SNAPSHOT)] * 4
     assert connections == 1
     paths = [r[0] for r in https_server.requests]
@@ -51,14 +51,14 @@ def test_json_chunked_gzip_over_one_keepalive_connection(https_server, certs):
     assert "gzip" in https_server.requests[0][1]["Accept-Encoding"]
 
 
-def test_429_and_418_reach_the_caller_intact(https_server, certs):
+def test_429_and_418_reach_the_caller_intact(https_server, certs, backend):
     def main():
         client = client_for(https_server, certs)
         replies = client.get("/429"), client.get("/418"), client.get("/json")
         client.close()
         return replies
 
-    too_many, teapot, ok = run(main)
+    too_many, teapot, ok = run(main, backend=backend)
     assert (too_many.status, too_many.reason, too_many.retry_after_s) == (429, "Too Many Requests",
                                                                           17.0)
     assert too_many.body == b'{"code":-1003}'
@@ -77,7 +77,7 @@ def test_connection_close_then_new_connection(https_server, certs):
     assert run(main) == (b"bye", 200, 2)
 
 
-def test_stale_keepalive_connection_is_retried_once(https_server, certs):
+def test_stale_keepalive_connection_is_retried_once(https_server, certs, backend):
     def main():
         client = client_for(https_server, certs)
         client.get("/json")
@@ -86,7 +86,7 @@ def test_stale_keepalive_connection_is_retried_once(https_server, certs):
         client.close()
         return status, client.connections_made
 
-    assert run(main) == (200, 2)
+    assert run(main, backend=backend) == (200, 2)
 
 
 def test_body_limit(https_server, certs):

@@ -20,9 +20,6 @@ from observer.net.errors import (
     TlsError,
 )
 
-BACKENDS = loom.available_backends()
-
-
 def run(fn, *args, backend=None):
     loop = loom.Loop(backend)
     try:
@@ -37,7 +34,6 @@ def url(server, path):
 
 
 @pytest.mark.parametrize("compression", [True, False], ids=["client-deflate", "client-plain"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_echo(ws_server, certs, compression, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/echo"), ca_file=str(certs["cert"]),
@@ -59,7 +55,7 @@ def test_echo(ws_server, certs, compression, backend):
     assert code == 1000
 
 
-def test_fragmented_messages(ws_server, certs):
+def test_fragmented_messages(ws_server, certs, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/fragments"), ca_file=str(certs["cert"]))
         first = ws.recv().text()
@@ -68,10 +64,10 @@ def test_fragmented_messages(ws_server, certs):
         ws.close()
         return result
 
-    assert run(main) == ("fragmented täxt", False, b"\x00\x01" + b"\x02" * 70000)
+    assert run(main, backend=backend) == ("fragmented täxt", False, b"\x00\x01" + b"\x02" * 70000)
 
 
-def test_8_mib_messages(ws_server, certs):
+def test_8_mib_messages(ws_server, certs, backend):
     size = 8 * 1024 * 1024
 
     def main():
@@ -85,7 +81,7 @@ def test_8_mib_messages(ws_server, certs):
         ws.close()
         return ok_binary, ok_text
 
-    assert run(main) == (True, True)
+    assert run(main, backend=backend) == (True, True)
 
 
 def test_8_mib_echo_upstream(ws_server, certs):
@@ -116,7 +112,7 @@ def test_message_limit_closes_with_1009(ws_server, certs):
     assert run(main)
 
 
-def test_server_ping_is_answered(ws_server, certs):
+def test_server_ping_is_answered(ws_server, certs, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/ping"), ca_file=str(certs["cert"]))
         text = ws.recv().text()  # the server sends this only after our pong arrived
@@ -124,7 +120,7 @@ def test_server_ping_is_answered(ws_server, certs):
         ws.close()
         return text, pings
 
-    assert run(main) == ("pong-received", 1)
+    assert run(main, backend=backend) == ("pong-received", 1)
 
 
 def test_client_ping_gets_pong(ws_server, certs):
@@ -140,7 +136,7 @@ def test_client_ping_gets_pong(ws_server, certs):
     assert run(main) == ("after ping", 1)
 
 
-def test_server_initiated_close(ws_server, certs):
+def test_server_initiated_close(ws_server, certs, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/close"), ca_file=str(certs["cert"]))
         first = ws.recv().text()
@@ -150,10 +146,10 @@ def test_server_initiated_close(ws_server, certs):
             ws.send_text("too late")
         return first, info.value.code, info.value.reason, ws.closed
 
-    assert run(main) == ("closing", 4001, "bye now", True)
+    assert run(main, backend=backend) == ("closing", 4001, "bye now", True)
 
 
-def test_abrupt_disconnect(ws_server, certs):
+def test_abrupt_disconnect(ws_server, certs, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/abort"), ca_file=str(certs["cert"]))
         first = ws.recv().text()
@@ -161,7 +157,7 @@ def test_abrupt_disconnect(ws_server, certs):
             ws.recv()
         return first, info.value.code
 
-    assert run(main) == ("aborting", 1006)
+    assert run(main, backend=backend) == ("aborting", 1006)
 
 
 def test_silent_server_hits_recv_timeout(ws_server, certs):
@@ -176,18 +172,18 @@ def test_silent_server_hits_recv_timeout(ws_server, certs):
     assert run(main)
 
 
-def test_many_messages_in_order(ws_server, certs):
+def test_many_messages_in_order(ws_server, certs, backend):
     def main():
         ws = websocket.connect(url(ws_server, "/stream"), ca_file=str(certs["cert"]))
         got = [ws.recv().text() for _ in range(1000)]
         ws.close()
         return got
 
-    got = run(main)
+    got = run(main, backend=backend)
     assert got == ['{"stream":"btcusdt@depth","data":{"u":%d}}' % i for i in range(1000)]
 
 
-def test_plain_ws(ws_server_plain):
+def test_plain_ws(ws_server_plain, backend):
     def main():
         ws = websocket.connect(url(ws_server_plain, "/echo"))
         ws.send_text("plain")
@@ -195,7 +191,7 @@ def test_plain_ws(ws_server_plain):
         ws.close()
         return text
 
-    assert run(main) == "plain"
+    assert run(main, backend=backend) == "plain"
 
 
 def test_certificate_checks(certs):
