@@ -51,8 +51,6 @@ class HttpClient:
         self.ssl_context = ssl_context
         self.connections_made = 0
         self._stream = None  # the idle keep-alive connection, if any
-        self._buf = bytearray(READ_BYTES)
-        self._view = memoryview(self._buf)
 
     def get(self, path_and_query: str, headers: dict[str, str] | None = None) -> Response:
         """GET and return the Response, whatever its status. Raises NetError on failure."""
@@ -112,18 +110,21 @@ class HttpClient:
         except BaseException:
             stream.close()
             raise
-        if parser.keep_alive:
+        if parser.keep_alive and self._stream is None:
             self._stream = stream
-        else:
+        else:  # not reusable, or another fiber's request already parked one
             stream.close()
         return response
 
     def _read_response(self, stream, parser: ResponseParser, deadline_s: float) -> Response:
+        # A buffer per request, not per client: two fibers may GET at once, and with io_uring
+        # the kernel writes into a parked read's buffer. A REST call is rare; 64 KiB is cheap.
+        view = memoryview(bytearray(READ_BYTES))
         received_any = False
         while True:
             stream.read_timeout_s = _remaining(deadline_s, f"{self.host}:{self.port}")
             try:
-                n = stream.recv_into(self._view)
+                n = stream.recv_into(view)
             except ConnectionClosed:
                 if not received_any:
                     raise _StaleConnection() from None
@@ -136,7 +137,7 @@ class HttpClient:
                     raise _StaleConnection()
                 return parser.feed_eof()
             received_any = True
-            response = parser.feed(self._view[:n])
+            response = parser.feed(view[:n])
             if response is not None:
                 return response
 

@@ -19,8 +19,9 @@ Failure is always an exception, never a hang:
 
 from __future__ import annotations
 
+from observer import loom
 from observer.net import tcp, tls
-from observer.net.errors import ConnectionClosed, NetError, ProtocolError
+from observer.net.errors import ConnectionClosed, NetError, NetTimeout, ProtocolError
 from observer.net.wsconn import ClientConnection, State
 from observer.net.wsframe import (
     MESSAGE_BYTES_MAX,
@@ -44,6 +45,22 @@ def connect(url: str, *, ca_file: str | None = None, timeout_s: float = 10.0,
             recv_bytes_max: int = RECV_BYTES_MAX, ssl_context=None) -> "WebSocket":
     """Open a WebSocket (TCP, TLS for wss://, the upgrade), all within `timeout_s`."""
     target = parse_url(url)
+    try:
+        with loom.timeout(timeout_s):  # one deadline for all the steps, not one per read
+            stream, handshake, deflate = _open(target, url, ca_file, timeout_s, compression,
+                                               headers, ssl_context)
+    except TimeoutError as exc:  # NetTimeout from a step, or the overall deadline
+        raise NetTimeout(f"websocket connect to {url} timed out after {timeout_s} s "
+                         f"({exc})") from None
+    reader = FrameReader(message_bytes_max=message_bytes_max, recv_bytes_max=recv_bytes_max,
+                         deflate=deflate is not None,
+                         deflate_reset=bool(deflate and deflate.server_no_context_takeover))
+    reader.receive_data(handshake.leftover)
+    stream.read_timeout_s = recv_timeout_s
+    return WebSocket(stream, ClientConnection(reader), url)
+
+
+def _open(target, url, ca_file, timeout_s, compression, headers, ssl_context):
     if target.secure:
         stream = tls.connect(target.host, target.port, ca_file=ca_file, context=ssl_context,
                              timeout_s=timeout_s, read_timeout_s=timeout_s)
@@ -58,12 +75,7 @@ def connect(url: str, *, ca_file: str | None = None, timeout_s: float = 10.0,
     except BaseException:
         stream.close()
         raise
-    reader = FrameReader(message_bytes_max=message_bytes_max, recv_bytes_max=recv_bytes_max,
-                         deflate=deflate is not None,
-                         deflate_reset=bool(deflate and deflate.server_no_context_takeover))
-    reader.receive_data(handshake.leftover)
-    stream.read_timeout_s = recv_timeout_s
-    return WebSocket(stream, ClientConnection(reader), url)
+    return stream, handshake, deflate
 
 
 def _read_handshake_reply(stream, handshake: Handshake, url: str) -> None:
@@ -87,6 +99,8 @@ class WebSocket:
         self.pongs_received = 0
         self.pings_received = 0
         self._closed_error: NetError | None = None
+        self._reading = False          # a fiber is parked in recv() waiting for bytes
+        self._ended = loom.Event()     # posted once the connection has ended, for close()
 
     @property
     def closed(self) -> bool:
@@ -117,11 +131,14 @@ class WebSocket:
                 self._on_control(event)
 
     def _read_more(self, stream, reader: FrameReader) -> None:
+        self._reading = True
         try:
             n = stream.recv_into(reader.recv_window())
         except NetError as exc:
             self._fail(exc)
             raise
+        finally:
+            self._reading = False
         if n == 0:
             self._fail(ConnectionClosed(1006, "connection closed without a close frame"))
             raise self._closed_error
@@ -153,6 +170,7 @@ class WebSocket:
         except NetError:
             pass
         self.stream.close()
+        self._ended.post()
 
     def send_text(self, text: str) -> None:
         self._send(self.conn.send_text(text))
@@ -174,8 +192,15 @@ class WebSocket:
 
     def close(self, code: int = 1000, reason: str = "",
               timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        """The closing handshake: send close, wait for the server's, drop TCP. Never hangs."""
+        """The closing handshake: send close, wait for the server's, drop TCP. Never hangs.
+
+        From another fiber while one is parked in recv(): that fiber reads the server's close
+        and raises ConnectionClosed; this one waits for it, at most `timeout_s`.
+        """
         if self.stream.closed:
+            return
+        if self._reading:
+            self._close_beside_reader(code, reason, timeout_s)
             return
         frame = self.conn.send_close(code, reason)
         try:
@@ -195,3 +220,16 @@ class WebSocket:
             if self._closed_error is None:
                 self._closed_error = ConnectionClosed(code, reason)
             self.stream.close()
+
+    def _close_beside_reader(self, code: int, reason: str, timeout_s: float) -> None:
+        try:
+            frame = self.conn.send_close(code, reason)
+            if frame:
+                self.stream.sendall(frame)
+            self._ended.wait(timeout_s)
+        except (NetError, TimeoutError):
+            pass
+        finally:
+            if self._closed_error is None:
+                self._closed_error = ConnectionClosed(code, reason)
+            self.stream.close()  # the parked reader, if still there, gets ConnectionClosed

@@ -210,3 +210,23 @@ def test_tls_handshake_with_a_non_tls_server_fails_clearly():
     finally:
         thread.join(10)
         listener.close()
+
+
+def test_concurrent_gets_from_two_fibers(https_server, certs, backend):
+    def main():
+        client = client_for(https_server, certs)
+        bodies = {}
+
+        def fetch(path):
+            bodies[path] = client.get(path).body
+
+        loop = loom.current_fiber().loop
+        fibers = [loop.spawn(fetch, p) for p in ("/json", "/gzip", "/chunked", "/big")]
+        for fiber in fibers:
+            fiber.join(20)
+        client.close()
+        return bodies
+
+    bodies = run(main, backend=backend)
+    assert bodies == {"/json": SNAPSHOT, "/gzip": SNAPSHOT, "/chunked": SNAPSHOT,
+                      "/big": b"b" * 3_000_000}

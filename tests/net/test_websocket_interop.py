@@ -224,3 +224,23 @@ def test_refused_and_http_errors(https_server, certs):
         return info.value.status, info.value.headers.get("retry-after")
 
     assert run(main) == (429, "17")
+
+
+def test_close_from_another_fiber_while_recv_waits(ws_server, certs, backend):
+    def main():
+        ws = websocket.connect(url(ws_server, "/silent"), ca_file=str(certs["cert"]))
+        outcome = {}
+
+        def reader():
+            try:
+                ws.recv()
+            except ConnectionClosed as exc:
+                outcome["code"] = exc.code
+
+        fiber = loom.current_fiber().loop.spawn(reader)
+        loom.sleep(0.05)  # let the reader park in recv()
+        ws.close(1001, "shutting down", timeout_s=5)
+        fiber.join(5)
+        return outcome.get("code"), ws.closed
+
+    assert run(main, backend=backend) == (1001, True)

@@ -161,3 +161,29 @@ def test_eof_mid_frame_is_1006(backend):
         return info.value.code
 
     assert run_against(behaviour, client, backend) == (1006, True)
+
+
+def test_close_beside_a_parked_reader_when_server_ignores_it(backend):
+    def behaviour(conn):
+        conn.sendall(upgrade_reply(read_request(conn)))
+        return read_client_frames(conn, 2)  # the close frame, then EOF
+
+    def client(url):
+        ws = websocket.connect(url)
+        codes = []
+
+        def reader():
+            try:
+                ws.recv()
+            except ConnectionClosed as exc:
+                codes.append(exc.code)
+
+        fiber = loom.current_fiber().loop.spawn(reader)
+        loom.sleep(0.05)
+        ws.close(4000, "bye", timeout_s=0.3)
+        fiber.join(5)
+        return codes, ws.closed
+
+    (codes, closed), frames = run_against(behaviour, client, backend)
+    assert len(codes) == 1 and closed
+    assert frames == [(0x8, struct.pack("!H", 4000) + b"bye")]
