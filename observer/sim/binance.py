@@ -43,6 +43,7 @@ class BinanceSpot(Venue):
     faults = COMMON_FAULTS + ("rest_429", "rest_418", "stale_snapshot", "server_shutdown")
     rest_path = "/api/v3/depth"
     futures = False
+    lazy_book_ok = True
 
     def __init__(self, opts, symbols, replay) -> None:
         prefix = "binance_futures" if self.futures else "binance"
@@ -95,9 +96,7 @@ class BinanceSpot(Venue):
         subs = market.state["subs"]
         if not subs:
             return
-        inst = market.inst
-        bids = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == BID)
-        asks = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == ASK)
+        bids, asks = self.render_levels(market, changes)
         rendered: dict[tuple[bool, str | None], tuple[bytes, bytes]] = {}
         for conn, names in subs.items():
             micros = conn.state["micros"]
@@ -110,6 +109,19 @@ class BinanceSpot(Venue):
                     frame = rendered[key] = (text_frame(payload), payload)
                 conn.send(*frame)
                 self.counters["messages_sent"] += 1
+
+    def render_levels(self, market: Market, changes: list) -> tuple[str, str]:
+        """The "b" and "a" arrays' insides; cached per event when the source is a cycle."""
+        index = getattr(market.source, "index", None)
+        cache = market.state.setdefault("render", {})
+        if index is not None and index in cache:
+            return cache[index]
+        inst = market.inst
+        bids = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == BID)
+        asks = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == ASK)
+        if index is not None:
+            cache[index] = (bids, asks)
+        return bids, asks
 
     def event_json(self, market, first, last, prev_u, bids, asks, micros) -> bytes:
         now_us = time.time_ns() // 1000
@@ -219,7 +231,7 @@ class BinanceSpot(Venue):
         if now_s >= self.history_due_s:
             self.history_due_s = now_s + HISTORY_EVERY_S
             for market in self.markets.values():
-                market.state["history"].append((market.state["u"], market.book.copy()))
+                market.state["history"].append((market.state["u"], market.current_book().copy()))
 
     def inject_special(self, kind, markets, params, now_s) -> None:
         count = int(params.get("count", 1))
@@ -321,7 +333,7 @@ class BinanceSpot(Venue):
         return sum(w for _, w in self.rest_log)
 
     def snapshot_body(self, market: Market, limit: int) -> bytes:
-        update_id, book = market.state["u"], market.book
+        update_id, book = market.state["u"], market.current_book()
         if self.armed["stale_snapshot"] and market.state["history"]:
             self.armed["stale_snapshot"] -= 1
             update_id, book = market.state["history"][0]

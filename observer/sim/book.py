@@ -20,31 +20,50 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from dataclasses import dataclass
 
 BID = 0
 ASK = 1
 SIDES = (BID, ASK)
 
 
-@dataclass(frozen=True)
+class TextCache:
+    """int -> exact wire text for one precision, bounded (`entries_max`), cleared when full.
+
+    Rendering is the simulator's hot path; prices near the mid repeat all the time."""
+
+    __slots__ = ("decimals", "texts", "entries_max")
+
+    def __init__(self, decimals: int, entries_max: int = 1 << 16) -> None:
+        self.decimals = decimals
+        self.texts: dict[int, str] = {}
+        self.entries_max = entries_max
+
+    def __call__(self, value_int: int) -> str:
+        text = self.texts.get(value_int)
+        if text is None:
+            if len(self.texts) >= self.entries_max:
+                self.texts.clear()
+            text = self.texts[value_int] = scaled_text(value_int, self.decimals)
+        return text
+
+
 class Instrument:
     """How one symbol's integers become wire text (the exchange's precision)."""
 
-    price_decimals: int
-    size_decimals: int
-    tick_int: int = 1            # the random walk moves prices in steps of this many units
+    __slots__ = ("price_decimals", "size_decimals", "tick_int", "price_text", "size_text")
 
-    def __post_init__(self) -> None:
-        assert 0 <= self.price_decimals <= 12
-        assert 0 <= self.size_decimals <= 12
-        assert self.tick_int >= 1
+    def __init__(self, price_decimals: int, size_decimals: int, tick_int: int = 1) -> None:
+        assert 0 <= price_decimals <= 12
+        assert 0 <= size_decimals <= 12
+        assert tick_int >= 1                  # the random walk moves prices in steps of this
+        self.price_decimals = price_decimals
+        self.size_decimals = size_decimals
+        self.tick_int = tick_int
+        self.price_text = TextCache(price_decimals)
+        self.size_text = TextCache(size_decimals)
 
-    def price_text(self, price_int: int) -> str:
-        return scaled_text(price_int, self.price_decimals)
-
-    def size_text(self, size_int: int) -> str:
-        return scaled_text(size_int, self.size_decimals)
+    def __repr__(self) -> str:
+        return f"Instrument({self.price_decimals}, {self.size_decimals}, tick_int={self.tick_int})"
 
 
 def scaled_text(value_int: int, decimals: int) -> str:

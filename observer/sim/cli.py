@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     a("--rate", type=float, default=10.0, help="events per second per symbol")
     a("--depth", type=int, default=100, help="levels per side of each true book")
     a("--seed", type=int, default=1)
+    a("--precompute-events", type=int, default=0,
+      help="Binance: compute N random-walk events ahead as a repeating cycle (fast path for benchmarks)")
+    a("--changes-per-event", type=int, default=0, help="level changes per random-walk event (0: 1-3)")
     a("--source", choices=("random", "replay"), default="random")
     a("--recordings", type=Path, help="directory of recorded traffic (for --source replay)")
     a("--tick-s", type=float, default=0.005)

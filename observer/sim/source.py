@@ -32,58 +32,133 @@ def stable_seed(seed: int, *names: str) -> int:
 
 
 class RandomWalk:
-    """A seeded random-walk book: mid moves by ticks, sizes change near the top."""
+    """A seeded random-walk book: mid moves by ticks, sizes change near the top.
+
+    Discussion: one `getrandbits(64)` per touched level supplies every choice (side, distance,
+    delete, size, duplicate) through precomputed tables; this is the benchmark's hot path, and
+    five `random` calls per level made the generator, not the network, the limit."""
+
+    SIZE_POOL = 4096                     # distinct sizes, so their text is rendered once
 
     def __init__(self, inst: Instrument, seed: int, mid_price_int: int, depth_max: int,
-                 size_max_int: int, duplicate_p: float = 0.05, move_p: float = 0.1) -> None:
+                 size_max_int: int, duplicate_p: float = 0.05, move_p: float = 0.1,
+                 changes_per_event: int = 0) -> None:
         assert depth_max >= 2
         assert mid_price_int > (depth_max + 2) * inst.tick_int * 4
         self.inst = inst
         self.rng = random.Random(seed)
         self.mid_int = mid_price_int
         self.depth_max = depth_max
-        self.size_max_int = size_max_int
-        self.duplicate_p = duplicate_p
         self.move_p = move_p
+        self.changes_per_event = changes_per_event       # 0: 1-3 at random
+        self.sizes = [self.rng.randrange(1, size_max_int + 1) for _ in range(self.SIZE_POOL)]
+        self.distances = [1 + min(int(self.rng.expovariate(0.35)), depth_max - 1) for _ in range(1024)]
+        self.duplicate_below = int(duplicate_p * 1024)
 
     def seed_book(self, book: TrueBook) -> None:
         """Fill both sides to depth_max levels, one level per tick from the mid."""
         tick = self.inst.tick_int
         for k in range(1, self.depth_max + 1):
-            book.set(BID, self.mid_int - k * tick, self._size())
-            book.set(ASK, self.mid_int + k * tick, self._size())
+            book.set(BID, self.mid_int - k * tick, self.rng.choice(self.sizes))
+            book.set(ASK, self.mid_int + k * tick, self.rng.choice(self.sizes))
 
     def step(self, book: TrueBook) -> list[Change]:
         changes: list[Change] = []
         if self.rng.random() < self.move_p:
             self._move_mid(book, changes)
-        for _ in range(1 + self.rng.randrange(3)):
-            self._touch_level(book, changes)
+        for _ in range(self.changes_per_event or 1 + self.rng.randrange(3)):
+            self._touch_level(book, changes, self.rng.getrandbits(64))
         trim_depth(book, self.depth_max, changes)
         return changes
-
-    def _size(self) -> int:
-        return self.rng.randrange(1, self.size_max_int + 1)
 
     def _move_mid(self, book: TrueBook, changes: list[Change]) -> None:
         """Move the mid one tick and delete the levels it crossed, so bid < mid < ask holds."""
         up = self.rng.random() < 0.5
         self.mid_int += self.inst.tick_int if up else -self.inst.tick_int
-        crossed_side = ASK if up else BID
-        for price_int in list(book.prices[crossed_side]):
-            crossed = price_int <= self.mid_int if up else price_int >= self.mid_int
-            if crossed:
-                apply(book, changes, crossed_side, price_int, 0)
+        side = ASK if up else BID
+        while (best := book.best(side)) is not None and (best <= self.mid_int if up else best >= self.mid_int):
+            apply(book, changes, side, best, 0)
 
-    def _touch_level(self, book: TrueBook, changes: list[Change]) -> None:
-        side = BID if self.rng.random() < 0.5 else ASK
-        distance = 1 + min(int(self.rng.expovariate(0.35)), self.depth_max - 1)
-        offset = distance * self.inst.tick_int
+    def _touch_level(self, book: TrueBook, changes: list[Change], bits: int) -> None:
+        side = bits & 1
+        offset = self.distances[(bits >> 1) & 1023] * self.inst.tick_int
         price_int = self.mid_int - offset if side == BID else self.mid_int + offset
-        size_int = 0 if self.rng.random() < 0.25 else self._size()
-        if self.rng.random() < self.duplicate_p:
-            apply(book, changes, side, price_int, self._size())      # overwritten just below
+        size_int = 0 if (bits >> 11) & 3 == 0 else self.sizes[(bits >> 13) & (self.SIZE_POOL - 1)]
+        if (bits >> 25) & 1023 < self.duplicate_below:
+            apply(book, changes, side, price_int, self.sizes[(bits >> 35) & (self.SIZE_POOL - 1)])
         apply(book, changes, side, price_int, size_int)
+
+
+class CycleSource:
+    """A random walk computed ahead as a closed cycle of events, applied to the book lazily.
+
+    Why: at the rates the ingest benchmark needs (well past 24k events/s), applying ten level
+    changes to a sorted book and rendering them costs more than sending. Here the walk runs
+    `events_n` steps at start-up on a shadow book, then one closing event returns the shadow to
+    the initial book, so the sequence repeats forever and stays exact. `step` only advances a
+    position; the true book is brought up to date when someone reads it (`materialize`: REST
+    snapshot, control API), from the nearest of the checkpoints taken every
+    `checkpoint_every` events, so a read costs at most that many events. Venues may cache each
+    event's rendered text by `index`, which makes the hot path a splice of ids and a timestamp.
+    """
+
+    def __init__(self, walk: RandomWalk, events_n: int, checkpoint_every: int = 1000) -> None:
+        assert events_n >= 1
+        assert checkpoint_every >= 1
+        self.walk = walk
+        self.events_n = events_n
+        self.checkpoint_every = checkpoint_every
+        self.events: list[list[Change]] = []
+        self.checkpoints: list[TrueBook] = []
+        self.position = 0            # events handed out in this cycle (next index)
+        self.applied = 0             # events[:applied] of this cycle are in the live book
+        self.index = -1              # index of the event the last step returned (render cache key)
+
+    def seed_book(self, book: TrueBook) -> None:
+        self.walk.seed_book(book)
+        shadow = book.copy()
+        for i in range(self.events_n):
+            if i % self.checkpoint_every == 0:
+                self.checkpoints.append(shadow.copy())
+            self.events.append(self.walk.step(shadow))
+        closing: list[Change] = []
+        for side in (BID, ASK):
+            target = book.sizes[side]
+            for price_int in list(shadow.sizes[side]):
+                if price_int not in target:
+                    apply(shadow, closing, side, price_int, 0)
+            for price_int, size_int in target.items():
+                if shadow.sizes[side].get(price_int) != size_int:
+                    apply(shadow, closing, side, price_int, size_int)
+        self.events.append(closing)
+        assert shadow.sizes == book.sizes
+
+    def step(self, book: TrueBook) -> list[Change]:
+        self.index = self.position
+        self.position += 1
+        if self.position == len(self.events):      # cycle closed: the book is the initial one
+            self._restore(book, 0)
+            self.position = 0
+        return self.events[self.index]
+
+    def _restore(self, book: TrueBook, base: int) -> None:
+        checkpoint = self.checkpoints[base]
+        book.clear()
+        for side in (BID, ASK):
+            book.sizes[side].update(checkpoint.sizes[side])
+            book.prices[side].extend(checkpoint.prices[side])
+        self.applied = base * self.checkpoint_every
+
+    def materialize(self, book: TrueBook) -> TrueBook:
+        """Bring the live book up to the last event handed out (`position` events this cycle)."""
+        target = self.position
+        if target < self.applied or target - self.applied > self.checkpoint_every:
+            self._restore(book, min(target // self.checkpoint_every, len(self.checkpoints) - 1))
+        for event in self.events[self.applied:target]:
+            for side, price_int, size_int in event:
+                book.set(side, price_int, size_int)
+        self.applied = target
+        return book
 
 
 class ReplaySource:

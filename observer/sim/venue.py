@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
 from observer.sim.book import ASK, BID, Instrument, TrueBook
-from observer.sim.source import RandomWalk, ReplaySource, stable_seed
+from observer.sim.source import CycleSource, RandomWalk, ReplaySource, stable_seed
 from observer.sim.wire import Conn, text_frame
 
 EVENTS_PER_TICK_MAX = 2000          # a late tick never bursts more than this per symbol
@@ -57,6 +57,11 @@ class Market:
     reset_next: int = 0
     last_change_s: float = field(default_factory=time.monotonic)
     state: dict = field(default_factory=dict)      # venue-specific: update ids, windows
+
+    def current_book(self) -> TrueBook:
+        """The true book as of the last event sent (a lazy source applies its backlog now)."""
+        materialize = getattr(self.source, "materialize", None)
+        return self.book if materialize is None else materialize(self.book)
 
 
 def base_asset(symbol: str) -> str:
@@ -90,6 +95,7 @@ class Venue:
     ws_path = "/"                        # what the printed ws_url ends with
     faults: tuple[str, ...] = COMMON_FAULTS
     inbound_per_s_max: int | None = None
+    lazy_book_ok = False                 # True where nothing renders from the book per event
 
     def __init__(self, opts, symbols: list[str], replay: dict | None) -> None:
         self.opts = opts
@@ -122,7 +128,10 @@ class Venue:
             mid -= mid % inst.tick_int
             size_max_int = 5 * 10 ** inst.size_decimals
             seed = stable_seed(self.opts.seed, self.name, symbol)
-            source = RandomWalk(inst, seed, mid, self.depth_max(), size_max_int)
+            source = RandomWalk(inst, seed, mid, self.depth_max(), size_max_int,
+                                changes_per_event=self.opts.changes_per_event)
+            if self.lazy_book_ok and self.opts.precompute_events > 0:
+                source = CycleSource(source, self.opts.precompute_events)
         market = Market(symbol, inst, TrueBook(), source)
         source.seed_book(market.book)
         market.book.check()
@@ -312,14 +321,14 @@ class Venue:
 
     def true_book(self, symbol: str, depth: int | None) -> dict:
         market = self.markets[symbol]
-        inst = market.inst
+        inst, book = market.inst, market.current_book()
         return {
             "exchange": self.name,
             "symbol": symbol,
-            "bids": [[inst.price_text(p), inst.size_text(q)] for p, q in market.book.top(BID, depth)],
-            "asks": [[inst.price_text(p), inst.size_text(q)] for p, q in market.book.top(ASK, depth)],
-            "bid_levels": market.book.depth(BID),
-            "ask_levels": market.book.depth(ASK),
+            "bids": [[inst.price_text(p), inst.size_text(q)] for p, q in book.top(BID, depth)],
+            "asks": [[inst.price_text(p), inst.size_text(q)] for p, q in book.top(ASK, depth)],
+            "bid_levels": book.depth(BID),
+            "ask_levels": book.depth(ASK),
             "events": market.events_total,
             "sequence": self.sequence_of(market),
             "paused": self.paused,
