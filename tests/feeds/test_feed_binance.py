@@ -259,3 +259,25 @@ def test_futures_requires_pu():
     adapter.on_open(0, 0)
     with pytest.raises(FeedProtocolError):
         adapter.on_message(0, depth("BTCUSDT", 1, 2), 1)
+
+
+def test_futures_old_snapshot_is_fetched_again(futures):
+    futures.on_message(0, depth("BTCUSDT", 200, 210, prev=190), 11 * NS)
+    actions = futures.on_snapshot("BTCUSDT", 200, {}, snapshot(150), 12 * NS)
+    assert kinds(actions, FetchSnapshot)
+    assert futures.syncs["BTCUSDT"].stats.snapshots_old == 1
+    # lastUpdateId == U is enough on futures (no +1): this one bridges.
+    assert futures.on_snapshot("BTCUSDT", 200, {}, snapshot(200), 13 * NS) == [Publish("BTCUSDT")]
+    assert futures.books["BTCUSDT"].update_id == 210
+
+
+def test_events_of_one_symbol_never_touch_another():
+    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"], snapshot_interval_s=0, paranoid=True)
+    adapter.scheduler.inflight_max = 2
+    adapter.on_open(0, 0)
+    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 1)
+    adapter.on_snapshot("ETHUSDT", 200, {}, snapshot(10), 1)
+    actions = adapter.on_message(0, depth("ETHUSDT", 20, 21), 2)
+    assert Stale("ETHUSDT", "gap") in actions
+    assert adapter.syncs["BTCUSDT"].state is State.LIVE
+    assert adapter.on_message(0, depth("BTCUSDT", 11, 11), 3) == [Publish("BTCUSDT")]

@@ -104,3 +104,16 @@ def test_malformed_raise(bybit, data):
     with pytest.raises(FeedProtocolError):
         bybit.on_message(0, data, 3)
     assert bybit.syncs["BTCUSDT"].state is State.LIVE
+
+
+def test_crossed_delta_resubscribes(bybit):
+    actions = bybit.on_message(0, ob("delta", 101, [("16700", "1")]), 3)
+    assert Stale("BTCUSDT", "crossed") in actions
+    assert [orjson.loads(a.text)["op"] for a in actions if isinstance(a, Send)] == ["unsubscribe", "subscribe"]
+
+
+def test_deltas_before_any_snapshot_are_dropped():
+    adapter = BybitAdapter(["BTCUSDT"])
+    adapter.on_open(0, 0)
+    assert adapter.on_message(0, ob("delta", 5, [("1", "1")]), 1) == []
+    assert adapter.syncs["BTCUSDT"].stats.stale_dropped == 1

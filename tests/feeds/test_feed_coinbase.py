@@ -107,3 +107,19 @@ def test_malformed_raise(coinbase, make):
     with pytest.raises(FeedProtocolError):
         adapter.on_message(0, make(wire), 4)
     assert adapter.syncs["BTCUSD"].state is State.LIVE
+
+
+def test_crossed_update_resubscribes_that_product(coinbase):
+    adapter, wire = coinbase
+    actions = adapter.on_message(0, wire.l2("update", "BTC-USD", [("bid", "68005", "1")]), 4)
+    assert Stale("BTCUSD", "crossed") in actions
+    sends = [orjson.loads(a.text) for a in actions if isinstance(a, Send)]
+    assert [s["product_ids"] for s in sends] == [["BTC-USD"], ["BTC-USD"]]
+    assert adapter.syncs["ETHUSD"].state is State.LIVE
+
+
+def test_duplicate_levels_in_one_update_last_wins(coinbase):
+    adapter, wire = coinbase
+    adapter.on_message(0, wire.l2("update", "BTC-USD", [("bid", "67000", "1"), ("bid", "67000", "0"),
+                                                        ("offer", "70000", "0")]), 4)
+    assert 6700000 not in [p for p, _ in adapter.books["BTCUSD"].levels(BID)]

@@ -98,3 +98,15 @@ def test_malformed_raise(okx, data):
     with pytest.raises(FeedProtocolError):
         okx.on_message(0, data, 3)
     assert okx.syncs["BTCUSDT"].state is State.LIVE
+
+
+def test_crossed_update_resubscribes(okx):
+    actions = okx.on_message(0, books("update", "BTC-USDT", [("101.5", "1")], [], 11, 10), 3)
+    assert Stale("BTCUSDT", "crossed") in actions
+    assert [orjson.loads(a.text)["op"] for a in actions if isinstance(a, Send)] == ["unsubscribe", "subscribe"]
+
+
+def test_duplicate_levels_and_unknown_deletes(okx):
+    message = books("update", "BTC-USDT", [("99", "1"), ("99", "3"), ("98", "0")], [("105", "0")], 11, 10)
+    assert okx.on_message(0, message, 3) == [Publish("BTCUSDT")]
+    assert okx.books["BTCUSDT"].levels(0) == [(100, 1), (99, 3)]
