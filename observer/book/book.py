@@ -252,7 +252,11 @@ class Book:
         return [(sign * keys[-1 - i], sizes[-1 - i]) for i in range(count)]
 
     def export_top(self, bid_px, bid_sz, ask_px, ask_sz):
-        """Fill four int64 views best first; return (n_bids, n_asks). No buffer allocated."""
+        """Fill four int64 views best first; return (n_bids, n_asks).
+
+        No buffer is allocated: each side's tail is sliced (a short-lived list of at most
+        len(view) references, from the free lists) and copied into a reversed view.
+        """
         n_bids = side_export(self._keys[BID], self._sizes[BID], False, bid_px, bid_sz)
         n_asks = side_export(self._keys[ASK], self._sizes[ASK], True, ask_px, ask_sz)
         return n_bids, n_asks
