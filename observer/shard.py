@@ -47,9 +47,9 @@ class Shard:
         self._fibers.append(loop.spawn(self._heartbeat))
 
     def stop(self) -> None:
-        for fiber in self._fibers:
-            if not fiber.done:
-                fiber.cancel()
+        """Cancel the feed and heartbeat fibers and, from a fiber, wait until they are gone, so
+        nothing publishes after the writer's segment is closed."""
+        stop_fibers(self._fibers)
         self._fibers.clear()
 
     def _run_feed(self, feed) -> None:
@@ -86,3 +86,29 @@ class Shard:
         while True:
             self.writer.heartbeat()
             loom.sleep(self.heartbeat_period_s)
+
+
+STOP_JOIN_S = 5.0
+
+
+def stop_fibers(fibers, join_s: float = STOP_JOIN_S) -> None:
+    """Cancel `fibers`; when called from a fiber, also wait for each to finish.
+
+    Discussion: a cancel is delivered at the fiber's next wait point, so a fiber that was
+    already woken (its timer fired in this pass) runs once more before it sees it. Joining
+    makes "stopped" mean stopped before the caller releases what those fibers use. Called
+    from plain code (after the loop returned) nothing runs again anyway: loop.close() ends
+    the fibers.
+    """
+    for fiber in fibers:
+        if not fiber.done:
+            fiber.cancel()
+    try:
+        loom.current_fiber()
+    except loom.LoomError:
+        return
+    for fiber in fibers:
+        try:
+            fiber.join(join_s)
+        except (loom.Cancelled, Exception):
+            pass                       # its own error was logged by loom when it ended

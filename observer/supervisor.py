@@ -34,6 +34,7 @@ from observer import loom
 from observer.instance import InstanceLock
 from observer.reaper import Reaper
 from observer.server.control import ControlServer
+from observer.shard import stop_fibers
 from observer.shm import Segment
 from proto import layout
 from proto import messages as m
@@ -93,9 +94,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
-        for fiber in self._fibers:
-            if not fiber.done:
-                fiber.cancel()
+        stop_fibers(self._fibers)
         self._fibers.clear()
         self.server.close()
         if self.reaper is not None:

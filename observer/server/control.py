@@ -42,6 +42,8 @@ SOCKET_MODE_DEFAULT = 0o660
 CLOSE_FLUSH_S = 1.0           # how long a closing client's last replies may take to send
 LISTEN_BACKLOG = 64
 FDS_PER_MESSAGE_MAX = 253     # Linux SCM_MAX_FD
+ACCEPT_RETRY_S = 0.1          # pause after a failed accept (out of fds)
+DENIED_LOGGED_MAX = 10        # log the first denials, then one per thousand (no log flood)
 _PEERCRED = struct.Struct("3i")
 
 
@@ -155,7 +157,14 @@ class ControlServer:
 
     def _accept_loop(self) -> None:
         while True:
-            conn, _ = loom.accept(self._sock)
+            try:
+                conn, _ = loom.accept(self._sock)
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: out of resources for now. Accepting stops only for a
+                # moment; the listener and every served client stay.
+                log.warning("control accept failed: %s; retrying in %s s", exc, ACCEPT_RETRY_S)
+                loom.sleep(ACCEPT_RETRY_S)
+                continue
             self.accepted += 1
             try:
                 self._admit(conn)
@@ -170,7 +179,9 @@ class ControlServer:
                                  **self.queue_kw)
         if not self._allowed(peer):
             self.denied += 1
-            log.warning("control client denied: pid=%d uid=%d gid=%d", *peer)
+            if self.denied <= DENIED_LOGGED_MAX or self.denied % 1000 == 0:
+                log.warning("control client denied: pid=%d uid=%d gid=%d (denied so far: %d)",
+                            *peer, self.denied)
             self._refuse(conn, proto, m.ErrorCode.DENIED, "peer credentials not allowed")
             return
         if len(self.clients) >= self.clients_max:
@@ -225,7 +236,7 @@ class _Client:
                 self.proto.receive_data(self.recv_view[:n])
                 self.wakeup.post()
         except OSError as exc:
-            self.proto._close(f"recv failed: {exc}")
+            self.proto.close(f"recv failed: {exc}")
         self.wakeup.post()
         self._finish_after_flush()
 
@@ -246,7 +257,7 @@ class _Client:
                 if not proto.has_output() and not proto.closing:
                     self.wakeup.wait()
         except OSError as exc:
-            proto._close(f"send failed: {exc}")
+            proto.close(f"send failed: {exc}")
             self.abort()
 
     def _send(self, data: bytes, fds: tuple) -> None:
@@ -259,7 +270,7 @@ class _Client:
                 sent = socket.send_fds(self.conn, [data], list(fds))
                 break
             except BlockingIOError:
-                loom.wait_writable(self.conn.fileno())
+                loom.wait_writable(self.conn)
         if sent < len(data):
             loom.sendall(self.conn, data[sent:])
 

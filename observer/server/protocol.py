@@ -79,7 +79,7 @@ class ServerConnection:
         if self.closing:
             return
         if not data:
-            self._close("peer closed")
+            self.close("peer closed")
             return
         self._decoder.receive_data(data)
         while not self.closing:
@@ -127,7 +127,7 @@ class ServerConnection:
             self.reply(m.Error(req.req_id, m.ErrorCode.VERSION_MISMATCH,
                                f"server speaks versions {m.PROTOCOL_VERSION_MIN}.."
                                f"{m.PROTOCOL_VERSION}, client {req.version_min}..{req.version_max}"))
-            self._close("version mismatch")
+            self.close("version mismatch")
             return
         self.version = version
         self.client_name = req.client_name
@@ -180,10 +180,10 @@ class ServerConnection:
     def reply(self, msg, fds: tuple = ()) -> None:
         """Queue one reply; a client that lets replies pile up past the limit is closed."""
         if len(self.outbound) >= self.outbound_frames_max:
-            self._close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
+            self.close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
             return
         if self.outbound_bytes >= OUTBOUND_BYTES_MAX:
-            self._close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
+            self.close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
             return
         data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
         self.outbound_bytes += len(data)
@@ -230,11 +230,12 @@ class ServerConnection:
         if fatal or out_of_budget:
             suffix = "; closing" if fatal else f"; closing after {self.bad_messages} bad messages"
             self.reply(m.Error(req_id, code, _clip(text + suffix)))
-            self._close(text)
+            self.close(text)
             return
         self.reply(m.Error(req_id, code, _clip(text)))
 
-    def _close(self, reason: str) -> None:
+    def close(self, reason: str) -> None:
+        """Stop reading; the transport flushes what is queued, then closes."""
         if not self.closing:
             self.closing = True
             self.close_reason = reason
