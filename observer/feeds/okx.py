@@ -34,6 +34,22 @@ BOOKS_DEPTH = 400
 NS_PER_MS = 1_000_000
 
 
+# Rendered texts of recent (mantissa, exp) pairs: the top 25 levels barely change between
+# messages, so most of the 100 renders per checksum are lookups. Bounded, emptied when full.
+RENDER_CACHE_MAX = 16384
+_rendered = {}
+
+
+def render(mantissa, exp):
+    key = (mantissa, exp)
+    text = _rendered.get(key)
+    if text is None:
+        if len(_rendered) >= RENDER_CACHE_MAX:
+            _rendered.clear()
+        text = _rendered[key] = render_minimal(mantissa, exp)
+    return text
+
+
 def checksum(book):
     """OKX's legacy checksum of the stored book: signed CRC32 of bid:ask interleaved text."""
     bids = book.levels(BID, CHECKSUM_LEVELS)
@@ -45,8 +61,8 @@ def checksum(book):
         for levels in (bids, asks):
             if rank < len(levels):
                 price, size = levels[rank]
-                parts.append(render_minimal(price, price_exp))
-                parts.append(render_minimal(size, size_exp))
+                parts.append(render(price, price_exp))
+                parts.append(render(size, size_exp))
     crc = zlib.crc32(":".join(parts).encode())
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
