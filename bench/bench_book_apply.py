@@ -11,7 +11,8 @@ Contenders (all fed the same decimal text):
 - sortedcontainers.SortedDict with Decimal keys: the usual pure-Python sorted book.
 - dict + sort on read: the re-sort that makes cryptofeed fall behind (MEASUREMENTS.md).
 
-Prints one line per contender: µs per message and the ratio to ours (>1 = slower than ours).
+Prints one line per contender: µs per message and the ratio to ours (>1 = slower than ours);
+then one line per leaf of the book (ns per call).
 """
 
 import random
@@ -150,7 +151,36 @@ def main():
     for name, us in results:
         print(f"bench_book_apply: {name:28s} {us:8.2f} us/message ({CHANGES} levels, read top, export top {TOP})"
               f"  x{us / ours:5.2f} vs observer")
+    bench_leaves(bids, asks)
     return 0
+
+
+def bench_leaves(bids, asks):
+    """The book's leaves on their own (STYLE 10), on the same 1000-level book."""
+    from observer.book.book import side_export, side_set
+    from observer.book.fixed import parse_decimal
+
+    book = Book("bench:X", levels_max=1_000_000)
+    book.apply(BookUpdate(True, bids, asks))
+    keys, sizes = book._keys[0], book._sizes[0]
+    best = keys[-1]
+    out_px, out_sz = np.zeros(TOP, dtype="<i8"), np.zeros(TOP, dtype="<i8")
+    calls = 20_000
+    leaves = [
+        ("side_set, change near top", lambda: side_set(keys, sizes, best - 3, 7)),
+        ("side_set, insert+delete", lambda: (side_set(keys, sizes, best - 1, 7), side_set(keys, sizes, best - 1, 0))),
+        (f"side_export, top {TOP}", lambda: side_export(keys, sizes, False, out_px, out_sz)),
+        ("parse_decimal", lambda: parse_decimal("50000.12345678")),
+        ("text_int (the cache-miss path)", lambda: book.text_int("49999.99", True)),
+    ]
+    for name, call in leaves:
+        for _ in range(1000):
+            call()
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            call()
+        ns = (time.perf_counter_ns() - start) / calls
+        print(f"bench_book_apply: leaf {name:30s} {ns:8.0f} ns/call")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_key_order_does_not_matter(bybit):
 
 
 @pytest.mark.parametrize("data", [b"{}", b"[]", ob("delta", "102"), ob("delta", 102, symbol="ETHUSDT"),
-                                  ob("bogus", 102), ob("delta", 102, depth=200)])
+                                  ob("bogus", 102), ob("delta", 102, depth=200), ob("delta", 102) + b" ]"])
 def test_malformed_raise(bybit, data):
     with pytest.raises(FeedProtocolError):
         bybit.on_message(0, data, 3)

@@ -101,6 +101,7 @@ def test_close_goes_stale(coinbase):
     lambda w: w.msg("l2_data", [{"type": "weird", "product_id": "BTC-USD", "updates": []}]),
     lambda w: b'{"type":"error","message":"too many L2 streams requested in a single session"}',
     lambda w: w.msg("ticker", []),
+    lambda w: w.l2("update", "BTC-USD", [("bid", "1", "1")]) + b"trailing",
 ])
 def test_malformed_raise(coinbase, make):
     adapter, wire = coinbase

@@ -93,7 +93,8 @@ def test_text_ping_when_idle_and_reconnect_when_silent(okx):
 
 @pytest.mark.parametrize("data", [b"ping", b"{}", b'{"event":"error","code":"60012","msg":"bad"}',
                                   b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[]}',
-                                  books("update", "BTC-USDT", [], [], "11", 10)])
+                                  books("update", "BTC-USDT", [], [], "11", 10),
+                                  books("update", "BTC-USDT", [], [], 11, 10) + b"{}"])
 def test_malformed_raise(okx, data):
     with pytest.raises(FeedProtocolError):
         okx.on_message(0, data, 3)
