@@ -34,6 +34,7 @@ import time
 from obclient.protocol import ClientProtocol, ProtocolError
 from obclient.segment import SegmentReader
 from obclient.snapshot import BookSnapshot, Update
+from obclient.stream import UpdateStream
 from proto import layout
 from proto import messages as m
 
@@ -321,14 +322,17 @@ class Client:
         Returns after `timeout_s` seconds without a record. Survives observer restarts: yields
         KIND_STALE per book when it goes, KIND_RESYNC per book when a new one is attached.
         """
-        from obclient.stream import follow_updates
+        return self.stream(names, busy_poll=busy_poll).iterate(timeout_s)
 
+    def stream(self, names=None, *, busy_poll: bool | None = None) -> UpdateStream:
+        """A persistent cursor over the named books' updates: `poll()` never blocks (for an
+        event loop woken by `fileno()`), `wait(timeout_s)`, `iterate(timeout_s)`."""
         spin = self.busy_poll if busy_poll is None else busy_poll
-        return follow_updates(self, names, timeout_s, spin)
+        return UpdateStream(self, names, busy_poll=spin)
 
     def fileno(self) -> int:
         """An fd that becomes readable on any update or observer event (asyncio add_reader);
-        call `updates(..., timeout_s=0)` when it does."""
+        call `poll()` on a `stream()` kept across wake-ups when it does."""
         return self._epoll.fileno()
 
     def close(self) -> None:

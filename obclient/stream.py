@@ -1,16 +1,20 @@
-"""`Client.updates()`: follow the update rings of some books across observer restarts.
+"""Update streams: follow the update rings of some books across observer restarts.
 
-Why its own module: the generator is the one place where waiting, liveness and reattaching
-meet, and it reads best as one loop with three branches: detached (report stale once, try to
-reattach), attached to a new generation (resolve names, make a follower, report resyncs), and
-attached (take records, else wait). Waiting is check, wait, check (C6): the follower's heads are
-polled before sleeping, and the wait is capped at `LIVENESS_CHECK_S` so the heartbeat and the
-control socket are looked at even when no shard signals.
+Why a class: the same cursor must serve a blocking loop (`Client.updates()`, a generator) and an
+event loop that only wants "what is new, without blocking" when `client.fileno()` turns readable
+(`Client.stream(names).poll()`). Both keep one `UpdateStream`, so no record is skipped between
+calls: a fresh follower would start at the ring heads and miss what woke the caller.
+
+`poll()` has three branches: detached (report every followed book stale once, try to reattach),
+attached to a new generation (resolve names, make a follower, report a resync per book), and
+attached (take the records of the followed books). `wait()` is the blocking half: epoll on the
+eventfds and the control socket, or busy-polling the ring heads; it never waits longer than
+`LIVENESS_CHECK_S`, so the heartbeat and the socket are looked at even when no shard signals.
+A wake-up is a hint (C6): the caller always polls again after waiting.
 """
 
 from __future__ import annotations
 
-import select
 import time
 
 from obclient.snapshot import Update
@@ -20,95 +24,118 @@ from proto import messages as m
 _EPOLL_EVENTS_MAX = 64
 
 
-def follow_updates(client, names, timeout_s: float | None, spin: bool):
-    from obclient.client import LIVENESS_CHECK_S, BookNotFound
+class UpdateStream:
+    def __init__(self, client, names=None, *, busy_poll: bool = False):
+        self.client = client
+        self.names = [names] if isinstance(names, str) else names
+        self.busy_poll = busy_poll
+        self._follower = None
+        self._wanted: set[int] = set()
+        self._att_seen = None
+        self._generation = 0
+        self._last_top: dict[int, Update] = {}
+        self.stale_reports = 0
+        self.resyncs = 0
 
-    deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
-    follower, wanted, generation, att_seen = None, set(), 0, None
-    last_top: dict[int, Update] = {}
-    while True:
+    def poll(self) -> list[Update]:
+        """The records that are new for the followed books; never blocks (a reattach attempt
+        is bounded by the client's reattach timeout)."""
+        client = self.client
         if not client._ensure_attached():
-            if att_seen is not None:
-                yield from _stale_records(wanted, last_top)
-                att_seen, follower = None, None
-                deadline_s = _renew(timeout_s)
-            if _expired(deadline_s):
-                return
-            time.sleep(min(client.reattach_period_s, _remaining(deadline_s, client.reattach_period_s)))
-            continue
+            return self._on_detached()
         att = client._att
-        if att is not att_seen:
-            try:
-                wanted = _resolve(att.books, names)
-            except m.BookNameError as exc:
-                raise BookNotFound(str(exc)) from None
-            shards = sorted({att.books[i].shard_index for i in wanted})
-            follower = att.reader.follow(shards)
-            if generation:           # a reattach inside this generator: resync every book
-                yield from _resync_records(att.reader, wanted, last_top)
-                deadline_s = _renew(timeout_s)
-            att_seen, generation = att, att.generation
-        got = False
-        for update in follower.poll():
+        out: list[Update] = []
+        if att is not self._att_seen:
+            self._on_attached(att, out)
+        wanted, last_top = self._wanted, self._last_top
+        for update in self._follower.poll():
             if update.book_index in wanted:
                 last_top[update.book_index] = update
-                got = True
-                yield update
-        if got:
-            deadline_s = _renew(timeout_s)
-            continue
-        if _expired(deadline_s):
+                out.append(update)
+        return out
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until something may be new, for at most `timeout_s` seconds."""
+        client = self.client
+        att = client._att
+        if att is None or att is not self._att_seen:
+            time.sleep(min(timeout_s, client.reattach_period_s))
             return
-        wait_s = _remaining(deadline_s, LIVENESS_CHECK_S)
-        if follower.pending():
-            continue
-        if spin:
-            follower.spin(wait_s)
-        else:
-            sock_fd = att.sock.fileno()
-            for fd, _ in client._epoll.poll(wait_s, _EPOLL_EVENTS_MAX):
-                if fd == sock_fd:
-                    client.liveness_due_s = 0.0      # hang-up or a message: check at once
+        if self._follower.pending():
+            return
+        if self.busy_poll:
+            self._follower.spin(timeout_s)
+            return
+        sock_fd = att.sock.fileno()
+        for fd, _ in client._epoll.poll(timeout_s, _EPOLL_EVENTS_MAX):
+            if fd == sock_fd:
+                client.liveness_due_s = 0.0          # hang-up or a message: check at once
+
+    def iterate(self, timeout_s: float | None = None):
+        """Yield records as they arrive; return after `timeout_s` seconds without one."""
+        from obclient.client import LIVENESS_CHECK_S
+
+        deadline_s = _renew(timeout_s)
+        while True:
+            batch = self.poll()
+            if batch:
+                yield from batch
+                deadline_s = _renew(timeout_s)
+                continue
+            if deadline_s is None:
+                self.wait(LIVENESS_CHECK_S)
+                continue
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                return
+            self.wait(min(remaining_s, LIVENESS_CHECK_S))
+
+    def _on_detached(self) -> list[Update]:
+        if self._att_seen is None:
+            return []
+        self._att_seen, self._follower = None, None
+        self.stale_reports += 1
+        return [_marked_stale(i, self._last_top.get(i)) for i in sorted(self._wanted)]
+
+    def _on_attached(self, att, out: list) -> None:
+        from obclient.client import BookNotFound
+
+        try:
+            self._wanted = _resolve(att.books, self.names)
+        except m.BookNameError as exc:
+            raise BookNotFound(str(exc)) from None
+        shards = sorted({att.books[i].shard_index for i in self._wanted})
+        self._follower = att.reader.follow(shards)
+        if self._generation:                  # a reattach: every book may have moved on
+            self.resyncs += 1
+            for book_index in sorted(self._wanted):
+                update = _from_slot(att.reader, book_index)
+                self._last_top[book_index] = update
+                out.append(update)
+        self._att_seen, self._generation = att, att.generation
 
 
 def _resolve(books, names) -> set[int]:
     if names is None:
         return {b.book_index for b in books}
-    if isinstance(names, str):
-        names = [names]
     return {m.resolve_book(name, books).book_index for name in names}
 
 
-def _stale_records(wanted, last_top):
-    for book_index in sorted(wanted):
-        top = last_top.get(book_index)
-        fields = list(top) if top is not None else [book_index] + [0] * (len(Update._fields) - 1)
-        fields[1] = layout.KIND_STALE
-        fields[2] = (top.flags if top is not None else 0) | layout.FLAG_STALE
-        yield Update(*fields)
+def _marked_stale(book_index: int, top: Update | None) -> Update:
+    fields = list(top) if top is not None else [book_index] + [0] * (len(Update._fields) - 1)
+    fields[1] = layout.KIND_STALE
+    fields[2] = (top.flags if top is not None else 0) | layout.FLAG_STALE
+    return Update(*fields)
 
 
-def _resync_records(reader, wanted, last_top):
-    for book_index in sorted(wanted):
-        snap = reader.snapshot(book_index, 1)
-        update = Update(
-            book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp, snap.seq,
-            snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
-            int(snap.bid_px[0]) if snap.n_bids else 0, int(snap.bid_sz[0]) if snap.n_bids else 0,
-            int(snap.ask_px[0]) if snap.n_asks else 0, int(snap.ask_sz[0]) if snap.n_asks else 0)
-        last_top[book_index] = update
-        yield update
+def _from_slot(reader, book_index: int) -> Update:
+    snap = reader.snapshot(book_index, 1)
+    return Update(
+        book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp, snap.seq,
+        snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
+        int(snap.bid_px[0]) if snap.n_bids else 0, int(snap.bid_sz[0]) if snap.n_bids else 0,
+        int(snap.ask_px[0]) if snap.n_asks else 0, int(snap.ask_sz[0]) if snap.n_asks else 0)
 
 
 def _renew(timeout_s):
     return None if timeout_s is None else time.monotonic() + timeout_s
-
-
-def _expired(deadline_s) -> bool:
-    return deadline_s is not None and time.monotonic() >= deadline_s
-
-
-def _remaining(deadline_s, cap_s: float) -> float:
-    if deadline_s is None:
-        return cap_s
-    return max(0.0, min(cap_s, deadline_s - time.monotonic()))
