@@ -102,3 +102,18 @@ def test_kill_9_cycles_leave_nothing_behind():
         assert shm_entries(name) == []
         assert os.listdir(obs.workdir) == [os.path.basename(obs.log_path)]
         assert "Traceback" not in obs.log_text()
+
+
+def test_config_file_sets_depth_and_feeds(tmp_path):
+    config = tmp_path / "observer.toml"
+    config.write_text('[observer]\ndepth = 3\n\n[[feed]]\nexchange = "synthetic"\n'
+                      'symbols = ["SOLUSD"]\nrate_hz = 50.0\n')
+    obs = ObserverProcess(extra_args=["--config", str(config)], workdir=str(tmp_path))
+    obs.args.remove("--feed")
+    obs.args.remove("synthetic:BTCUSD,ETHUSD")              # the file names the feeds
+    with obs:
+        client = obs.wait_ready()
+        assert [b.name for b in client.books()] == ["synthetic:SOLUSD"]
+        snap = client.book("SOLUSD").snapshot()
+        assert snap.n_bids == 3 and snap.n_asks == 3
+        client.close()
