@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import platform
 
+from proto.layout import RECORD_BODY_OFFSET
+
 LATCH_RETRIES_MAX = 10_000  # a reader gives up (and says why) after this many retries
 
 
@@ -49,16 +51,27 @@ def _check_platform() -> None:
 _check_platform()
 
 
-def latch_write(words, seq_index: int, seq: int, write_copy, book_index: int) -> int:
-    """Publish into the idle copy, then flip readers to it. Returns the new sequence.
+def publish_commit(words, buf, seq_index: int, seq_next: int, copy_head, copy_head_offset: int,
+                   copy_head_fields: tuple, record_seq_index: int, record_body,
+                   record_fields: tuple, head_index: int, pos: int) -> None:
+    """Make a filled copy visible and describe it in ring record `pos`, in the one safe order.
 
-    `write_copy(copy_index, book_index)` performs the bulk stores of one copy; `seq` is the
-    writer's own record of the slot's sequence (the writer never reads it back from memory).
+    Before the call the writer has bulk-written the levels of the idle copy `seq_next & 1`
+    (which no reader of the current sequence uses). Then, in program order:
+      1. the copy head (counts, exponents, ids, flags): still data of the idle copy;
+      2. the slot sequence `seq_next`: one 8-byte store, flips readers to the new copy;
+      3. the record's seq word 0: a reader mid-copy of the old record at this index sees it;
+      4. the record body;
+      5. the record's seq word `pos + 1`: complete;
+      6. the shard head `pos + 1`: readers polling the head find the record whole.
+    TSO makes other cores see these stores in this order.
     """
-    seq_next = seq + 1
-    write_copy(seq_next & 1, book_index)  # data stores into the copy no current reader uses
-    words[seq_index] = seq_next  # one aligned 8-byte store, after the data (TSO keeps order)
-    return seq_next
+    copy_head.pack_into(buf, copy_head_offset, *copy_head_fields)
+    words[seq_index] = seq_next
+    words[record_seq_index] = 0
+    record_body.pack_into(buf, record_seq_index * 8 + RECORD_BODY_OFFSET, *record_fields)
+    words[record_seq_index] = pos + 1
+    words[head_index] = pos + 1
 
 
 def latch_read(words, seq_index: int, read_copy, arg):
@@ -70,16 +83,6 @@ def latch_read(words, seq_index: int, read_copy, arg):
             return seq, value
     raise LatchContended(f"no stable copy after {LATCH_RETRIES_MAX} tries (LATCH_RETRIES_MAX): "
                          f"the writer publishes faster than this reader can copy")
-
-
-def ring_append(words, record_seq_index: int, head_index: int, pos: int, write_body,
-                *body) -> int:
-    """Append record `pos` (its body via `write_body(*body)`); returns the new head."""
-    words[record_seq_index] = 0  # in progress: a reader mid-copy will see the change
-    write_body(*body)
-    words[record_seq_index] = pos + 1  # complete, after its body
-    words[head_index] = pos + 1  # visible to readers polling the head, after the record
-    return pos + 1
 
 
 def ring_head(words, head_index: int) -> int:

@@ -30,6 +30,13 @@ _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 _STAT_WORD = {name: i for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
 _WORD_BYTES = 8
+_STAT_LAST_UPDATE = _STAT_WORD["last_update_ns"]
+_STAT_LAST_RECV = _STAT_WORD["last_recv_ns"]
+_STAT_LAST_EXCH = _STAT_WORD["last_exch_ts_ns"]
+assert _STAT_WORD["updates"] == 0
+# flags by (stale + 2 * lagging)
+_FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
+               | (layout.FLAG_LAGGING if k & 2 else 0) for k in range(4))
 
 
 class ShardWriter:
@@ -51,7 +58,6 @@ class ShardWriter:
         self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
                              for i in range(g.books_n)]
         self._dirty = False
-        self._pending = (None, 0, 0, 0, 0)  # (book, flags, recv_ts_ns, publish_ts_ns, seq_next)
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
         self._flushes_index = shard_word0 + layout.SHARD.fields["flushes"][1] // 8
@@ -102,85 +108,57 @@ class ShardWriter:
         """
         if not self._owned[book_index]:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
-        flags = layout.FLAG_PUBLISHED | (layout.FLAG_STALE if stale else 0) | (
-            layout.FLAG_LAGGING if lagging else 0)
         publish_ts_ns = time.time_ns()
-        seq = self._seq[book_index]
-        self._pending = (book, flags, recv_ts_ns, publish_ts_ns, seq + 1)
-        seq = latch.latch_write(self._words, self._seq_index[book_index], seq,
-                                self._write_copy, book_index)
-        self._seq[book_index] = seq
-        self._append(book_index, layout.KIND_UPDATE, seq)
-        self._count_update(book_index, publish_ts_ns, recv_ts_ns, book.exch_ts_ns)
-        self._pending = (None, 0, 0, 0, 0)
-        self._dirty = True
-        return seq
-
-    def _write_copy(self, copy_index: int, book_index: int) -> None:
-        book, flags, recv_ts_ns, publish_ts_ns, seq_next = self._pending
-        bid_px, bid_sz, ask_px, ask_sz = self._views[book_index][copy_index]
+        flags = _FLAGS[stale + 2 * lagging]
+        seq_next = self._seq[book_index] + 1
+        bid_px, bid_sz, ask_px, ask_sz = self._views[book_index][seq_next & 1]  # the idle copy
         n_bids, n_asks = book.export_top(bid_px, bid_sz, ask_px, ask_sz)
         assert 0 <= n_bids <= self.depth_max
         assert 0 <= n_asks <= self.depth_max
-        _COPY_HEAD.pack_into(self._map, self._head_offset[book_index][copy_index], seq_next,
-                             n_bids, n_asks, book.price_exp, book.size_exp, flags,
-                             book.update_id, book.exch_ts_ns, recv_ts_ns, publish_ts_ns)
+        self._commit(book_index, seq_next, layout.KIND_UPDATE,
+                     (seq_next, n_bids, n_asks, book.price_exp, book.size_exp, flags,
+                      book.update_id, book.exch_ts_ns, recv_ts_ns, publish_ts_ns))
+        s, word0 = self._swords, self._stats_word0[book_index]
+        s[word0] += 1  # updates
+        s[word0 + _STAT_LAST_UPDATE] = publish_ts_ns
+        s[word0 + _STAT_LAST_RECV] = recv_ts_ns
+        s[word0 + _STAT_LAST_EXCH] = book.exch_ts_ns
+        return seq_next
 
     def mark_stale(self, book_index: int) -> int:
-        """Republish the current copy with the stale flag, and append a STALE record."""
+        """Republish the visible copy with the stale flag, and append a STALE record."""
         if not self._owned[book_index]:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
-        seq = self._seq[book_index]
-        self._pending = (None, 0, 0, time.time_ns(), seq + 1)
-        seq = latch.latch_write(self._words, self._seq_index[book_index], seq,
-                                self._write_copy_stale, book_index)
-        self._seq[book_index] = seq
-        self._append(book_index, layout.KIND_STALE, seq)
-        self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
-        self._pending = (None, 0, 0, 0, 0)
-        self._dirty = True
-        return seq
-
-    def _write_copy_stale(self, copy_index: int, book_index: int) -> None:
-        _, _, _, publish_ts_ns, seq_next = self._pending
+        publish_ts_ns = time.time_ns()
+        seq_next = self._seq[book_index] + 1
         copies = self._copy_bytes[book_index]
-        copies[copy_index][:] = copies[1 - copy_index]  # the visible copy, bulk
-        head_word = self._head_offset[book_index][copy_index] // _WORD_BYTES
-        self._words[head_word] = seq_next  # book_seq
-        self._words[head_word + 5] |= layout.FLAG_STALE | layout.FLAG_PUBLISHED  # flags
-        self._swords[head_word + 9] = publish_ts_ns
+        copies[seq_next & 1][:] = copies[1 - (seq_next & 1)]  # the visible copy, bulk
+        head = _COPY_HEAD.unpack_from(self._map, self._head_offset[book_index][seq_next & 1])
+        self._commit(book_index, seq_next, layout.KIND_STALE,
+                     (seq_next, *head[1:5], head[5] | layout.FLAG_STALE | layout.FLAG_PUBLISHED,
+                      *head[6:9], publish_ts_ns))
+        self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
+        return seq_next
 
-    def _append(self, book_index: int, kind: int, seq: int) -> None:
-        """One ring record describing the copy just made visible (`seq & 1`)."""
+    def _commit(self, book_index: int, seq_next: int, kind: int, head: tuple) -> None:
+        """Make the idle copy visible and append its ring record (order: proto/latch.py)."""
+        copy_offset = self._head_offset[book_index][seq_next & 1]
+        n_bids, n_asks = head[1], head[2]
+        s = self._swords
+        bid = copy_offset // _WORD_BYTES + self._bid0_word
+        ask = copy_offset // _WORD_BYTES + self._ask0_word
+        record = (book_index, kind, head[5], head[3], head[4], seq_next, head[6], head[7],
+                  head[8], head[9], s[bid] if n_bids else 0,
+                  s[bid + self._szo_words] if n_bids else 0, s[ask] if n_asks else 0,
+                  s[ask + self._szo_words] if n_asks else 0)
         pos = self._head
         record_offset = self._ring_offset + (pos & self._ring_mask) * layout.RING_RECORD.itemsize
-        head_word = self._head_offset[book_index][seq & 1] // _WORD_BYTES
-        self._head = latch.ring_append(self._words, record_offset // _WORD_BYTES,
-                                       self._head_index, pos, self._write_record,
-                                       record_offset, book_index, kind, head_word)
-
-    def _write_record(self, record_offset: int, book_index: int, kind: int,
-                      head_word: int) -> None:
-        w, s = self._words, self._swords
-        copy_word0 = head_word  # the copy starts with its head
-        n_bids, n_asks = s[head_word + 1], s[head_word + 2]
-        bid = copy_word0 + self._bid0_word
-        ask = copy_word0 + self._ask0_word
-        _RECORD_BODY.pack_into(
-            self._map, record_offset + layout.RECORD_BODY_OFFSET, book_index, kind,
-            w[head_word + 5], s[head_word + 3], s[head_word + 4], w[head_word], w[head_word + 6],
-            s[head_word + 7], s[head_word + 8], s[head_word + 9],
-            s[bid] if n_bids else 0, s[bid + self._szo_words] if n_bids else 0,
-            s[ask] if n_asks else 0, s[ask + self._szo_words] if n_asks else 0)
-
-    def _count_update(self, book_index: int, publish_ts_ns: int, recv_ts_ns: int,
-                      exch_ts_ns: int) -> None:
-        word0 = self._stats_word0[book_index]
-        s = self._swords
-        s[word0 + _STAT_WORD["updates"]] += 1
-        s[word0 + _STAT_WORD["last_update_ns"]] = publish_ts_ns
-        s[word0 + _STAT_WORD["last_recv_ns"]] = recv_ts_ns
-        s[word0 + _STAT_WORD["last_exch_ts_ns"]] = exch_ts_ns
+        latch.publish_commit(self._words, self._map, self._seq_index[book_index], seq_next,
+                             _COPY_HEAD, copy_offset, head, record_offset // _WORD_BYTES,
+                             _RECORD_BODY, record, self._head_index, pos)
+        self._seq[book_index] = seq_next
+        self._head = pos + 1
+        self._dirty = True
 
     def flush(self) -> bool:
         """Wake every waiting client with one eventfd write if anything was published."""
