@@ -244,3 +244,26 @@ def test_close_from_another_fiber_while_recv_waits(ws_server, certs, backend):
         return outcome.get("code"), ws.closed
 
     assert run(main, backend=backend) == (1001, True)
+
+
+def test_cancelled_recv_then_close(ws_server, certs, backend):
+    """The session driver's reconnect: cancel the fiber parked in recv(), which then closes."""
+    def main():
+        ws = websocket.connect(url(ws_server, "/echo"), ca_file=str(certs["cert"]))
+        outcome = {}
+
+        def reader():
+            try:
+                ws.recv()
+            except loom.Cancelled:
+                outcome["cancelled"] = True
+                ws.close(timeout_s=2)
+                outcome["code"] = ws.close_code
+
+        fiber = loom.current_fiber().loop.spawn(reader)
+        loom.sleep(0.05)
+        fiber.cancel()
+        fiber.join(5)
+        return outcome, ws.closed
+
+    assert run(main, backend=backend) == ({"cancelled": True, "code": 1000}, True)
