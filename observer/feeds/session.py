@@ -16,12 +16,14 @@ feeds it what happened. Per feed it runs:
 into the segment and flushes once per call); `Send`, `FetchSnapshot` and `Reconnect` are done
 here. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
 connection, to keep a garbage flood from flooding the log), and `adapter.drain()` collects
-what the adapter queued before failing. A reconnect requested from another fiber cancels the
+what the adapter queued before failing. Any other exception is a bug: it is logged with its
+traceback and counted (`internal_errors`), and it ends only that connection, which reconnects. A reconnect requested from another fiber cancels the
 connection fiber's current wait (loom `Fiber.cancel`), which closes that socket.
 
-Backoff: the n-th consecutive failure waits between d/2 and d, d = min(backoff_max_s,
-backoff_initial_s * 2**n) (equal jitter: never zero, never in lock-step with other feeds). A
-connection that delivered at least one message resets the count.
+Backoff: after n consecutive failures the next attempt waits between d/2 and d, d =
+min(backoff_max_s, backoff_initial_s * 2**n) (equal jitter: never zero, never in lock-step
+with other feeds). Only a connection that delivered messages for `healthy_after_s` resets n, so
+a server that accepts and drops at once backs off like one that refuses.
 """
 
 import logging
@@ -44,7 +46,7 @@ HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
 class SessionStats:
     __slots__ = ("connects", "connect_failures", "disconnects", "reconnects", "messages",
                  "protocol_errors", "sends", "send_failures", "snapshot_fetches",
-                 "snapshot_failures")
+                 "snapshot_failures", "internal_errors")
 
     def __init__(self):
         for name in self.__slots__:
@@ -59,7 +61,8 @@ class Session:
 
     def __init__(self, adapter, sink, *, ca_file=None, ssl_context=None, tick_s=0.1,
                  connect_timeout_s=10.0, recv_timeout_s=60.0, message_bytes_max=MESSAGE_BYTES_MAX,
-                 backoff_initial_s=0.25, backoff_max_s=30.0, http_timeout_s=10.0, seed=None):
+                 backoff_initial_s=0.25, backoff_max_s=30.0, healthy_after_s=10.0,
+                 http_timeout_s=10.0, seed=None):
         assert 0 < tick_s <= 0.25  # the adapters' contract: on_tick at least every 0.25 s
         assert 0 < backoff_initial_s <= backoff_max_s
         self.adapter = adapter
@@ -72,6 +75,7 @@ class Session:
         self.message_bytes_max = message_bytes_max
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.healthy_after_s = healthy_after_s
         self.http_timeout_s = http_timeout_s
         self.rng = random.Random(seed)
         self.stats = SessionStats()
@@ -109,16 +113,23 @@ class Session:
 
     def run_connection(self, spec):
         failures = 0
+        first = True
         while not self.stopping:
+            started_s = time.monotonic()
             try:
-                if failures:
+                if not first:
                     loom.sleep(self.backoff_s(failures))
+                first = False
+                started_s = time.monotonic()
                 delivered = self.connect_once(spec)
             except loom.Cancelled:
                 if self.stopping:
                     return
-                delivered = True  # a reconnect the adapter asked for: not a failure
-            failures = 0 if delivered else failures + 1
+                delivered = True  # a reconnect the adapter asked for
+            # Only a connection that lived and delivered resets the backoff: one that flaps
+            # (accepted, then closed at once) must not become a reconnect storm.
+            healthy = delivered and time.monotonic() - started_s >= self.healthy_after_s
+            failures = 0 if healthy else failures + 1
             self.stats.reconnects += 1
             for symbol in spec.symbols:
                 self.adapter.syncs[symbol].stats.reconnects += 1
@@ -157,6 +168,11 @@ class Session:
         except loom.Cancelled:
             reason = self.reconnect_reasons.get(conn_id, "stopped")
             raise
+        except Exception as exc:  # a bug: contained to this connection, loud, and retried
+            self.stats.internal_errors += 1
+            log.exception("%s conn %d: internal error", self.adapter.exchange, conn_id)
+            reason = f"internal error: {type(exc).__name__}"
+            delivered = False  # back off as for a failure: a bug must not spin
         finally:
             del self.sockets[conn_id]
             if self.stopping:
@@ -179,7 +195,11 @@ class Session:
     def run_ticker(self):
         while not self.stopping:
             loom.sleep(self.tick_s)
-            self.perform(self.adapter.on_tick(time.time_ns()), 0)
+            try:
+                self.perform(self.adapter.on_tick(time.time_ns()), 0)
+            except Exception:  # a bug: keep ticking (keepalives), but loudly
+                self.stats.internal_errors += 1
+                log.exception("%s: internal error in on_tick", self.adapter.exchange)
 
     # ------------------------------------------------------------------------- actions
 
