@@ -59,7 +59,7 @@ class HttpClient:
         reused = self._stream is not None
         try:
             return self._exchange(request, deadline_s)
-        except (ConnectionClosed, _StaleConnection):
+        except _StaleConnection:
             if not reused:
                 raise
         # The idle connection had died; one retry on a fresh one.
@@ -104,7 +104,10 @@ class HttpClient:
         if stream is None:
             stream = self._connect(deadline_s)
         try:
-            stream.sendall(request)
+            try:
+                stream.sendall(request)
+            except ConnectionClosed:  # EPIPE/ECONNRESET: the idle connection had died
+                raise _StaleConnection() from None
             parser = ResponseParser(body_bytes_max=self.body_bytes_max)
             response = self._read_response(stream, parser, deadline_s)
         except BaseException:

@@ -110,6 +110,7 @@ class FrameReader:
         self._start = 0          # first byte not yet parsed
         self._end = 0            # one past the last byte received
         self._backlog = bytearray()  # receive_data() input that did not fit a window yet
+        self._backlog_bytes_max = recv_bytes_max + message_bytes_max + 16
         self._message = Message()
         # Message assembly (fragments, direct-mode frames).
         self._asm = bytearray(0)
@@ -151,6 +152,9 @@ class FrameReader:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Copying input, for tests and for bytes that arrived with the handshake reply."""
+        if len(self._backlog) + len(data) > self._backlog_bytes_max:
+            raise ProtocolError(f"receive_data backlog over {self._backlog_bytes_max} bytes; "
+                                "read events before feeding more", 1009)
         self._backlog += data
 
     @property

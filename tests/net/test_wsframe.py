@@ -413,3 +413,11 @@ def test_violation_queues_close_with_its_code():
     opcode, _, payload, _ = decode_client_frame(conn.data_to_send())
     assert opcode == OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1007
     assert conn.state is State.CLOSED
+
+
+def test_receive_data_backlog_is_bounded():
+    reader = FrameReader(recv_bytes_max=SMALL_RECV, message_bytes_max=1000)
+    reader.receive_data(b"\x81\x02hi" * 1000)
+    with pytest.raises(ProtocolError, match="backlog"):
+        reader.receive_data(b"x" * SMALL_RECV)
+    assert snapshot(reader.next_event()) == ("text", b"hi")  # what was accepted is intact
