@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     a("--changes-per-event", type=int, default=0, help="level changes per random-walk event (0: 1-3)")
     a("--source", choices=("random", "replay"), default="random")
     a("--recordings", type=Path, help="directory of recorded traffic (for --source replay)")
+    a("--start-paused", action="store_true", help="streams start paused (resume via the control API)")
     a("--tick-s", type=float, default=0.005)
     a("--send-bytes-max", type=int, default=SEND_BYTES_MAX_DEFAULT)
     a("--client-message-bytes-max", type=int, default=1 << 20)
@@ -126,6 +127,7 @@ def build_venues(opts) -> dict:
             recorded = replay_mod.load(REPLAY_FILE_OF.get(name, name), opts.recordings)
             symbols[name] = list(recorded)
         venues[name] = VENUES[name](opts, symbols[name], recorded)
+        venues[name].paused = opts.start_paused
     return venues
 
 

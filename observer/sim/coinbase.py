@@ -7,6 +7,7 @@ What a client must survive, reproduced here:
   starting at 0; a gap fault drops one message and still advances it, so the jump is visible;
 - the snapshot is the whole book in one frame, several megabytes for a deep book (12000 levels
   per side by default, about 2.5 MB);
+- a ping-deadline fault stops the heartbeats for `duration_s` (Coinbase's only liveness signal);
 - no subscribe within `subscribe_deadline_s` (5 s) closes the connection; more than
   `l2_products_max` (16) level2 products on one connection is refused with Coinbase's
   "too many L2 streams" error; a connection without a `heartbeats` subscription is closed
@@ -72,8 +73,8 @@ class Coinbase(Venue):
     def send_snapshot(self, conn: Conn, market: Market, parts: tuple[bytes, bytes] | None = None) -> None:
         head, tail = parts or self.snapshot_parts(market)
         size_bytes = self.take_oversized()
-        if size_bytes is not None:
-            tail = pad_json(tail, size_bytes)
+        if size_bytes is not None:               # the whole frame, head and number included
+            tail = pad_json(tail, size_bytes - len(head) - len(str(conn.state["seq"])))
         self.send_numbered(conn, head, tail)
         conn.state["last_data_s"] = conn.last_out_s = time.monotonic()
 
@@ -181,7 +182,8 @@ class Coinbase(Venue):
                 self.close_conn(conn, 1000, "subscribe deadline", "closes_subscribe_deadline")
             elif state["level2"] and not state["heartbeats"] and now_s - state["last_data_s"] > opts.coinbase_idle_s:
                 self.close_conn(conn, 1000, "idle channel closed (no heartbeats subscription)", "closes_idle")
-            elif state["heartbeats"] and now_s - state["last_heartbeat_s"] >= opts.coinbase_heartbeat_s:
+            elif (state["heartbeats"] and now_s >= conn.pongs_muted_until_s       # ping_deadline mutes them
+                  and now_s - state["last_heartbeat_s"] >= opts.coinbase_heartbeat_s):
                 state["last_heartbeat_s"] = now_s
                 state["heartbeat_counter"] += 1
                 event = f'[{{"current_time":"{rfc3339_now()}","heartbeat_counter":{state["heartbeat_counter"]}}}]'

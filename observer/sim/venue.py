@@ -83,6 +83,14 @@ def body_response(status: int, body: bytes, headers: tuple = ()) -> Response:
     return Response(status, phrase, hdrs, body)
 
 
+def number_param(params: dict, name: str, default, kind):
+    """A fault parameter as int or float, or a FaultError naming it."""
+    try:
+        return kind(params.get(name, default))
+    except (TypeError, ValueError):
+        raise FaultError(f"{name}= must be a number, got {params.get(name)!r}") from None
+
+
 def pad_json(payload: bytes, size_bytes: int) -> bytes:
     """The same JSON made `size_bytes` long with insignificant whitespace (oversized fault)."""
     if len(payload) >= size_bytes:
@@ -269,8 +277,11 @@ class Venue:
         if symbol is not None and symbol not in self.markets:
             raise FaultError(f"{self.name} has no symbol {symbol!r}")
         markets = [self.markets[symbol]] if symbol else list(self.markets.values())
-        count = int(params.get("count", 1))
-        duration_s = float(params.get("duration_s", 2.0))
+        count = number_param(params, "count", 1, int)
+        duration_s = number_param(params, "duration_s", 2.0, float)
+        for name in ("size_bytes", "fragment_bytes", "retry_after_s", "timeout_s"):
+            if name in params:
+                number_param(params, name, 0, float)
         if count < 1 or not 0 < duration_s <= 3600:
             raise FaultError("count must be >= 1 and 0 < duration_s <= 3600")
         self.counters["faults_injected"] += 1

@@ -15,7 +15,7 @@ from .rawws import RawWs
 ARGS = ["--exchanges", "binance,binance-futures", "--rate", "200", "--depth", "60",
         "--binance-ping-interval-s", "0.3", "--binance-pong-timeout-s", "1.0",
         "--binance-futures-ping-interval-s", "0.3", "--binance-futures-pong-timeout-s", "1.0",
-        "--binance-rest-weight-max", "100000", "--binance-ban-s", "2"]
+        "--binance-rest-weight-max", "100000", "--binance-ban-s", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ class DepthSync:
         self.buffered = []
 
 
-async def sync_and_compare(sim: Obsim, exchange: str, symbol: str, inject=None) -> DepthSync:
+async def sync_and_compare(sim: Obsim, exchange: str, symbol: str, inject=None, resume=False) -> DepthSync:
     futures = exchange == "binance-futures"
     rest_path = "/fapi/v1/depth" if futures else "/api/v3/depth"
     sync = DepthSync(futures)
@@ -113,6 +113,8 @@ async def sync_and_compare(sim: Obsim, exchange: str, symbol: str, inject=None) 
                 sync.on_event(wrapper["data"])
 
         read_task = asyncio.ensure_future(reader())
+        if resume:                                  # a replay started paused: play it now
+            await to_thread(sim.resume, exchange)
         fetching = asyncio.ensure_future(fetch_until_synced())
         await fetching
         if inject is not None:
@@ -398,9 +400,9 @@ def test_lifetime_closes_the_connection():
 def test_replay_of_the_recordings_syncs_with_zero_gaps():
     recordings = recordings_dir()
     with Obsim(["--exchanges", "binance,binance-futures", "--source", "replay", "--recordings",
-                str(recordings), "--rate", "100", "--binance-rest-weight-max", "100000"]) as sim:
+                str(recordings), "--rate", "50", "--binance-rest-weight-max", "100000", "--start-paused"]) as sim:
         assert "NKNUSDT" in sim.info["exchanges"]["binance"]["symbols"]
-        sync = run(sync_and_compare(sim, "binance", "NKNUSDT"))
+        sync = run(sync_and_compare(sim, "binance", "NKNUSDT", resume=True))
         assert sync.gaps == 0
-        sync = run(sync_and_compare(sim, "binance-futures", "SUSHIUSDT"))
+        sync = run(sync_and_compare(sim, "binance-futures", "SUSHIUSDT", resume=True))
         assert sync.gaps == 0

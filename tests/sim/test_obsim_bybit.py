@@ -61,13 +61,15 @@ async def read(ws, client: BybitClient, until, timeout_s: float = 10.0):
             client.on_push(msg)
 
 
-async def follow_and_compare(sim, exchange: str, symbol: str, depth: int) -> BybitClient:
+async def follow_and_compare(sim, exchange: str, symbol: str, depth: int, resume=False) -> BybitClient:
     client = BybitClient(depth)
     async with await open_ws(sim, sim.ws_url(exchange)) as ws:
         await op(ws, "subscribe", [f"orderbook.{depth}.{symbol}"])
         ack = await recv_json(ws)
         assert ack["success"] is True and ack["op"] == "subscribe" and ack["req_id"] == "r1"
         assert ack["ret_msg"] == ("subscribe" if exchange == "bybit" else "")
+        if resume:
+            await to_thread(sim.resume, exchange)
         await read(ws, client, lambda: client.deltas >= 200)
         await to_thread(sim.pause, exchange)
         try:
@@ -175,6 +177,6 @@ def test_op_ping_and_idle_close(sim):
 def test_replay_of_the_old_orderbook_recording():
     recordings = recordings_dir()
     with Obsim(["--exchanges", "bybit", "--source", "replay", "--recordings", str(recordings),
-                "--rate", "200", "--depth", "25"]) as sim:
-        client = run(follow_and_compare(sim, "bybit", "BTCUSD", 50))
+                "--rate", "200", "--depth", "25", "--start-paused"]) as sim:
+        client = run(follow_and_compare(sim, "bybit", "BTCUSD", 50, resume=True))
         assert client.deltas >= 200

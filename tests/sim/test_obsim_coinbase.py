@@ -178,12 +178,14 @@ def test_bad_requests_get_errors_and_the_connection_stays(sim):
 def test_replay_of_the_exchange_recording_served_as_advanced_trade():
     recordings = recordings_dir()
     with Obsim(["--exchanges", "coinbase", "--source", "replay", "--recordings", str(recordings),
-                "--rate", "200", "--depth", "5000", "--coinbase-depth", "5000", "--coinbase-heartbeat-s", "0.1"]) as sim:
+                "--rate", "200", "--depth", "5000", "--coinbase-depth", "5000", "--coinbase-heartbeat-s", "0.1",
+                "--start-paused"]) as sim:
         async def scenario():
             client = CoinbaseClient()
             async with await open_ws(sim, sim.ws_url("coinbase")) as ws:
                 await subscribe(ws, "heartbeats")
                 await subscribe(ws, "level2", ["SKL-USD"])
+                await to_thread(sim.resume, "coinbase")
                 await read(ws, client, lambda: client.seq_next > 300)
                 await compare(sim, ws, client, "SKL-USD")
             assert client.seq_jumps == 0

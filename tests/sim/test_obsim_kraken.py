@@ -224,12 +224,13 @@ def test_disconnect_and_stall_and_garbage(sim):
 def test_replay_of_the_v1_recording_served_as_v2():
     recordings = recordings_dir()
     with Obsim(["--exchanges", "kraken", "--source", "replay", "--recordings", str(recordings),
-                "--rate", "200", "--depth", "1000", "--kraken-heartbeat-s", "0.2"]) as sim:
+                "--rate", "200", "--depth", "1000", "--kraken-heartbeat-s", "0.2", "--start-paused"]) as sim:
         assert "BTC/CHF" in sim.info["exchanges"]["kraken"]["symbols"]     # XBT renamed
         async def scenario():
             client = KrakenClient(100)
             async with await open_ws(sim, sim.ws_url("kraken")) as ws:
                 await subscribe(ws, ["XMR/USD"], depth=100)
+                await to_thread(sim.resume, "kraken")
                 await follow(ws, client, lambda: client.messages >= 200)
                 await settle_and_compare(sim, ws, client, "XMR/USD", 100)
             assert client.mismatches == 0

@@ -178,11 +178,12 @@ def test_zero_checksum_mode_and_errors():
 def test_replay_of_the_recording_with_legacy_checksums():
     recordings = recordings_dir()
     with Obsim(["--exchanges", "okx", "--source", "replay", "--recordings", str(recordings),
-                "--rate", "200", "--depth", "400", "--okx-checksum", "legacy"]) as sim:
+                "--rate", "200", "--depth", "400", "--okx-checksum", "legacy", "--start-paused"]) as sim:
         async def scenario():
             client = OkxClient()
             async with await open_ws(sim, sim.ws_url("okx")) as ws:
                 await subscribe(ws, "BTC-USDT")
+                await to_thread(sim.resume, "okx")
                 await read(ws, client, lambda: client.updates >= 90)
             assert client.mismatches == 0 and client.gaps == 0
         run(scenario())
