@@ -64,6 +64,8 @@ class Supervisor:
         self.reader: SegmentReader | None = None
         self.reader_fd = -1
         self.reaper: Reaper | None = None
+        self._books: list = []                  # BookInfo per index, fixed at start-up
+        self._book_keys: list = []
         self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
                                     allow_gids=allow_gids)
         self.started_s = time.monotonic()
@@ -91,6 +93,8 @@ class Supervisor:
         finally:
             self.segment.unlink()
         self.reader = SegmentReader(self.reader_fd, self.segment.eventfds)   # EPOLLET on each
+        self._books = self.reader.books()
+        self._book_keys = [[b.book_index, b.exchange, b.symbol] for b in self._books]
 
     def stop(self) -> None:
         """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
@@ -158,13 +162,19 @@ class Supervisor:
     def handout_fds(self) -> list[int]:
         return [self.reader_fd, *self.segment.eventfds]
 
-    def book_infos(self) -> list[list]:
-        return [[b.book_index, b.exchange, b.symbol, b.native, b.shard_index, *self._exps(b),
-                 self.depth_max] for b in self.reader.books()]
+    def book_keys(self) -> list[list]:
+        """[index, exchange, symbol] per book, for name resolution (fixed at start-up)."""
+        return self._book_keys
 
-    def _exps(self, info) -> tuple[int, int]:
-        snap = self.reader.snapshot(info.book_index, 0)
-        return snap.price_exp, snap.size_exp
+    def book_infos(self) -> list[list]:
+        return [self.book_info(i) for i in range(len(self.book_descs))]
+
+    def book_info(self, book_index: int) -> list:
+        """A BookInfo record; the exponents are read from the slot (a rescale changes them)."""
+        b = self._books[book_index]
+        snap = self.reader.snapshot(book_index, 0)
+        return [b.book_index, b.exchange, b.symbol, b.native, b.shard_index, snap.price_exp,
+                snap.size_exp, self.depth_max]
 
     def snapshot(self, book_index: int, depth: int) -> dict:
         snap = self.reader.snapshot(book_index, depth or None)
@@ -182,7 +192,7 @@ class Supervisor:
                     "books": len(self.book_descs), "shards": self.shards_n,
                     "protocol_version": m.PROTOCOL_VERSION, **self.server.stats()}
         books = []
-        for info in self.reader.books():
+        for info in self._books:
             counters = self.reader.book_stats(info.book_index)
             last_ns = counters["last_update_ns"]
             books.append({"book": info.name, "stale": self.reader.snapshot(info.book_index, 0).stale,

@@ -143,7 +143,8 @@ class ServerConnection:
         self.reply(m.BookList(req.req_id, self.catalog.book_infos()))
 
     def _on_describe(self, req: m.Describe) -> None:
-        self.reply(m.BookDesc(req.req_id, m.resolve_book(req.name, self.catalog.book_infos())))
+        index = m.resolve_book(req.name, self.catalog.book_keys())[0]
+        self.reply(m.BookDesc(req.req_id, self.catalog.book_info(index)))
 
     def _on_subscribe(self, req: m.Subscribe) -> None:
         wanted = self._resolve_names(req.names)
@@ -161,16 +162,16 @@ class ServerConnection:
         if not 0 <= req.depth <= m.SNAPSHOT_DEPTH_MAX:
             raise m.MessageError(m.ErrorCode.BAD_MESSAGE,
                                  f"depth must be 0..{m.SNAPSHOT_DEPTH_MAX}", req.req_id)
-        info = m.resolve_book(req.name, self.catalog.book_infos())
-        snap = self.catalog.snapshot(info[0], req.depth)
-        self.reply(m.Snapshot(req.req_id, info[0], m.book_name(info[1], info[2]), **snap))
+        index, exchange, symbol = m.resolve_book(req.name, self.catalog.book_keys())[:3]
+        snap = self.catalog.snapshot(index, req.depth)
+        self.reply(m.Snapshot(req.req_id, index, m.book_name(exchange, symbol), **snap))
 
     def _on_stats(self, req: m.StatsRequest) -> None:
         observer, books, clients = self.catalog.stats()
         self.reply(m.Stats(req.req_id, observer, books, clients))
 
     def _resolve_names(self, names: list) -> set[int]:
-        books = self.catalog.book_infos()
+        books = self.catalog.book_keys()
         if not names:
             return {b[0] for b in books}
         return {m.resolve_book(name, books)[0] for name in names}

@@ -32,6 +32,12 @@ class TableCatalog:
     def book_infos(self):
         return self.infos
 
+    def book_info(self, index):
+        return self.infos[index]
+
+    def book_keys(self):
+        return [info[:3] for info in self.infos]
+
     def snapshot(self, index, depth):
         bids = [[10000 - i, 5] for i in range(5)][: depth or None]
         asks = [[10001 + i, 5] for i in range(5)][: depth or None]
