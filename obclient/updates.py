@@ -42,7 +42,7 @@ class UpdateFollower:
         self._ring_records = g.ring_records
         self.shard_indexes = list(shard_indexes)
         self._head_word = [reader.shard_word(i, "head") for i in self.shard_indexes]
-        self._ring_offset = [g.rings_offset + i * g.ring_bytes for i in self.shard_indexes]
+        self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
         heads = [self._words[w] for w in self._head_word]
@@ -72,19 +72,14 @@ class UpdateFollower:
         if head - pos > self._ring_records:
             self._resync(k, head, out)
             return
-        while pos < head and len(out) < records_max:
-            offset = self._ring_offset[k] + (pos & self._mask) * layout.RING_RECORD.itemsize
-            body = latch.ring_read(words, offset // 8, pos, self._read_body, offset)
-            if body is None:
-                self._resync(k, latch.ring_head(words, self._head_word[k]), out)
-                return
-            out.append(Update._make(body))
-            pos += 1
+        taken = len(out)
+        pos, lapped = latch.ring_read(words, self._mv, self._ring_word0[k], self._mask, pos,
+                                      head, _RECORD_BODY, out, Update._make,
+                                      records_max - taken)
         self.records += pos - self._pos[k]
         self._pos[k] = pos
-
-    def _read_body(self, offset: int) -> tuple:
-        return _RECORD_BODY.unpack_from(self._mv, offset + layout.RECORD_BODY_OFFSET)
+        if lapped:
+            self._resync(k, latch.ring_head(words, self._head_word[k]), out)
 
     def _resync(self, k: int, head: int, out: list) -> None:
         """Lapped: skip to the head and re-read every book of the shard from its slot."""

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import platform
 
-from proto.layout import RECORD_BODY_OFFSET
+from proto.layout import RECORD_BODY_OFFSET, RING_RECORD
+
+RECORD_WORDS = RING_RECORD.itemsize // 8
 
 LATCH_RETRIES_MAX = 10_000  # a reader gives up (and says why) after this many retries
 
@@ -89,17 +91,25 @@ def ring_head(words, head_index: int) -> int:
     return words[head_index]
 
 
-def ring_read(words, record_seq_index: int, pos: int, read_body, arg):
-    """Return `read_body(arg)` for record `pos`, or None if the writer overwrote it (a lap).
+def ring_read(words, buf, ring_word0: int, mask: int, pos: int, head: int, body, out: list,
+              make, records_max: int) -> tuple[int, bool]:
+    """Copy records `pos`.. up to `head` (at most `records_max`) into `out`, in order.
 
-    The caller has already seen `head > pos`, so the record was complete once.
+    The caller loaded `head` first, so every record before it was complete once. Each record is
+    copied between two loads of its seq word; anything but `pos + 1` means the writer has
+    overwritten it (or is overwriting it): the reader was lapped. Returns `(pos, lapped)`.
     """
-    if words[record_seq_index] != pos + 1:
-        return None
-    body = read_body(arg)
-    if words[record_seq_index] != pos + 1:
-        return None
-    return body
+    end = min(head, pos + records_max)
+    while pos < end:
+        index = ring_word0 + (pos & mask) * RECORD_WORDS
+        if words[index] != pos + 1:
+            return pos, True
+        fields = body.unpack_from(buf, index * 8 + RECORD_BODY_OFFSET)
+        if words[index] != pos + 1:
+            return pos, True
+        out.append(make(fields))
+        pos += 1
+    return pos, False
 
 
 def store_word(words, index: int, value: int) -> None:
