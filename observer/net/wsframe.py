@@ -121,6 +121,7 @@ class FrameReader:
         # Direct mode: a frame larger than the buffer, written straight into _asm.
         self._direct_left = -1    # payload bytes still to arrive; -1 when not in direct mode
         self._direct_fin = False
+        self._fast = True         # no fragmented message and no direct frame in progress
         # permessage-deflate (RFC 7692), decompression side only.
         self._deflate = deflate
         self._deflate_reset = deflate_reset
@@ -188,8 +189,8 @@ class FrameReader:
         # the receive time). Anything else (control frames, fragments, deflate, 64-bit lengths,
         # partial frames, violations) falls through to `_parse`, which checks everything.
         start = self._start
-        avail = self._end - start
-        if avail >= 4 and not self._frag_opcode and self._direct_left < 0:
+        received_end = self._end
+        if self._fast and received_end - start >= 4:
             buf = self._buf
             b0 = buf[start]
             b1 = buf[start + 1]
@@ -200,12 +201,19 @@ class FrameReader:
                 else:
                     pstart = start + 4
                     end = pstart + ((buf[start + 2] << 8) | buf[start + 3])
-                if end <= self._end and end - pstart <= self.message_bytes_max:
+                if end <= received_end and end - pstart <= self.message_bytes_max:
                     data = self._view[pstart:end]
                     msg = self._message
-                    msg.is_text = b0 == 0x81
-                    if msg.is_text and self.validate_utf8:
-                        _check_utf8(data)
+                    if b0 == 0x81:
+                        if self.validate_utf8:
+                            try:
+                                str(data, "utf-8")
+                            except UnicodeDecodeError as exc:
+                                raise ProtocolError("text message is not valid UTF-8: "
+                                                    f"{exc.reason}", 1007) from None
+                        msg.is_text = True
+                    else:
+                        msg.is_text = False
                     self._start = end
                     msg.data = data
                     return msg
@@ -319,6 +327,7 @@ class FrameReader:
             raise ProtocolError(f"message over message_bytes_max={self.message_bytes_max}", 1009)
         if need > len(self._asm):
             self._grow_asm(need)
+        self._fast = False  # until the message is complete (_end_frame)
 
     def _grow_asm(self, need: int) -> None:
         size = min(max(need, 2 * len(self._asm), 64 * 1024), self.message_bytes_max)
@@ -354,6 +363,8 @@ class FrameReader:
             return _AGAIN
         opcode = self._frag_opcode
         self._frag_opcode = 0
+        assert self._direct_left == -1
+        self._fast = True
         data = self._asm_view[:self._asm_len]
         msg = self._message
         if self._frag_compressed:
