@@ -239,6 +239,11 @@ class Book:
     def depth(self, side):
         return len(self._keys[side])
 
+    def count_at_least(self, side, price):
+        """Levels of a side at `price` or better (bids >= price, asks <= price). O(log n)."""
+        keys = self._keys[side]
+        return len(keys) - bisect_left(keys, -price if side == ASK else price)
+
     def is_crossed(self):
         bid_keys, ask_keys = self._keys
         return bool(bid_keys) and bool(ask_keys) and bid_keys[-1] >= -ask_keys[-1]

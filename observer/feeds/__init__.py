@@ -35,6 +35,8 @@ def make_adapter(exchange, symbols, *, ws_url=None, rest_url=None, depth=0, cate
         options["category"] = category
     if depth and hasattr(cls, "subscription_depths"):
         options["depth"] = cover_depth(depth, cls.subscription_depths(options.get("category", "spot")))
+    elif depth:
+        options["depth"] = depth  # full-depth feeds: what must stay vouched for (Binance)
     return cls(symbols, ws_url=ws_url, rest_url=rest_url, **options)
 
 

@@ -36,6 +36,7 @@ STAT_BY_REASON = {
     "bad_message": "bad_messages",
     "overflow": "overflows",
     "disconnect": "disconnects",
+    "thin": "thin",
 }
 
 

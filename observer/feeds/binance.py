@@ -21,7 +21,7 @@ and spaced by the scheduler. Binance pings below the WebSocket layer, which net 
 adapter has no silence deadline of its own.
 """
 
-from observer.book import BookUpdate
+from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
 from observer.feeds.scheduler import SnapshotScheduler
@@ -142,6 +142,26 @@ class BinanceAdapter(Adapter):
         update = BookUpdate(False, event["b"], event["a"], event["u"], event["E"] * NS_PER_MS)
         if self.apply(sync, update):
             sync.bridged = True
+            if sync.vouched is not None and self.too_thin(book, sync.vouched):
+                self.resync(sync, "thin")
+
+    def too_thin(self, book, vouched):
+        """Fewer than `depth` levels left inside the range the snapshot covered.
+
+        Discussion: a REST snapshot holds at most `snapshot_limit` levels per side; a level
+        beyond it that never changes is never sent, so once the price walks far enough the
+        book's published depth would include levels nobody vouched for (cryptofeed #604).
+        Levels that changed since are known, so counting only the covered range is safe.
+        """
+        worst_bid, worst_ask = vouched
+        return ((worst_bid and book.count_at_least(BID, worst_bid) < self.depth)
+                or (worst_ask and book.count_at_least(ASK, worst_ask) < self.depth))
+
+    def vouched_range(self, book, n_bids, n_asks):
+        if not self.depth:
+            return None
+        vouched = vouched_range_of(book, n_bids, n_asks, self.snapshot_limit)
+        return vouched if any(vouched) else None
 
     # Spot rules; futures override these three.
     def first_u_min(self, book):
@@ -194,6 +214,7 @@ class BinanceAdapter(Adapter):
         sync.on(Kind.SNAPSHOT)
         sync.stats.snapshots += 1
         sync.bridged = False
+        sync.vouched = self.vouched_range(self.books[sync.symbol], len(bids), len(asks))
         pending = sync.buffer
         sync.buffer = []
         for event in pending:
@@ -202,6 +223,14 @@ class BinanceAdapter(Adapter):
             else:
                 sync.buffer.append(event)
         self.publish(sync)
+
+
+def vouched_range_of(book, n_bids, n_asks, limit):
+    """(worst bid, worst ask) of a snapshot that may have been cut at `limit` levels; 0 for
+    a side the snapshot returned whole (fewer levels than asked for)."""
+    worst_bid = book.levels(BID)[-1][0] if n_bids >= limit and book.depth(BID) else 0
+    worst_ask = book.levels(ASK)[-1][0] if n_asks >= limit and book.depth(ASK) else 0
+    return worst_bid, worst_ask
 
 
 def check_event(event):

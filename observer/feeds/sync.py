@@ -79,7 +79,7 @@ class SymbolStats:
     __slots__ = (
         "updates", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
         "checksums_ok", "crossed", "resets", "bad_messages", "overflows", "disconnects",
-        "stale_dropped", "keepalives", "reconnects",
+        "stale_dropped", "keepalives", "reconnects", "thin",
     )
 
     def __init__(self):
@@ -93,7 +93,8 @@ class SymbolStats:
 class SymbolSync:
     """State, counters and the per-exchange sequence memory of one book."""
 
-    __slots__ = ("symbol", "native", "conn_id", "state", "stats", "seq", "bridged", "buffer")
+    __slots__ = ("symbol", "native", "conn_id", "state", "stats", "seq", "bridged", "buffer",
+                 "vouched")
 
     def __init__(self, symbol, native, conn_id):
         self.symbol = symbol
@@ -104,6 +105,7 @@ class SymbolSync:
         self.seq = None  # the exchange's last applied sequence id (u, seqId, ...)
         self.bridged = False  # the first delta after a snapshot passed its bridging rule
         self.buffer = []  # events held while a REST snapshot is fetched (Binance)
+        self.vouched = None  # (worst bid, worst ask) a depth-limited REST snapshot covered
 
     def on(self, kind):
         """Take one transition; raise FeedProtocolError if the table has no such pair."""

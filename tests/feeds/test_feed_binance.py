@@ -281,3 +281,26 @@ def test_events_of_one_symbol_never_touch_another():
     assert Stale("ETHUSDT", "gap") in actions
     assert adapter.syncs["BTCUSDT"].state is State.LIVE
     assert adapter.on_message(0, depth("BTCUSDT", 11, 11), 3) == [Publish("BTCUSDT")]
+
+
+def test_book_walking_out_of_the_snapshot_range_is_refetched():
+    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=5, depth=3, snapshot_interval_s=0, paranoid=True)
+    adapter.on_open(0, 0)
+    bids = [(str(100 - i), "1") for i in range(5)]
+    asks = [(str(101 + i), "1") for i in range(5)]
+    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10, bids, asks), 1)
+    # New levels beyond the snapshot are known (they were sent); they do not make it thin.
+    assert adapter.on_message(0, depth("BTCUSDT", 11, 11, bids=[("90", "1")]), 2) == [Publish("BTCUSDT")]
+    assert adapter.on_message(0, depth("BTCUSDT", 12, 12, bids=[("100", "0"), ("99", "0")]), 3) == [
+        Publish("BTCUSDT")]
+    actions = adapter.on_message(0, depth("BTCUSDT", 13, 13, bids=[("98", "0")]), 4)
+    assert Stale("BTCUSDT", "thin") in actions  # only 97, 96 are vouched for: fewer than 3
+    assert kinds(actions, FetchSnapshot)
+    assert adapter.syncs["BTCUSDT"].stats.thin == 1
+
+
+def test_a_whole_snapshot_is_never_thin():
+    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=100, depth=3, snapshot_interval_s=0)
+    adapter.on_open(0, 0)
+    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10, [("100", "1")], [("101", "1")]), 1)
+    assert adapter.on_message(0, depth("BTCUSDT", 11, 11, bids=[("100", "0")]), 2) == [Publish("BTCUSDT")]
