@@ -91,7 +91,7 @@ def _parse_status_line(line: str) -> tuple[str, int, str]:
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
         raise ProtocolError(f"bad HTTP status line: {line[:80]!r}")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit():
+    if len(code) != 3 or not (code.isascii() and code.isdigit()):  # not '4²9'
         raise ProtocolError(f"bad HTTP status code: {line[:80]!r}")
     return parts[0], int(code), parts[2] if len(parts) == 3 else ""
 
@@ -350,6 +350,6 @@ def _parse_length(value: str) -> int:
     if len(values) != 1:
         raise ProtocolError(f"conflicting Content-Length {value!r}")
     text = values.pop()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ProtocolError(f"bad Content-Length {value!r}")
     return int(text)

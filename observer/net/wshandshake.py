@@ -169,7 +169,7 @@ def parse_deflate_params(extension: str) -> DeflateParams:
                 raise ProtocolError(f"permessage-deflate {key} takes no value")
             seen[key] = None
         elif key in ("server_max_window_bits", "client_max_window_bits"):
-            if not raw.isdigit() or not 8 <= int(raw) <= 15:
+            if not (raw.isascii() and raw.isdigit()) or not 8 <= int(raw) <= 15:
                 raise ProtocolError(f"permessage-deflate {key}={raw!r} is not 8..15")
             seen[key] = int(raw)
         else:
