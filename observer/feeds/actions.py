@@ -71,4 +71,4 @@ class Reconnect:
 
 # The reasons a book goes stale; each has a counter in SymbolStats.
 STALE_REASONS = ("gap", "checksum", "crossed", "reset", "disconnect", "bad_message", "overflow",
-                 "thin")
+                 "thin", "timeout")

@@ -37,6 +37,7 @@ STAT_BY_REASON = {
     "overflow": "overflows",
     "disconnect": "disconnects",
     "thin": "thin",
+    "timeout": "sync_timeouts",
 }
 
 
@@ -53,6 +54,7 @@ class Adapter:
     ping_text = None
     ping_idle_s = 20.0
     silence_max_s = 60.0  # 0: the exchange may stay silent (its pings are below us, in net)
+    sync_timeout_s = 20.0  # a book not live this long after (re)subscribing is asked for again
     message_levels_max = 200_000  # levels in one message (Coinbase BTC-USD snapshot fits)
 
     def __init__(self, symbols, *, ws_url=None, rest_url=None, depth=0, levels_max=100_000,
@@ -160,18 +162,34 @@ class Adapter:
 
     def on_tick(self, now_ns):
         self.now_ns = now_ns
+        silent = set()
         for conn_id in sorted(self.open_conns):
             quiet_ns = now_ns - self.last_recv_ns[conn_id]
             if self.silence_max_s and quiet_ns > self.silence_max_s * NS_PER_S:
                 self.reconnects += 1
                 self.queue.append(Reconnect(conn_id, f"silent for {quiet_ns // NS_PER_S} s"))
+                silent.add(conn_id)
                 continue
             idle_ns = now_ns - max(self.last_recv_ns[conn_id], self.last_send_ns[conn_id])
             if self.ping_text and idle_ns > self.ping_idle_s * NS_PER_S:
                 self.send(conn_id, self.ping_text)
+        self.check_sync_deadlines(now_ns)
+        for conn_id in sorted(self.open_conns - silent):
             self.flush_sends(conn_id)
         self.pump()
         return self.drain()
+
+    def check_sync_deadlines(self, now_ns):
+        """A book that stays unsynced for `sync_timeout_s` is asked for again (the safety net
+        under every lost ack, refused request or snapshot that never came)."""
+        for sync in self.syncs.values():
+            if sync.state is State.LIVE or sync.state is State.DOWN or sync.conn_id not in self.open_conns:
+                sync.waiting_since_ns = None
+            elif sync.waiting_since_ns is None:
+                sync.waiting_since_ns = now_ns
+            elif now_ns - sync.waiting_since_ns > self.sync_timeout_s * NS_PER_S:
+                sync.waiting_since_ns = now_ns
+                self.resync(sync, "timeout")
 
     def drain(self):
         actions = self.queue

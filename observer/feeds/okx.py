@@ -16,7 +16,8 @@ code, so a chain is only checked when the exchange sends one.
 
 Keepalive: OKX closes a connection quiet for 30 s; the adapter sends the text `ping` after
 `ping_idle_s` of quiet, and asks for a reconnect after `silence_max_s` with nothing received.
-Fewer than 30 channels per connection, as OKX advises.
+Fewer than 30 channels per connection, as OKX advises, and at most OPS_PER_CONN_MAX subscribe
+requests on one connection (OKX: 480 an hour): past it a resync reconnects instead.
 """
 
 import zlib
@@ -25,11 +26,14 @@ import orjson
 
 from observer.book import ASK, BID, BookUpdate
 from observer.book.fixed import render_minimal
-from observer.feeds.actions import ConnSpec, FeedProtocolError
+from observer.feeds.actions import ConnSpec, FeedProtocolError, Reconnect
 from observer.feeds.base import Adapter
 from observer.feeds.sync import Kind, State
 
 CHECKSUM_LEVELS = 25
+# OKX allows 480 subscribe/unsubscribe/login requests per hour per connection; counting from
+# the connection's start (not per hour) is stricter and needs no clock.
+OPS_PER_CONN_MAX = 470
 BOOKS_DEPTH = 400
 NS_PER_MS = 1_000_000
 
@@ -82,6 +86,8 @@ class OkxAdapter(Adapter):
             raise ValueError(f"okx: only the 'books' channel keeps an L2 book, got {channel!r}")
         self.channel = channel
         super().__init__(symbols, **options)
+        self.ops_on_conn = {}  # conn_id -> subscribe/unsubscribe requests sent on it
+        self.reconnect_asked = set()
 
     def book_depth_max(self):
         return BOOKS_DEPTH
@@ -98,12 +104,27 @@ class OkxAdapter(Adapter):
         return orjson.dumps({"op": op, "args": args}).decode()
 
     def subscribe_conn(self, conn_id):
+        self.ops_on_conn[conn_id] = 1
         self.send(conn_id, self.request_text("subscribe", [s.native for s in self.conn_syncs(conn_id)]))
 
     def recover(self, sync):
+        """Unsubscribe + subscribe; past the connection's hourly op budget, a new connection
+        (which starts a new budget and resubscribes everything in one request)."""
         sync.on(Kind.RESUBSCRIBE)
-        self.send(sync.conn_id, self.request_text("unsubscribe", [sync.native]))
-        self.send(sync.conn_id, self.request_text("subscribe", [sync.native]))
+        conn_id = sync.conn_id
+        if self.ops_on_conn.get(conn_id, 0) + 2 > OPS_PER_CONN_MAX:
+            if conn_id not in self.reconnect_asked:
+                self.reconnect_asked.add(conn_id)
+                self.reconnects += 1
+                self.queue.append(Reconnect(conn_id, f"{OPS_PER_CONN_MAX} subscribe ops on this connection"))
+            return
+        self.ops_on_conn[conn_id] = self.ops_on_conn.get(conn_id, 0) + 2
+        self.send(conn_id, self.request_text("unsubscribe", [sync.native]))
+        self.send(conn_id, self.request_text("subscribe", [sync.native]))
+
+    def on_open(self, conn_id, now_ns):
+        self.reconnect_asked.discard(conn_id)
+        return super().on_open(conn_id, now_ns)
 
     # ------------------------------------------------------------------------ messages
 

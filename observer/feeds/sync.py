@@ -79,7 +79,7 @@ class SymbolStats:
     __slots__ = (
         "updates", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
         "checksums_ok", "crossed", "resets", "bad_messages", "overflows", "disconnects",
-        "stale_dropped", "keepalives", "reconnects", "thin",
+        "stale_dropped", "keepalives", "reconnects", "thin", "sync_timeouts",
     )
 
     def __init__(self):
@@ -94,7 +94,7 @@ class SymbolSync:
     """State, counters and the per-exchange sequence memory of one book."""
 
     __slots__ = ("symbol", "native", "conn_id", "state", "stats", "seq", "bridged", "buffer",
-                 "vouched")
+                 "vouched", "waiting_since_ns")
 
     def __init__(self, symbol, native, conn_id):
         self.symbol = symbol
@@ -106,6 +106,7 @@ class SymbolSync:
         self.bridged = False  # the first delta after a snapshot passed its bridging rule
         self.buffer = []  # events held while a REST snapshot is fetched (Binance)
         self.vouched = None  # (worst bid, worst ask) a depth-limited REST snapshot covered
+        self.waiting_since_ns = None  # first tick that saw the book unsynced (base.on_tick)
 
     def on(self, kind):
         """Take one transition; raise FeedProtocolError if the table has no such pair."""

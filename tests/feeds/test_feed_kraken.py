@@ -187,3 +187,15 @@ def test_resync_storm_past_the_send_queue_reconnects_instead(kraken):
         actions += kraken.on_message(0, ack("BTC/USD"), 3 + i)
         actions += kraken.on_message(0, v2_book("snapshot", "BTC/USD", BIDS, ASKS, crc_of(BIDS, ASKS)), 3 + i)
     assert any(isinstance(a, Reconnect) for a in actions)
+
+
+def test_a_book_never_acked_is_asked_for_again():
+    adapter = KrakenAdapter(["BTC/USD"])
+    adapter.on_open(0, 0)
+    adapter.on_message(0, b'{"channel":"heartbeat"}', 5 * NS)
+    assert adapter.on_tick(6 * NS) == []
+    adapter.on_message(0, b'{"channel":"heartbeat"}', 25 * NS)
+    actions = adapter.on_tick(27 * NS)
+    assert [json.loads(a.text)["method"] for a in actions if isinstance(a, Send)] == ["unsubscribe", "subscribe"]
+    assert adapter.syncs["BTCUSD"].stats.sync_timeouts == 1
+    assert not [a for a in actions if isinstance(a, Stale)]  # it was never live

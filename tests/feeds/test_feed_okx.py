@@ -111,3 +111,14 @@ def test_duplicate_levels_and_unknown_deletes(okx):
     message = books("update", "BTC-USDT", [("99", "1"), ("99", "3"), ("98", "0")], [("105", "0")], 11, 10)
     assert okx.on_message(0, message, 3) == [Publish("BTCUSDT")]
     assert okx.books["BTCUSDT"].levels(0) == [(100, 1), (99, 3)]
+
+
+def test_past_the_op_budget_a_resync_reconnects(okx):
+    okx.ops_on_conn[0] = 469
+    actions = okx.on_message(0, books("update", "BTC-USDT", [("100.5", "2")], [], 20, 12), 3)
+    assert Reconnect(0, "470 subscribe ops on this connection") in actions
+    assert not [a for a in actions if isinstance(a, Send)]
+    okx.on_close(0, "reconnect")
+    (send,) = okx.on_open(0, 4)
+    assert orjson.loads(send.text)["op"] == "subscribe"
+    assert okx.ops_on_conn[0] == 1
