@@ -84,24 +84,61 @@ def test_bad_command_lines_are_one_line_errors():
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_kill_9_cycles_leave_nothing_behind():
-    """Each cycle: start, serve live books, kill -9. The reaper removes the socket; the segment
+# A parent that has imported the observer once and forks one real observer process per cycle,
+# so 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports on a busy machine.
+ZYGOTE = """
+import os, signal, sys
+import observer.cli, observer.supervisor, observer.shard, observer.feeds.synthetic
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os._exit(observer.cli.main(sys.argv[1:]))
+    print(pid, flush=True)
+"""
+
+
+def _connectable(path):
+    try:
+        obclient.connect(path, timeout_s=WAIT_S).close()
+    except obclient.ObserverUnavailable:
+        return False
+    return True
+
+
+def test_kill_9_cycles_leave_nothing_behind(tmp_path):
+    """Each cycle: start an observer, serve, kill -9. The reaper removes the socket; the segment
     never had a name to leave; the lock is an abstract socket the kernel frees."""
     name = unique_name("k")
-    with ObserverProcess(name=name, rate=50) as obs:
+    path = str(tmp_path / "observer.sock")
+    log = open(tmp_path / "observer.log", "wb")
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
+         "--name", name, "--socket", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
         for cycle in range(KILL_CYCLES):
-            if cycle:
-                obs.start()
-            client = obs.wait_ready(books_live=cycle % 10 == 0)
-            client.close()
+            zygote.stdin.write("go\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            wait_until(lambda: _connectable(path), WAIT_S, f"observer up (cycle {cycle})")
             assert shm_entries(name) == [], cycle
-            obs.kill()
-            wait_until(lambda: not os.path.exists(obs.socket_path), WAIT_S,
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket to be removed after kill -9 (cycle {cycle})")
+        zygote.stdin.close()
+        assert zygote.wait(WAIT_S) == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process to be gone")
         assert shm_entries(name) == []
-        assert os.listdir(obs.workdir) == [os.path.basename(obs.log_path)]
-        assert "Traceback" not in obs.log_text()
+        assert sorted(os.listdir(tmp_path)) == ["observer.log"]
+        assert "Traceback" not in (tmp_path / "observer.log").read_text()
+        with ObserverProcess(name=name, socket_path=path) as again:   # name and path free
+            again.wait_ready().close()
+    finally:
+        zygote.kill()
+        zygote.wait()
+        log.close()
 
 
 def test_config_file_sets_depth_and_feeds(tmp_path):
