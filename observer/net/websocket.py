@@ -14,7 +14,7 @@ Failure is always an exception, never a hang:
 - a protocol violation sends a close frame with its code and raises `ProtocolError`;
 - a read that sees no bytes for `recv_timeout_s` raises `NetTimeout` (exchanges send pings or
   heartbeats well inside a minute, so silence that long means the connection is dead);
-- `close()` waits at most `close_timeout_s` for the server's close frame, then drops TCP.
+- `close(timeout_s=...)` waits at most that long for the server's close frame, then drops TCP.
 """
 
 from __future__ import annotations
@@ -204,22 +204,26 @@ class WebSocket:
             return
         frame = self.conn.send_close(code, reason)
         try:
-            if frame:
-                self.stream.sendall(frame)
-            self.stream.read_timeout_s = timeout_s
-            while self.conn.state is not State.CLOSED:
-                event = self.conn.next_event()
-                if event is None:
-                    n = self.stream.recv_into(self.conn.reader.recv_window())
-                    if n == 0:
-                        break
-                    self.conn.reader.received(n)
-        except NetError:  # a timeout, a reset, a violation: we are leaving anyway
+            with loom.timeout(timeout_s):  # one deadline: a server sending pings cannot stretch it
+                if frame:
+                    self.stream.sendall(frame)
+                self._drain_until_closed()
+        except (NetError, TimeoutError):  # a timeout, a reset, a violation: we are leaving
             pass
         finally:
             if self._closed_error is None:
                 self._closed_error = ConnectionClosed(code, reason)
             self.stream.close()
+
+    def _drain_until_closed(self) -> None:
+        """Read (and drop) what the server sends until its close frame or EOF."""
+        conn = self.conn
+        while conn.state is not State.CLOSED:
+            if conn.next_event() is None:
+                n = self.stream.recv_into(conn.reader.recv_window())
+                if n == 0:
+                    return
+                conn.reader.received(n)
 
     def _close_beside_reader(self, code: int, reason: str, timeout_s: float) -> None:
         try:

@@ -187,3 +187,23 @@ def test_close_beside_a_parked_reader_when_server_ignores_it(backend):
     (codes, closed), frames = run_against(behaviour, client, backend)
     assert len(codes) == 1 and closed
     assert frames == [(0x8, struct.pack("!H", 4000) + b"bye")]
+
+
+def test_close_deadline_holds_while_server_keeps_pinging(backend):
+    def behaviour(conn):
+        conn.sendall(upgrade_reply(read_request(conn)))
+        deadline = time.monotonic() + 15  # a safety stop for a client that never leaves
+        try:
+            while time.monotonic() < deadline:
+                conn.sendall(b"\x89\x00")
+                time.sleep(0.02)
+        except OSError:
+            return "client left"
+        return "server gave up"
+
+    def client(url):
+        ws = websocket.connect(url)
+        ws.close(timeout_s=0.3)
+        return ws.closed
+
+    assert run_against(behaviour, client, backend) == (True, "client left")
