@@ -47,21 +47,22 @@ class UpdateFollower:
                           for i in self.shard_indexes]
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
+        self._ring_ks = range(len(self.shard_indexes))
         self.overruns = 0  # times a ring lapped this follower
         self.records = 0  # records delivered from the rings
 
     def pending(self) -> bool:
         """True when any followed ring has records this follower has not taken."""
-        words = self._words
-        for k, word in enumerate(self._head_word):
-            if words[word] != self._pos[k]:
+        words, pos, head_word = self._words, self._pos, self._head_word
+        for k in self._ring_ks:
+            if words[head_word[k]] != pos[k]:
                 return True
         return False
 
     def poll(self, records_max: int = RECORDS_PER_POLL_MAX) -> list[Update]:
         """Take up to `records_max` records (plus resyncs after an overrun); never blocks."""
         out: list[Update] = []
-        for k in range(len(self._head_word)):
+        for k in self._ring_ks:
             self._poll_ring(k, out, records_max)
         return out
 

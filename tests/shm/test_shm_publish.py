@@ -241,3 +241,22 @@ def test_second_create_with_same_name_fails(make_segment, segment_name):
     with pytest.raises(Exception, match="exists"):
         Segment.create(segment_name, DESCS[:1], 1, 4, 16)
     assert np.dtype(layout.RING_RECORD).itemsize == 96
+
+
+def test_restarted_shard_writer_resumes_sequences(make_segment):
+    """A shard restarted on the same segment continues the slot and ring sequences."""
+    seg = make_segment()
+    first = seg.writer(0)
+    for i in range(1, 4):
+        first.publish(0, book_with([(100 + i, 1)], [(200, 1)], update_id=i))
+    shard = Segment.attach_fd(seg.fd, seg.eventfds)  # the restarted shard's own mapping
+    try:
+        with SegmentReader.open(seg.name) as reader:
+            follower = reader.follow([0])
+            seq = shard.writer(0).publish(0, book_with([(104, 1)], [(200, 1)], update_id=4))
+            assert seq == 4
+            assert [(u.update_id, u.book_seq) for u in follower.poll()] == [(4, 4)]
+            assert follower.overruns == 0
+            assert reader.snapshot(0).update_id == 4
+    finally:
+        shard.close()

@@ -1,0 +1,627 @@
+"""Delivery: observer publish -> obclient wake-up with a consistent top of book, against peers.
+
+One run, side by side, one line per contender, ratios against the raw eventfd wake-up measured
+in the same run. Every contender carries the same top-of-book record (the ring record body of
+proto.layout: book index, kind, flags, exponents, sequence, update id, three timestamps, best
+bid and ask) from a writer process to a reader process; latency is the reader's clock after it
+holds the record minus the writer's clock just before it published (CLOCK_REALTIME, one host).
+
+Contenders (the writer paces messages `--interval-us` apart, so the reader is asleep when one
+arrives, which is the case blocking delivery is about):
+  raw eventfd+epoll       timestamp word in shared memory, eventfd write, reader in epoll(ET)
+  observer blocking       ShardWriter.publish + flush -> UpdateFollower.wait + poll
+  observer busy-poll      the same writer -> UpdateFollower.spin + poll (no syscalls)
+  pyzmq ipc PUB/SUB       the record packed with struct, blocking recv
+  iceoryx2 blocking       ctypes record over publish-subscribe + event notifier, Listener wait
+  iceoryx2 busy-poll      the same -> Subscriber.receive in a loop
+Then publishes/s back to back (writer side, one reader draining), and the writer's publish
+cost (publish, flush) with 1, 10 and 100 reader processes attached and waiting on the eventfd.
+
+Writer pinned to CPU 0, readers to CPU 1 when the machine has two. Seeded; `make bench` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import mmap
+import os
+import random
+import secrets
+import select
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from obclient.segment import SegmentReader  # noqa: E402
+from observer.shm import Segment  # noqa: E402
+from proto import layout  # noqa: E402
+from proto.layout import BookDesc  # noqa: E402
+
+SEED = 20261122
+WARMUP_N = 200
+BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
+TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class TopBook:
+    """The book the observer writer publishes: one level a side, export_top as in SEAMS.md."""
+
+    price_exp, size_exp = -2, -8
+
+    def __init__(self):
+        self.update_id = 0
+        self.exch_ts_ns = 0
+        self.bid = (6_543_210, 100_000_000)
+        self.ask = (6_543_211, 200_000_000)
+
+    def export_top(self, bid_px, bid_sz, ask_px, ask_sz):
+        bid_px[0], bid_sz[0] = self.bid
+        ask_px[0], ask_sz[0] = self.ask
+        return 1, 1
+
+
+def record_fields(i: int, ts_ns: int) -> tuple:
+    return (0, layout.KIND_UPDATE, layout.FLAG_PUBLISHED, -2, -8, i, i, ts_ns, ts_ns, ts_ns,
+            6_543_210, 100_000_000, 6_543_211, 200_000_000)
+
+
+class IoxRecord(ctypes.Structure):
+    _fields_ = [("book_index", ctypes.c_uint32), ("kind", ctypes.c_uint8),
+                ("flags", ctypes.c_uint8), ("price_exp", ctypes.c_int8),
+                ("size_exp", ctypes.c_int8), ("book_seq", ctypes.c_uint64),
+                ("update_id", ctypes.c_uint64), ("exch_ts_ns", ctypes.c_int64),
+                ("recv_ts_ns", ctypes.c_int64), ("publish_ts_ns", ctypes.c_int64),
+                ("bid_px", ctypes.c_int64), ("bid_sz", ctypes.c_int64),
+                ("ask_px", ctypes.c_int64), ("ask_sz", ctypes.c_int64)]
+
+
+def pin(cpu: int) -> None:
+    if os.cpu_count() and os.cpu_count() >= 2:
+        os.sched_setaffinity(0, {cpu})
+
+
+# -- contenders: prepare (before fork), reader side (child), writer side (parent) ------------
+
+
+class Raw:
+    name = "raw eventfd+epoll"
+
+    def prepare(self):
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.shared = mmap.mmap(-1, 4096)  # MAP_SHARED anonymous: shared across fork
+        self.words = memoryview(self.shared).cast("q")
+
+    def reader_open(self):
+        self.ep = select.epoll()
+        self.ep.register(self.efd, select.EPOLLIN | select.EPOLLET)
+
+    def receive(self, timeout_s):
+        if not self.ep.poll(timeout_s):
+            return None
+        return self.words[1], self.words[0]
+
+    def writer_open(self):
+        pass
+
+    def reader_close(self):
+        pass
+
+    def send(self, i):
+        self.words[1] = i
+        self.words[0] = time.time_ns()
+        os.eventfd_write(self.efd, 1)
+
+    def close(self):
+        self.words.release()
+        self.shared.close()
+        os.close(self.efd)
+
+
+class RawSpin(Raw):
+    name = "raw shm spin"
+
+    def reader_open(self):
+        self.seen = 0
+
+    def receive(self, timeout_s):
+        words, seen = self.words, self.seen
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for _ in range(256):
+                if words[1] != seen:
+                    i = words[1]
+                    self.seen = i
+                    return i, words[0]
+            if time.monotonic() > deadline:
+                return None
+
+    def send(self, i):
+        self.words[0] = time.time_ns()
+        self.words[1] = i  # after the timestamp: the reader polls this word
+
+
+class Observer:
+    name = "observer blocking"
+    spin = False
+
+    def prepare(self):
+        self.segment = Segment.create(f"/obbench-{TOKEN}", [BookDesc("bench", "BTCUSD", "x", 0)],
+                                      1, 8, 4096)
+        self.fd = self.segment.reader_fd()
+        self.book = TopBook()
+
+    def reader_open(self):
+        self.reader = SegmentReader(self.fd, self.segment.eventfds)
+        self.follower = self.reader.follow()
+        self.pending: list = []
+
+    def receive(self, timeout_s):
+        if not self.pending:
+            ready = self.follower.spin(timeout_s) if self.spin else self.follower.wait(timeout_s)
+            if not ready:
+                return None
+            self.pending = self.follower.poll()[::-1]
+        update = self.pending.pop()  # a consistent top of book: update.bid_px ... ask_sz
+        return update.update_id, update.publish_ts_ns
+
+    def reader_close(self):
+        self.reader.close()
+
+    def writer_open(self):
+        self.writer = self.segment.writer(0)
+
+    def send(self, i):
+        self.book.update_id = i
+        self.writer.publish(0, self.book)  # stamps publish_ts_ns itself, before copying
+        visible_ns = time.time_ns()
+        self.writer.flush()
+        return visible_ns
+
+    def close(self):
+        os.close(self.fd)
+        self.segment.close()
+        self.segment.unlink()
+
+
+class ObserverSpin(Observer):
+    name = "observer busy-poll"
+    spin = True
+
+
+class Zmq:
+    name = "pyzmq ipc PUB/SUB"
+
+    def prepare(self):
+        self.path = os.path.join(tempfile.gettempdir(), f"obbench-{TOKEN}.ipc")
+
+    def reader_open(self):
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(f"ipc://{self.path}")
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+
+    def receive(self, timeout_s):
+        if not self.poller.poll(timeout_s * 1000):
+            return None
+        fields = BODY.unpack(self.sub.recv())
+        return fields[6], fields[9]
+
+    def reader_close(self):
+        self.sub.close(0)
+        self.ctx.term()
+
+    def writer_open(self):
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.bind(f"ipc://{self.path}")
+        time.sleep(0.3)  # PUB/SUB slow joiner: let the subscriber's connect land
+
+    def send(self, i):
+        self.pub.send(BODY.pack(*record_fields(i, time.time_ns())))
+
+    def close(self):
+        if hasattr(self, "pub"):
+            self.pub.close(0)
+            self.ctx.term()
+            del self.pub, self.ctx
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+class Iox:
+    name = "iceoryx2 blocking"
+    spin = False
+
+    def prepare(self):
+        self.service = f"obbench/{TOKEN}/{self.spin}"
+
+    def _open(self):
+        import iceoryx2 as iox
+
+        self.iox = iox
+        iox.set_log_level_from_env_or(iox.LogLevel.Error)
+        self.node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
+        name = iox.ServiceName.new(self.service)
+        self.pubsub = (self.node.service_builder(name).publish_subscribe(IoxRecord)
+                       .subscriber_max_buffer_size(64).open_or_create())
+        self.event = self.node.service_builder(iox.ServiceName.new(self.service + "/ev")) \
+            .event().open_or_create()
+
+    def reader_open(self):
+        self._open()
+        self.sub = self.pubsub.subscriber_builder().create()
+        self.listener = self.event.listener_builder().create()
+        self.timeout = {}
+
+    def receive(self, timeout_s):
+        sample = self.sub.receive()
+        if sample is None and not self.spin:
+            duration = self.timeout.get(timeout_s) or self.iox.Duration.from_secs_f64(timeout_s)
+            self.timeout[timeout_s] = duration
+            self.listener.timed_wait(duration)
+            sample = self.sub.receive()
+        elif sample is None:
+            deadline = time.monotonic() + timeout_s
+            while sample is None and time.monotonic() < deadline:
+                sample = self.sub.receive()
+        if sample is None:
+            return None
+        rec = sample.payload().contents
+        result = rec.update_id, rec.publish_ts_ns
+        sample.delete()
+        return result
+
+    def reader_close(self):
+        self.close()
+
+    def writer_open(self):
+        self._open()
+        self.pub = self.pubsub.publisher_builder().create()
+        self.notifier = self.event.notifier_builder().create()
+        self.pub.update_connections()
+
+    def send(self, i):
+        sample = self.pub.loan_uninit()
+        sample = sample.write_payload(IoxRecord(*record_fields(i, time.time_ns())))
+        sample.send()
+        self.notifier.notify()
+
+    def close(self):
+        for name in ("notifier", "pub", "listener", "sub"):
+            if hasattr(self, name):
+                getattr(self, name).delete()
+                delattr(self, name)
+        for name in ("pubsub", "event", "node"):  # dropping the node releases its resources
+            if hasattr(self, name):
+                delattr(self, name)
+
+
+class IoxSpin(Iox):
+    name = "iceoryx2 busy-poll"
+    spin = True
+
+
+# -- running one contender -------------------------------------------------------------------
+
+
+def run_latency(contender, messages_n: int, interval_us: int, rng: random.Random):
+    """Paced one-way latency. Returns (latency_ns, after_publish_ns or None, missing count).
+
+    `after_publish_ns` (observer only): reader clock minus the writer's clock when `publish`
+    returned, before `flush`: the delivery part that is not the publish call itself.
+    """
+    contender.prepare()
+    ready_r, ready_w = os.pipe()
+    out_r, out_w = os.pipe()
+    total_n = WARMUP_N + messages_n
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.close(out_r)
+        _reader_child(contender, total_n, ready_w, out_w)
+    os.close(ready_w)
+    os.close(out_w)
+    visible_ns = np.zeros(total_n + 1, dtype=np.int64)
+    try:
+        pin(0)
+        assert os.read(ready_r, 1) == b"r"
+        contender.writer_open()
+        gaps_s = [interval_us * (0.5 + rng.random()) / 1e6 for _ in range(total_n)]
+        for i in range(1, total_n + 1):
+            _pause(gaps_s[i - 1])
+            visible_ns[i] = contender.send(i) or 0
+        data = _read_all(out_r)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(out_r)
+        contender.close()
+    recv_ns, sent_ns = np.frombuffer(data, dtype=np.int64).reshape(2, total_n + 1)
+    got = recv_ns[WARMUP_N + 1:] > 0
+    lat = (recv_ns - sent_ns)[WARMUP_N + 1:][got]
+    after = None
+    if visible_ns[-1]:
+        after = (recv_ns - visible_ns)[WARMUP_N + 1:][got]
+    return lat, after, messages_n - int(got.sum())
+
+
+def _pause(gap_s: float) -> None:
+    # Sleep most of the gap (so both CPUs may go idle, as between real updates), spin the rest.
+    end = time.perf_counter() + gap_s
+    if gap_s > 200e-6:
+        time.sleep(gap_s - 150e-6)
+    while time.perf_counter() < end:
+        pass
+
+
+def _reader_child(contender, total_n: int, ready_w: int, out_w: int) -> None:
+    code = 1
+    try:
+        pin(1)
+        contender.reader_open()
+        stamps = np.zeros((2, total_n + 1), dtype=np.int64)  # preallocated: no growth
+        recv_ns, sent_ns = stamps
+        os.write(ready_w, b"r")
+        last = 0
+        deadline = time.monotonic() + 60 + total_n * 0.002
+        while last < total_n and time.monotonic() < deadline:
+            got = contender.receive(0.5)
+            if got is None:
+                continue
+            now_ns = time.time_ns()
+            i, ts_ns = got
+            recv_ns[i] = now_ns
+            sent_ns[i] = ts_ns
+            last = i
+        os.write(out_w, stamps.tobytes())
+        contender.reader_close()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def run_throughput(contender, messages_n: int) -> float:
+    """Back-to-back publishes per second on the writer side, one reader draining."""
+    contender.prepare()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            pin(1)
+            contender.reader_open()
+            os.write(ready_w, b"r")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                got = contender.receive(0.2)
+                if got is not None and got[0] >= messages_n:
+                    break
+            contender.reader_close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        pin(0)
+        assert os.read(ready_r, 1) == b"r"
+        contender.writer_open()
+        for i in range(1, 201):
+            contender.send(i)
+        t0 = time.perf_counter_ns()
+        for i in range(201, messages_n + 1):
+            contender.send(i)
+        elapsed_ns = time.perf_counter_ns() - t0
+    finally:
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        contender.close()
+    return (messages_n - 200) / (elapsed_ns / 1e9)
+
+
+# -- the writer's cost with many readers -----------------------------------------------------
+
+
+def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int):
+    """Median ns of publish() and of flush() with `readers_n` reader processes waiting."""
+    segment = Segment.create(f"/obbench-cost-{TOKEN}-{readers_n}",
+                             [BookDesc("bench", "BTCUSD", "x", 0)], 1, 8, 4096)
+    fd = segment.reader_fd()
+    ready_r, ready_w = os.pipe()
+    pids = []
+    try:
+        for _ in range(readers_n):
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready_r)
+                _waiting_reader(fd, segment.eventfds, ready_w)
+            pids.append(pid)
+        os.close(ready_w)
+        ready_w = -1
+        got = b""
+        while len(got) < readers_n:
+            got += os.read(ready_r, readers_n)
+        pin(0)
+        return _time_publishes(segment, publishes_n, interval_us)
+    finally:
+        segment.mark_closed()
+        writer = segment.writer(0)
+        writer.publish(0, TopBook())
+        writer.flush()  # every reader wakes, sees the segment closed, and exits
+        for pid in pids:
+            os.waitpid(pid, 0)
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+        os.close(fd)
+        segment.close()
+        segment.unlink()
+
+
+def _waiting_reader(fd: int, eventfds, ready_w: int) -> None:
+    code = 1
+    try:
+        pin(1)
+        reader = SegmentReader(fd, eventfds)
+        follower = reader.follow()
+        os.write(ready_w, b"r")
+        while not reader.closed:
+            if follower.wait(5.0):
+                follower.poll()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _time_publishes(segment, publishes_n: int, interval_us: int):
+    writer = segment.writer(0)
+    book = TopBook()
+    publish_ns = np.zeros(publishes_n, dtype=np.int64)
+    flush_ns = np.zeros(publishes_n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(WARMUP_N + publishes_n):
+        _pause(interval_us / 1e6)
+        book.update_id = i + 1
+        t0 = clock()
+        writer.publish(0, book)
+        t1 = clock()
+        writer.flush()
+        t2 = clock()
+        if i >= WARMUP_N:
+            publish_ns[i - WARMUP_N] = t1 - t0
+            flush_ns[i - WARMUP_N] = t2 - t1
+    return float(np.median(publish_ns)), float(np.median(flush_ns))
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def cleanup_iceoryx2() -> None:
+    """Remove what dead iceoryx2 nodes (ours, all exited by now) left in shared memory."""
+    try:
+        import iceoryx2 as iox
+    except ImportError:
+        return
+    node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
+    node.try_cleanup_dead_nodes()
+    del node
+
+
+def percentiles_us(lat_ns: np.ndarray) -> tuple[float, float, float]:
+    p50, p99, p999 = np.percentile(lat_ns, [50, 99, 99.9])
+    return p50 / 1e3, p99 / 1e3, p999 / 1e3
+
+
+def available(contender) -> str | None:
+    module = {Zmq: "zmq", Iox: "iceoryx2", IoxSpin: "iceoryx2"}.get(type(contender))
+    if module is None:
+        return None
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} not installed (pip install -e '.[bench]')"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=6000)
+    parser.add_argument("--interval-us", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all contenders")
+    parser.add_argument("--throughput-messages", type=int, default=20000)
+    parser.add_argument("--cost-publishes", type=int, default=2000)
+    parser.add_argument("--readers", default="1,10,100")
+    args = parser.parse_args()
+    rng = random.Random(SEED)
+    contenders = [c for c in (Raw(), RawSpin(), Observer(), ObserverSpin(), Zmq(), Iox(), IoxSpin())
+                  if available(c) is None]
+    skipped = [c for c in (Zmq(), Iox()) if available(c) is not None]
+    lat = {c.name: [] for c in contenders}
+    after = {c.name: [] for c in contenders}
+    missing = {c.name: 0 for c in contenders}
+    for _ in range(args.rounds):  # interleaved passes, so machine noise hits all alike
+        for c in contenders:
+            got, got_after, n_missing = run_latency(c, args.messages // args.rounds,
+                                                    args.interval_us, rng)
+            lat[c.name].append(got)
+            if got_after is not None:
+                after[c.name].append(got_after)
+            missing[c.name] += n_missing
+    rates = {c.name: run_throughput(c, args.throughput_messages) for c in contenders}
+    costs = {n: run_publish_cost(n, args.cost_publishes, args.interval_us)
+             for n in (int(n) for n in args.readers.split(","))}
+    cleanup_iceoryx2()
+    p50 = report(args, contenders, lat, after, missing, rates, skipped)
+    report_costs(costs)
+    report_targets(p50, costs)
+
+
+def report(args, contenders, lat, after, missing, rates, skipped) -> dict[str, float]:
+    print(f"# delivery, one run: {args.messages} paced messages per contender "
+          f"({args.interval_us} us apart +-50%), {args.rounds} interleaved rounds, seed {SEED}, "
+          f"load average {os.getloadavg()[0]:.2f}; one-way latency in us")
+    p50s = {}
+    raw_p50 = percentiles_us(np.concatenate(lat[Raw.name]))[0]
+    for c in contenders:
+        p50, p99, p999 = percentiles_us(np.concatenate(lat[c.name]))
+        p50s[c.name] = p50
+        extra = ""
+        if after[c.name]:
+            extra = f"  after-publish p50 {percentiles_us(np.concatenate(after[c.name]))[0]:6.2f}"
+        print(f"{c.name:<20} p50 {p50:8.2f}  p99 {p99:8.2f}  p99.9 {p999:8.2f}  "
+              f"x_raw_eventfd {p50 / raw_p50:5.2f}  publishes/s {rates[c.name]:9,.0f}  "
+              f"missing {missing[c.name]}{extra}")
+    for c in skipped:
+        print(f"{c.name:<20} skipped: {available(c)}")
+    return p50s
+
+
+def report_costs(costs) -> None:
+    base_publish, base_flush = costs[min(costs)]
+    for readers_n, (publish_ns, flush_ns) in costs.items():
+        print(f"writer cost, {readers_n:3d} readers waiting  publish {publish_ns / 1e3:6.2f} us "
+              f"(x{publish_ns / base_publish:4.2f})  flush {flush_ns / 1e3:6.2f} us "
+              f"(x{flush_ns / base_flush:4.2f})  publish+flush x"
+              f"{(publish_ns + flush_ns) / (base_publish + base_flush):4.2f}")
+
+
+def report_targets(p50, costs) -> None:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    block, raw = p50[Observer.name], p50[Raw.name]
+    print(f"target blocking p50 <= 1.2x raw eventfd: x{block / raw:.2f} {verdict(block <= 1.2 * raw)}")
+    peers = [p50[n] for n in (Zmq.name, Iox.name) if n in p50]
+    if peers:
+        print(f"target blocking p50 below pyzmq and iceoryx2 blocking: {block:.2f} vs "
+              f"{', '.join(f'{p:.2f}' for p in peers)} {verdict(all(block < p for p in peers))}")
+    spin = p50[ObserverSpin.name]
+    print(f"target busy-poll p50 < 2 us: {spin:.2f} {verdict(spin < 2.0)}")
+    if 1 in costs and 100 in costs:
+        ratio = costs[100][0] / costs[1][0]
+        both = sum(costs[100]) / sum(costs[1])
+        print(f"target publish cost at 100 readers <= 1.2x at 1: publish x{ratio:.2f} "
+              f"{verdict(ratio <= 1.2)}, publish+flush x{both:.2f} {verdict(both <= 1.2)}")
+
+
+if __name__ == "__main__":
+    main()
