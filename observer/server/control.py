@@ -11,7 +11,8 @@ Who may connect (C7): the socket file is created with mode 0660 (umask set aroun
 chmod, so there is no moment where it is wider), and every accepted peer's SO_PEERCRED (pid, uid,
 gid) is checked against the allow-list: our own uid, plus configured uids and gids. A refused
 peer gets one DENIED error and is closed. Past `clients_max` a new client gets BUSY and is
-closed, so fds stay bounded.
+closed, so fds stay bounded, and a connection that has not said hello within `hello_timeout_s`
+is closed, so idle peers cannot hold every slot.
 
 fd passing: the reply to `hello` carries the segment's read-only fd and the shard eventfds as
 SCM_RIGHTS on its first byte (sendmsg). The fds are the supervisor's; the kernel duplicates them
@@ -28,6 +29,7 @@ import os
 import socket
 import stat
 import struct
+import time
 
 from observer import loom
 from observer.server.protocol import ServerConnection
@@ -40,6 +42,7 @@ CLIENTS_MAX = 64
 RECV_BYTES_MAX = 64 * 1024
 SOCKET_MODE_DEFAULT = 0o660
 CLOSE_FLUSH_S = 1.0           # how long a closing client's last replies may take to send
+HELLO_TIMEOUT_S = 10.0        # a connection must say hello within this, or it is closed
 LISTEN_BACKLOG = 64
 FDS_PER_MESSAGE_MAX = 253     # Linux SCM_MAX_FD
 ACCEPT_RETRY_S = 0.1          # pause after a failed accept (out of fds)
@@ -98,7 +101,8 @@ class ControlServer:
 
     def __init__(self, loop, catalog, path: str, *, mode: int = SOCKET_MODE_DEFAULT,
                  allow_uids=(), allow_gids=(), clients_max: int = CLIENTS_MAX,
-                 queue_records_max: int | None = None):
+                 queue_records_max: int | None = None,
+                 hello_timeout_s: float = HELLO_TIMEOUT_S):
         self.loop = loop
         self.catalog = catalog
         self.path = path
@@ -106,6 +110,7 @@ class ControlServer:
         self.allow_uids = frozenset((os.getuid(), *allow_uids))
         self.allow_gids = frozenset(allow_gids)
         self.clients_max = clients_max
+        self.hello_timeout_s = hello_timeout_s
         self.queue_kw = {} if queue_records_max is None else {"queue_records_max": queue_records_max}
         self.clients: dict[int, _Client] = {}
         self.accepted = 0
@@ -230,11 +235,20 @@ class _Client:
         self.wakeup.post()
 
     def _read_loop(self) -> None:
+        hello_deadline_s = time.monotonic() + self.server.hello_timeout_s
         try:
             while not self.proto.closing:
-                n = loom.recv_into(self.conn, self.recv_buf)
+                if self.proto.version:
+                    n = loom.recv_into(self.conn, self.recv_buf)
+                else:                 # a peer that never says hello must not hold a slot
+                    with loom.timeout(max(0.0, hello_deadline_s - time.monotonic())):
+                        n = loom.recv_into(self.conn, self.recv_buf)
                 self.proto.receive_data(self.recv_view[:n])
                 self.wakeup.post()
+        except TimeoutError:
+            self.proto.reply(m.Error(0, m.ErrorCode.NOT_READY,
+                                     f"no hello within {self.server.hello_timeout_s} s; closing"))
+            self.proto.close("no hello in time")
         except OSError as exc:
             self.proto.close(f"recv failed: {exc}")
         self.wakeup.post()

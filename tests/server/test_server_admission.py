@@ -11,7 +11,7 @@ import pytest
 from obclient.protocol import ClientProtocol
 from observer import loom
 from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
-from observer.testing import unique_name
+from observer.testing import unique_name, wait_until
 from proto import messages as m
 
 from test_server_protocol import TableCatalog
@@ -240,3 +240,26 @@ def _as_nobody_hello(path) -> str:
     result = os.read(read_fd, 64).decode()
     os.close(read_fd)
     return result
+
+
+def test_a_peer_that_never_says_hello_is_closed(path):
+    with ServerThread(path, hello_timeout_s=0.2) as st:
+        idle = connect(path)
+        err = first_message_then_eof(idle)        # no deadline assertion: it just ends
+        assert err.code == m.ErrorCode.NOT_READY
+        assert "no hello" in err.message
+        idle.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "the idle client to be dropped")
+
+
+def test_a_peer_that_closes_mid_frame_harms_nothing(path):
+    with ServerThread(path) as st:
+        sock, proto = connect(path), ClientProtocol()
+        exchange(sock, proto, *proto.hello(want_fds=False))
+        _, data = proto.request(m.ListBooks)
+        sock.sendall(data[: len(data) // 2])          # half a frame, then gone
+        sock.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "the half-frame client to be dropped")
+        other, proto = connect(path), ClientProtocol()
+        assert type(exchange(other, proto, *proto.hello(want_fds=False))) is m.Welcome
+        other.close()
