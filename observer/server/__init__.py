@@ -1,0 +1,10 @@
+"""observer.server: the unix-socket control server (C7).
+
+`protocol.ServerConnection` is the sans-IO machine for one client (bytes in, replies out);
+`control.ControlServer` serves it on loom with peer-credential checks and fd passing.
+"""
+
+from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
+from observer.server.protocol import ServerConnection
+
+__all__ = ["ControlServer", "ServerConnection", "SocketInUse", "bind_socket", "peer_credentials"]
