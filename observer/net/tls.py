@@ -19,6 +19,7 @@ record beyond what the ssl module does inside.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 
 from observer import loom
@@ -44,14 +45,25 @@ def make_context(*, ca_file: str | None = None, verify: bool = True) -> ssl.SSLC
     return ctx
 
 
-_CONTEXTS: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+_CONTEXTS: dict[tuple, ssl.SSLContext] = {}
 CONTEXTS_MAX = 16  # distinct CA files in one process; more means contexts are made per call
+CA_FILE_BYTES_MAX = 4 * 1024 * 1024  # digested for the cache key; a system bundle is ~200 KB
 
 
 def shared_context(*, ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
     """A cached client context. Loading the system trust store takes tens of milliseconds,
-    so the first one is built in a worker thread (the loop keeps running) and then reused."""
-    key = (str(ca_file) if ca_file is not None else None, verify)
+    so the first one is built in a worker thread (the loop keeps running) and then reused.
+    The key includes a digest of the CA file (a few KB, read per connect, far cheaper than
+    the handshake): a simulator restarted with a new certificate at the same path gets a new
+    context, not a stale trust. (Size and mtime would miss a same-size rewrite in one tick.)"""
+    key: tuple = (None, verify)
+    if ca_file is not None:
+        try:
+            with open(ca_file, "rb") as f:
+                digest = hashlib.sha256(f.read(CA_FILE_BYTES_MAX + 1)).digest()
+        except OSError as exc:
+            raise TlsError(f"cannot load CA file {ca_file}: {exc}") from None
+        key = (str(ca_file), digest, verify)
     ctx = _CONTEXTS.get(key)
     if ctx is None:
         ctx = loom.run_in_thread(lambda: make_context(ca_file=ca_file, verify=verify))

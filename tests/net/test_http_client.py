@@ -230,3 +230,21 @@ def test_concurrent_gets_from_two_fibers(https_server, certs, backend):
     bodies = run(main, backend=backend)
     assert bodies == {"/json": SNAPSHOT, "/gzip": SNAPSHOT, "/chunked": SNAPSHOT,
                       "/big": b"b" * 3_000_000}
+
+
+def test_replaced_ca_file_at_the_same_path_is_reloaded(https_server, certs, tmp_path):
+    import shutil
+
+    ca_file = tmp_path / "ca.pem"
+    shutil.copy(certs["untrusted_cert"], ca_file)
+
+    def main():
+        with pytest.raises(TlsError):
+            HttpClient(f"https://127.0.0.1:{https_server.port}", ca_file=str(ca_file)).get("/json")
+        shutil.copy(certs["cert"], ca_file)  # the simulator restarted with a new certificate
+        client = HttpClient(f"https://127.0.0.1:{https_server.port}", ca_file=str(ca_file))
+        status = client.get("/json").status
+        client.close()
+        return status
+
+    assert run(main) == 200
