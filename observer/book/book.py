@@ -30,12 +30,14 @@ update is in, and the adapter resyncs.
 """
 
 from bisect import bisect_left
+from operator import neg
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from observer.book.fixed import DECIMALS_MAX, MANTISSA_MAX, POW10, parse_decimal, parse_decimal_slow
+from observer.book.fixed import (DECIMALS_MAX, MANTISSA_MAX, POW10, parse_column,
+                                 parse_decimal_slow, scale_column)
 
 BID = 0
 ASK = 1
@@ -130,20 +132,25 @@ class Book:
         self.apply_side(side, ((price_text, size_text),))
 
     def load_side(self, side, levels):
-        """Replace one side from a snapshot, sorting once; later duplicates win."""
-        parsed = [(parse_decimal(level[0]), parse_decimal(level[1])) for level in levels]
-        price_decimals = max((p[1] for p, _ in parsed), default=0)
-        size_decimals = max((s[1] for _, s in parsed), default=0)
-        self.rescale(max(price_decimals, -self.price_exp), max(size_decimals, -self.size_exp))
-        sign = -1 if side == ASK else 1
-        by_key = {}
-        for (price_m, price_d), (size_m, size_d) in parsed:
-            price = self.scaled(price_m, price_d, self.price_exp, "price")
-            by_key[sign * price] = self.scaled(size_m, size_d, self.size_exp, "size")
+        """Replace one side from a snapshot, in bulk and sorting once; later duplicates win."""
+        price_m, price_d = parse_column(level[0] for level in levels)
+        size_m, size_d = parse_column(level[1] for level in levels)
+        self.rescale(max(max(price_d, default=0), -self.price_exp),
+                     max(max(size_d, default=0), -self.size_exp))
+        prices = scale_column(price_m, price_d, -self.price_exp)
+        amounts = scale_column(size_m, size_d, -self.size_exp)
+        if prices and max(prices) > MANTISSA_MAX or amounts and max(amounts) > MANTISSA_MAX:
+            raise BookError(f"{self.name}: a snapshot value exceeds int64 at the book's exponents")
+        if side == ASK:
+            prices = map(neg, prices)
+        by_key = dict(zip(prices, amounts))  # wire order: a repeated price keeps its last size
         keys = self._keys[side]
         sizes = self._sizes[side]
-        keys[:] = sorted(key for key, size in by_key.items() if size)
-        sizes[:] = [by_key[key] for key in keys]
+        if 0 in amounts:
+            keys[:] = sorted(key for key, size in by_key.items() if size)
+        else:
+            keys[:] = sorted(by_key)
+        sizes[:] = map(by_key.__getitem__, keys)
 
     def end_update(self, update_id, exch_ts_ns):
         """Close one message: truncate, record ids, assert invariants, detect a cross."""
@@ -199,12 +206,6 @@ class Book:
         if len(cache) >= self.text_cache_max:
             cache.clear()
         cache[text] = value
-        return value
-
-    def scaled(self, mantissa, decimals, exp, what):
-        value = mantissa * POW10[-exp - decimals]
-        if value > MANTISSA_MAX:
-            raise BookError(f"{self.name}: {what} {mantissa}e-{decimals} exceeds int64 at exp {exp}")
         return value
 
     def rescale(self, price_decimals, size_decimals):

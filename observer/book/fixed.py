@@ -18,7 +18,9 @@ plain non-negative decimal raises ValueError: `int()` alone would accept "1_000"
 "+5", so the digits are checked first.
 """
 
+import re
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 
 # int64 is what the segment stores (proto layout); a mantissa past it cannot be exported.
 MANTISSA_MAX = 2**63 - 1
@@ -45,6 +47,43 @@ def parse_decimal(text):
     if digits.isascii() and digits.isdigit() and decimals <= DECIMALS_MAX:
         return int(digits), decimals
     return parse_decimal_slow(text)
+
+
+# One snapshot column (all prices, or all sizes) joined by NULs: plain decimals only.
+_PLAIN = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+_COLUMN = re.compile(f"{_PLAIN}(?:\x00{_PLAIN})*")
+
+
+def parse_column(texts):
+    """All texts of one field of a snapshot -> (mantissas, decimals), two lists, exact.
+
+    Discussion: a Coinbase snapshot carries tens of thousands of levels, and parsing them one
+    call at a time blocks the shard's loop for a third of a second. Here one regex validates
+    the whole column, and `map` runs `str.find`, `len`, `str.replace` and `int` in C; only
+    the decimals arithmetic is a Python comprehension. Anything unusual (exponent notation,
+    junk, non-strings) takes the per-text path, which also gives the exact error.
+    """
+    texts = list(texts)
+    try:
+        joined = "\x00".join(texts)
+    except TypeError:
+        joined = None
+    if joined is None or not _COLUMN.fullmatch(joined):
+        pairs = [parse_decimal(text) for text in texts]
+        return [m for m, _ in pairs], [d for _, d in pairs]
+    dots = map(str.find, texts, repeat("."))
+    decimals = [length - dot - 1 if dot >= 0 else 0 for length, dot in zip(map(len, texts), dots)]
+    mantissas = list(map(int, map(str.replace, texts, repeat("."), repeat(""))))
+    if decimals and max(decimals) > DECIMALS_MAX:
+        raise ValueError(f"more than {DECIMALS_MAX} fraction digits in a snapshot column")
+    return mantissas, decimals
+
+
+def scale_column(mantissas, decimals, target_decimals):
+    """Mantissas at `target_decimals` (>= every decimals entry), exactly."""
+    if not decimals or min(decimals) == target_decimals:
+        return mantissas
+    return [m * POW10[target_decimals - d] for m, d in zip(mantissas, decimals)]
 
 
 def parse_decimal_slow(text):

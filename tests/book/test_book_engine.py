@@ -135,3 +135,24 @@ def test_random_walk_matches_reference():
         got = [(Decimal(p).scaleb(book.price_exp), Decimal(s).scaleb(book.size_exp))
                for p, s in book.levels(side)]
         assert got == expected
+
+
+def test_parse_column_matches_parse_decimal():
+    from observer.book.fixed import parse_column
+
+    texts = ["0.35130000", "30316", "5.", ".5", "00.10", "7"]
+    assert parse_column(texts) == ([parse_decimal(t)[0] for t in texts], [parse_decimal(t)[1] for t in texts])
+    assert parse_column(["1e-05", "2"]) == ([1, 2], [5, 0])  # the per-text path
+    assert parse_column([]) == ([], [])
+    for bad in (["1", "1_0"], ["1", " 2"], ["-1"], ["1", 5], ["."]):
+        with pytest.raises((ValueError, AttributeError)):
+            parse_column(bad)
+
+
+def test_snapshot_with_duplicates_zeros_and_mixed_decimals():
+    book = Book("t:X", paranoid=True)
+    book.apply(BookUpdate(True, [["100", "1"], ["99.5", "0"], ["100.0", "2"], ["98.25", "3.5"]],
+                          [["101", "0.125"], ["101.00", "0.5"]]))
+    assert (book.price_exp, book.size_exp) == (-2, -3)
+    assert book.levels(BID) == [(10000, 2000), (9825, 3500)]
+    assert book.levels(ASK) == [(10100, 500)]
