@@ -40,6 +40,7 @@ REST_WINDOW_S = 60.0
 class BinanceSpot(Venue):
     name = "binance"
     ws_path = ""                                  # the base; clients append /ws/... or /stream
+    connect_window_s = 300.0
     faults = COMMON_FAULTS + ("rest_429", "rest_418", "stale_snapshot", "server_shutdown")
     rest_path = "/api/v3/depth"
     futures = False
@@ -164,6 +165,8 @@ class BinanceSpot(Venue):
         market = self.stream_market(name)
         if market is None:
             return False
+        if len(conn.state["subs"]) >= self.opts.binance_streams_max:
+            return False
         names = market.state["subs"].setdefault(conn, [])
         if name not in names:
             names.append(name)
@@ -181,7 +184,8 @@ class BinanceSpot(Venue):
         if method == "SUBSCRIBE":
             bad = [name for name in params if not isinstance(name, str) or not self.subscribe_stream(conn, name)]
             if bad:
-                return self.reply(conn, {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0]}"}, "id": req_id})
+                return self.reply(conn, {"error": {"code": 2, "msg": f"Invalid request: unknown stream {bad[0]} "
+                                                   f"or over {self.opts.binance_streams_max} streams"}, "id": req_id})
             return self.reply(conn, {"result": None, "id": req_id})
         if method == "UNSUBSCRIBE":
             for name in params:

@@ -32,6 +32,7 @@ class BybitSpot(Venue):
     name = "bybit"
     category = "spot"
     ws_path = "/v5/public/spot"
+    connect_window_s = 300.0
     faults = COMMON_FAULTS + ("reset",)
 
     def instrument(self, symbol: str) -> Instrument:

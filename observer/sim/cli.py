@@ -84,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
         a(f"--{prefix}-lifetime-s", type=float, default=86400.0)
         a(f"--{prefix}-rest-weight-max", type=int, default=weight)
     a("--binance-ban-s", type=float, default=120.0)
+    a("--binance-streams-max", type=int, default=1024, help="streams per connection")
+    for name, attempts, per in (("binance", 300, "5 min"), ("binance-futures", 300, "5 min"), ("coinbase", 8, "1 s"),
+                                ("kraken", 0, "1 s"), ("okx", 3, "1 s"), ("bybit", 500, "5 min"),
+                                ("bybit-linear", 500, "5 min")):
+        a(f"--{name}-connects-max", type=int, default=attempts,
+          help=f"connection attempts per {per} before a 429 (0: unlimited)")
     a("--coinbase-subscribe-deadline-s", type=float, default=5.0)
     a("--coinbase-idle-s", type=float, default=60.0, help="close channels idle this long without heartbeats")
     a("--coinbase-depth", type=int, default=12000, help="levels per side (12000 makes a ~2.5 MB snapshot)")

@@ -19,7 +19,6 @@ to a connection after `heartbeat_s` without other traffic; `{"method":"ping"}` i
 from __future__ import annotations
 
 import datetime
-import time
 
 import orjson
 

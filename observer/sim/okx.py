@@ -18,7 +18,7 @@ import time
 
 import orjson
 
-from observer.sim.book import ASK, BID, Instrument, okx_checksum, window, window_diff
+from observer.sim.book import Instrument, okx_checksum, window, window_diff
 from observer.sim.source import stable_seed
 from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
 from observer.sim.wire import Conn

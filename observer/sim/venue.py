@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import http
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import orjson
@@ -33,6 +33,7 @@ from observer.sim.book import ASK, BID, Instrument, TrueBook
 from observer.sim.source import CycleSource, RandomWalk, ReplaySource, stable_seed
 from observer.sim.wire import Conn, text_frame
 
+CONNECT_ATTEMPTS_TRACKED = 1000     # bounds the connection-limit window (all limits are below it)
 EVENTS_PER_TICK_MAX = 2000          # a late tick never bursts more than this per symbol
 COMMON_FAULTS = ("gap", "disconnect", "stall", "fragment", "garbage", "oversized_snapshot",
                  "ping_deadline")
@@ -104,6 +105,7 @@ class Venue:
     faults: tuple[str, ...] = COMMON_FAULTS
     inbound_per_s_max: int | None = None
     lazy_book_ok = False                 # True where nothing renders from the book per event
+    connect_window_s = 1.0
 
     def __init__(self, opts, symbols: list[str], replay: dict | None) -> None:
         self.opts = opts
@@ -114,6 +116,7 @@ class Venue:
         self.armed: Counter = Counter()            # venue-wide one-shot faults by kind
         self.fault_params: dict[str, dict] = {}
         self.port = 0
+        self.connect_attempts: deque[float] = deque(maxlen=CONNECT_ATTEMPTS_TRACKED)
         for symbol in symbols:
             self.add_market(symbol, replay)
 
@@ -263,8 +266,30 @@ class Venue:
         """REST routes; None lets the WebSocket handshake proceed (WS paths only)."""
         path = request.path.partition("?")[0]
         if self.is_ws_path(path):
-            return None
+            return self.admit_connection()
         return json_response(404, {"error": f"no route {path}"})
+
+    def admit_connection(self) -> Response | None:
+        """The exchange's connection-attempt limit: past it, the handshake gets a 429."""
+        attempts_max, window_s = self.connect_limit()
+        if attempts_max <= 0:
+            return None
+        now_s = time.monotonic()
+        attempts = self.connect_attempts
+        while attempts and now_s - attempts[0] > window_s:
+            attempts.popleft()
+        if len(attempts) >= attempts_max:
+            self.counters["connects_refused"] += 1
+            retry_s = max(1, round(window_s - (now_s - attempts[0])))
+            return json_response(429, {"error": f"more than {attempts_max} connections in {window_s:g} s"},
+                                 (("Retry-After", str(retry_s)),))
+        attempts.append(now_s)
+        return None
+
+    def connect_limit(self) -> tuple[int, float]:
+        """(attempts, window_s) from the `--<exchange>-connects-max` flag; 0 = unlimited."""
+        return (getattr(self.opts, f"{self.name.replace('-', '_')}_connects_max", 0),
+                self.connect_window_s)
 
     def is_ws_path(self, path: str) -> bool:
         return path == self.ws_path

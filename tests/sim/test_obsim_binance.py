@@ -406,3 +406,24 @@ def test_replay_of_the_recordings_syncs_with_zero_gaps():
         assert sync.gaps == 0
         sync = run(sync_and_compare(sim, "binance-futures", "SUSHIUSDT", resume=True))
         assert sync.gaps == 0
+
+
+def test_connection_attempt_limit_and_streams_per_connection():
+    from websockets.exceptions import InvalidStatus
+    with Obsim(["--exchanges", "binance", "--binance-connects-max", "2", "--binance-streams-max", "2"]) as sim:
+        async def scenario():
+            async with await open_ws(sim, f"{sim.ws_url('binance')}/ws") as ws:
+                await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@depth", "ethusdt@depth"], "id": 1}))
+                assert await recv_json(ws) == {"result": None, "id": 1}
+                await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": 2}))
+                while (reply := await recv_json(ws)).get("id") != 2:
+                    pass
+                assert "over 2 streams" in reply["error"]["msg"]
+                async with await open_ws(sim, f"{sim.ws_url('binance')}/ws"):
+                    pass
+                with pytest.raises(InvalidStatus) as refused:
+                    await open_ws(sim, f"{sim.ws_url('binance')}/ws")
+                assert refused.value.response.status_code == 429
+                assert int(refused.value.response.headers["Retry-After"]) > 0
+            assert (await to_thread(sim.counters, "binance"))["connects_refused"] == 1
+        run(scenario())

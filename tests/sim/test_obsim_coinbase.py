@@ -12,7 +12,7 @@ from observer.sim.harness import Obsim
 
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
 
-ARGS = ["--exchanges", "coinbase", "--rate", "150", "--coinbase-depth", "2000",
+ARGS = ["--exchanges", "coinbase", "--rate", "150", "--coinbase-depth", "2000", "--coinbase-connects-max", "0",
         "--coinbase-subscribe-deadline-s", "0.5", "--coinbase-idle-s", "0.5",
         "--coinbase-heartbeat-s", "0.1", "--symbols", "BTC/USD,ETH/USD,SOL/USD"]
 
@@ -63,11 +63,17 @@ async def read(ws, client: CoinbaseClient, until, timeout_s: float = 10.0):
 
 
 async def compare(sim, ws, client, product: str) -> None:
+    """Pause, then drain: the reply to a request sent after the pause is queued behind every
+    update rendered before it, so once it arrives the client has seen them all."""
     await to_thread(sim.pause, "coinbase")
     try:
         true = await to_thread(sim.book, "coinbase", product, 1_000_000)
-        beats = client.heartbeats
-        await read(ws, client, lambda: client.heartbeats >= beats + 2)   # drained: nothing pending
+        await subscribe(ws, "heartbeats")
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            client.on_message(msg)
+            if msg["channel"] == "subscriptions":
+                break
     finally:
         await to_thread(sim.resume, "coinbase")
     book = client.books[product]

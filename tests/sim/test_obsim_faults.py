@@ -25,7 +25,8 @@ FRAMES_MAX = 2000
 
 @pytest.fixture(scope="module")
 def sim():
-    with Obsim(["--rate", "100", "--depth", "60", "--coinbase-depth", "300",
+    with Obsim(["--rate", "100", "--depth", "60", "--coinbase-depth", "300", "--okx-connects-max", "0",
+                "--coinbase-connects-max", "0",
                 "--symbols", "BTC/USD", "--symbol", "binance=BTCUSDT", "--symbol", "binance-futures=BTCUSDT",
                 "--symbol", "okx=BTC-USDT", "--symbol", "bybit=BTCUSDT", "--symbol", "bybit-linear=BTCUSDT"]) as sim:
         yield sim

@@ -74,12 +74,14 @@ async def follow(ws, client: KrakenClient, until) -> None:
 
 
 async def settle_and_compare(sim, ws, client: KrakenClient, symbol: str, depth: int) -> None:
-    """Pause, drain until a heartbeat (nothing more is coming), compare with the true book."""
+    """Pause, drain up to the pong of a ping sent after the pause (it is queued behind every
+    update rendered before the pause), compare with the true book."""
     await to_thread(sim.pause, "kraken")
     try:
+        await ws.send(json.dumps({"method": "ping", "req_id": 99}))
         while True:
             msg = raw_json(await asyncio.wait_for(ws.recv(), 10))
-            if msg.get("channel") == "heartbeat":
+            if msg.get("method") == "pong":
                 break
             if msg.get("channel") == "book":
                 client.on_book(msg)

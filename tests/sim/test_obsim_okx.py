@@ -13,7 +13,7 @@ from observer.sim.harness import Obsim
 
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
 
-ARGS = ["--exchanges", "okx", "--rate", "150", "--okx-checksum", "legacy", "--okx-idle-s", "0.6",
+ARGS = ["--exchanges", "okx", "--rate", "150", "--okx-checksum", "legacy", "--okx-idle-s", "0.6", "--okx-connects-max", "0",
         "--okx-keepalive-s", "3"]
 
 
