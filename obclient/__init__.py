@@ -10,10 +10,10 @@ Imports only `proto`, numpy and msgpack: never `observer`, never greenlet.
         ...                                     # ring records; survives observer restarts
 """
 
-from obclient.client import (Book, BookNotFound, Client, ObserverUnavailable, RequestFailed,
-                             connect)
+from obclient.client import (Book, BookNotFound, Client, IncompatibleObserver,
+                             ObserverUnavailable, RequestFailed, connect)
 from obclient.segment import BookInfo, SegmentReader
 from obclient.snapshot import BookSnapshot, Update
 
-__all__ = ["Book", "BookInfo", "BookNotFound", "BookSnapshot", "Client", "ObserverUnavailable",
-           "RequestFailed", "SegmentReader", "Update", "connect"]
+__all__ = ["Book", "BookInfo", "BookNotFound", "BookSnapshot", "Client", "IncompatibleObserver",
+           "ObserverUnavailable", "RequestFailed", "SegmentReader", "Update", "connect"]

@@ -53,6 +53,10 @@ class ObserverUnavailable(ConnectionError):
     """No observer answers on the socket (or it went away and has not come back yet)."""
 
 
+class IncompatibleObserver(ObserverUnavailable):
+    """The observer's segment has a layout (magic, version, hash) this client does not know."""
+
+
 class BookNotFound(LookupError):
     """The name matches no book, or several (the message lists them)."""
 
@@ -168,7 +172,11 @@ class Client:
             if not welcome.fds_passed or len(fds) != 1 + welcome.n_eventfds:
                 raise ObserverUnavailable(f"observer at {self.socket_path} passed {len(fds)} fds, "
                                           f"expected {1 + welcome.n_eventfds}")
-            reader = SegmentReader(fds[0], fds[1:], own_fds=True)
+            try:
+                reader = SegmentReader(fds[0], fds[1:], own_fds=True)
+            except layout.LayoutError as exc:
+                raise IncompatibleObserver(f"observer at {self.socket_path} is incompatible "
+                                           f"with this client: {exc}") from None
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -207,7 +215,7 @@ class Client:
             return False
         try:
             self.attach(timeout_s=self.timeout_s if force else REATTACH_TIMEOUT_S)
-        except (ObserverUnavailable, OSError, ProtocolError, layout.LayoutError):
+        except (ObserverUnavailable, OSError, ProtocolError):
             return False
         return True
 

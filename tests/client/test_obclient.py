@@ -216,3 +216,10 @@ def test_fileno_drives_asyncio_add_reader(observer):
         assert {u.book_index for u in got} == {client._att.index_of("BTCUSD")}
         seqs = [u.book_seq for u in got]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))     # none skipped
+
+
+def test_a_segment_of_another_layout_is_refused_clearly(observer, monkeypatch):
+    """The client's idea of the layout hash changes (as after an upgrade of one side only)."""
+    monkeypatch.setattr(layout, "LAYOUT_HASH", layout.LAYOUT_HASH ^ 1)
+    with pytest.raises(obclient.IncompatibleObserver, match="incompatible with this client"):
+        obclient.connect(observer.socket_path)
