@@ -52,9 +52,12 @@ def connect(url: str, *, ca_file: str | None = None, timeout_s: float = 10.0,
     except TimeoutError as exc:  # NetTimeout from a step, or the overall deadline
         raise NetTimeout(f"websocket connect to {url} timed out after {timeout_s} s "
                          f"({exc})") from None
+    # No inflater reset even for server_no_context_takeover: such a server starts each message
+    # afresh and never refers back, so one persistent inflater decodes it correctly (and one
+    # that ends a message with BFINAL is replaced at its end-of-stream); a reset per message
+    # would cost a new zlib object and its 32 KiB window every time.
     reader = FrameReader(message_bytes_max=message_bytes_max, recv_bytes_max=recv_bytes_max,
-                         deflate=deflate is not None,
-                         deflate_reset=bool(deflate and deflate.server_no_context_takeover))
+                         deflate=deflate is not None)
     reader.receive_data(handshake.leftover)
     stream.read_timeout_s = recv_timeout_s
     return WebSocket(stream, ClientConnection(reader), url)

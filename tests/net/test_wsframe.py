@@ -467,3 +467,17 @@ def test_receive_path_keeps_no_memory_per_message_once_warm():
              if "observer/net/" in s.traceback[0].filename and s.size_diff > 0]
     assert grown == []
     assert peak < 64 * 1024
+
+
+def test_persistent_inflater_reads_no_context_takeover_and_bfinal_messages():
+    """What connect() relies on: without a reset, messages compressed each from a fresh
+    compressor, sync-flushed or ended with BFINAL (Z_FINISH), all decode in sequence."""
+    frames = []
+    for i, mode in enumerate([zlib.Z_SYNC_FLUSH, zlib.Z_FINISH, zlib.Z_SYNC_FLUSH, zlib.Z_FINISH]):
+        comp = zlib.compressobj(wbits=-15)
+        out = comp.compress(b"message %d " % i * 30) + comp.flush(mode)
+        payload = out[:-4] if mode == zlib.Z_SYNC_FLUSH else out
+        frames.append(server_frame(OP_TEXT, payload, rsv=0x40))
+    reader = FrameReader(deflate=True)
+    assert feed_backlog(reader, b"".join(frames), 9) == [
+        ("text", b"message %d " % i * 30) for i in range(4)]
