@@ -248,3 +248,28 @@ def test_replaced_ca_file_at_the_same_path_is_reloaded(https_server, certs, tmp_
         return status
 
     assert run(main) == 200
+
+
+def test_connect_timeout_when_the_listener_backlog_is_full(backend):
+    """A full accept queue drops SYNs, so connect() never completes: NetTimeout, not a hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+
+        def main():
+            with pytest.raises(NetTimeout, match="timed out"):
+                tcp.connect("127.0.0.1", listener.getsockname()[1], timeout_s=0.3)
+            return True
+
+        assert run(main, backend=backend)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
