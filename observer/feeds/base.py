@@ -14,12 +14,13 @@ applied twice.
 
 Keepalive and liveness are data, not code paths: `ping_text` sent when the connection has
 been quiet for `ping_idle_s` (OKX's text `ping`, Bybit's `{"op":"ping"}`, Kraken's app ping),
-and a Reconnect when nothing at all arrived for `silence_max_s`.
+and a Reconnect when nothing at all arrived for `silence_max_s`. A book still unsynced
+`sync_timeout_s` after it was asked for is asked for again, whatever was lost on the way.
 """
 
 import orjson
 
-from observer.book import Book, BookCrossed, BookError
+from observer.book import Book, BookCrossed
 from observer.feeds.actions import FeedProtocolError, Publish, Reconnect, Send, Stale
 from observer.feeds.scheduler import NS_PER_S, SendLimiter
 from observer.feeds.sync import Kind, State, SymbolSync
@@ -244,6 +245,9 @@ class Adapter:
         """Apply one update to a book. A crossed result resyncs the book and returns False;
         an unreadable level resyncs it and raises FeedProtocolError."""
         book = self.books[sync.symbol]
+        if len(update.bids) + len(update.asks) > self.message_levels_max:
+            raise FeedProtocolError(f"{book.name}: more than message_levels_max="
+                                    f"{self.message_levels_max} levels in one message")
         try:
             book.apply(update)
         except BookCrossed:
