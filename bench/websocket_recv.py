@@ -13,7 +13,8 @@ byte total. Printed: messages/s per contender and its ratio to the `websockets` 
 Two figures per contender: wall-clock messages/s, and client CPU time per message
 (`time.process_time`), which is what a shard on a busy core pays and is not skewed by waits.
 
-Options: --messages N, --profile (cProfile of the loom client, top functions),
+Options: --messages N, --deflate (permessage-deflate, each message compressed on its own;
+loom and websockets only, as picows has no deflate), --profile (cProfile of the loom client, top functions),
 --alloc (tracemalloc: memory growth per message once warm, on the loom client).
 """
 
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from functools import partial
 from pathlib import Path
 
 MESSAGES = 200_000
@@ -67,9 +70,19 @@ def frame(payload: bytes, opcode: int = 1) -> bytes:
     return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
 
 
+def deflated_frame(payload: bytes) -> bytes:
+    """permessage-deflate with no context takeover: each message compressed on its own, so
+    the pre-encoded block can be sent again and again."""
+    comp = zlib.compressobj(wbits=-15)
+    data = (comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    head = frame(data)
+    return bytes((head[0] | 0x40,)) + head[1:]
+
+
 def serve(cert: str, key: str) -> None:
     payloads = make_messages(SEED)
-    blob = b"".join(frame(p) for p in payloads)
+    blobs = {False: b"".join(frame(p) for p in payloads),
+             True: b"".join(deflated_frame(p) for p in payloads)}
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     listener = socket.socket()
@@ -81,13 +94,14 @@ def serve(cert: str, key: str) -> None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             with ctx.wrap_socket(raw, server_side=True) as conn:
-                serve_one(conn, blob)
+                serve_one(conn, blobs)
         except (OSError, ssl.SSLError):
             pass
 
 
-def serve_one(conn, blob: bytes) -> None:
-    """One client: the path says how many messages (GET /stream?n=200000)."""
+def serve_one(conn, blobs: dict[bool, bytes]) -> None:
+    """One client: the path says how many messages (GET /stream?n=200000); messages are
+    compressed when the client offers permessage-deflate."""
     request = b""
     while b"\r\n\r\n" not in request:
         chunk = conn.recv(4096)
@@ -98,8 +112,13 @@ def serve_one(conn, blob: bytes) -> None:
     key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
                if line.lower().startswith(b"sec-websocket-key:"))
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    deflate = b"permessage-deflate" in request.lower()
+    extension = (b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+                 if deflate else b"")
     conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n"
+                 + extension + b"\r\n")
+    blob = blobs[deflate]
     for _ in range(repeats):
         conn.sendall(blob)
     conn.sendall(frame(b"\x03\xe8", opcode=8))
@@ -110,13 +129,13 @@ def serve_one(conn, blob: bytes) -> None:
 # -- the contenders -----------------------------------------------------------------------------
 
 def run_loom(url: str, ca_file: str, expect: int, profile: bool = False,
-             alloc: bool = False) -> tuple[int, int, float]:
+             alloc: bool = False, compression: bool = False) -> tuple[int, int, float]:
     from observer import loom
     from observer.net import websocket
     from observer.net.errors import ConnectionClosed
 
     def main():
-        ws = websocket.connect(url, ca_file=ca_file, compression=False)
+        ws = websocket.connect(url, ca_file=ca_file, compression=compression)
         warm = min(expect // 4, 20_000)
         recv = ws.recv
         total = len(recv().data)  # the clock starts at the first message
@@ -184,13 +203,15 @@ def alloc_report(count: int) -> None:
         print(f"  grew: {stat}")
 
 
-def run_websockets(url: str, ca_file: str, expect: int) -> tuple[int, int, float]:
+def run_websockets(url: str, ca_file: str, expect: int,
+                   compression: bool = False) -> tuple[int, int, float]:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     async def main():
         ctx = ssl.create_default_context(cafile=ca_file)
-        async with connect(url, ssl=ctx, compression=None, max_size=None) as ws:
+        async with connect(url, ssl=ctx, compression="deflate" if compression else None,
+                           max_size=None) as ws:
             total = len(await ws.recv(decode=False))
             t0 = time.perf_counter()
             c0 = time.process_time()
@@ -274,6 +295,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=MESSAGES)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--alloc", action="store_true")
+    parser.add_argument("--deflate", action="store_true",
+                        help="permessage-deflate on (loom and websockets only)")
     parser.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     messages = args.messages - args.messages % DISTINCT
@@ -298,15 +321,18 @@ def main() -> None:
         warm = max(DISTINCT, messages // 10 - messages // 10 % DISTINCT)
         run_loom(f"wss://127.0.0.1:{port}/stream?n={warm}", cert, warm)  # imports, TLS context
         contenders = [("loom", run_loom), ("websockets", run_websockets), ("picows", run_picows)]
+        if args.deflate:  # picows has no permessage-deflate
+            contenders = [("loom+deflate", partial(run_loom, compression=True)),
+                          ("websockets+deflate", partial(run_websockets, compression=True))]
         results = {}
         for name, fn in contenders:
             count, total, elapsed, cpu_s = fn(url, cert, messages)
             assert count == messages, f"{name} received {count} of {messages}"
             assert total == expect_bytes, f"{name} received {total} bytes, not {expect_bytes}"
             results[name] = (count / elapsed, cpu_s * 1e6 / count)
-        base_rate, base_cpu_us = results["websockets"]
+        base_rate, base_cpu_us = results["websockets+deflate" if args.deflate else "websockets"]
         for name, (rate, cpu_us) in results.items():
-            print(f"websocket_recv {messages} x ~300 B over TLS: {name:<10} {rate:>10,.0f} msg/s "
+            print(f"websocket_recv {messages} x ~300 B over TLS: {name:<18} {rate:>10,.0f} msg/s "
                   f"{rate / base_rate:6.2f}x websockets | {cpu_us:6.2f} us CPU/msg "
                   f"{base_cpu_us / cpu_us:5.2f}x websockets")
     finally:
