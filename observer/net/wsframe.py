@@ -101,8 +101,11 @@ class FrameReader:
     def __init__(self, *, message_bytes_max: int = MESSAGE_BYTES_MAX,
                  recv_bytes_max: int = RECV_BYTES_MAX, deflate: bool = False,
                  deflate_reset: bool = False, validate_utf8: bool = True) -> None:
-        assert recv_bytes_max >= 2 * _WINDOW_BYTES_MIN, "recv buffer must hold two TLS records"
-        assert message_bytes_max > 0
+        if recv_bytes_max < 2 * _WINDOW_BYTES_MIN:
+            raise ValueError(f"recv_bytes_max={recv_bytes_max} must hold two TLS records "
+                             f"({2 * _WINDOW_BYTES_MIN} bytes)")
+        if message_bytes_max <= 0:
+            raise ValueError(f"message_bytes_max={message_bytes_max} must be positive")
         self.message_bytes_max = message_bytes_max
         self.validate_utf8 = validate_utf8
         self._buf = bytearray(recv_bytes_max)
