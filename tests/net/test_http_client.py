@@ -273,3 +273,29 @@ def test_connect_timeout_when_the_listener_backlog_is_full(backend):
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+def test_sni_is_sent_for_names_not_for_ip_literals(certs):
+    from netpeers import HttpsServer, server_ssl_context
+
+    seen = []
+    ctx = server_ssl_context(certs)
+    ctx.sni_callback = lambda sslobj, name, context: seen.append(name)
+    server = HttpsServer(ctx)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        def main():
+            for host in ("localhost", "127.0.0.1"):
+                client = HttpClient(f"https://{host}:{server.port}", ca_file=str(certs["cert"]))
+                assert client.get("/json").status == 200
+                client.close()
+            return True
+
+        assert run(main)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(20)
+    assert seen == ["localhost", None]
