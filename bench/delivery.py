@@ -9,6 +9,7 @@ holds the record minus the writer's clock just before it published (CLOCK_REALTI
 Contenders (the writer paces messages `--interval-us` apart, so the reader is asleep when one
 arrives, which is the case blocking delivery is about):
   raw eventfd+epoll       timestamp word in shared memory, eventfd write, reader in epoll(ET)
+  raw shm spin            the same words, reader spinning on them (the busy-poll floor)
   observer blocking       ShardWriter.publish + flush -> UpdateFollower.wait + poll
   observer busy-poll      the same writer -> UpdateFollower.spin + poll (no syscalls)
   pyzmq ipc PUB/SUB       the record packed with struct, blocking recv
@@ -17,7 +18,14 @@ arrives, which is the case blocking delivery is about):
 Then publishes/s back to back (writer side, one reader draining), and the writer's publish
 cost (publish, flush) with 1, 10 and 100 reader processes attached and waiting on the eventfd.
 
+The raw contenders hold one value, so a reader that wakes late sees only the newest one: their
+"missing" column counts such coalesced messages, not losses. For the others it counts records
+never received. Observer rows also give "after-publish": reader clock minus the writer's clock
+when `publish` returned (before `flush`), i.e. delivery without the cost of the publish call.
+
 Writer pinned to CPU 0, readers to CPU 1 when the machine has two. Seeded; `make bench` runs it.
+The machine's load average is printed: on a shared 2-vCPU machine, numbers taken under load are
+not comparable with quiet ones (ratios within one run still are, roughly).
 """
 
 from __future__ import annotations
