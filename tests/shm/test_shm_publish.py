@@ -260,3 +260,20 @@ def test_restarted_shard_writer_resumes_sequences(make_segment):
             assert reader.snapshot(0).update_id == 4
     finally:
         shard.close()
+
+
+def test_wait_wakes_on_registered_socket_hangup(reader):
+    import select
+    import socket
+
+    ours, theirs = socket.socketpair()
+    try:
+        reader.register(ours.fileno())
+        assert reader.wait(0.01) == []
+        theirs.close()  # the observer died: its end of the control socket is gone
+        events = reader.wait(30.0)
+        assert [fd for fd, _ in events] == [ours.fileno()]
+        assert events[0][1] & (select.EPOLLHUP | select.EPOLLIN)
+    finally:
+        ours.close()
+        theirs.close()
