@@ -98,7 +98,7 @@ def test_level2_snapshot_updates_sequence_and_true_book(sim):
 
 
 def test_multi_megabyte_snapshot_in_one_frame():
-    with Obsim(["--exchanges", "coinbase", "--rate", "10"]) as sim:      # default depth: 12000/side
+    with Obsim(["--exchanges", "coinbase", "--start-paused"]) as sim:      # default depth: 12000/side
         async def scenario():
             async with await open_ws(sim, sim.ws_url("coinbase")) as ws:
                 await subscribe(ws, "level2", ["BTC-USD"])
