@@ -47,6 +47,8 @@ class ObserverProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "ObserverProcess":
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"observer {self.name} is already running (pid {self.proc.pid})")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env,
                                          stdin=subprocess.DEVNULL)

@@ -61,11 +61,11 @@ def test_second_observer_on_a_live_socket_refuses():
 
 
 def test_stale_socket_file_is_replaced():
-    with ObserverProcess() as obs:
-        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        stale.bind(obs.socket_path)                   # bound, never listening: a dead server's
-        stale.close()
-        obs.start()
+    obs = ObserverProcess()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(obs.socket_path)                       # bound, never listening: a dead server's
+    stale.close()
+    with obs:
         obs.wait_ready().close()
 
 
