@@ -267,7 +267,7 @@ class FrameReader:
         pstart = start + hlen
         self._start = pstart + length
         if b0 & 0xC0 == 0x80 and opcode != OP_CONT and not self._frag_opcode:
-            return self._single(opcode, self._view[pstart:pstart + length])  # the hot path
+            return self._single(opcode, self._view[pstart:pstart + length])  # in place
         return self._fragment(b0, opcode, self._view[pstart:pstart + length])
 
     def _check_rsv(self, b0: int, opcode: int) -> None:
