@@ -38,7 +38,7 @@ from proto import framing
 
 log = logging.getLogger("observer.server")
 
-CLIENTS_MAX = 64
+CLIENTS_MAX = 256             # each: 2 fibers, 1 fd, 64 KiB receive buffer, bounded queues
 RECV_BYTES_MAX = 64 * 1024
 SOCKET_MODE_DEFAULT = 0o660
 CLOSE_FLUSH_S = 1.0           # how long a closing client's last replies may take to send
