@@ -44,6 +44,7 @@ REATTACH_PERIOD_S = 0.2
 REATTACH_TIMEOUT_S = 0.5       # a background reattach attempt waits at most this for hello
 LIVENESS_CHECK_S = 0.25
 STALE_AFTER_S = 1.0            # heartbeat age past which the observer counts as gone
+HEARTBEATS_MISSED_MAX = 5      # ...and never fewer than this many of its heartbeat periods
 RECV_BYTES_MAX = 256 * 1024
 FDS_MAX = 253                  # Linux SCM_MAX_FD
 _EPOLL_EVENTS_MAX = 64
@@ -225,8 +226,10 @@ class Client:
         reason = self._service_socket(att)
         if reason is None and att.reader.closed:
             reason = "observer shut down"
-        if reason is None and att.reader.heartbeat_age_s() > self.stale_after_s:
-            reason = f"heartbeat older than {self.stale_after_s} s"
+        stale_after_s = max(self.stale_after_s,
+                            HEARTBEATS_MISSED_MAX * att.welcome.heartbeat_period_s)
+        if reason is None and att.reader.heartbeat_age_s() > stale_after_s:
+            reason = f"heartbeat older than {stale_after_s} s"
         if reason is not None:
             self._detach(reason)
 
