@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ from observer.sim.source import CycleSource, RandomWalk, ReplaySource, stable_se
 from observer.sim.wire import Conn, text_frame
 
 CONNECT_ATTEMPTS_TRACKED = 1000     # bounds the connection-limit window (all limits are below it)
+log = logging.getLogger("obsim")
+COUNTER_NAMES = (        # always reported, 0 until counted; venues may add more
+    "connections", "subscribes", "subscribes_refused", "snapshots_served", "messages_sent",
+    "faults_injected", "gaps_injected", "pings_sent", "pongs_received", "pings_answered",
+    "closes_rate_limit", "closes_ping_timeout", "closes_idle", "closes_slow_consumer",
+    "connects_refused", "bad_client_messages", "errors_sent", "handler_errors")
 EVENTS_PER_TICK_MAX = 2000          # a late tick never bursts more than this per symbol
 COMMON_FAULTS = ("gap", "disconnect", "stall", "fragment", "garbage", "oversized_snapshot",
                  "ping_deadline")
@@ -218,7 +225,13 @@ class Venue:
                     conn.closed = True
                     await ws.close(1008, "Too many requests")
                     break
-                self.on_message(conn, message, now_s)
+                try:
+                    self.on_message(conn, message, now_s)
+                except Exception:                  # a bug here must not look like bad input
+                    self.counters["handler_errors"] += 1
+                    log.exception("%s: handling %r failed", self.name, message[:200])
+                    await ws.close(1011, "internal error")
+                    break
                 conn.flush(now_s)
         except ConnectionClosed:
             pass
@@ -374,7 +387,8 @@ class Venue:
         return None
 
     def stats(self) -> dict:
-        out = dict(self.counters)
+        out = dict.fromkeys(COUNTER_NAMES, 0)
+        out.update(self.counters)
         out["connections_open"] = len(self.conns)
         out["paused"] = self.paused
         return out

@@ -134,3 +134,31 @@ def test_control_rejects_unknown_faults_and_symbols(sim):
     counters = sim.counters()
     assert set(counters) == set(VENUES)
     assert all(counters[v]["faults_injected"] >= 3 for v in VENUES)
+
+
+BAD_INPUTS = ["", "nope", "[]", "[1,2]", "null", "5", '{"op": 5, "args": "x"}', '{"method": "subscribe", "params": []}',
+              '{"method": "SUBSCRIBE", "params": [{"a": 1}], "id": {}}', '{"type": "subscribe", "channel": 7}',
+              '{"type": "subscribe", "channel": "level2", "product_ids": [1, null]}',
+              '{"method": "subscribe", "params": {"channel": "book", "symbol": "BTC/USD", "depth": "x"}}',
+              '{"op": "subscribe", "args": [1, null, {"channel": 2}]}', '{"op": "subscribe", "args": [{"channel": "books"}]}',
+              "\u00e9\u00e8" * 10, '{"deep": ' * 50 + "1" + "}" * 50]
+
+
+@pytest.mark.parametrize("venue", VENUES)
+def test_bad_client_input_never_breaks_the_venue(sim, venue):
+    before = sim.counters(venue)
+    client = RawWs(sim.ws_url(venue) + SUBSCRIBE[venue][0], sim.ca_file)
+    try:
+        for text in BAD_INPUTS[:4] if venue.startswith("binance") else BAD_INPUTS:
+            client.send_text(text)
+    finally:
+        client.close()
+    fresh = subscribed(sim, venue)                 # the venue still serves a new client normally
+    try:
+        frames_until(fresh, lambda f: f[1] == 0x1 and (b"depthUpdate" in f[2] or b"snapshot" in f[2]))
+    finally:
+        fresh.close()
+    after = sim.counters(venue)
+    assert after["connections"] == before["connections"] + 2
+    assert after["handler_errors"] == 0
+    assert after["bad_client_messages"] > before["bad_client_messages"]     # seen, counted, answered
