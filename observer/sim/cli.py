@@ -99,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     a("--okx-idle-s", type=float, default=30.0)
     a("--okx-keepalive-s", type=float, default=60.0, help="empty update after this long without changes")
     a("--okx-checksum", choices=("zero", "legacy"), default="zero")
+    a("--okx-subscribes-per-hour-max", type=int, default=480)
     a("--bybit-idle-s", type=float, default=600.0)
     a("--bybit-level1-repush-s", type=float, default=3.0)
     return p

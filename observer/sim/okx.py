@@ -7,7 +7,8 @@ the chain still holds. The checksum is the legacy signed CRC32 over the top 25 l
 (interleaved bid:ask, wire text) in `--okx-checksum legacy` mode, and always 0 in the default
 `zero` mode, as OKX has sent since 2026-06-23. Clients keep the connection with the text
 `ping` (answered `pong`); a connection with no subscription, or with nothing pushed to it, for
-`idle_s` (30 s) is closed. Levels are `[price, size, "0", orders]`, all strings. Subscribing
+`idle_s` (30 s) is closed; more than 480 subscribe requests in an hour on one connection are
+refused (60014). Levels are `[price, size, "0", orders]`, all strings. Subscribing
 again to a channel already held re-sends a snapshot (OKX's way to get a fresh one).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 
 import orjson
 
@@ -25,6 +27,7 @@ from observer.sim.wire import Conn
 
 BOOKS_DEPTH = 400
 SEQ_JUMP_MAX = 93
+SUBSCRIBES_TRACKED = 10_000          # bounds the per-connection subscribe window
 
 
 class Okx(Venue):
@@ -132,6 +135,9 @@ class Okx(Venue):
             return self.error(conn, req_id, "60012", f"Invalid request: unknown op {op}")
         if not isinstance(args, list) or not all(isinstance(a, dict) for a in args):
             return self.error(conn, req_id, "60012", "Invalid request: args must be a list of objects")
+        if op == "subscribe" and not self.admit_subscribe(conn, now_s):
+            self.counters["subscribes_refused"] += 1
+            return self.error(conn, req_id, "60014", "Requests too frequent.")
         for arg in args:
             market = self.markets.get(arg.get("instId"))
             if arg.get("channel") != "books" or market is None:
@@ -149,6 +155,16 @@ class Okx(Venue):
             else:
                 conn.state["subs"].discard(market.symbol)
                 market.state["subs"].discard(conn)
+
+    def admit_subscribe(self, conn: Conn, now_s: float) -> bool:
+        """OKX's 480 subscribe requests per hour per connection (flag: --okx-subscribes-per-hour-max)."""
+        times = conn.state.setdefault("subscribe_times", deque(maxlen=SUBSCRIBES_TRACKED))
+        while times and now_s - times[0] > 3600.0:
+            times.popleft()
+        if len(times) >= min(self.opts.okx_subscribes_per_hour_max, SUBSCRIBES_TRACKED):
+            return False
+        times.append(now_s)
+        return True
 
     def reply(self, conn: Conn, obj: dict, req_id) -> None:
         if req_id is not None:

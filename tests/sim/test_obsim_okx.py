@@ -187,3 +187,19 @@ def test_replay_of_the_recording_with_legacy_checksums():
                 await read(ws, client, lambda: client.updates >= 90)
             assert client.mismatches == 0 and client.gaps == 0
         run(scenario())
+
+
+def test_subscribe_requests_per_hour_are_limited():
+    with Obsim(["--exchanges", "okx", "--okx-subscribes-per-hour-max", "3"]) as sim:
+        async def scenario():
+            async with await open_ws(sim, sim.ws_url("okx")) as ws:
+                replies = []
+                for i in range(4):
+                    await subscribe(ws, "BTC-USDT", req_id=str(i))
+                    while True:
+                        msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        if msg.get("id") == str(i):
+                            replies.append(msg["event"])
+                            break
+                assert replies == ["subscribe", "subscribe", "subscribe", "error"]
+        run(scenario())
