@@ -93,21 +93,39 @@ def compare(sim, exchange, adapter):
             assert ours == theirs, (exchange, symbol, key)
 
 
-def snapshot_stats(field):
-    return lambda adapter, session: total(adapter, field) >= 1
+def grew(field):
+    """The fault was seen: a per-book counter grew past its value before the fault."""
+    return lambda adapter, session, before: total(adapter, field) > before[field]
 
 
-# The exchange's own faults: (faults injected together, what must then be seen).
+def session_grew(field):
+    return lambda adapter, session, before: getattr(session.stats, field) > before[field]
+
+
+def rate_limited(adapter, session, before):
+    return adapter.scheduler.rate_limited > before["rate_limited"]
+
+
+# The common faults, then each exchange's own: (faults injected together, what must be seen).
+COMMON = [(["gap"], grew("resyncs")), (["garbage"], session_grew("protocol_errors")),
+          (["disconnect"], session_grew("disconnects"))]
 SPECIAL = {
-    "kraken": [(["bad_checksum"], snapshot_stats("checksum_errors"))],
-    "okx": [(["reset"], snapshot_stats("resets"))],
-    "bybit": [(["reset"], snapshot_stats("resets"))],
-    "coinbase": [(["reset"], lambda adapter, session: total(adapter, "snapshots") >= 4)],
-    "binance": [(["rest_429", "gap"], lambda adapter, session: adapter.scheduler.rate_limited >= 1),
-                (["stale_snapshot", "gap"], snapshot_stats("snapshots_old")),
-                (["server_shutdown"], lambda adapter, session: session.stats.reconnects >= 2)],
-    "binance-futures": [(["server_shutdown"], lambda adapter, session: session.stats.reconnects >= 2)],
+    "kraken": [(["bad_checksum"], grew("checksum_errors"))],
+    "okx": [(["reset"], grew("resets"))],
+    "bybit": [(["reset"], grew("resets"))],
+    "coinbase": [(["reset"], grew("snapshots"))],
+    "binance": [(["rest_429", "gap"], rate_limited), (["stale_snapshot", "gap"], grew("snapshots_old")),
+                (["server_shutdown"], session_grew("reconnects"))],
+    "binance-futures": [(["server_shutdown"], session_grew("reconnects"))],
 }
+OPTIONS = {"binance": {"snapshot_interval_s": 0.2}, "binance-futures": {"snapshot_interval_s": 0.2}}
+
+
+def counters(adapter, session):
+    values = {name: total(adapter, name) for name in adapter.syncs[next(iter(adapter.syncs))].stats.__slots__}
+    values.update(session.stats.as_dict())
+    values["rate_limited"] = adapter.scheduler.rate_limited if hasattr(adapter, "scheduler") else 0
+    return values
 
 
 @pytest.mark.timeout(120)
@@ -115,7 +133,7 @@ SPECIAL = {
 def test_session_survives_faults_and_matches_the_true_book(sim, exchange):
     symbols = sim.info["exchanges"][exchange]["symbols"]
     adapter = make_adapter(exchange, symbols, ws_url=sim.ws_url(exchange), rest_url=sim.rest_url(exchange),
-                           depth=COMPARE_DEPTH.get(exchange, 50), paranoid=True)
+                           depth=COMPARE_DEPTH.get(exchange, 50), paranoid=True, **OPTIONS.get(exchange, {}))
     recorder = Recorder(adapter)
     session = Session(adapter, recorder, ca_file=sim.ca_file, backoff_initial_s=0.05, backoff_max_s=0.5,
                       seed=1)
@@ -125,13 +143,11 @@ def test_session_survives_faults_and_matches_the_true_book(sim, exchange):
         session.start(loop)
         try:
             wait(lambda: all_live(adapter), "all books live")
-            steps = [(["gap"], lambda adapter, session: total(adapter, "resyncs") >= 1),
-                     (["garbage"], lambda adapter, session: session.stats.protocol_errors >= 1),
-                     (["disconnect"], lambda adapter, session: session.stats.disconnects >= 1)]
-            for faults, seen in steps + SPECIAL[exchange]:
+            for faults, seen in COMMON + SPECIAL[exchange]:
+                before = counters(adapter, session)
                 for kind in faults:
                     sim.fault(exchange, kind)
-                wait(lambda: seen(adapter, session), f"{faults} noticed")
+                wait(lambda: seen(adapter, session, before), f"{faults} noticed")
                 wait(lambda: all_live(adapter), f"all books live again after {faults}")
             sim.pause(exchange)
             try:
