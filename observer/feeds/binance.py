@@ -163,7 +163,7 @@ class BinanceAdapter(Adapter):
         vouched = vouched_range_of(book, n_bids, n_asks, self.snapshot_limit)
         return vouched if any(vouched) else None
 
-    # Spot rules; futures override these three.
+    # Spot rules; futures override these four.
     def first_u_min(self, book):
         return book.update_id + 1  # drop u <= lastUpdateId
 
