@@ -17,6 +17,7 @@ stderr), 3 when another observer already holds the name or the socket.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -78,7 +79,6 @@ def build_config(args) -> cfg.ObserverConfig:
 
 
 def _override(feed: cfg.FeedConfig, values: dict) -> cfg.FeedConfig:
-    import dataclasses
     changes = {k: v for k, v in values.items() if v is not None}
     if changes.get("rate_hz", 1) <= 0:
         raise cfg.ConfigError("--rate must be positive")
@@ -91,8 +91,10 @@ def plan(config: cfg.ObserverConfig):
 
     descs, feeds, index_of = [], [], {}
     for feed_cfg in config.feeds:
+        # The walk needs two levels a side to move; the segment publishes config.depth of them.
+        depth = max(2, min(config.depth, feed_cfg.depth or config.depth))
         feed = SyntheticFeed(feed_cfg.symbols, rate_hz=feed_cfg.rate_hz, seed=feed_cfg.seed,
-                             depth=min(config.depth, feed_cfg.depth or config.depth))
+                             depth=depth)
         for symbol in feed.symbols:
             index_of[(feed.exchange, symbol)] = len(descs)
             descs.append(BookDesc(feed.exchange, symbol, symbol, 0))
