@@ -252,10 +252,11 @@ class UringBackend:
         state = op.state
         if kind == RECV:
             # A short stream read drained the socket: submit next time instead of trying.
-            state.in_hint = not state.stream or res >= (op.nbytes or len(op.buf))
+            state.in_hint = (not state.pushback
+                             and (not state.stream or res >= (op.nbytes or len(op.buf))))
             return res
         if kind == READ:
-            state.in_hint = True
+            state.in_hint = not state.pushback
             return res
         if kind == SEND or kind == WRITE:
             state.out_hint = True
@@ -304,6 +305,7 @@ class UringBackend:
             return
         if op.kind in (RECV, READ) and result > 0:
             op.state.pushback += bytes(memoryview(op.buf).cast("B")[:result])
+            op.state.in_hint = False             # the fast path must not read past it
         elif op.kind == ACCEPT:
             op.state.pushback_accept.append(result)
 

@@ -95,8 +95,10 @@ class Loop:
         self._stopping = False
         self._closed = False
         self._switches = 0
-        self._immediate = 0          # try-first completions (stats)
-        self._immediate_run = 0      # try-first completions since the fiber last yielded
+        self._immediate = 0          # try-first completions (stats, summed per turn)
+        self._budget = 0             # try-first completions left in this turn (fiber.resume)
+        self._last_obj = None        # one-entry cache of the last fd state used by a call
+        self._last_state: FdState | None = None
         self._spawned = 0
         self._fibers_max = fibers_max
         self._cancel_op = self._backend.cancel          # bound once: no allocation per wait
@@ -258,6 +260,7 @@ class Loop:
             self._drop_state(state, ClosedError(f"fd {fd}"))
 
     def _drop_state(self, state: FdState, error: OSError | None) -> None:
+        self._last_obj = self._last_state = None
         for op in (state.reader, state.writer):
             if op is not None:
                 self._backend.cancel(op)
