@@ -6,7 +6,7 @@ certificate in a private temporary directory, and prints exactly one JSON line o
   {"exchanges": {"binance": {"ws_url": ..., "rest_url": ..., "symbols": [...]}, ...},
    "ca_file": ..., "control_url": ..., "pid": ...}
 
-then serves until SIGTERM or SIGINT, when it closes every connection, removes its temporary
+then serves until SIGTERM or SIGINT (or, with `--exit-on-stdin-eof`, until its stdin closes), when it closes every connection, removes its temporary
 directory and exits 0. Logs go to stderr. Every exchange limit has a flag with the real value
 as default, so tests can scale time down (e.g. `--okx-idle-s 1`).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -76,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     a("--fault", action="append", default=[], metavar="EXCHANGE:KIND[:k=v,...]",
       help="inject at start (at_s=seconds after start, default 0), e.g. kraken:bad_checksum:at_s=1")
     a("--log-level", default="WARNING")
+    a("--exit-on-stdin-eof", action="store_true",
+      help="also stop when stdin closes (the harness uses this so obsim never outlives its test)")
     for prefix, inbound, ping_s, pong_s, weight in (("binance", 5, 20, 60, 6000),
                                                    ("binance-futures", 10, 180, 600, 2400)):
         a(f"--{prefix}-inbound-per-s", type=int, default=inbound)
@@ -159,6 +162,22 @@ def schedule_faults(sim: Sim, specs: list[str]) -> None:
         loop.call_later(at_s, venue.inject, kind, symbol, params)
 
 
+def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Stop when stdin reaches EOF: the parent that holds the other end has gone."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+    loop.add_reader(fd, readable)
+
+
 async def amain(opts, workdir: Path) -> None:
     venues = build_venues(opts)
     ca_path, cert_path, key_path = make_certificates(workdir)
@@ -169,6 +188,8 @@ async def amain(opts, workdir: Path) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if opts.exit_on_stdin_eof:
+        watch_stdin(loop, stop)
     sys.stdout.write(orjson.dumps(sim.endpoints()).decode() + "\n")
     sys.stdout.flush()
     await stop.wait()

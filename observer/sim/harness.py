@@ -58,8 +58,10 @@ class Obsim:
 
     def start(self) -> None:
         self._stderr = tempfile.TemporaryFile(prefix="obsim-stderr-")
-        self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", *self.args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr)
+        # stdin is a pipe only this process holds: if it dies without stopping obsim, the pipe
+        # closes and obsim exits on its own (--exit-on-stdin-eof), so nothing outlives a test.
+        self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", "--exit-on-stdin-eof", *self.args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         try:
             line = self._read_line(self.start_timeout_s)
             self.info = json.loads(line)
@@ -102,6 +104,7 @@ class Obsim:
                 self.proc.kill()
                 self.proc.wait()
             self.proc.stdout.close()
+            self.proc.stdin.close()
             self.proc = None
         ca_file = self.info.get("ca_file")
         if ca_file:

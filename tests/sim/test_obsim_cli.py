@@ -98,3 +98,22 @@ def test_fault_at_start_and_step_while_paused():
             sim.call("GET", "/book", exchange="binance", symbol="BTCUSDT", depth="x")
         status, body = sim.request(sim.rest_url("kraken"), "GET", "/api/v3/depth")
         assert status == 404 and "error" in json.loads(body)
+
+
+def test_obsim_exits_when_the_process_that_started_it_dies():
+    # A parent that starts obsim through the harness and is then killed without cleaning up.
+    script = ("import sys, time; from observer.sim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
+              "s.start(); print(s.proc.pid, s.ca_file, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        pid_text, ca_file = parent.stdout.readline().decode().split()
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    pid = int(pid_text)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "obsim outlived its parent"
+        time.sleep(0.05)
+    assert not Path(ca_file).parent.exists()            # and it cleaned up on the way out
