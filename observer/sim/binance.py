@@ -11,7 +11,8 @@ closes the connection (5 spot, 10 futures); the server pings every `ping_interva
 180 s futures) and drops a connection that has not answered within `pong_timeout_s` (60 s, 600 s);
 a connection is closed at `lifetime_s` (24 h); REST weight is counted per minute (6000 spot,
 2400 futures) with 429 + Retry-After past it, and 418 (banned for `ban_s`) for a client that
-keeps asking during a Retry-After. Each limit has a command-line flag so tests can scale time.
+keeps asking during a Retry-After; a `rest_stall` fault holds the next reply for `duration_s`
+(the connection open, nothing sent), so a client's other symbols must not wait on it. Each limit has a command-line flag so tests can scale time.
 
 Frames are rendered once per event (bare payload, then one combined wrapper per stream name)
 and the same bytes go to every subscriber: this is the venue the ingest benchmark drives hard.
@@ -41,7 +42,7 @@ class BinanceSpot(Venue):
     name = "binance"
     ws_path = ""                                  # the base; clients append /ws/... or /stream
     connect_window_s = 300.0
-    faults = COMMON_FAULTS + ("rest_429", "rest_418", "stale_snapshot", "server_shutdown")
+    faults = COMMON_FAULTS + ("rest_429", "rest_418", "rest_stall", "stale_snapshot", "server_shutdown")
     rest_path = "/api/v3/depth"
     futures = False
     lazy_book_ok = True
@@ -243,7 +244,7 @@ class BinanceSpot(Venue):
             timeout_s = float(params.get("timeout_s", 1.0))
             for conn in list(self.conns):
                 asyncio.ensure_future(self.ping_once(conn, timeout_s))
-        elif kind in ("rest_429", "rest_418", "stale_snapshot"):
+        elif kind in ("rest_429", "rest_418", "rest_stall", "stale_snapshot"):
             self.armed[kind] += count
             self.fault_params[kind] = params
         elif kind == "server_shutdown":
@@ -280,6 +281,18 @@ class BinanceSpot(Venue):
         used = self.charge_weight(now_s, self.weight_of(limit))
         if used > self.rest_weight_max:
             return self.too_many(now_s, "Too much request weight used")
+        if self.armed["rest_stall"]:
+            self.armed["rest_stall"] -= 1
+            delay_s = float(self.fault_params["rest_stall"].get("duration_s", 2.0))
+            return self.snapshot_later(market, limit, used, delay_s)
+        return self.snapshot_response(market, limit, used)
+
+    async def snapshot_later(self, market: Market, limit: int, used: int, delay_s: float):
+        """A stalled REST reply: nothing for delay_s, then the book as it is by then."""
+        await asyncio.sleep(delay_s)
+        return self.snapshot_response(market, limit, used)
+
+    def snapshot_response(self, market: Market, limit: int, used: int):
         self.counters["snapshots_served"] += 1
         body = self.snapshot_body(market, limit)
         size_bytes = self.take_oversized()

@@ -40,7 +40,8 @@ COUNTER_NAMES = (        # always reported, 0 until counted; venues may add more
     "connections", "subscribes", "subscribes_refused", "snapshots_served", "messages_sent",
     "faults_injected", "gaps_injected", "pings_sent", "pongs_received", "pings_answered",
     "closes_rate_limit", "closes_ping_timeout", "closes_idle", "closes_slow_consumer",
-    "connects_refused", "bad_client_messages", "errors_sent", "handler_errors")
+    "connects_refused", "bad_client_messages", "errors_sent", "handler_errors",
+    "rest_requests", "rest_429", "rest_418")
 EVENTS_PER_TICK_MAX = 2000          # a late tick never bursts more than this per symbol
 COMMON_FAULTS = ("gap", "disconnect", "stall", "fragment", "garbage", "oversized_snapshot",
                  "ping_deadline")

@@ -427,3 +427,18 @@ def test_connection_attempt_limit_and_streams_per_connection():
                 assert int(refused.value.response.headers["Retry-After"]) > 0
             assert (await to_thread(sim.counters, "binance"))["connects_refused"] == 1
         run(scenario())
+
+
+def test_rest_stall_holds_one_reply_while_others_are_served(sim):
+    async def scenario():
+        base = sim.rest_url("binance")
+        before = (await to_thread(sim.counters, "binance"))["rest_requests"]
+        await to_thread(sim.fault, "binance", "rest_stall", duration_s=5)
+        stalled = asyncio.ensure_future(to_thread(sim.request, base, "GET", "/api/v3/depth", {"symbol": "BTCUSDT"}))
+        while (await to_thread(sim.counters, "binance"))["rest_requests"] == before:
+            await asyncio.sleep(0.02)                       # the stalled request has arrived
+        status, _ = await to_thread(sim.request, base, "GET", "/api/v3/depth", {"symbol": "ETHUSDT"})
+        assert status == 200 and not stalled.done()         # answered while the first still waits
+        status, body = await stalled
+        assert status == 200 and json.loads(body)["lastUpdateId"] > 0
+    run(scenario())
