@@ -6,7 +6,7 @@ then a close frame, so the server is not the limit. Each contender connects (wss
 compression, the same self-signed certificate), counts messages until the close, and checks the
 byte total. Printed: messages/s per contender and its ratio to the `websockets` client.
 
-  loom       observer.net.websocket on loom (UTF-8 validated, zero-copy views)
+  loom/<be>   observer.net.websocket on loom, per backend (UTF-8 validated, zero-copy views)
   websockets websockets asyncio client, default asyncio loop (decodes every message to str)
   picows     picows asyncio client, default asyncio loop (hands out views; no UTF-8 check)
 
@@ -129,7 +129,8 @@ def serve_one(conn, blobs: dict[bool, bytes]) -> None:
 # -- the contenders -----------------------------------------------------------------------------
 
 def run_loom(url: str, ca_file: str, expect: int, profile: bool = False,
-             alloc: bool = False, compression: bool = False) -> tuple[int, int, float]:
+             alloc: bool = False, compression: bool = False,
+             backend: str | None = None) -> tuple[int, int, float]:
     from observer import loom
     from observer.net import websocket
     from observer.net.errors import ConnectionClosed
@@ -161,7 +162,7 @@ def run_loom(url: str, ca_file: str, expect: int, profile: bool = False,
 
     # Profiling and tracemalloc slow the fiber past the watchdog's bound; its stack reports
     # would then be the only allocations measured, so it is off for those two modes.
-    loop = loom.Loop(watchdog_s=None) if (profile or alloc) else loom.Loop()
+    loop = loom.Loop(backend, watchdog_s=None) if (profile or alloc) else loom.Loop(backend)
     try:
         if profile:
             import cProfile
@@ -320,7 +321,10 @@ def main() -> None:
             return
         warm = max(DISTINCT, messages // 10 - messages // 10 % DISTINCT)
         run_loom(f"wss://127.0.0.1:{port}/stream?n={warm}", cert, warm)  # imports, TLS context
-        contenders = [("loom", run_loom), ("websockets", run_websockets), ("picows", run_picows)]
+        from observer import loom
+        contenders = [(f"loom/{name}", partial(run_loom, backend=name))
+                      for name in loom.available_backends()]
+        contenders += [("websockets", run_websockets), ("picows", run_picows)]
         if args.deflate:  # picows has no permessage-deflate
             contenders = [("loom+deflate", partial(run_loom, compression=True)),
                           ("websockets+deflate", partial(run_websockets, compression=True))]
