@@ -199,17 +199,22 @@ def test_microsecond_time_unit(sim):
     run(scenario())
 
 
-def test_inbound_message_limit_closes_the_connection(sim):
+@pytest.mark.parametrize("exchange,limit", [("binance", 5), ("binance-futures", 10)])
+def test_inbound_message_limit_closes_the_connection(sim, exchange, limit):
     async def scenario():
-        before = sim.counters("binance")["closes_rate_limit"] if "closes_rate_limit" in sim.counters("binance") else 0
-        async with await open_ws(sim, f"{sim.ws_url('binance')}/ws") as ws:
-            for i in range(7):
+        before = (await to_thread(sim.counters, exchange))["closes_rate_limit"]
+        async with await open_ws(sim, f"{sim.ws_url(exchange)}/ws") as ws:
+            for i in range(limit):                      # at the limit: still fine
+                await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
+            for _ in range(limit):
+                assert "result" in await recv_json(ws)
+            for i in range(limit + 2):                  # past it within a second: closed
                 await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}))
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await recv_json(ws)
             assert closed.value.rcvd.code == 1008
-        assert sim.counters("binance")["closes_rate_limit"] == before + 1
+        assert (await to_thread(sim.counters, exchange))["closes_rate_limit"] == before + 1
     run(scenario())
 
 
