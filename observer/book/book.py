@@ -257,6 +257,16 @@ class Book:
         sign = -1 if side == ASK else 1
         return [(sign * keys[-1 - i], sizes[-1 - i]) for i in range(count)]
 
+    def top(self, side, n):
+        """(prices, sizes): two lists of the best n levels, best first (for checksums)."""
+        keys = self._keys[side][-n:]
+        keys.reverse()
+        sizes = self._sizes[side][-n:]
+        sizes.reverse()
+        if side == ASK:
+            keys = list(map(neg, keys))
+        return keys, sizes
+
     def export_top(self, bid_px, bid_sz, ask_px, ask_sz):
         """Fill four int64 views best first; return (n_bids, n_asks).
 

@@ -25,6 +25,7 @@ heartbeats flow).
 
 import re
 import zlib
+from itertools import chain
 
 import orjson
 
@@ -58,14 +59,10 @@ def loads_exact(data):
 
 def checksum(book):
     """Kraken's CRC32 over the top 10 asks then bids, from the stored integers."""
-    parts = []
-    for price, size in book.levels(ASK, CHECKSUM_LEVELS):
-        parts.append(str(price))
-        parts.append(str(size))
-    for price, size in book.levels(BID, CHECKSUM_LEVELS):
-        parts.append(str(price))
-        parts.append(str(size))
-    return zlib.crc32("".join(parts).encode())
+    ask_px, ask_sz = book.top(ASK, CHECKSUM_LEVELS)
+    bid_px, bid_sz = book.top(BID, CHECKSUM_LEVELS)
+    text = "".join(map(str, chain(*zip(ask_px, ask_sz), *zip(bid_px, bid_sz))))
+    return zlib.crc32(text.encode())
 
 
 def level_pairs(levels):
