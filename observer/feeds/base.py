@@ -56,6 +56,9 @@ class Adapter:
     ping_idle_s = 20.0
     silence_max_s = 60.0  # 0: the exchange may stay silent (its pings are below us, in net)
     sync_timeout_s = 20.0  # a book not live this long after (re)subscribing is asked for again
+    # New connections per second, about half what the exchange tolerates per IP (Binance: 300
+    # attempts per 5 minutes); spaces the first attempts, backoff spaces the rest.
+    connects_per_s = 0.5
     message_levels_max = 200_000  # levels in one message (Coinbase BTC-USD snapshot fits)
 
     def __init__(self, symbols, *, ws_url=None, rest_url=None, depth=0, levels_max=100_000,

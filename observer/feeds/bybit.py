@@ -36,6 +36,7 @@ class BybitAdapter(Adapter):
     send_burst = 10
     ping_idle_s = 20.0
     silence_max_s = 45.0
+    connects_per_s = 0.8  # Bybit: 500 connections per 5 minutes per IP
 
     def __init__(self, symbols, *, category="spot", depth=50, ws_url=None, **options):
         if category not in DEPTHS:

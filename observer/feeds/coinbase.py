@@ -33,6 +33,7 @@ class CoinbaseAdapter(Adapter):
     send_rate_per_s = 6.0  # Coinbase allows 8 per second per IP, across every connection
     send_burst = 6
     send_limit_per_ip = True
+    connects_per_s = 4.0  # Coinbase: 8 connections per second per IP
     silence_max_s = 10.0  # heartbeats arrive every second
 
     def __init__(self, symbols, **options):

@@ -80,6 +80,7 @@ class KrakenAdapter(Adapter):
     send_burst = 10
     ping_idle_s = 20.0
     silence_max_s = 10.0
+    connects_per_s = 2.0  # Cloudflare throttles attempts per IP (no public number)
 
     def __init__(self, symbols, *, depth=10, **options):
         if depth not in DEPTHS:

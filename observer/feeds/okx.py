@@ -77,6 +77,7 @@ class OkxAdapter(Adapter):
     symbols_per_conn_max = 25
     send_rate_per_s = 5.0
     send_burst = 5
+    connects_per_s = 1.5  # OKX: 3 connection attempts per second per IP
     ping_text = "ping"
     ping_idle_s = 20.0
     silence_max_s = 40.0

@@ -3,7 +3,8 @@
 The adapter decides everything about the protocol; this module only performs its actions and
 feeds it what happened. Per feed it runs:
 
-- one fiber per connection the adapter asks for (`adapter.connections()`): connect the
+- one fiber per connection the adapter asks for (`adapter.connections()`, the first attempts
+  spaced by the exchange's `connects_per_s`, a per-IP limit everywhere): connect the
   WebSocket, `on_open`, then `recv()` -> `on_message` until the connection fails or the adapter
   asks for a reconnect; `on_close`; then wait an exponential backoff with jitter and go again,
   forever. Every attempt is counted (session stats, and `reconnects` on each book it carries).
@@ -92,8 +93,10 @@ class Session:
 
     def start(self, loop):
         self.loop = loop
-        for spec in self.adapter.connections():
-            fiber = loop.spawn(self.run_connection, spec, name=f"{self.adapter.exchange}-conn{spec.conn_id}")
+        for index, spec in enumerate(self.adapter.connections()):
+            start_delay_s = index / self.adapter.connects_per_s
+            fiber = loop.spawn(self.run_connection, spec, start_delay_s,
+                               name=f"{self.adapter.exchange}-conn{spec.conn_id}")
             self.conn_fibers[spec.conn_id] = fiber
             self.fibers.append(fiber)
         self.fibers.append(loop.spawn(self.run_ticker, name=f"{self.adapter.exchange}-tick"))
@@ -111,12 +114,14 @@ class Session:
 
     # --------------------------------------------------------------------- connections
 
-    def run_connection(self, spec):
+    def run_connection(self, spec, start_delay_s=0.0):
         failures = 0
         first = True
         while not self.stopping:
             started_s = time.monotonic()
             try:
+                if first and start_delay_s:
+                    loom.sleep(start_delay_s)  # the first connections are spaced per IP
                 if not first:
                     loom.sleep(self.backoff_s(failures))
                 first = False
