@@ -9,8 +9,8 @@ re-pushed with the same `u` after `level1_repush_s` (3 s) without change.
 
 Spot and linear differ where clients trip: the key order of a push (spot has `ts` before
 `type`, linear after), the subscribe ack (`ret_msg` "subscribe" vs ""), and spot's limit of 10
-args per subscribe. A duplicate subscribe is refused ("already subscribed"); a resync is
-unsubscribe then subscribe. `{"op":"ping"}` is answered unless a ping-deadline fault mutes it;
+args per subscribe; both cap a connection's topics at 21,000 characters. A duplicate
+subscribe is refused ("already subscribed"); a resync is unsubscribe then subscribe. `{"op":"ping"}` is answered unless a ping-deadline fault mutes it;
 a connection with neither client messages nor data for `idle_s` (10 min) is closed.
 """
 
@@ -26,6 +26,7 @@ from observer.sim.wire import Conn
 
 DEPTHS = (1, 50, 200, 1000)
 SPOT_ARGS_MAX = 10
+ARGS_CHARS_MAX = 21_000               # total topic characters per connection (public streams)
 
 
 class BybitSpot(Venue):
@@ -145,6 +146,9 @@ class BybitSpot(Venue):
             return self.reply(conn, str(op), req_id, False, f"error:unknown op or bad args: {op}")
         if self.category == "spot" and len(args) > SPOT_ARGS_MAX:
             return self.reply(conn, op, req_id, False, f"error:args size >{SPOT_ARGS_MAX}")
+        held_chars = sum(len(name) for name in conn.state["topics"])
+        if op == "subscribe" and held_chars + sum(len(str(a)) for a in args) > ARGS_CHARS_MAX:
+            return self.reply(conn, op, req_id, False, f"error:args length over {ARGS_CHARS_MAX} characters")
         for name in args:
             if not self.one_topic(conn, op, name, req_id):
                 return

@@ -180,3 +180,17 @@ def test_replay_of_the_old_orderbook_recording():
                 "--rate", "200", "--depth", "25", "--start-paused"]) as sim:
         client = run(follow_and_compare(sim, "bybit", "BTCUSD", 50, resume=True))
         assert client.deltas >= 200
+
+
+def test_topic_characters_per_connection_are_capped(sim):
+    async def scenario():
+        async with await open_ws(sim, sim.ws_url("bybit-linear")) as ws:
+            await op(ws, "subscribe", ["orderbook.50.BTCUSDT"])
+            while (msg := await recv_json(ws)).get("op") != "subscribe":
+                pass
+            assert msg["success"] is True
+            await op(ws, "subscribe", ["orderbook.1." + "X" * 21_000], req_id="big")
+            while (msg := await recv_json(ws)).get("req_id") != "big":
+                pass
+            assert msg["success"] is False and "21000" in msg["ret_msg"]
+    run(scenario())
