@@ -31,9 +31,11 @@ _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 _STAT_WORD = {name: i for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
 _WORD_BYTES = 8
 _STAT_LAST_UPDATE = _STAT_WORD["last_update_ns"]
-_STAT_LAST_RECV = _STAT_WORD["last_recv_ns"]
-_STAT_LAST_EXCH = _STAT_WORD["last_exch_ts_ns"]
+# last_update_ns, last_recv_ns, last_exch_ts_ns are adjacent: one pack per publish
+assert _STAT_WORD["last_recv_ns"] == _STAT_LAST_UPDATE + 1
+assert _STAT_WORD["last_exch_ts_ns"] == _STAT_LAST_UPDATE + 2
 assert _STAT_WORD["updates"] == 0
+_STATS_LAST = struct.Struct("<qqq")
 # flags by (stale + 2 * lagging)
 _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
                | (layout.FLAG_LAGGING if k & 2 else 0) for k in range(4))
@@ -58,6 +60,7 @@ class ShardWriter:
         self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
                              for i in range(g.books_n)]
         self._dirty = False
+        self._plan = [self._plan_book(i) if mine else None for i, mine in enumerate(self._owned)]
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
         self._flushes_index = shard_word0 + layout.SHARD.fields["flushes"][1] // 8
@@ -91,11 +94,19 @@ class ShardWriter:
         self._ask0_word = layout.copy_dtype(g.depth_max).fields["ask_px"][1] // _WORD_BYTES
         self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
 
+    def _plan_book(self, i: int) -> tuple:
+        """Everything publish needs about book i, in one tuple (one lookup per publish)."""
+        head_words = [offset // _WORD_BYTES for offset in self._head_offset[i]]
+        return (self._seq_index[i], self._views[i], self._head_offset[i],
+                tuple(w + self._bid0_word for w in head_words),
+                tuple(w + self._ask0_word for w in head_words), self._stats_word0[i])
+
     def _locate_ring(self, g) -> None:
         shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
         self._head_index = shard_offset // _WORD_BYTES
         self._head = self._words[self._head_index]  # resume after restart
         self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
+        self._ring_word0 = self._ring_offset // _WORD_BYTES
         self._ring_mask = g.ring_records - 1
 
     # -- publishing ----------------------------------------------------------------------------
@@ -106,23 +117,38 @@ class ShardWriter:
 
         Returns the slot's new sequence number. The caller flushes once per batch.
         """
-        if not self._owned[book_index]:
+        plan = self._plan[book_index]
+        if plan is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
         publish_ts_ns = time.time_ns()
-        flags = _FLAGS[stale + 2 * lagging]
+        seq_index, views, head_offsets, bid_words, ask_words, stats_word0 = plan
         seq_next = self._seq[book_index] + 1
-        bid_px, bid_sz, ask_px, ask_sz = self._views[book_index][seq_next & 1]  # the idle copy
+        copy = seq_next & 1  # the idle copy: no reader of the current sequence uses it
+        bid_px, bid_sz, ask_px, ask_sz = views[copy]
         n_bids, n_asks = book.export_top(bid_px, bid_sz, ask_px, ask_sz)
         assert 0 <= n_bids <= self.depth_max
         assert 0 <= n_asks <= self.depth_max
-        self._commit(book_index, seq_next, layout.KIND_UPDATE,
-                     (seq_next, n_bids, n_asks, book.price_exp, book.size_exp, flags,
-                      book.update_id, book.exch_ts_ns, recv_ts_ns, publish_ts_ns))
-        s, word0 = self._swords, self._stats_word0[book_index]
-        s[word0] += 1  # updates
-        s[word0 + _STAT_LAST_UPDATE] = publish_ts_ns
-        s[word0 + _STAT_LAST_RECV] = recv_ts_ns
-        s[word0 + _STAT_LAST_EXCH] = book.exch_ts_ns
+        flags = _FLAGS[stale + 2 * lagging]
+        price_exp, size_exp = book.price_exp, book.size_exp
+        update_id, exch_ts_ns = book.update_id, book.exch_ts_ns
+        s, depth, bid, ask = self._swords, self.depth_max, bid_words[copy], ask_words[copy]
+        pos = self._head
+        latch.publish_commit(
+            self._words, self._map, seq_index, seq_next, _COPY_HEAD, head_offsets[copy],
+            (seq_next, n_bids, n_asks, price_exp, size_exp, flags, update_id, exch_ts_ns,
+             recv_ts_ns, publish_ts_ns),
+            self._ring_word0 + (pos & self._ring_mask) * latch.RECORD_WORDS, _RECORD_BODY,
+            (book_index, layout.KIND_UPDATE, flags, price_exp, size_exp, seq_next, update_id,
+             exch_ts_ns, recv_ts_ns, publish_ts_ns, s[bid] if n_bids else 0,
+             s[bid + depth] if n_bids else 0, s[ask] if n_asks else 0,
+             s[ask + depth] if n_asks else 0),
+            self._head_index, pos)
+        self._seq[book_index] = seq_next
+        self._head = pos + 1
+        self._dirty = True
+        s[stats_word0] += 1  # updates
+        _STATS_LAST.pack_into(self._map, (stats_word0 + _STAT_LAST_UPDATE) * _WORD_BYTES,
+                              publish_ts_ns, recv_ts_ns, exch_ts_ns)
         return seq_next
 
     def mark_stale(self, book_index: int) -> int:
@@ -188,6 +214,7 @@ class ShardWriter:
     def release(self) -> None:
         """Drop every view of the mapping so the segment can be unmapped."""
         self._views = []
+        self._plan = []
         self._copy_bytes = []
         self._words.release()
         self._swords.release()
