@@ -101,12 +101,24 @@ class Session:
             self.fibers.append(fiber)
         self.fibers.append(loop.spawn(self.run_ticker, name=f"{self.adapter.exchange}-tick"))
 
-    def stop(self):
-        """Cancel every fiber of the session; sockets close as their fibers unwind."""
+    def stop(self, wait_s=2.0):
+        """Cancel every fiber of the session; called from a fiber, wait (at most wait_s each)
+        until they have unwound, so their sockets are closed when this returns."""
         self.stopping = True
-        for fiber in self.fibers:
-            if not fiber.done:
-                fiber.cancel()
+        fibers = [fiber for fiber in self.fibers if not fiber.done]
+        for fiber in fibers:
+            fiber.cancel()
+        try:
+            me = loom.current_fiber()
+        except loom.LoomError:
+            me = None  # called from outside the loop: loop.close() finishes them
+        if me is not None and wait_s:
+            for fiber in fibers:
+                if fiber is not me:
+                    try:
+                        fiber.join(timeout=wait_s)
+                    except (loom.Cancelled, TimeoutError):
+                        pass
         for clients in self.http_idle.values():
             for client in clients:
                 client.close()

@@ -197,3 +197,23 @@ def test_a_stalled_feed_does_not_hold_up_another_on_the_same_loop(sim):
 
     loop.run(main)
     loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_stop_closes_every_socket(sim):
+    adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
+    session = Session(adapter, Recorder(adapter), ca_file=sim.ca_file, seed=3)
+    loop = loom.Loop()
+    sockets = []
+
+    def main():
+        session.start(loop)
+        wait(lambda: all_live(adapter), "okx live")
+        sockets.extend(session.sockets.values())
+        session.stop()
+
+    loop.run(main)
+    assert sockets and all(ws.closed for ws in sockets)
+    assert session.sockets == {}
+    assert all(fiber.done for fiber in session.fibers)
+    loop.close()
