@@ -146,8 +146,8 @@ class OkxAdapter(Adapter):
         event = msg["event"]
         if event == "subscribe":
             self.sync_for_native(msg["arg"]["instId"]).on(Kind.ACK)
-        elif event in ("unsubscribe", "notice"):
-            return
+        elif event in ("unsubscribe", "notice", "channel-conn-count"):
+            return  # notice: maintenance ahead (the reset it brings is handled); conn-count: info
         elif event == "error":
             raise FeedProtocolError(f"okx: error {msg.get('code')}: {msg.get('msg')}"[:300])
         else:

@@ -122,3 +122,10 @@ def test_past_the_op_budget_a_resync_reconnects(okx):
     (send,) = okx.on_open(0, 4)
     assert orjson.loads(send.text)["op"] == "subscribe"
     assert okx.ops_on_conn[0] == 1
+
+
+def test_informational_events_are_accepted(okx):
+    for text in (b'{"event":"channel-conn-count","channel":"books","connCount":"2","connId":"a"}',
+                 b'{"event":"notice","code":"64008","msg":"upgrade in 30 s","connId":"a"}',
+                 b'{"event":"unsubscribe","arg":{"channel":"books","instId":"BTC-USDT"},"connId":"a"}'):
+        assert okx.on_message(0, text, 3) == []
