@@ -340,8 +340,14 @@ def side_truncate(keys, sizes, depth):
 def side_export(keys, sizes, negate, px_out, sz_out):
     """Copy the best levels into two int64 views, best first; return the count."""
     n = min(len(keys), len(px_out))
-    if n:
-        # Reverse views of the outputs take the tails in list order: no reversed copy.
+    if n == len(px_out):
+        # The common case (the book is deeper than the slot): whole-array operations, no
+        # sub-views to create, which is most of the cost at this size.
+        px_out[:] = keys[: -n - 1 : -1]
+        sz_out[:] = sizes[: -n - 1 : -1]
+        if negate:
+            np.negative(px_out, out=px_out)
+    elif n:
         px_out[n - 1 :: -1] = keys[-n:]
         sz_out[n - 1 :: -1] = sizes[-n:]
         if negate:

@@ -156,3 +156,13 @@ def test_snapshot_with_duplicates_zeros_and_mixed_decimals():
     assert (book.price_exp, book.size_exp) == (-2, -3)
     assert book.levels(BID) == [(10000, 2000), (9825, 3500)]
     assert book.levels(ASK) == [(10100, 500)]
+
+
+@pytest.mark.parametrize("slot_depth", [1, 2, 3, 5])
+def test_export_top_full_and_partial_slots(slot_depth):
+    book = Book("t:X", paranoid=True)
+    book.apply(BookUpdate(True, [["99", "1"], ["98", "2"], ["97", "3"]], [["100", "4"], ["101", "5"], ["102", "6"]]))
+    arrays = np.full((4, slot_depth), -7, dtype="<i8")
+    n = min(3, slot_depth)
+    assert book.export_top(*arrays) == (n, n)
+    assert arrays[:, :n].tolist() == [[99, 98, 97][:n], [1, 2, 3][:n], [100, 101, 102][:n], [4, 5, 6][:n]]
