@@ -174,6 +174,7 @@ class ReplaySource:
     def seed_book(self, book: TrueBook) -> None:
         for side, price_int, size_int in self.initial:
             book.set(side, price_int, size_int)
+        uncross(book, [])
         trim_depth(book, self.depth_max, [])
 
     def step(self, book: TrueBook) -> list[Change] | None:

@@ -195,8 +195,10 @@ class Venue:
 
     def flush(self, now_s: float) -> None:
         for conn in list(self.conns):
+            if conn.closed:
+                continue
             if not conn.flush(now_s) and conn.close_reason.startswith("slow"):
-                self.counters["closes_slow_consumer"] += 1
+                self.counters["closes_slow_consumer"] += 1      # counted once: closed from now on
 
     def housekeep(self, now_s: float) -> None:
         """Keepalives and deadlines; subclasses extend."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -162,3 +163,18 @@ def test_bad_client_input_never_breaks_the_venue(sim, venue):
     assert after["connections"] == before["connections"] + 2
     assert after["handler_errors"] == 0
     assert after["bad_client_messages"] > before["bad_client_messages"]     # seen, counted, answered
+
+
+def test_a_client_that_stops_reading_is_cut_off_as_a_slow_consumer():
+    with Obsim(["--exchanges", "binance", "--rate", "4000", "--changes-per-event", "40", "--depth", "200",
+                "--send-bytes-max", "300000"]) as sim:
+        client = RawWs(sim.ws_url("binance") + "/ws/btcusdt@depth", sim.ca_file)
+        try:
+            client.read_frame()                                # subscribed; now never read again
+            deadline_s = time.monotonic() + 30
+            while (counters := sim.counters("binance"))["connections_open"] or not counters["closes_slow_consumer"]:
+                assert time.monotonic() < deadline_s, "slow consumer never cut off"
+                time.sleep(0.05)
+        finally:
+            client.close()
+        assert counters["closes_slow_consumer"] == 1                # counted once
