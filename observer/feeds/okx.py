@@ -56,17 +56,18 @@ def render(mantissa, exp):
 
 def checksum(book):
     """OKX's legacy checksum of the stored book: signed CRC32 of bid:ask interleaved text."""
-    bids = book.levels(BID, CHECKSUM_LEVELS)
-    asks = book.levels(ASK, CHECKSUM_LEVELS)
+    bid_px, bid_sz = book.top(BID, CHECKSUM_LEVELS)
+    ask_px, ask_sz = book.top(ASK, CHECKSUM_LEVELS)
     price_exp = book.price_exp
     size_exp = book.size_exp
     parts = []
-    for rank in range(max(len(bids), len(asks))):
-        for levels in (bids, asks):
-            if rank < len(levels):
-                price, size = levels[rank]
-                parts.append(render(price, price_exp))
-                parts.append(render(size, size_exp))
+    for rank in range(max(len(bid_px), len(ask_px))):
+        if rank < len(bid_px):
+            parts.append(render(bid_px[rank], price_exp))
+            parts.append(render(bid_sz[rank], size_exp))
+        if rank < len(ask_px):
+            parts.append(render(ask_px[rank], price_exp))
+            parts.append(render(ask_sz[rank], size_exp))
     crc = zlib.crc32(":".join(parts).encode())
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
