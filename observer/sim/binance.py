@@ -14,6 +14,9 @@ a connection is closed at `lifetime_s` (24 h); REST weight is counted per minute
 keeps asking during a Retry-After; a `rest_stall` fault holds the next reply for `duration_s`
 (the connection open, nothing sent), so a client's other symbols must not wait on it. Each limit has a command-line flag so tests can scale time.
 
+`/api/v3/exchangeInfo` (`/fapi/v1/exchangeInfo`) lists the served symbols with their tick and
+lot sizes, which clients such as cryptofeed load before anything else.
+
 Frames are rendered once per event (bare payload, then one combined wrapper per stream name)
 and the same bytes go to every subscriber: this is the venue the ingest benchmark drives hard.
 """
@@ -30,7 +33,7 @@ import orjson
 
 from observer.sim.book import ASK, BID, Instrument
 from observer.sim.source import stable_seed
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, body_response, json_response, pad_json
+from observer.sim.venue import COMMON_FAULTS, Market, Venue, base_asset, body_response, json_response, pad_json
 from observer.sim.wire import Conn, text_frame
 
 HISTORY_LEN = 10                  # snapshots kept for the "snapshot older than the stream" fault
@@ -44,6 +47,7 @@ class BinanceSpot(Venue):
     connect_window_s = 300.0
     faults = COMMON_FAULTS + ("rest_429", "rest_418", "rest_stall", "stale_snapshot", "server_shutdown")
     rest_path = "/api/v3/depth"
+    info_path = "/api/v3/exchangeInfo"
     futures = False
     lazy_book_ok = True
 
@@ -264,6 +268,8 @@ class BinanceSpot(Venue):
 
     def http(self, ws, request):
         split = urlsplit(request.path)
+        if split.path == self.info_path:
+            return self.exchange_info()
         if split.path != self.rest_path:
             return super().http(ws, request)
         self.counters["rest_requests"] += 1
@@ -299,6 +305,37 @@ class BinanceSpot(Venue):
         if size_bytes is not None:
             body = pad_json(body, size_bytes)
         return self.raw_response(body, used)
+
+    def exchange_info(self):
+        """`exchangeInfo` for the served symbols: what clients such as cryptofeed load first."""
+        self.counters["rest_requests"] += 1
+        now_s = time.monotonic()
+        refused = self.refuse_rest(now_s)
+        if refused is not None:
+            return refused
+        used = self.charge_weight(now_s, 1 if self.futures else 20)
+        if used > self.rest_weight_max:
+            return self.too_many(now_s, "Too much request weight used")
+        symbols = [self.symbol_info(market) for market in self.markets.values()]
+        obj = {"timezone": "UTC", "serverTime": time.time_ns() // 1_000_000, "rateLimits": [], "symbols": symbols}
+        return self.raw_response(orjson.dumps(obj), used)
+
+    def symbol_info(self, market: Market) -> dict:
+        inst = market.inst
+        base = base_asset(market.symbol)
+        info = {"symbol": market.symbol, "status": "TRADING", "baseAsset": base,
+                "quoteAsset": market.symbol[len(base):], "baseAssetPrecision": inst.size_decimals,
+                "quotePrecision": inst.price_decimals, "isSpotTradingAllowed": not self.futures,
+                "isMarginTradingAllowed": False,
+                "filters": [{"filterType": "PRICE_FILTER", "minPrice": inst.price_text(inst.tick_int),
+                             "maxPrice": inst.price_text(10 ** (inst.price_decimals + 7)),
+                             "tickSize": inst.price_text(inst.tick_int)},
+                            {"filterType": "LOT_SIZE", "minQty": inst.size_text(1),
+                             "maxQty": inst.size_text(10 ** (inst.size_decimals + 5)), "stepSize": inst.size_text(1)}]}
+        if self.futures:
+            info.update(contractType="PERPETUAL", contractStatus="TRADING", pricePrecision=inst.price_decimals,
+                        quantityPrecision=inst.size_decimals)
+        return info
 
     def raw_response(self, body: bytes, used: int):
         return body_response(200, body, (("X-MBX-USED-WEIGHT-1M", str(used)),))
@@ -367,4 +404,5 @@ class BinanceSpot(Venue):
 class BinanceFutures(BinanceSpot):
     name = "binance-futures"
     rest_path = "/fapi/v1/depth"
+    info_path = "/fapi/v1/exchangeInfo"
     futures = True

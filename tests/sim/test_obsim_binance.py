@@ -447,3 +447,15 @@ def test_rest_stall_holds_one_reply_while_others_are_served(sim):
         status, body = await stalled
         assert status == 200 and json.loads(body)["lastUpdateId"] > 0
     run(scenario())
+
+
+@pytest.mark.parametrize("exchange,path", [("binance", "/api/v3/exchangeInfo"), ("binance-futures", "/fapi/v1/exchangeInfo")])
+def test_exchange_info_lists_the_served_symbols(sim, exchange, path):
+    status, body = sim.request(sim.rest_url(exchange), "GET", path)
+    assert status == 200
+    symbols = {s["symbol"]: s for s in json.loads(body)["symbols"]}
+    assert set(symbols) == set(sim.info["exchanges"][exchange]["symbols"])
+    btc = symbols["BTCUSDT"]
+    assert (btc["baseAsset"], btc["quoteAsset"], btc["status"]) == ("BTC", "USDT", "TRADING")
+    assert btc["filters"][0]["filterType"] == "PRICE_FILTER" and float(btc["filters"][0]["tickSize"]) > 0
+    assert (btc.get("contractType") == "PERPETUAL") == (exchange == "binance-futures")
