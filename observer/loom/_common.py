@@ -301,24 +301,47 @@ class ReadinessBackend:
         return bool(self._runnable)
 
     def _attempt(self, op: Op) -> int:
-        if not op.in_flight:
-            return 0                       # cancelled after it was queued
+        """Perform a parked op whose fd looks ready; deliver it unless it would block.
+
+        Discussion: every readiness wait ends here, so the common case (a stream recv) is
+        done inline rather than through `perform` and `deliver`.
+        """
         state = op.state
-        result = perform(op)
-        if result is WOULD_BLOCK:
-            if op.kind in READ_KINDS:
+        if op.kind == RECV:
+            try:
+                result = state.sock.recv_into(op.buf, op.nbytes)
+            except (BlockingIOError, InterruptedError):
                 state.in_hint = False
+                return 0
+            except OSError as exc:
+                result = exc
             else:
-                state.out_hint = False
-            return 0
-        if state.reader is op:
+                if state.stream and 0 < result < (op.nbytes or len(op.buf)):
+                    state.in_hint = False
             state.reader = None
         else:
-            state.writer = None
+            if not op.in_flight:
+                return 0                   # cancelled after it was queued
+            result = perform(op)
+            if result is WOULD_BLOCK:
+                if op.kind in READ_KINDS:
+                    state.in_hint = False
+                else:
+                    state.out_hint = False
+                return 0
+            if state.reader is op:
+                state.reader = None
+            else:
+                state.writer = None
         op.in_flight = False
         self.pending -= 1
         self.completed += 1
-        deliver(op, result, log)
+        try:
+            op.callback(result)
+        except LoomInternalError:
+            raise
+        except Exception:
+            log.exception("loom: callback %r for %r raised", op.callback, op)
         return 1
 
     def statistics(self) -> BackendStats:

@@ -1,9 +1,12 @@
 """Choosing a backend: probe once, allow an override, fail clearly.
 
-`make_backend(None)` tries the names in `PROBE_ORDER` and takes the first that sets up. A
-refused io_uring (a seccomp profile, `kernel.io_uring_disabled`, a locked-memory limit) is
-said once in the log, and the loop runs on the next backend. `make_backend(name)` takes
-exactly that backend or raises `LoomError` saying why it is unavailable.
+`make_backend(None)` tries the names in `PROBE_ORDER` and takes the first that sets up. The
+order is the benchmark's verdict on this machine kind (bench/loop_echo.py, README "loom"):
+epoll first, because from Python one `epoll_wait` plus the call costs less than building,
+submitting and reaping an SQE for the single-socket workloads that dominate here; io_uring is
+next. `make_backend("io_uring")` asks for io_uring; if its setup is refused (a seccomp
+profile, `kernel.io_uring_disabled`, a locked-memory limit), the loop runs on epoll and says
+so once in the log. Any other name is taken exactly or raises `LoomError` saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ BACKENDS = {
 }
 # Default order for Loop(backend=None). See README "loom": the order follows the benchmark
 # measured on this machine (bench/loop_echo.py).
-PROBE_ORDER = ("io_uring", "epoll", "kqueue")
+PROBE_ORDER = ("epoll", "io_uring", "kqueue")
+FALLBACK = {"io_uring": "epoll"}      # a refused io_uring setup degrades, loudly, once
 
 _refusals_logged: set[str] = set()
 
@@ -44,7 +48,16 @@ def _load(name: str):
 
 def make_backend(name: str | None = None):
     if name is not None:
-        return _load(name)()
+        try:
+            return _load(name)()
+        except BackendUnavailable as exc:
+            fallback = FALLBACK.get(name)
+            if fallback is None:
+                raise
+            if name not in _refusals_logged:
+                _refusals_logged.add(name)
+                log.warning("loom: %s refused (%s); running on %s", name, exc, fallback)
+            return _load(fallback)()
     reasons = []
     for candidate in PROBE_ORDER:
         try:

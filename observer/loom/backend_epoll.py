@@ -56,20 +56,20 @@ class EpollBackend(ReadinessBackend):
             done = self._run_runnable()
             timeout_s = 0.0
         self.polls += 1
-        events = self._ep.poll(-1 if timeout_s is None else timeout_s, EVENTS_MAX)
         fds = self._fds
-        for fd, mask in events:
+        attempt = self._attempt
+        for fd, mask in self._ep.poll(-1 if timeout_s is None else timeout_s, EVENTS_MAX):
             state = fds.get(fd)
             if state is None:
                 continue
             if mask & _IN:
                 state.in_hint = True
                 if state.reader is not None:
-                    done += self._attempt(state.reader)
+                    done += attempt(state.reader)
             if mask & _OUT:
                 state.out_hint = True
                 if state.writer is not None:
-                    done += self._attempt(state.writer)
+                    done += attempt(state.writer)
         return done
 
     def close(self) -> None:

@@ -36,7 +36,9 @@ def _state(loop, obj):
     """The fd state of `obj`: the last one used (most calls), else the loop's table."""
     if obj is loop._last_obj:
         return loop._last_state
-    state = loop.state_for(obj)
+    state = loop._fds.get(obj.fileno())
+    if state is None or state.obj is not obj:
+        state = loop.state_for(obj)
     loop._last_obj = obj
     loop._last_state = state
     return state
@@ -134,6 +136,9 @@ def sendall(sock, data) -> None:
     kind = type(data)
     view = None
     if kind is bytes or kind is bytearray:
+        total = len(data)
+    elif kind is memoryview and data.itemsize == 1 and data.contiguous:
+        view = data
         total = len(data)
     else:
         view = memoryview(data).cast("B")

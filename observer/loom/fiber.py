@@ -76,10 +76,10 @@ class Fiber:
         if self.state != WAITING:
             raise LoomInternalError(f"completion for {self!r}, which is not waiting")
         self.state = READY
-        if isinstance(result, BaseException):
-            self.throw = result
-        else:
+        if type(result) is int or not isinstance(result, BaseException):
             self.value = result
+        else:
+            self.throw = result
         self.loop._ready.append(self)
 
     def cancel(self) -> None:
@@ -143,17 +143,15 @@ def yield_now(fiber: Fiber) -> None:
 
 def resume(loop, fiber: Fiber) -> None:
     """Run one ready fiber until it waits again or finishes (called on the loop greenlet)."""
-    if greenlet.getcurrent() is not loop._loop_greenlet:
-        raise LoomInternalError("resume called off the loop greenlet")
+    if loop._current is not None:       # a fiber runs: we are not on the loop greenlet
+        raise LoomInternalError(f"resume of {fiber!r} called from fiber {loop._current!r}")
     if fiber.state == NEW:
         runner = loop._runners.pop() if loop._runners else Runner(loop)
         runner.fiber = fiber
         fiber.runner = runner
     elif fiber.state != READY:
         raise LoomInternalError(f"resume of {fiber!r}, which is not ready")
-    fiber.state = RUNNING
-    fiber.abandon_fn = None
-    fiber.abandon_arg = None
+    fiber.state = RUNNING               # (abandon_fn is only read while WAITING)
     loop._current = fiber
     loop._switches += 1
     loop._budget = IMMEDIATE_RUN_MAX             # the fairness budget restarts per turn

@@ -202,21 +202,27 @@ class Loop:
         ready = self._ready
         timers = self._timers
         backend = self._backend
-        if ready or backend.has_runnable():
-            timeout_s = 0.0
+        if ready:                                     # the backend shortens this itself when
+            timeout_s = 0.0                           # it has work of its own (has_runnable)
         elif timers.live:
             timeout_s = max(0.0, timers.next_deadline_s() - self._clock())
         elif backend.pending:
             timeout_s = None
+        elif backend.has_runnable():
+            timeout_s = 0.0
         else:
             self._deadlocked()
         if timeout_s != 0.0 and self._spin_s:
             timeout_s = self._spin(timeout_s)
-        backend.poll(timeout_s)
+        backend.poll(timeout_s)                       # phase 1: completions make fibers ready
         if timers.live:
-            timers.expire(self._clock())
-        for _ in range(len(ready)):
-            fibers.resume(self, ready.popleft())
+            timers.expire(self._clock())              # phase 2: deadlines make fibers ready
+        count = len(ready)                            # phase 3: run those ready now, no more
+        resume = fibers.resume
+        popleft = ready.popleft
+        while count:
+            count -= 1
+            resume(self, popleft())
 
     def _spin(self, timeout_s: float | None) -> float | None:
         """Poll without sleeping for up to spin_s: a halted vCPU takes ~25 µs to wake."""
