@@ -115,6 +115,9 @@ class SegmentReader:
                                                                          self.geometry.depth_max))
         seq, (head, arrays) = latch.latch_read(self._words, self._seq_word(book_index),
                                                self._read_copy, (book_index, depth))
+        # A stable copy is the one published under this very sequence (the writer stores it in
+        # the copy head before the flip); anything else is a protocol bug, never a race.
+        assert head[0] == seq, f"book {book_index}: copy of seq {head[0]} read under seq {seq}"
         return BookSnapshot(book_index, seq, head, *arrays)
 
     def _read_copy(self, copy_index: int, request: tuple) -> tuple:

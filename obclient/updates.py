@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
+from functools import partial
 
 from proto import latch, layout
 
@@ -28,6 +29,8 @@ from obclient.snapshot import Update
 RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
 SPIN_CHECK_CLOCK_EVERY = 256  # busy-poll iterations between clock reads
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
+_make_update = partial(tuple.__new__, Update)  # Update._make without a Python frame
+assert len(Update._fields) == len(_RECORD_BODY.unpack(bytes(_RECORD_BODY.size)))
 
 
 class UpdateFollower:
@@ -48,6 +51,7 @@ class UpdateFollower:
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
         self._ring_ks = range(len(self.shard_indexes))
+        self._single = len(self.shard_indexes) == 1
         self.overruns = 0  # times a ring lapped this follower
         self.records = 0  # records delivered from the rings
 
@@ -62,6 +66,9 @@ class UpdateFollower:
     def poll(self, records_max: int = RECORDS_PER_POLL_MAX) -> list[Update]:
         """Take up to `records_max` records (plus resyncs after an overrun); never blocks."""
         out: list[Update] = []
+        if self._single:  # the common case, and the latency-critical one: no loop
+            self._poll_ring(0, out, records_max)
+            return out
         for k in self._ring_ks:
             self._poll_ring(k, out, records_max)
         return out
@@ -75,7 +82,7 @@ class UpdateFollower:
             return
         taken = len(out)
         pos, lapped = latch.ring_read(words, self._mv, self._ring_word0[k], self._mask, pos,
-                                      head, _RECORD_BODY, out, Update._make,
+                                      head, _RECORD_BODY, out, _make_update,
                                       records_max - taken)
         self.records += pos - self._pos[k]
         self._pos[k] = pos

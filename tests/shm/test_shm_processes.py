@@ -78,6 +78,7 @@ class UnlatchedWriter:
         slot = np.frombuffer(segment.map, layout.slot_dtype(g.depth_max), count=1,
                              offset=g.slots_offset)[0]
         seq = int(slot["seq"])
+        self.seq = seq  # stays: readers keep accepting the copy while it is rewritten
         self.copy = slot["copies"][seq & 1]  # readers load seq (unchanged) and read this one
         self.head_offset = (g.slots_offset + layout.slot_dtype(g.depth_max).fields["copies"][1]
                             + (seq & 1) * layout.copy_dtype(g.depth_max).itemsize)
@@ -86,7 +87,7 @@ class UnlatchedWriter:
     def __call__(self, book) -> None:
         c = self.copy
         n, _ = book.export_top(c["bid_px"], c["bid_sz"], c["ask_px"], c["ask_sz"])
-        struct.pack_into(layout.COPY_HEAD_FORMAT, self.map, self.head_offset, 0, n, n,
+        struct.pack_into(layout.COPY_HEAD_FORMAT, self.map, self.head_offset, self.seq, n, n,
                          book.price_exp, book.size_exp, layout.FLAG_PUBLISHED, book.update_id,
                          0, 0, 0)
 
