@@ -67,6 +67,9 @@ def bind_socket(path: str, mode: int = SOCKET_MODE_DEFAULT) -> socket.socket:
     old_umask = os.umask(0o777 & ~mode)
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind control socket {path}: {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise

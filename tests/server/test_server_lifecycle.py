@@ -155,3 +155,13 @@ def test_config_file_sets_depth_and_feeds(tmp_path):
         snap = client.book("SOLUSD").snapshot()
         assert 1 <= snap.n_bids <= 3 and 1 <= snap.n_asks <= 3
         client.close()
+
+
+def test_unusable_socket_directory_is_a_one_line_error(tmp_path):
+    missing = str(tmp_path / "no" / "such" / "dir" / "observer.sock")
+    done = subprocess.run([sys.executable, "-m", "observer.cli", "--feed", "synthetic:BTCUSD",
+                           "--name", unique_name(), "--socket", missing],
+                          capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 2
+    assert f"cannot bind control socket {missing}" in done.stderr
+    assert "Traceback" not in done.stderr
