@@ -18,14 +18,18 @@ A publish writes the whole visible state of the book (the top levels and the sca
 writer needs only the first half of the kernel's `seqcount_latch`: it fills the idle copy
 `(seq + 1) & 1`, which no reader that loaded `seq` is using, then stores `seq + 1`, flipping
 readers to it. The next publish fills the other copy. A reader loads `seq`, copies `seq & 1`,
-and keeps the copy only if `seq` is unchanged; otherwise a publish began into the copy it was
-reading and it retries. It never waits on a writer mid-write (unlike a plain seqlock, where an
+and keeps the copy only if `seq` is unchanged; otherwise the writer flipped at least once
+meanwhile, and the publish after a flip rewrites the copy it was reading, so it retries. It never waits on a writer mid-write (unlike a plain seqlock, where an
 odd sequence sends every reader spinning), never blocks the writer, and only loads.
 
 The ring. Record `pos` lives at `pos % ring_records`; its `seq` word is 0 while being written
 and `pos + 1` once complete; the shard's `head` (records ever appended) is stored after the
 record. A reader at `pos < head` copies the record between two loads of its `seq`: anything
 other than `pos + 1` means the writer has lapped the reader (C5).
+
+Wake-ups. The shard's eventfd write (ShardWriter.flush) comes after a batch's stores and is a
+system call, so every store before it is visible to a reader the write wakes. Readers treat the
+wake-up as a hint and always recheck the words here.
 """
 
 from __future__ import annotations
