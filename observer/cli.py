@@ -1,6 +1,7 @@
 """`observer`: the command that runs a supervisor and its shard(s) until SIGTERM or SIGINT.
 
     observer --feed synthetic:BTCUSD,ETHUSD [--rate N] [--seed S] [--socket PATH] [--name NAME]
+    observer --feed binance:BTCUSDT,ETHUSDT --feed kraken:BTC/USD [--ca-file CA.pem]
     observer --config observer.toml
 
 Why it is thin: configuration is observer/config.py (one frozen ObserverConfig from a file and
@@ -29,7 +30,7 @@ from observer import logs
 from observer.instance import AlreadyRunning
 from observer.server.control import SocketInUse
 from proto import messages as m
-from proto.layout import BookDesc, LayoutError
+from proto.layout import LayoutError
 
 log = logging.getLogger("observer")
 
@@ -52,6 +53,9 @@ def parse_args(argv):
                    f"{m.SOCKET_FILE} in $XDG_RUNTIME_DIR or the temp dir)")
     p.add_argument("--name", help="instance name (one live observer per name)")
     p.add_argument("--depth", type=int, help="levels per side published")
+    p.add_argument("--ca-file", help="extra CA file trusted by --feed feeds (e.g. obsim's)")
+    p.add_argument("--lag-bound-ms", type=float,
+                   help="a book further behind its exchange than this is published as lagging")
     p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -60,10 +64,10 @@ def parse_args(argv):
 
 def build_config(args) -> cfg.ObserverConfig:
     config = cfg.load_config(args.config) if args.config else cfg.ObserverConfig()
-    feeds = [cfg.parse_feed_spec(spec) for spec in args.feed]
+    feeds = [cfg.parse_feed_spec(spec, ca_file=args.ca_file) for spec in args.feed]
     config = config.with_overrides(
         name=args.name, socket=args.socket, depth=args.depth, backend=args.backend,
-        log_format=args.log_format, log_level=args.log_level,
+        log_format=args.log_format, log_level=args.log_level, lag_bound_ms=args.lag_bound_ms,
         feeds=tuple(feeds) if feeds else None)
     synthetic = {"rate_hz": args.rate, "seed": args.seed}
     config = config.with_overrides(feeds=tuple(
@@ -71,10 +75,6 @@ def build_config(args) -> cfg.ObserverConfig:
     cfg.validate(config, where="command line")
     if not config.feeds:
         raise cfg.ConfigError("no feeds: give --feed EXCHANGE:SYMBOLS or a --config file")
-    unsupported = sorted({f.exchange for f in config.feeds if f.exchange != "synthetic"})
-    if unsupported:
-        raise cfg.ConfigError(f"feed(s) {', '.join(unsupported)} are not wired into the observer "
-                              "yet; this build runs synthetic feeds only")
     return config
 
 
@@ -87,19 +87,9 @@ def _override(feed: cfg.FeedConfig, values: dict) -> cfg.FeedConfig:
 
 def plan(config: cfg.ObserverConfig):
     """Book descriptors (one shard for now) and the feed objects that fill them."""
-    from observer.feeds.synthetic import SyntheticFeed
+    from observer.feedplan import plan as feed_plan
 
-    descs, feeds, index_of = [], [], {}
-    for feed_cfg in config.feeds:
-        # The walk needs two levels a side to move; the segment publishes config.depth of them.
-        depth = max(2, min(config.depth, feed_cfg.depth or config.depth))
-        feed = SyntheticFeed(feed_cfg.symbols, rate_hz=feed_cfg.rate_hz, seed=feed_cfg.seed,
-                             depth=depth)
-        for symbol in feed.symbols:
-            index_of[(feed.exchange, symbol)] = len(descs)
-            descs.append(BookDesc(feed.exchange, symbol, symbol, 0))
-        feeds.append(feed)
-    return descs, feeds, index_of
+    return feed_plan(config)
 
 
 def run(config: cfg.ObserverConfig) -> int:
@@ -165,7 +155,7 @@ def main(argv=None) -> int:
     except (AlreadyRunning, SocketInUse) as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return EXIT_RUNNING
-    except StartError as exc:
+    except (StartError, cfg.ConfigError) as exc:
         print(f"observer: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

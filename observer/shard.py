@@ -8,8 +8,9 @@ segment book index each of their symbols has; it does not know about clients or 
 
 One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next
 deadline, hands it the time, publishes the books its actions name and flushes the writer once
-per pass (one eventfd write per batch, C6). Only the synthetic feed runs here yet; exchange
-adapters arrive with the session driver (observer/feeds/session.py), which owns their I/O.
+per pass (one eventfd write per batch, C6). Exchange feeds (observer/exchangefeed.py) bring
+their own fibers: the session driver (observer/feeds/session.py) owns their I/O and publishes
+through the feed's sink into this shard's writer; the shard starts and stops them.
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ class Shard:
 
     def start(self, loop) -> None:
         for feed in self.feeds:
-            self._fibers.append(loop.spawn(self._run_feed, feed))
+            if hasattr(feed, "run_session"):  # exchange feeds: the session driver owns their I/O
+                feed.run_session(loop, self.writer, self.book_index_of)
+            else:
+                self._fibers.append(loop.spawn(self._run_feed, feed))
         self._fibers.append(loop.spawn(self._heartbeat))
 
     def stop(self) -> None:
         """Cancel the feed and heartbeat fibers and, from a fiber, wait until they are gone, so
         nothing publishes after the writer's segment is closed."""
+        for feed in self.feeds:
+            if hasattr(feed, "stop_session"):
+                feed.stop_session()
         stop_fibers(self._fibers)
         self._fibers.clear()
 

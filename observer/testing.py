@@ -31,7 +31,7 @@ def unique_name(prefix: str = "t") -> str:
 
 
 class ObserverProcess:
-    def __init__(self, feed: str = "synthetic:BTCUSD,ETHUSD", *, rate: float = 200.0,
+    def __init__(self, feed: str | None = "synthetic:BTCUSD,ETHUSD", *, rate: float = 200.0,
                  seed: int = 1, name: str | None = None, socket_path: str | None = None,
                  extra_args=(), env=None, workdir: str | None = None):
         self.workdir = workdir or tempfile.mkdtemp(prefix="obs-")
@@ -39,9 +39,10 @@ class ObserverProcess:
         self.name = name or unique_name()
         self.socket_path = socket_path or os.path.join(self.workdir, "observer.sock")
         self.log_path = os.path.join(self.workdir, f"{self.name}.log")
-        self.args = [sys.executable, "-m", "observer.cli", "--feed", feed, "--rate", str(rate),
-                     "--seed", str(seed), "--name", self.name, "--socket", self.socket_path,
-                     *extra_args]
+        # feed=None: the feeds come from extra_args (e.g. --config FILE written for obsim)
+        feed_args = ["--feed", feed, "--rate", str(rate), "--seed", str(seed)] if feed else []
+        self.args = [sys.executable, "-m", "observer.cli", *feed_args, "--name", self.name,
+                     "--socket", self.socket_path, *extra_args]
         self.env = dict(os.environ if env is None else env)
         self.env.pop("OBSERVER_SOCKET", None)
         self.proc: subprocess.Popen | None = None

@@ -1,0 +1,159 @@
+"""An exchange feed inside a shard: one adapter, its session driver, and the segment it fills.
+
+Why a module of its own: the adapter (observer/feeds/<exchange>.py) decides what is synced and
+the session driver (observer/feeds/session.py) owns the sockets; neither knows the segment. This
+is the sink between them and the shard's `ShardWriter`:
+
+- `Publish` -> `writer.publish(..., lagging=...)`: only adapters' LIVE books arrive here (the
+  adapter's rule), so a book is live in the segment exactly when it is synced. `Stale` ->
+  `writer.mark_stale`: the visible copy is republished with the stale flag. Every book starts
+  stale (an unpublished slot reads as stale), so nothing is live before its first sync.
+- One `flush()` per sink call: one eventfd write per batch of actions (C6).
+- Lag (C11): each publish measures local receive time minus the exchange's event time of the
+  last applied change. Past `lag_bound_ms` the book is published with the lagging flag, the
+  condition is logged once and counted (`lagging_count`), and it clears when a publish is back
+  within the bound. `lag_ns` and `lag_max_ns` live in the book's stats.
+- Counters: the adapter keeps plain ints per book (SymbolStats); a stats fiber copies them into
+  the segment's per-book stats every `stats_period_s`, and at once when a book goes stale, so
+  `obctl stats` shows gaps, resyncs, checksum errors, reconnects and snapshots without a store
+  per message on the hot path.
+
+Discussion: a stalled connection publishes nothing, so its lag cannot be measured until the
+held messages arrive; they then carry their old event times and the book shows as lagging
+until the feed has caught up. A silent connection is the adapter's business (`silence_max_s`
+turns it into a reconnect, and the book goes stale).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from observer import loom
+from observer.feeds.actions import Publish
+from observer.feeds.session import Session
+
+log = logging.getLogger("observer.feeds")
+
+STATS_PERIOD_S = 0.2
+LAG_BOUND_MS_DEFAULT = 1000.0
+NS_PER_MS = 1_000_000
+
+# segment stat <- adapter SymbolStats field (copied by the stats fiber)
+STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "checksum_errors"),
+                ("reconnects", "reconnects"), ("snapshots", "snapshots"), ("messages", "updates"))
+
+
+class BookSlot:
+    """What the sink keeps per book: its segment index, its stats record and its lag state."""
+
+    __slots__ = ("index", "book", "sync", "stats", "lagging", "lag_max_ns")
+
+    def __init__(self, index, book, sync, stats):
+        self.index = index
+        self.book = book
+        self.sync = sync
+        self.stats = stats
+        self.lagging = False
+        self.lag_max_ns = 0
+
+
+class ExchangeFeed:
+    """One configured exchange feed: `adapter` plus how to run it. The shard calls
+    `run_session(loop, writer, book_index_of)` and, to stop, `stop_session()`."""
+
+    def __init__(self, adapter, *, book_exchange, ca_file=None, lag_bound_ms=LAG_BOUND_MS_DEFAULT,
+                 session_options=None, stats_period_s=STATS_PERIOD_S):
+        assert lag_bound_ms > 0
+        self.adapter = adapter
+        self.exchange = book_exchange      # the `exchange` part of the book names (bybit-linear)
+        self.books = adapter.books
+        self.ca_file = ca_file
+        self.lag_bound_ns = int(lag_bound_ms * NS_PER_MS)
+        self.session_options = dict(session_options or {})
+        self.stats_period_s = stats_period_s
+        self.writer = None
+        self.slots: dict[str, BookSlot] = {}
+        self.session: Session | None = None
+        self._stats_fiber = None
+
+    def natives(self):
+        """(normalised symbol, native symbol) per book, in the adapter's order."""
+        return [(symbol, sync.native) for symbol, sync in self.adapter.syncs.items()]
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def run_session(self, loop, writer, book_index_of) -> None:
+        self.writer = writer
+        for symbol, book in self.adapter.books.items():
+            index = book_index_of[(self.exchange, symbol)]
+            self.slots[symbol] = BookSlot(index, book, self.adapter.syncs[symbol],
+                                          writer.book_stats(index))
+        self.session = Session(self.adapter, self.sink, ca_file=self.ca_file,
+                               **self.session_options)
+        self.session.start(loop)
+        self._stats_fiber = loop.spawn(self._copy_stats_forever, name=f"{self.exchange}-stats")
+
+    def stop_session(self) -> None:
+        """Stop the session (waits for its fibers when called from a fiber) and the stats fiber;
+        the books are left stale for clients."""
+        if self._stats_fiber is not None and not self._stats_fiber.done:
+            self._stats_fiber.cancel()
+        if self.session is not None:
+            self.session.stop()
+        if self._stats_fiber is not None:
+            try:
+                loom.current_fiber()
+                self._stats_fiber.join(2.0)
+            except (loom.LoomError, loom.Cancelled, TimeoutError):
+                pass
+        self._stats_fiber = None
+
+    # -- the sink (hot path) ------------------------------------------------------------------
+
+    def sink(self, actions, recv_ns) -> None:
+        writer = self.writer
+        for action in actions:
+            slot = self.slots[action.symbol]
+            if type(action) is Publish:
+                exch_ts_ns = slot.book.exch_ts_ns
+                if exch_ts_ns:
+                    self.measure_lag(slot, recv_ns - exch_ts_ns)
+                writer.publish(slot.index, slot.book, lagging=slot.lagging, recv_ts_ns=recv_ns)
+            else:
+                writer.mark_stale(slot.index)
+                self.copy_stats(slot)
+        writer.flush()
+
+    def measure_lag(self, slot, lag_ns) -> None:
+        slot.stats.lag_ns = lag_ns
+        if lag_ns > slot.lag_max_ns:
+            slot.lag_max_ns = lag_ns
+            slot.stats.lag_max_ns = lag_ns
+        lagging = lag_ns > self.lag_bound_ns
+        if lagging is not slot.lagging:
+            self.lag_changed(slot, lagging, lag_ns)
+
+    def lag_changed(self, slot, lagging, lag_ns) -> None:
+        slot.lagging = lagging
+        name = f"{self.exchange}:{slot.sync.symbol}"
+        if lagging:
+            slot.stats.lagging_count += 1
+            log.warning("%s is lagging: %.0f ms behind the exchange (bound %.0f ms)", name,
+                        lag_ns / NS_PER_MS, self.lag_bound_ns / NS_PER_MS)
+        else:
+            log.info("%s caught up: %.0f ms behind the exchange", name, lag_ns / NS_PER_MS)
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def copy_stats(self, slot) -> None:
+        stats, counters = slot.stats, slot.sync.stats
+        for segment_name, adapter_name in STATS_COPIED:
+            value = getattr(counters, adapter_name)
+            if getattr(stats, segment_name) != value:
+                setattr(stats, segment_name, value)
+
+    def _copy_stats_forever(self) -> None:
+        while True:
+            for slot in self.slots.values():
+                self.copy_stats(slot)
+            loom.sleep(self.stats_period_s)
