@@ -86,7 +86,7 @@ class Op:
 class FdState:
     """What one loop knows about one fd. Created on first use, dropped by `loom.close()`."""
 
-    __slots__ = ("fd", "obj", "sock", "file", "stream", "reader", "writer",
+    __slots__ = ("fd", "obj", "sock", "file", "short_drains", "reader", "writer",
                  "in_hint", "out_hint", "registered", "pushback", "pushback_accept",
                  "zombie_in", "zombie_out")
 
@@ -97,7 +97,10 @@ class FdState:
         # Plain fds go through FileIO because its readinto/write return None on EAGAIN
         # instead of raising: no exception cost on the would-block path.
         self.file = None if self.sock is not None else io.FileIO(fd, "r+", closefd=False)
-        self.stream = self.sock is not None and self.sock.type == socket.SOCK_STREAM
+        # A short read drained a stream socket, so the next call waits for a new edge. Not
+        # after a hang-up: the EOF that follows is not a new edge (the backend clears this
+        # flag on EPOLLRDHUP/HUP/EV_EOF), nor for datagram/seqpacket sockets or plain fds.
+        self.short_drains = self.sock is not None and self.sock.type == socket.SOCK_STREAM
         self.reader: Op | None = None
         self.writer: Op | None = None
         self.in_hint = True       # a call now may succeed (unknown counts as yes)
@@ -158,7 +161,7 @@ def perform(op: Op):
     try:
         if kind == RECV:
             n = state.sock.recv_into(op.buf, op.nbytes)
-            if state.stream and 0 < n < (op.nbytes or len(op.buf)):
+            if state.short_drains and 0 < n < (op.nbytes or len(op.buf)):
                 state.in_hint = False
             return n
         if kind == READ:
@@ -316,7 +319,7 @@ class ReadinessBackend:
             except OSError as exc:
                 result = exc
             else:
-                if state.stream and 0 < result < (op.nbytes or len(op.buf)):
+                if state.short_drains and 0 < result < (op.nbytes or len(op.buf)):
                     state.in_hint = False
             state.reader = None
         else:

@@ -17,6 +17,7 @@ from ._common import FdState, LoomError, ReadinessBackend
 EVENTS_MAX = 256        # events taken per poll; the rest wait for the next pass
 _IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+_HUP = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 
 
@@ -63,6 +64,8 @@ class EpollBackend(ReadinessBackend):
             if state is None:
                 continue
             if mask & _IN:
+                if mask & _HUP:
+                    state.short_drains = False     # EOF pending: a short read is not "empty"
                 state.in_hint = True
                 if state.reader is not None:
                     done += attempt(state.reader)

@@ -62,6 +62,8 @@ class KqueueBackend(ReadinessBackend):
             if state is None:
                 continue
             if event.filter == select.KQ_FILTER_READ:
+                if event.flags & select.KQ_EV_EOF:
+                    state.short_drains = False     # EOF pending: a short read is not "empty"
                 state.in_hint = True
                 if state.reader is not None:
                     done += self._attempt(state.reader)

@@ -253,7 +253,7 @@ class UringBackend:
         if kind == RECV:
             # A short stream read drained the socket: submit next time instead of trying.
             state.in_hint = (not state.pushback
-                             and (not state.stream or res >= (op.nbytes or len(op.buf))))
+                             and (not state.short_drains or res >= (op.nbytes or len(op.buf))))
             return res
         if kind == READ:
             state.in_hint = not state.pushback

@@ -103,7 +103,7 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
         except BlockingIOError:
             state.in_hint = False
         else:
-            if state.stream and 0 < n < (nbytes or len(buf)):
+            if state.short_drains and 0 < n < (nbytes or len(buf)):
                 state.in_hint = False            # a short stream read drained the socket
             loop._budget -= 1
             if loop._budget <= 0:

@@ -241,6 +241,29 @@ def test_eof_reads_zero(loop, closing):
     loop.run(main)
 
 
+@pytest.mark.parametrize("pair_kind", ["socketpair", "tcp"])
+def test_data_then_eof_in_one_edge_reads_data_then_zero(loop, closing, tcp_pair, pair_kind):
+    """Data and the peer's FIN arrive before the loop polls: a short read must not be taken
+    for "drained" and leave the EOF unseen (that wait would never end)."""
+    a, b = closing(*socket.socketpair()) if pair_kind == "socketpair" else tcp_pair
+
+    def reader():
+        buf = bytearray(1024)
+        with loom.timeout(10.0):
+            first = loom.recv_into(b, buf)
+            second = loom.recv_into(b, buf)
+        return first, second
+
+    def main():
+        fiber = loop.spawn(reader)
+        loom.sleep(0.005)                   # the reader is parked on an empty socket
+        a.sendall(b"half")                  # plain calls: both land before the next poll
+        a.shutdown(socket.SHUT_WR)
+        return fiber.join()
+
+    assert loop.run(main) == (4, 0)
+
+
 def test_peer_reset_raises_connection_reset(loop, tcp_pair):
     client, server = tcp_pair
 

@@ -164,3 +164,20 @@ def test_busy_fiber_yields_so_others_run(loop):
         b.close()
     assert len(ticks) == 5
     assert loop.stats().ops_immediate >= 1000
+
+
+def test_internal_error_stops_the_loop_loudly(loop):
+    """A loop bug (here: a timer waking a fiber that is not waiting) closes the loop and
+    raises out of run(); nothing limps on."""
+
+    def main():
+        fiber = fibers.current_fiber()
+        loop.call_later(0.0, loop.reschedule, fiber, None)
+        loom.sleep(0)                      # READY in the queue when the bogus wake fires
+        loom.sleep(3600)
+
+    loop.spawn(main)
+    with pytest.raises(loom.LoomInternalError, match="not waiting"):
+        loop.run()
+    with pytest.raises(loom.LoomError, match="closed"):
+        loop.spawn(print)
