@@ -123,8 +123,9 @@ class BinanceSpot(Venue):
         if index is not None and index in cache:
             return cache[index]
         inst = market.inst
-        bids = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == BID)
-        asks = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for s, p, q in changes if s == ASK)
+        final = {(s, p): q for s, p, q in changes}        # Binance sends each price once per event
+        bids = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for (s, p), q in final.items() if s == BID)
+        asks = ",".join(f'["{inst.price_text(p)}","{inst.size_text(q)}"]' for (s, p), q in final.items() if s == ASK)
         if index is not None:
             cache[index] = (bids, asks)
         return bids, asks

@@ -90,8 +90,9 @@ class Coinbase(Venue):
             for conn in subs:
                 self.send_snapshot(conn, market, parts)
             return
+        final = [(s, p, q) for (s, p), q in {(s, p): q for s, p, q in changes}.items()]   # each price once
         events = (f'[{{"type":"update","product_id":"{market.symbol}","updates":['
-                  f'{self.updates_json(market, changes, rfc3339_now())}]}}]')
+                  f'{self.updates_json(market, final, rfc3339_now())}]}}]')
         head, tail = self.parts("l2_data", events)
         for conn in subs:
             self.send_numbered(conn, head, tail)

@@ -34,8 +34,8 @@ from observer.sim.book import ASK, BID, Instrument, TrueBook
 from observer.sim.source import CycleSource, RandomWalk, ReplaySource, stable_seed
 from observer.sim.wire import Conn, text_frame
 
-CONNECT_ATTEMPTS_TRACKED = 1000     # bounds the connection-limit window (all limits are below it)
 log = logging.getLogger("obsim")
+CONNECT_ATTEMPTS_TRACKED = 1000     # bounds the connection-limit window (all limits are below it)
 COUNTER_NAMES = (        # always reported, 0 until counted; venues may add more
     "connections", "subscribes", "subscribes_refused", "snapshots_served", "messages_sent",
     "faults_injected", "gaps_injected", "pings_sent", "pongs_received", "pings_answered",
@@ -58,7 +58,7 @@ class Market:
     symbol: str
     inst: Instrument
     book: TrueBook
-    source: RandomWalk | ReplaySource
+    source: RandomWalk | CycleSource | ReplaySource
     due: float = 0.0
     events_total: int = 0
     drop_next: int = 0

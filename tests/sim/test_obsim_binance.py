@@ -13,8 +13,8 @@ from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thre
 from .rawws import RawWs
 
 ARGS = ["--exchanges", "binance,binance-futures", "--rate", "200", "--depth", "60",
-        "--binance-ping-interval-s", "0.3", "--binance-pong-timeout-s", "1.0",
-        "--binance-futures-ping-interval-s", "0.3", "--binance-futures-pong-timeout-s", "1.0",
+        "--binance-ping-interval-s", "0.3", "--binance-pong-timeout-s", "5",
+        "--binance-futures-ping-interval-s", "0.3", "--binance-futures-pong-timeout-s", "5",
         "--binance-rest-weight-max", "100000", "--binance-ban-s", "0.5"]
 
 
@@ -438,7 +438,7 @@ def test_rest_stall_holds_one_reply_while_others_are_served(sim):
     async def scenario():
         base = sim.rest_url("binance")
         before = (await to_thread(sim.counters, "binance"))["rest_requests"]
-        await to_thread(sim.fault, "binance", "rest_stall", duration_s=5)
+        await to_thread(sim.fault, "binance", "rest_stall", duration_s=3)
         stalled = asyncio.ensure_future(to_thread(sim.request, base, "GET", "/api/v3/depth", {"symbol": "BTCUSDT"}))
         while (await to_thread(sim.counters, "binance"))["rest_requests"] == before:
             await asyncio.sleep(0.02)                       # the stalled request has arrived

@@ -13,7 +13,7 @@ from observer.sim.harness import Obsim
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
 
 ARGS = ["--exchanges", "bybit,bybit-linear", "--rate", "150", "--depth", "80",
-        "--bybit-level1-repush-s", "0.3", "--bybit-idle-s", "0.8"]
+        "--bybit-level1-repush-s", "0.3", "--bybit-idle-s", "1.5"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from observer.sim.harness import Obsim
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
 
 ARGS = ["--exchanges", "coinbase", "--rate", "150", "--coinbase-depth", "2000", "--coinbase-connects-max", "0",
-        "--coinbase-subscribe-deadline-s", "0.5", "--coinbase-idle-s", "0.5",
+        "--coinbase-subscribe-deadline-s", "1.5", "--coinbase-idle-s", "1.5",
         "--coinbase-heartbeat-s", "0.1", "--symbols", "BTC/USD,ETH/USD,SOL/USD"]
 
 
