@@ -105,6 +105,7 @@ class Supervisor:
             self.reaper.stop()
             self.reaper = None
         if self.reader is not None:
+            self.loop.forget(self.reader.fileno())   # the fan-out waited on it through loom
             self.reader.close()
             self.reader = None
         if self.segment is not None:
