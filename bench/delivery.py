@@ -16,7 +16,8 @@ arrives, which is the case blocking delivery is about):
   iceoryx2 blocking       ctypes record over publish-subscribe + event notifier, Listener wait
   iceoryx2 busy-poll      the same -> Subscriber.receive in a loop
 Then publishes/s back to back (writer side, one reader draining), and the writer's publish
-cost (publish, flush) with 1, 10 and 100 reader processes attached and waiting on the eventfd.
+cost (publish, flush) with 1, 10 and 100 reader processes attached and waiting on the eventfd
+(`--cost-rounds` interleaved passes over the reader counts, medians).
 
 The raw contenders hold one value, so a reader that wakes late sees only the newest one; a
 message overwritten that way is timed until the reader saw a newer one (timing only the messages
@@ -268,6 +269,16 @@ def _time_publishes(segment, publishes_n: int, interval_us: int):
     return tuple(float(v) for v in np.median(samples, axis=1))
 
 
+def measure_costs(readers: list[int], args) -> dict[int, tuple]:
+    """Writer cost per reader count: interleaved passes, the median of each figure."""
+    passes: dict[int, list] = {n: [] for n in readers}
+    for _ in range(args.cost_rounds):
+        for n in readers:
+            passes[n].append(run_publish_cost(n, args.cost_publishes, args.cost_interval_us))
+    return {n: tuple(float(v) for v in np.median(np.array(runs), axis=0))
+            for n, runs in passes.items()}
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -304,8 +315,13 @@ def main() -> None:
     parser.add_argument("--interval-us", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="passes over all contenders")
     parser.add_argument("--throughput-messages", type=int, default=20000)
-    parser.add_argument("--cost-publishes", type=int, default=2000)
+    parser.add_argument("--cost-publishes", type=int, default=1000)
+    parser.add_argument("--cost-interval-us", type=int, default=2000,
+                        help="publishes this far apart, so woken readers are asleep again "
+                             "(100 readers take about 1 ms to wake and poll on one CPU)")
     parser.add_argument("--readers", default="1,10,100")
+    parser.add_argument("--cost-rounds", type=int, default=3,
+                        help="interleaved passes over the reader counts; medians of passes")
     parser.add_argument("--only", default="", help="comma-separated contender names (debugging)")
     args = parser.parse_args()
     rng = random.Random(SEED)
@@ -325,11 +341,10 @@ def main() -> None:
                 after[c.name].append(got_after)
             missing[c.name] += n_missing
     rates = {c.name: run_throughput(c, args.throughput_messages) for c in contenders}
-    costs = {n: run_publish_cost(n, args.cost_publishes, args.interval_us)
-             for n in (int(n) for n in args.readers.split(","))}
+    costs = measure_costs([int(n) for n in args.readers.split(",")], args)
     cleanup_iceoryx2()
     p50 = report(args, contenders, lat, after, missing, rates, skipped)
-    report_costs(costs)
+    report_costs(costs, args.cost_interval_us)
     report_targets(p50, costs)
 
 
@@ -353,7 +368,8 @@ def report(args, contenders, lat, after, missing, rates, skipped) -> dict[str, f
     return p50s
 
 
-def report_costs(costs) -> None:
+def report_costs(costs, interval_us: int) -> None:
+    print(f"# writer cost: medians of {interval_us} us paced publish() and flush() calls")
     base = costs[min(costs)]
     for readers_n, cost in costs.items():
         publish_ns, flush_ns, publish_cpu_ns, flush_cpu_ns = cost
