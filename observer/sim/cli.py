@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     a("--fault", action="append", default=[], metavar="EXCHANGE:KIND[:k=v,...]",
       help="inject at start (at_s=seconds after start, default 0), e.g. kraken:bad_checksum:at_s=1")
     a("--log-level", default="WARNING")
+    a("--tmp-dir", type=Path, help="where to make the private temporary directory (default: the system's)")
     a("--exit-on-stdin-eof", action="store_true",
       help="also stop when stdin closes (the harness uses this so obsim never outlives its test)")
     for prefix, inbound, ping_s, pong_s, weight in (("binance", 5, 20, 60, 6000),
@@ -179,17 +180,17 @@ def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 
 
 async def amain(opts, workdir: Path) -> None:
-    venues = build_venues(opts)
-    ca_path, cert_path, key_path = make_certificates(workdir)
-    sim = Sim(opts, venues, server_context(cert_path, key_path), str(ca_path))
-    await sim.start()
-    schedule_faults(sim, opts.fault)
-    stop = asyncio.Event()
+    stop = asyncio.Event()                     # signals first: a stop during start-up still cleans up
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if opts.exit_on_stdin_eof:
         watch_stdin(loop, stop)
+    venues = build_venues(opts)
+    ca_path, cert_path, key_path = make_certificates(workdir)
+    sim = Sim(opts, venues, server_context(cert_path, key_path), str(ca_path))
+    await sim.start()
+    schedule_faults(sim, opts.fault)
     sys.stdout.write(orjson.dumps(sim.endpoints()).decode() + "\n")
     sys.stdout.flush()
     await stop.wait()
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser().parse_args(argv)
     logging.basicConfig(level=opts.log_level.upper(), stream=sys.stderr,
                         format="obsim %(levelname)s %(name)s: %(message)s")
-    workdir = Path(tempfile.mkdtemp(prefix="obsim-"))
+    workdir = Path(tempfile.mkdtemp(prefix="obsim-", dir=opts.tmp_dir))
     try:
         asyncio.run(amain(opts, workdir))
     except KeyboardInterrupt:

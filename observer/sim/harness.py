@@ -8,9 +8,9 @@
 obsim runs as a subprocess (`python -m observer.sim.cli`), so a test exercises the real
 process, ports and TLS. The control calls use only the standard library (`http.client` over
 `ssl` with the printed CA file), so the harness works wherever obsim does. Leaving the `with`
-block always ends the process (SIGTERM, then SIGKILL after a deadline), checks that obsim
-removed its temporary directory (and removes it if a kill left it behind), and deletes the
-captured stderr file.
+block always ends the process (SIGTERM, then SIGKILL after a deadline), removes the directory
+obsim was told to keep its files in (`--tmp-dir`, made here, so even a kill during start-up
+leaves nothing), and deletes the captured stderr file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 START_TIMEOUT_S = 30.0
@@ -45,7 +44,9 @@ class Obsim:
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
         self._stderr = None
+        self._tmp_dir: str | None = None
         self._ssl: ssl.SSLContext | None = None
+        self.last_headers: dict[str, str] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -58,9 +59,13 @@ class Obsim:
 
     def start(self) -> None:
         self._stderr = tempfile.TemporaryFile(prefix="obsim-stderr-")
+        # obsim's files go in a directory this side owns and always removes, even if obsim is
+        # killed before it prints where they are.
+        self._tmp_dir = tempfile.mkdtemp(prefix=f"obsim-harness-{os.getpid()}-")
         # stdin is a pipe only this process holds: if it dies without stopping obsim, the pipe
         # closes and obsim exits on its own (--exit-on-stdin-eof), so nothing outlives a test.
-        self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", "--exit-on-stdin-eof", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", "--exit-on-stdin-eof",
+                                      "--tmp-dir", self._tmp_dir, *self.args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         try:
             line = self._read_line(self.start_timeout_s)
@@ -106,9 +111,9 @@ class Obsim:
             self.proc.stdout.close()
             self.proc.stdin.close()
             self.proc = None
-        ca_file = self.info.get("ca_file")
-        if ca_file:
-            shutil.rmtree(Path(ca_file).parent, ignore_errors=True)
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
