@@ -80,6 +80,7 @@ class Adapter:
                                       depth_max=self.book_depth_max(), paranoid=paranoid)
             self.by_native[native] = symbol
             self.syncs[symbol] = SymbolSync(symbol, native, -1)
+        self.publish_actions = {symbol: Publish(symbol) for symbol in self.books}
         self.conns = self.plan_connections()
         for conn in self.conns:
             for symbol in conn.symbols:
@@ -265,7 +266,7 @@ class Adapter:
     def publish(self, sync):
         """Ask the driver to publish the book, only if it is synced (LIVE)."""
         if sync.state is State.LIVE:
-            self.queue.append(Publish(sync.symbol))
+            self.queue.append(self.publish_actions[sync.symbol])  # frozen: made once per book
 
     def mark_stale(self, sync, reason):
         setattr(sync.stats, STAT_BY_REASON[reason], getattr(sync.stats, STAT_BY_REASON[reason]) + 1)
