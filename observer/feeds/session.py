@@ -33,6 +33,7 @@ import time
 from urllib.parse import urlsplit
 
 from observer import loom
+from observer.feeds import make_adapter
 from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
 from observer.net import NetError
 from observer.net import http as net_http
@@ -88,6 +89,16 @@ class Session:
         self.loop = None
         self.fibers = []
         self.stopping = False
+
+    @classmethod
+    def for_feed(cls, feed, sink, *, depth, **options):
+        """A session for one configured feed (observer.config.FeedConfig: exchange, symbols,
+        ws_url, rest_url, ca_file, category, depth); `depth` is the observer's depth, used when
+        the feed sets none. Paranoid invariant checks stay off here (tests turn them on)."""
+        adapter = make_adapter(feed.exchange, list(feed.symbols), ws_url=feed.ws_url,
+                               rest_url=feed.rest_url, depth=feed.depth or depth,
+                               category=feed.category)
+        return cls(adapter, sink, ca_file=feed.ca_file, **options)
 
     # ------------------------------------------------------------------------ lifetime
 

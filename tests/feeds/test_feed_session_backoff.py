@@ -45,3 +45,20 @@ def test_refused_connections_are_retried_with_growing_backoff():
     assert session.stats.reconnects >= 4
     assert adapter.syncs["BTCUSDT"].stats.reconnects >= 4
     assert published == []
+
+
+def test_a_session_from_a_feed_config(tmp_path):
+    from observer.config import parse_feed_spec
+
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not used here")
+    feed = parse_feed_spec("bybit/linear:BTCUSDT,ETHUSDT", ca_file=str(ca_file))
+    session = Session.for_feed(feed, lambda actions, recv_ns: None, depth=20)
+    adapter = session.adapter
+    assert (adapter.exchange, adapter.category, adapter.depth) == ("bybit", "linear", 50)
+    assert sorted(adapter.books) == ["BTCUSDT", "ETHUSDT"]
+    assert adapter.connections()[0].url == "wss://stream.bybit.com/v5/public/linear"
+    assert session.ca_file == str(ca_file)
+    kraken = Session.for_feed(parse_feed_spec("kraken:BTC/USD"), lambda actions, recv_ns: None, depth=50)
+    assert kraken.adapter.depth == 100
+    assert kraken.adapter.connections()[0].url == "wss://ws.kraken.com/v2"
