@@ -25,6 +25,7 @@ from observer.feeds.sync import Kind, State
 
 DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000)}
 ARGS_PER_REQUEST_MAX = 10
+PENDING_REQUESTS_MAX = 1024  # subscribes awaiting their ack (acks name no topic, only req_id)
 NS_PER_MS = 1_000_000
 
 
@@ -72,6 +73,8 @@ class BybitAdapter(Adapter):
             chunk = natives[start : start + ARGS_PER_REQUEST_MAX]
             self.req_id += 1
             if op == "subscribe":
+                if len(self.requests) >= PENDING_REQUESTS_MAX:
+                    self.requests.clear()  # replies lost long ago; the sync deadline covers them
                 self.requests[str(self.req_id)] = chunk
             args = [self.topic(native) for native in chunk]
             self.send(conn_id, orjson.dumps({"req_id": str(self.req_id), "op": op, "args": args}).decode())
