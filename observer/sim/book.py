@@ -31,19 +31,23 @@ class TextCache:
 
     Rendering is the simulator's hot path; prices near the mid repeat all the time."""
 
-    __slots__ = ("decimals", "texts", "entries_max")
+    __slots__ = ("decimals", "texts", "entries_max", "minimal")
 
-    def __init__(self, decimals: int, entries_max: int = 1 << 16) -> None:
+    def __init__(self, decimals: int, entries_max: int = 1 << 16, minimal: bool = False) -> None:
         self.decimals = decimals
         self.texts: dict[int, str] = {}
         self.entries_max = entries_max
+        self.minimal = minimal      # OKX sends "3366" and "0.5", not "3366.0" and "0.50000000"
 
     def __call__(self, value_int: int) -> str:
         text = self.texts.get(value_int)
         if text is None:
             if len(self.texts) >= self.entries_max:
                 self.texts.clear()
-            text = self.texts[value_int] = scaled_text(value_int, self.decimals)
+            text = scaled_text(value_int, self.decimals)
+            if self.minimal and "." in text:
+                text = text.rstrip("0").rstrip(".")
+            self.texts[value_int] = text
         return text
 
 
@@ -52,15 +56,16 @@ class Instrument:
 
     __slots__ = ("price_decimals", "size_decimals", "tick_int", "price_text", "size_text")
 
-    def __init__(self, price_decimals: int, size_decimals: int, tick_int: int = 1) -> None:
+    def __init__(self, price_decimals: int, size_decimals: int, tick_int: int = 1,
+                 minimal_text: bool = False) -> None:
         assert 0 <= price_decimals <= 12
         assert 0 <= size_decimals <= 12
         assert tick_int >= 1                  # the random walk moves prices in steps of this
         self.price_decimals = price_decimals
         self.size_decimals = size_decimals
         self.tick_int = tick_int
-        self.price_text = TextCache(price_decimals)
-        self.size_text = TextCache(size_decimals)
+        self.price_text = TextCache(price_decimals, minimal=minimal_text)
+        self.size_text = TextCache(size_decimals, minimal=minimal_text)
 
     def __repr__(self) -> str:
         return f"Instrument({self.price_decimals}, {self.size_decimals}, tick_int={self.tick_int})"

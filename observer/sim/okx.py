@@ -36,7 +36,8 @@ class Okx(Venue):
     faults = COMMON_FAULTS + ("bad_checksum", "reset", "keepalive")
 
     def instrument(self, symbol: str) -> Instrument:
-        return Instrument(price_decimals=1, size_decimals=8, tick_int=1)
+        # OKX's strings carry no trailing zeros, and its legacy checksum is over those strings.
+        return Instrument(price_decimals=1, size_decimals=8, tick_int=1, minimal_text=True)
 
     def init_market(self, market: Market) -> None:
         market.state.update(seq=1000, window=None, subs=set(), last_keepalive_s=0.0,

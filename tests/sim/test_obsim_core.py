@@ -54,16 +54,22 @@ def signed_crc(text: str) -> int:
 
 
 def test_okx_checksum_interleaves_and_continues_with_the_longer_side():
-    # OKX's documented rule on the text obsim renders (fixed decimals: "3366.0", not "3366").
-    inst = Instrument(1, 0)
-    book = book_of(inst, [("3366.1", "7"), ("3366.0", "6")], [("3366.8", "9"), ("3368.0", "8")])
-    assert okx_checksum(inst, book) == signed_crc("3366.1:7:3366.8:9:3366.0:6:3368.0:8")
-    book = book_of(inst, [("3366.1", "7")], [("3366.8", "9"), ("3368.0", "8"), ("3372.0", "8")])
-    assert okx_checksum(inst, book) == signed_crc("3366.1:7:3366.8:9:3368.0:8:3372.0:8")
-    deep = book_of(inst, [(f"{3000 - i}.0", "1") for i in range(30)], [(f"{4000 + i}.0", "2") for i in range(30)])
-    expected = ":".join(f"{3000 - i}.0:1:{4000 + i}.0:2" for i in range(25))     # top 25 only
+    # OKX's documented rule on the text OKX sends and obsim renders for it ("3366", not "3366.0").
+    inst = Instrument(1, 0, minimal_text=True)
+    book = book_of(inst, [("3366.1", "7"), ("3366", "6")], [("3366.8", "9"), ("3368", "8")])
+    assert okx_checksum(inst, book) == signed_crc("3366.1:7:3366.8:9:3366:6:3368:8")
+    assert okx_checksum(inst, book) == -1881014294   # the doc's own vector
+    book = book_of(inst, [("3366.1", "7")], [("3366.8", "9"), ("3368", "8"), ("3372", "8")])
+    assert okx_checksum(inst, book) == 831078360      # the doc's second vector
+    deep = book_of(inst, [(f"{3000 - i}", "1") for i in range(30)], [(f"{4000 + i}", "2") for i in range(30)])
+    expected = ":".join(f"{3000 - i}:1:{4000 + i}:2" for i in range(25))     # top 25 only
     assert okx_checksum(inst, deep) == signed_crc(expected)
-    assert signed_crc("3366.1:7:3366.8:9:3366:6:3368:8") == -1881014294   # the doc's own vector
+
+
+def test_minimal_text_drops_trailing_zeros_only():
+    inst = Instrument(1, 8, minimal_text=True)
+    assert [inst.price_text(v) for v in (33660, 33661, 0)] == ["3366", "3366.1", "0"]
+    assert [inst.size_text(v) for v in (50000000, 100, 1200000000)] == ["0.5", "0.000001", "12"]
 
 
 def test_true_book_sets_deletes_and_orders():
