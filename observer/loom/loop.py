@@ -94,6 +94,9 @@ class Loop:
         self._running = False
         self._stopping = False
         self._closed = False
+        self._inline_ok = False      # a waiting fiber may poll on its own greenlet (fiber.py)
+        self._main: Fiber | None = None
+        self._internal_error: LoomInternalError | None = None
         self._switches = 0
         self._immediate = 0          # try-first completions (stats, summed per turn)
         self._budget = 0             # try-first completions left in this turn (fiber.resume)
@@ -144,6 +147,8 @@ class Loop:
         fiber.error = error
         fiber.deferred = None
         self._fibers.discard(fiber)
+        if fiber is self._main:
+            self._inline_ok = False          # run() returns now; nobody may block in a poll
         if error is not None and not isinstance(error, fibers.Cancelled):
             log.error("loom: fiber %r failed", fiber.name, exc_info=error)
         joiners, fiber.joiners = fiber.joiners, None
@@ -165,9 +170,10 @@ class Loop:
             raise LoomError("run on a closed loop")
         if greenlet.getcurrent() is not self._loop_greenlet:
             raise LoomError("loop.run must be called from the greenlet that created the loop")
-        main_fiber = self.spawn(main, *args) if main is not None else None
+        main_fiber = self._main = self.spawn(main, *args) if main is not None else None
         self._running = True
         self._stopping = False
+        self._inline_ok = not self._spin_s
         if self._watchdog is not None:
             self._watchdog.start()
         try:
@@ -181,10 +187,13 @@ class Loop:
         except LoomInternalError:
             log.critical("loom: internal error, closing the loop", exc_info=True)
             self._running = False
+            self._inline_ok = False
             self.close()
             raise
         finally:
             self._running = False
+            self._inline_ok = False
+            self._main = None
             if self._watchdog is not None:
                 self._watchdog.stop()
         if main_fiber is not None and main_fiber.state == DONE:
@@ -194,6 +203,7 @@ class Loop:
     def stop(self) -> None:
         """Make `run()` return after the current pass."""
         self._stopping = True
+        self._inline_ok = False
 
     def _has_work(self) -> bool:
         return bool(self._fibers or self._timers.live or self._backend.pending)
