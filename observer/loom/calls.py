@@ -89,8 +89,7 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
     re-registration clear the one-entry cache), one recv, and the fairness budget.
     """
     try:
-        fiber = getcurrent().fiber
-        loop = fiber.loop
+        loop = getcurrent().loop
     except AttributeError:
         raise _outside() from None
     if sock is loop._last_obj:
@@ -107,11 +106,11 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
                 state.in_hint = False            # a short stream read drained the socket
             loop._budget -= 1
             if loop._budget <= 0:
-                yield_now(fiber)
+                yield_now(loop._current)
             return n
     if state.pushback:
         return _take_pushback(state, buf, nbytes)
-    return _wait_op(fiber, state, RECV, buf, nbytes)
+    return _wait_op(loop._current, state, RECV, buf, nbytes)
 
 
 def recv(sock, n: int) -> bytes:
@@ -125,8 +124,7 @@ def recv(sock, n: int) -> bytes:
 def sendall(sock, data) -> None:
     """Send all of `data`, waiting for buffer space as often as needed."""
     try:
-        fiber = getcurrent().fiber
-        loop = fiber.loop
+        loop = getcurrent().loop
     except AttributeError:
         raise _outside() from None
     if sock is loop._last_obj:
@@ -153,11 +151,12 @@ def sendall(sock, data) -> None:
             if sent == total:
                 loop._budget -= 1
                 if loop._budget <= 0:
-                    yield_now(fiber)
+                    yield_now(loop._current)
                 return
             state.out_hint = False               # a short send filled the buffer
     if view is None:
         view = memoryview(data)
+    fiber = loop._current
     while sent < total:
         sent += _wait_op(fiber, state, SEND, data=view[sent:])
 

@@ -36,6 +36,7 @@ class Runner(greenlet.greenlet):
     def __init__(self, loop):
         super().__init__(run=_runner_main, parent=loop._loop_greenlet)
         self.fiber: Fiber | None = None
+        self.loop = loop                 # the fast paths in calls.py start from here
 
 
 class Fiber:

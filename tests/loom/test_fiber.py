@@ -181,3 +181,61 @@ def test_internal_error_stops_the_loop_loudly(loop):
         loop.run()
     with pytest.raises(loom.LoomError, match="closed"):
         loop.spawn(print)
+
+
+def test_run_returns_when_main_ends_while_another_fiber_waits_on_io(loop):
+    """A fiber parked on I/O that never comes must not hold run() once main is done."""
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        loop.spawn(loom.recv_into, b, bytearray(4))        # waits forever
+        assert loop.run(lambda: "main done") == "main done"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_timers_fire_while_the_only_other_fiber_waits_on_io(loop):
+    """A fiber waiting on a socket polls on its own greenlet; a sleeper still wakes on time
+    and its send completes the wait."""
+    import socket
+
+    a, b = socket.socketpair()
+
+    def sender():
+        loom.sleep(0.01)
+        loom.sendall(a, b"ping")
+
+    def main():
+        loop.spawn(sender)
+        buf = bytearray(4)
+        with loom.timeout(10.0):
+            assert loom.recv_into(b, buf) == 4
+        return bytes(buf)
+
+    try:
+        assert loop.run(main) == b"ping"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_watchdog_ignores_a_fiber_blocked_in_an_inline_poll(backend):
+    """Waiting for I/O is not running: no report, however long the wait."""
+    import socket
+    import threading
+    import time
+
+    a, b = socket.socketpair()
+    loop = loom.Loop(backend, watchdog_s=0.05)
+    timer = threading.Timer(0.3, a.send, (b"late",))
+    timer.start()
+    try:
+        assert loop.run(loom.recv_into, b, bytearray(4)) == 4
+    finally:
+        timer.join()
+        loop.close()
+        a.close()
+        b.close()
+    assert loop.watchdog_reports() == []
