@@ -6,8 +6,9 @@ certificate in a private temporary directory, and prints exactly one JSON line o
   {"exchanges": {"binance": {"ws_url": ..., "rest_url": ..., "symbols": [...]}, ...},
    "ca_file": ..., "control_url": ..., "pid": ...}
 
-then serves until SIGTERM or SIGINT (or, with `--exit-on-stdin-eof`, until its stdin closes), when it closes every connection, removes its temporary
-directory and exits 0. Logs go to stderr. Every exchange limit has a flag with the real value
+then serves until SIGTERM or SIGINT (or, with `--exit-on-stdin-eof`, until its stdin closes),
+when it closes every connection, removes its temporary directory and exits 0. Logs go to
+stderr. Every exchange limit has a flag with the real value
 as default, so tests can scale time down (e.g. `--okx-idle-s 1`).
 """
 
