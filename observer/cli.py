@@ -27,6 +27,7 @@ import sys
 
 from observer import config as cfg
 from observer import logs
+from observer.logs import log_event
 from observer.instance import AlreadyRunning
 from observer.server.control import SocketInUse
 from proto import messages as m
@@ -56,6 +57,8 @@ def parse_args(argv):
     p.add_argument("--ca-file", help="extra CA file trusted by --feed feeds (e.g. obsim's)")
     p.add_argument("--lag-bound-ms", type=float,
                    help="a book further behind its exchange than this is published as lagging")
+    p.add_argument("--cores", help="one pinned shard process per core, e.g. 2,3 or 0-3 "
+                   "(default: one unpinned shard in the supervisor's process)")
     p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -68,13 +71,23 @@ def build_config(args) -> cfg.ObserverConfig:
     config = config.with_overrides(
         name=args.name, socket=args.socket, depth=args.depth, backend=args.backend,
         log_format=args.log_format, log_level=args.log_level, lag_bound_ms=args.lag_bound_ms,
-        feeds=tuple(feeds) if feeds else None)
+        feeds=tuple(feeds) if feeds else None,
+        cores=cfg.parse_cores(args.cores) if args.cores is not None else None)
     synthetic = {"rate_hz": args.rate, "seed": args.seed}
     config = config.with_overrides(feeds=tuple(
         _override(f, synthetic) if f.exchange == "synthetic" else f for f in config.feeds))
     cfg.validate(config, where="command line")
     if not config.feeds:
         raise cfg.ConfigError("no feeds: give --feed EXCHANGE:SYMBOLS or a --config file")
+    if config.cores is not None:      # before anything is created: nothing to leave behind
+        from observer.loom.pin import allowed_cores
+        from observer.shardplan import check_cores, partition
+
+        check_cores(config.cores, allowed_cores())
+        partition(config.feeds, len(config.cores))
+    elif any(f.shard not in (None, 0) for f in config.feeds):
+        raise cfg.ConfigError("a feed names a shard other than 0, but without --cores (or "
+                              "`cores`) there is one shard")
     return config
 
 
@@ -86,10 +99,14 @@ def _override(feed: cfg.FeedConfig, values: dict) -> cfg.FeedConfig:
 
 
 def plan(config: cfg.ObserverConfig):
-    """Book descriptors (one shard for now) and the feed objects that fill them."""
+    """Book descriptors (shard indexes set), the feed objects that fill them, the book index of
+    each (exchange, symbol), and the shard of each configured feed."""
     from observer.feedplan import plan as feed_plan
+    from observer.shardplan import assign, partition
 
-    return feed_plan(config)
+    descs, feeds, index_of = feed_plan(config)
+    shard_of = partition(config.feeds, len(config.cores) if config.cores else 1)
+    return assign(descs, feeds, index_of, shard_of), feeds, index_of, shard_of
 
 
 def run(config: cfg.ObserverConfig) -> int:
@@ -97,10 +114,11 @@ def run(config: cfg.ObserverConfig) -> int:
     from observer.shard import Shard
     from observer.supervisor import Supervisor
 
-    descs, feeds, index_of = plan(config)
+    descs, feeds, index_of, shard_of = plan(config)
+    shards_n = len(config.cores) if config.cores else 1
     loop = loom.Loop(backend=config.backend)
     socket_path = config.socket or m.default_socket_path()
-    supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=1,
+    supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
                             depth_max=config.depth, socket_path=socket_path,
                             allow_uids=config.allow_uids, allow_gids=config.allow_gids)
     wake_r, wake_w = socket.socketpair()
@@ -112,9 +130,15 @@ def run(config: cfg.ObserverConfig) -> int:
             supervisor.start()
         except (LayoutError, ValueError, OSError) as exc:
             raise StartError(f"cannot start: {exc}") from exc
-        shard = Shard(0, supervisor.segment.writer(0), feeds, index_of)
+        if config.cores is None:      # one shard, in this process and loop (see the essay)
+            shard = Shard(0, supervisor.segment.writer(0), feeds, index_of)
+        else:
+            shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
+                                                              index_of, shard_of)
         loop.run(_serve, loop, supervisor, shard, wake_r, socket_path)
     finally:
+        if supervisor.shard_manager is not None:
+            supervisor.shard_manager.kill_all()      # no shard outlives a failed stop
         supervisor.stop()
         signal.set_wakeup_fd(old_wakeup_fd)
         for sig, handler in old_handlers.items():
@@ -129,14 +153,35 @@ def _note_signal(signum, frame) -> None:
     """The wakeup fd carries the signal to the loop; nothing to do here."""
 
 
+def _shard_manager(loop, supervisor, config, descs, index_of, shard_of):
+    """One ShardSpec per core: the config's feeds of that shard and their book indexes."""
+    from observer.shardproc import ShardSpec
+    from observer.shards import ShardManager
+
+    specs = []
+    for i, core in enumerate(config.cores):
+        mine = tuple(f for f, s in zip(config.feeds, shard_of) if s == i)
+        books = {key: b for key, b in index_of.items() if descs[b].shard_index == i}
+        specs.append(ShardSpec(name=config.name, shard_index=i, core=core,
+                               config=config.with_overrides(feeds=mine), book_index_of=books,
+                               shm_fd=supervisor.segment.fd,
+                               eventfds=tuple(supervisor.segment.eventfds),
+                               parent_pid=os.getpid()))
+        if not mine:
+            log_event(log, "shard_idle", level=logging.WARNING, shard=i, core=core,
+                      reason="more cores than feeds")
+    return ShardManager(loop, supervisor, specs)
+
+
 def _serve(loop, supervisor, shard, wake_r, socket_path) -> None:
     from observer import loom
 
     shard.start(loop)
-    log.info("observer ready name=%s socket=%s books=%d pid=%d", supervisor.name, socket_path,
-             len(supervisor.book_descs), os.getpid())
+    log_event(log, "observer_ready", instance=supervisor.name, socket=socket_path,
+              books=len(supervisor.book_descs), shards=supervisor.shards_n, pid=os.getpid(),
+              backend=loop.backend_name)
     signum = loom.recv(wake_r, 1)
-    log.info("observer stopping (signal %d)", signum[0] if signum else 0)
+    log_event(log, "observer_stopping", signal=signum[0] if signum else 0)
     shard.stop()
     supervisor.stop()
     loop.stop()

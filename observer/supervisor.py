@@ -70,6 +70,7 @@ class Supervisor:
                                     allow_gids=allow_gids)
         self.started_s = time.monotonic()
         self._fibers: list = []
+        self.shard_manager = None               # observer/shards.py, when shards are processes
 
     def start(self) -> None:
         """Lock the name, create the segment, serve the socket. Undoes itself on failure."""
@@ -116,6 +117,23 @@ class Supervisor:
             os.close(self.reader_fd)
             self.reader_fd = -1
         self.lock.release()
+
+    def mark_shard_stale(self, shard_index: int) -> None:
+        """Publish every book of a DEAD shard as stale (observer/shards.py calls this).
+
+        Safe only because that shard's process has ended: one writer per book at any time. The
+        writer is made now, so it starts from the sequence words the dead shard left, and is
+        dropped at once, so the next shard process is again the only writer.
+        """
+        from observer.shm.writer import ShardWriter
+
+        writer = ShardWriter(self.segment, shard_index)
+        try:
+            for book_index in writer.book_indexes:
+                writer.mark_stale(book_index)
+            writer.flush()
+        finally:
+            writer.release()
 
     # -- fibers ------------------------------------------------------------------------------
 
@@ -192,12 +210,34 @@ class Supervisor:
                     "uptime_s": round(time.monotonic() - self.started_s, 3),
                     "books": len(self.book_descs), "shards": self.shards_n,
                     "protocol_version": m.PROTOCOL_VERSION, **self.server.stats()}
+        observer["shard_list"] = self.shard_stats(now_ns)
+        observer["shard_restarts"] = sum(s["restarts"] for s in observer["shard_list"])
         books = []
         for info in self._books:
             counters = self.reader.book_stats(info.book_index)
             last_ns = counters["last_update_ns"]
-            books.append({"book": info.name, "stale": self.reader.snapshot(info.book_index, 0).stale,
+            books.append({"book": info.name, "exchange": info.exchange, "shard": info.shard_index,
+                          "stale": self.reader.snapshot(info.book_index, 0).stale,
                           "last_update_age_s": round((now_ns - last_ns) / 1e9, 3) if last_ns else None,
                           **{k: v for k, v in counters.items() if not k.startswith("reserved")}})
         return observer, books, self.server.client_stats()
 
+
+    def shard_stats(self, now_ns: int) -> list[dict]:
+        """Per shard: the segment's view (ring head, flushes, heartbeat age, writer pid) and,
+        when shards are processes, the supervisor's (alive, restarts, core, last exit)."""
+        managed = self.shard_manager.stats() if self.shard_manager is not None else None
+        out = []
+        for i in range(self.shards_n):
+            seg = self.reader.shard_stats(i)
+            heartbeat_ns = seg["heartbeat_ns"]
+            row = {"shard": i, "core": None, "pid": seg["writer_pid"], "alive": True,
+                   "restarts": 0, "last_exit": None,
+                   "books": sum(1 for b in self._books if b.shard_index == i),
+                   "records": seg["head"], "flushes": seg["flushes"],
+                   "heartbeat_age_s": round((now_ns - heartbeat_ns) / 1e9, 3)
+                   if heartbeat_ns else None}
+            if managed is not None:
+                row.update(managed[i])
+            out.append(row)
+        return out

@@ -1,0 +1,206 @@
+"""The shard processes of one observer: start, watch, restart with backoff, stop (C1, C9).
+
+Why in the supervisor's loop: watching a child is waiting for an fd. Each shard gets a pidfd
+(`os.pidfd_open`), which becomes readable when the process ends, however it ends; one fiber per
+shard waits on it with `loom.wait_readable`, so a death is seen at once, with no SIGCHLD
+handler, no polling and no thread.
+
+When a shard dies unasked:
+1. its books are republished as stale by the supervisor, through a `ShardWriter` made for the
+   occasion from the segment's current sequence words. Safe because a dead process writes
+   nothing: at any moment exactly one process writes a shard's books. Clients see the stale
+   flag on their next read and a KIND_STALE record in the ring;
+2. the death is logged once (`shard_exit`, with the exit status) and counted;
+3. after a backoff (`restart_backoff_s`, doubling per death in a row up to
+   `restart_backoff_max_s`, reset once a shard has run `healthy_after_s`) a new process starts
+   with the same spec. Its writer resumes from the sequence words in the segment, its feeds
+   resync, and each book turns live on its first publish. Clients never reconnect: the segment,
+   its eventfds and the control socket belong to the supervisor and did not change.
+
+Stopping (`stop`): SIGTERM to every shard, then SIGKILL to any still alive after `stop_s`; the
+watchers see the exits and return instead of restarting. A shard whose supervisor is killed
+with SIGKILL dies by PR_SET_PDEATHSIG (observer/shardproc.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from observer import loom
+from observer.logs import log_event
+from observer.shardproc import ShardSpec, write_spec
+
+log = logging.getLogger("observer.supervisor")
+
+RESTART_BACKOFF_S = 0.1
+RESTART_BACKOFF_MAX_S = 10.0
+HEALTHY_AFTER_S = 30.0
+STOP_S = 5.0
+KILL_WAIT_S = 5.0
+
+
+class ShardChild:
+    """One shard slot: its spec, its current process and what happened to it."""
+
+    def __init__(self, spec: ShardSpec, book_names: list[str]):
+        self.spec = spec
+        self.index = spec.shard_index
+        self.book_names = book_names
+        self.proc: subprocess.Popen | None = None
+        self.pidfd = -1
+        self.started_s = 0.0
+        self.restarts = 0
+        self.deaths_in_row = 0
+        self.last_exit = None          # returncode of the last unasked death
+        self.watcher = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class ShardManager:
+    def __init__(self, loop, supervisor, specs: list[ShardSpec], *,
+                 restart_backoff_s: float = RESTART_BACKOFF_S,
+                 restart_backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+                 healthy_after_s: float = HEALTHY_AFTER_S, stop_s: float = STOP_S):
+        assert restart_backoff_s > 0
+        assert restart_backoff_max_s >= restart_backoff_s
+        self.loop = loop
+        self.supervisor = supervisor
+        names = [f"{d.exchange}:{d.symbol}" for d in supervisor.book_descs]
+        self.children = [ShardChild(s, [names[i] for i in sorted(s.book_index_of.values())])
+                         for s in specs]
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
+        self.healthy_after_s = healthy_after_s
+        self.stop_s = stop_s
+        self.stopping = False
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def start(self, loop=None) -> None:
+        """Start every shard and its watcher (the same call shape as an in-process Shard)."""
+        assert loop is None or loop is self.loop
+        for child in self.children:
+            self._spawn(child)
+            child.watcher = self.loop.spawn(self._watch, child, name=f"shard{child.index}-watch")
+
+    def _spawn(self, child: ShardChild) -> None:
+        spec_fd = write_spec(child.spec)
+        fds = (child.spec.shm_fd, *child.spec.eventfds)
+        try:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "observer.shardproc", "--name", child.spec.name,
+                 "--shard", str(child.index)],
+                stdin=spec_fd, pass_fds=fds, close_fds=True)
+        finally:
+            os.close(spec_fd)
+        child.pidfd = os.pidfd_open(child.proc.pid)
+        child.started_s = time.monotonic()
+
+    def _watch(self, child: ShardChild) -> None:
+        while True:
+            loom.wait_readable(child.pidfd)
+            code = child.proc.wait()
+            self._close_pidfd(child)
+            if self.stopping:
+                return
+            self._died(child, code)
+            loom.sleep(self._backoff_s(child))
+            if self.stopping:
+                return
+            child.restarts += 1
+            self._spawn(child)
+            log_event(log, "shard_restart", level=logging.WARNING, shard=child.index,
+                      pid=child.proc.pid, restarts=child.restarts,
+                      reason=_exit_reason(child.last_exit), books=",".join(child.book_names))
+
+    def _died(self, child: ShardChild, code: int) -> None:
+        lived_s = time.monotonic() - child.started_s
+        child.deaths_in_row = 1 if lived_s >= self.healthy_after_s else child.deaths_in_row + 1
+        child.last_exit = code
+        log_event(log, "shard_exit", level=logging.ERROR, shard=child.index,
+                  reason=_exit_reason(code), lived_s=round(lived_s, 3),
+                  books=",".join(child.book_names))
+        self.supervisor.mark_shard_stale(child.index)
+
+    def _backoff_s(self, child: ShardChild) -> float:
+        exponent = min(child.deaths_in_row - 1, 30)
+        return min(self.restart_backoff_max_s, self.restart_backoff_s * 2 ** exponent)
+
+    def stop(self) -> None:
+        """From a fiber: SIGTERM every shard, SIGKILL after `stop_s`, wait for all. Idempotent."""
+        self.stopping = True
+        for child in self.children:
+            if child.alive:
+                _signal(child, signal.SIGTERM)
+            elif child.watcher is not None and not child.watcher.done:
+                child.watcher.cancel()               # in its backoff sleep: nothing to wait for
+        deadline_s = time.monotonic() + self.stop_s
+        for child in self.children:
+            if not self._join(child, deadline_s - time.monotonic()):
+                log_event(log, "shard_kill", level=logging.WARNING, shard=child.index,
+                          reason=f"still alive {self.stop_s} s after SIGTERM")
+                _signal(child, signal.SIGKILL)
+                self._join(child, KILL_WAIT_S)
+        self.kill_all()
+
+    def _join(self, child: ShardChild, timeout_s: float) -> bool:
+        if child.watcher is None or child.watcher.done:
+            return True
+        try:
+            child.watcher.join(max(0.0, timeout_s))
+        except TimeoutError:
+            return False
+        except (loom.Cancelled, Exception):
+            pass
+        return True
+
+    def kill_all(self) -> None:
+        """Last resort, from plain code too: no shard outlives the supervisor. Idempotent."""
+        self.stopping = True
+        for child in self.children:
+            if child.proc is not None and child.proc.returncode is None:
+                _signal(child, signal.SIGKILL)
+                child.proc.wait()
+            if child.pidfd >= 0:
+                self.loop.forget(child.pidfd)
+                self._close_pidfd(child)
+
+    def _close_pidfd(self, child: ShardChild) -> None:
+        if child.pidfd >= 0:
+            self.loop.forget(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = -1
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    def stats(self) -> list[dict]:
+        return [{"shard": c.index, "core": c.spec.core, "pid": c.proc.pid if c.alive else None,
+                 "alive": c.alive, "restarts": c.restarts, "books": len(c.book_names),
+                 "last_exit": _exit_reason(c.last_exit) if c.last_exit is not None else None}
+                for c in self.children]
+
+
+def _signal(child: ShardChild, signum: int) -> None:
+    try:
+        child.proc.send_signal(signum)      # Popen checks it was not reaped already
+    except ProcessLookupError:
+        pass
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
