@@ -3,7 +3,7 @@
     obctl [--socket PATH] snapshot SYMBOL [--depth N] [--json]
     obctl [--socket PATH] list [--json]
     obctl [--socket PATH] watch SYMBOL [--depth N]
-    obctl [--socket PATH] stats [--json]
+    obctl [--socket PATH] stats [--json | --prometheus]
 
 Built on obclient only (never imports the observer): books are read from shared memory like any
 strategy reads them, stats come over the control socket. Prices in JSON are exact decimal
@@ -121,6 +121,11 @@ def cmd_list(client, args) -> int:
 
 def cmd_stats(client, args) -> int:
     stats = client.stats()
+    if args.prometheus:
+        from obclient.prometheus import render
+
+        sys.stdout.write(render(stats.observer, stats.books, stats.clients))
+        return 0
     if args.json:
         print(json.dumps({"observer": stats.observer, "books": stats.books,
                           "clients": stats.clients}, separators=(",", ":")))
@@ -128,6 +133,11 @@ def cmd_stats(client, args) -> int:
     o = stats.observer
     print(f"observer {o.get('name')}  pid {o.get('pid')}  generation {o.get('generation')}  "
           f"uptime {o.get('uptime_s')} s  clients {o.get('clients')}")
+    for sh in o.get("shard_list") or []:
+        print(f"shard {sh['shard']}  core {'-' if sh.get('core') is None else sh['core']}  "
+              f"pid {sh.get('pid') or '-'}  {'up' if sh.get('alive') else 'DOWN'}  "
+              f"restarts {sh.get('restarts', 0)}  books {sh.get('books')}  "
+              f"records {sh.get('records')}")
     print(f"{'book':<24} {'updates':>10} {'gaps':>6} {'resyncs':>8} {'cksum_err':>9} "
           f"{'last_age_s':>10}  state")
     for b in stats.books:
@@ -182,7 +192,10 @@ def parse_args(argv):
     s.add_argument("symbol")
     s.add_argument("--depth", type=_depth, default=DEPTH_DEFAULT)
     s = sub.add_parser("stats", help="observer, book and client counters")
-    s.add_argument("--json", action="store_true")
+    form = s.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument("--prometheus", action="store_true",
+                      help="Prometheus text exposition format (for a textfile collector)")
     return p.parse_args(argv)
 
 

@@ -32,6 +32,7 @@ import struct
 import time
 
 from observer import loom
+from observer.logs import log_event
 from observer.server.protocol import ServerConnection
 from proto import messages as m
 from proto import framing
@@ -43,7 +44,6 @@ RECV_BYTES_MAX = 64 * 1024
 SOCKET_MODE_DEFAULT = 0o660
 CLOSE_FLUSH_S = 1.0           # how long a closing client's last replies may take to send
 HELLO_TIMEOUT_S = 10.0        # a connection must say hello within this, or it is closed
-SWEEP_S = 2.0                 # how often clients are checked for an end of stream missed
 LISTEN_BACKLOG = 64
 FDS_PER_MESSAGE_MAX = 253     # Linux SCM_MAX_FD
 ACCEPT_RETRY_S = 0.1          # pause after a failed accept (out of fds)
@@ -123,20 +123,17 @@ class ControlServer:
         self._conn_id_last = 0
         self._sock: socket.socket | None = None
         self._accept_fiber = None
-        self._sweep_fiber = None
 
     def start(self) -> None:
         """Bind and start accepting (call before or inside loop.run)."""
         self._sock = bind_socket(self.path, self.mode)
         self._accept_fiber = self.loop.spawn(self._accept_loop, name="control-accept")
-        self._sweep_fiber = self.loop.spawn(self._sweep_loop, name="control-sweep")
 
     def close(self) -> None:
         """Stop accepting, close every client, unlink the socket. Idempotent."""
-        for fiber in (self._accept_fiber, self._sweep_fiber):
-            if fiber is not None and not fiber.done:
-                fiber.cancel()
-        self._accept_fiber = self._sweep_fiber = None
+        if self._accept_fiber is not None and not self._accept_fiber.done:
+            self._accept_fiber.cancel()
+        self._accept_fiber = None
         for client in list(self.clients.values()):
             client.abort()
         if self._sock is not None:
@@ -164,22 +161,6 @@ class ControlServer:
     def stats(self) -> dict:
         return {"clients": len(self.clients), "accepted": self.accepted, "denied": self.denied,
                 "refused_busy": self.refused_busy}
-
-    def _sweep_loop(self) -> None:
-        """Every SWEEP_S, peek at each client for an end of stream its reader missed.
-
-        Discussion: readiness is a hint here as everywhere (C6). An EOF that arrives together
-        with a client's last bytes can be left unseen by an edge-triggered wait after a short
-        read (seen with loom's epoll and io_uring backends); the connection would then hold a
-        slot until the observer stops. A non-blocking MSG_PEEK costs one syscall per client
-        per sweep and consumes nothing.
-        """
-        while True:
-            loom.sleep(SWEEP_S)
-            for client in list(self.clients.values()):
-                if client.peer_gone():
-                    client.proto.close("peer closed (found by the sweep)")
-                    client.abort()
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -218,6 +199,8 @@ class ControlServer:
             return
         client = _Client(self, conn, proto)
         self.clients[proto.conn_id] = client
+        log_event(log, "client_connected", conn=proto.conn_id, pid=peer[0], uid=peer[1],
+                  clients=len(self.clients))
         client.start()
 
     def _allowed(self, peer: tuple[int, int, int]) -> bool:
@@ -256,15 +239,6 @@ class _Client:
 
     def wake(self) -> None:
         self.wakeup.post()
-
-    def peer_gone(self) -> bool:
-        """True when the peer closed its end and nothing is left to read."""
-        try:
-            return self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
 
     def _read_loop(self) -> None:
         hello_deadline_s = time.monotonic() + self.server.hello_timeout_s
@@ -341,8 +315,11 @@ class _Client:
         self.server.clients.pop(self.proto.conn_id, None)
         self.server.loop.forget(self.conn)
         self.conn.close()
-        if self.proto.close_reason and self.proto.close_reason != "peer closed":
-            log.info("control client %d closed: %s", self.proto.conn_id, self.proto.close_reason)
+        # once per client, with who it was and why it went
+        log_event(log, "client_disconnected", conn=self.proto.conn_id,
+                  client=self.proto.client_name or "-", pid=self.proto.peer[0],
+                  reason=self.proto.close_reason or "closed by the observer",
+                  clients=len(self.server.clients))
 
 
 def _current_fiber():
