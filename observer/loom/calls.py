@@ -102,7 +102,7 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
         except BlockingIOError:
             state.in_hint = False
         else:
-            if state.short_drains and 0 < n < (nbytes or len(buf)):
+            if n < (nbytes or len(buf)) and n and state.short_drains:   # full reads: 1 test
                 state.in_hint = False            # a short stream read drained the socket
             loop._budget -= 1
             if loop._budget <= 0:
