@@ -27,9 +27,16 @@ class KqueueBackend(ReadinessBackend):
         self._fds: dict[int, FdState] = {}
 
     def _change(self, fd: int, flags: int) -> None:
-        changes = [select.kevent(fd, select.KQ_FILTER_READ, flags),
-                   select.kevent(fd, select.KQ_FILTER_WRITE, flags)]
-        self._kq.control(changes, 0, 0)
+        """Apply `flags` to both filters; one may be refused (some fds have no write side),
+        both refused is an error."""
+        errors = []
+        for kind in (select.KQ_FILTER_READ, select.KQ_FILTER_WRITE):
+            try:
+                self._kq.control([select.kevent(fd, kind, flags)], 0, 0)
+            except OSError as exc:
+                errors.append(exc)
+        if len(errors) == 2:
+            raise errors[0]
 
     def register(self, state: FdState) -> None:
         try:

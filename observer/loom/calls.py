@@ -7,7 +7,7 @@ fiber waits for its completion. Whether io_uring ran the call in the kernel or e
 an edge and ran it here is invisible from this side.
 
 Fairness: a fiber whose calls keep completing at once would never yield, so each turn has a
-budget of `IMMEDIATE_RUN_MAX` such calls, after which it yields once (one switch per 64).
+budget of `fiber.IMMEDIATE_RUN_MAX` such calls, after which it yields once (one switch per 64).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRIT
                       Op, take_pushback as _take_pushback)
 from greenlet import getcurrent
 
-from .fiber import IMMEDIATE_RUN_MAX, current_fiber, suspend, yield_now
+from .fiber import current_fiber, suspend, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
 
