@@ -1,0 +1,260 @@
+"""`observer --cores`: shard processes, restarts, clean stops and kill -9 cycles (C1, C9).
+
+Real processes throughout: a supervisor and one pinned shard process per core, serving
+synthetic feeds (the exchange path is tested end to end in tests/e2e). Waits are conditions
+with deadlines, never fixed sleeps, so a busy machine only makes them slower.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import obclient
+from observer import loom
+from observer.instance import InstanceLock
+from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
+from proto import layout
+
+WAIT_S = 60.0
+ALLOWED = sorted(os.sched_getaffinity(0))
+TWO_CORES = ",".join(map(str, ALLOWED[:2]))
+needs_two_cores = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two allowed cores to run "
+                                     "two pinned shards")
+FEEDS = ["--feed", "synthetic:SOLUSD,XRPUSD"]         # with the harness's BTCUSD,ETHUSD feed
+
+
+def _shards(client) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for b in client.books():
+        out.setdefault(b.shard_index, []).append(b.name)
+    return out
+
+
+def _shard_row(client, index: int) -> dict:
+    return client.stats().observer["shard_list"][index]
+
+
+class Watcher(threading.Thread):
+    """Reads `names` continuously through its own client; records every stale copy seen and
+    whether the books kept changing."""
+
+    def __init__(self, socket_path, names):
+        super().__init__(daemon=True)
+        self.client = obclient.connect(socket_path, client_name="watcher")
+        self.names = names
+        self.done = threading.Event()
+        self.stale_seen: list[str] = []
+        self.reads = 0
+        self.first_seq = {n: self.client.snapshot(n, 0).seq for n in names}
+        self.last_seq = dict(self.first_seq)
+
+    def run(self):
+        while not self.done.is_set():
+            for name in self.names:
+                snap = self.client.snapshot(name, 0)
+                if snap.stale:
+                    self.stale_seen.append(name)
+                self.last_seq[name] = snap.seq
+                self.reads += 1
+            time.sleep(0.002)
+
+    def finish(self):
+        self.done.set()
+        self.join(WAIT_S)
+        self.client.close()
+
+
+def _json_events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@needs_two_cores
+def test_killed_shard_restarts_resyncs_and_the_other_never_goes_stale():
+    obs = ObserverProcess(rate=100, extra_args=[*FEEDS, "--cores", TWO_CORES,
+                                                "--log-format", "json"])
+    with obs:
+        client = obs.wait_ready()
+        shards = _shards(client)
+        assert sorted(shards) == [0, 1] and all(len(v) == 2 for v in shards.values())
+        victim, other = shards[0], shards[1]
+        stream = client.stream(victim + other)
+        stream.poll()                                   # start the cursor here
+        watcher = Watcher(obs.socket_path, other)
+        watcher.start()
+        generation = client.generation
+        old = _shard_row(client, 0)
+        other_pid = _shard_row(client, 1)["pid"]
+        assert old["alive"] and old["core"] == ALLOWED[0] and old["restarts"] == 0
+
+        kill_ns = time.time_ns()
+        os.kill(old["pid"], signal.SIGKILL)
+        records = []
+
+        def stale_records_for_victim():
+            records.extend(stream.poll())
+            stale = {client.books()[r.book_index].name for r in records
+                     if r.kind == layout.KIND_STALE}
+            return set(victim) <= stale
+
+        wait_until(stale_records_for_victim, WAIT_S, "the killed shard's books to go stale")
+
+        def victim_fresh():
+            records.extend(stream.poll())
+            snaps = [client.snapshot(n, 0) for n in victim]
+            return all(not s.stale and s.publish_ts_ns > kill_ns for s in snaps)
+
+        wait_until(victim_fresh, WAIT_S, "the restarted shard to publish its books again")
+        new = _shard_row(client, 0)
+        assert new["restarts"] == 1 and new["alive"] and new["pid"] != old["pid"]
+        assert _shard_row(client, 1)["pid"] == other_pid
+        assert _shard_row(client, 1)["restarts"] == 0
+        wait_until(lambda: all(watcher.last_seq[n] > watcher.first_seq[n] + 5 for n in other),
+                   WAIT_S, "the other shard's books to keep changing")
+        watcher.finish()
+        assert watcher.stale_seen == []                  # never stale, read throughout
+        assert watcher.reads > 10
+        records.extend(stream.poll())
+        index_of = {b.name: b.book_index for b in client.books()}
+        assert not [r for r in records if r.kind == layout.KIND_STALE
+                    and r.book_index in {index_of[n] for n in other}]
+        assert client.attached and client.generation == generation and client.attaches == 1
+
+        metrics = subprocess.run([sys.executable, "-m", "obclient.obctl", "--socket",
+                                  obs.socket_path, "stats", "--prometheus"],
+                                 capture_output=True, text=True, timeout=WAIT_S)
+        assert metrics.returncode == 0, metrics.stderr
+        assert (f'observer_shard_restarts_total{{instance_name="{obs.name}",shard="0"}} 1'
+                in metrics.stdout.splitlines())
+        client.close()
+        assert obs.stop() == 0
+        events = _json_events(obs.log_text())
+        exits = [e for e in events if e["event"] == "shard_exit"]
+        restarts = [e for e in events if e["event"] == "shard_restart"]
+        assert len(exits) == 1 and len(restarts) == 1, events
+        assert exits[0]["shard"] == 0 and exits[0]["reason"] == "killed by SIGKILL"
+        assert set(exits[0]["books"].split(",")) == set(victim)
+        assert restarts[0]["reason"] == "killed by SIGKILL"
+        assert "Traceback" not in obs.log_text()
+
+
+@pytest.mark.parametrize("backend", loom.available_backends())
+@needs_two_cores
+def test_sigterm_stops_every_shard_and_leaves_nothing(backend):
+    obs = ObserverProcess(extra_args=[*FEEDS, "--cores", TWO_CORES, "--backend", backend])
+    with obs:
+        client = obs.wait_ready()
+        pids = [s["pid"] for s in client.stats().observer["shard_list"]]
+        client.close()
+        assert obs.stop(signal.SIGTERM) == 0
+        assert not os.path.exists(obs.socket_path)
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+        wait_until(lambda: not processes_with(obs.name), WAIT_S, "every observer process gone")
+        assert shm_entries(obs.name) == []
+        lock = InstanceLock(obs.name)
+        lock.acquire()                                    # the name is free
+        lock.release()
+        text = obs.log_text()
+        assert "Traceback" not in text
+        assert f"backend={backend}" in text.split("observer_ready", 1)[1].splitlines()[0]
+        assert text.count(f"shard_started") == 2
+        assert all(f"backend={backend}" in line for line in text.splitlines()
+                   if "shard_started" in line)
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_core_this_machine_lacks_is_a_clear_error_and_leaves_nothing(tmp_path):
+    bad = [ALLOWED[-1] + 1, ALLOWED[-1] + 2]             # e.g. 2,3 on a 2-core machine
+    name = unique_name("c")
+    socket_path = str(tmp_path / "observer.sock")
+    done = subprocess.run([sys.executable, "-m", "observer.cli", "--feed", "synthetic:BTCUSD",
+                           "--cores", ",".join(map(str, bad)), "--name", name,
+                           "--socket", socket_path],
+                          capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"core(s) {bad[0]},{bad[1]} do not exist or are not allowed" in done.stderr
+    assert f"allowed cores: {','.join(map(str, ALLOWED))}" in done.stderr
+    assert os.listdir(tmp_path) == []
+    assert shm_entries(name) == [] and processes_with(name) == []
+    lock = InstanceLock(name)
+    lock.acquire()
+    lock.release()
+
+
+# A parent that has imported the observer once and forks one supervisor per cycle (the shard
+# processes it starts are fresh interpreters, as in production).
+ZYGOTE = """
+import os, signal, sys
+import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed supervisors
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os._exit(observer.cli.main(sys.argv[1:]))
+    print(pid, flush=True)
+"""
+KILL_CYCLES = 50
+LIVE_EVERY = 10          # every 10th cycle waits until the shards serve before the kill
+
+
+@needs_two_cores
+def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
+    name = unique_name("m")
+    path = str(tmp_path / "observer.sock")
+    shard_marker = f"observer.shardproc --name {name} "
+    log = open(tmp_path / "observer.log", "wb")
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
+         "synthetic:SOLUSD", "--rate", "50", "--cores", TWO_CORES, "--name", name,
+         "--socket", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        for cycle in range(KILL_CYCLES):
+            zygote.stdin.write("go\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            wait_until(lambda: len(processes_with(shard_marker)) == 2, WAIT_S,
+                       f"two shard processes (cycle {cycle})")
+            if cycle % LIVE_EVERY == LIVE_EVERY - 1:
+                wait_until(lambda: _books_live(path), WAIT_S, f"live books (cycle {cycle})")
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(path), WAIT_S,
+                       f"the socket removed after kill -9 (cycle {cycle})")
+            wait_until(lambda: not processes_with(shard_marker), WAIT_S,
+                       f"the shards to die with their supervisor (cycle {cycle})")
+        zygote.stdin.close()
+        assert zygote.wait(WAIT_S) == 0
+        wait_until(lambda: not processes_with(name), WAIT_S, "every observer process gone")
+        assert shm_entries(name) == []
+        assert sorted(os.listdir(tmp_path)) == ["observer.log"]
+        assert "Traceback" not in (tmp_path / "observer.log").read_text()
+        with ObserverProcess(name=name, socket_path=path,
+                             extra_args=["--cores", TWO_CORES]) as again:   # all free
+            again.wait_ready().close()
+    finally:
+        zygote.kill()
+        zygote.wait()
+        log.close()
+
+
+def _books_live(path) -> bool:
+    try:
+        with obclient.connect(path, timeout_s=WAIT_S) as client:
+            return all(not client.snapshot(b.name, 0).stale for b in client.books())
+    except obclient.ObserverUnavailable:
+        return False
