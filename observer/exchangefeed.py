@@ -82,12 +82,16 @@ class ExchangeFeed:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def run_session(self, loop, writer, book_index_of) -> None:
+    def attach(self, writer, book_index_of) -> None:
+        """Bind each book to its slot in the shard's segment (before anything is published)."""
         self.writer = writer
         for symbol, book in self.adapter.books.items():
             index = book_index_of[(self.exchange, symbol)]
             self.slots[symbol] = BookSlot(index, book, self.adapter.syncs[symbol],
                                           writer.book_stats(index))
+
+    def run_session(self, loop, writer, book_index_of) -> None:
+        self.attach(writer, book_index_of)
         self.session = Session(self.adapter, self.sink, ca_file=self.ca_file,
                                **self.session_options)
         self.session.start(loop)

@@ -1,0 +1,134 @@
+"""The wiring from configuration to books (observer/feedplan.py) and the exchange feed's sink
+(observer/exchangefeed.py) on a real segment: names, refusals, stale/live and lag flags."""
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from obclient.segment import SegmentReader
+from observer import cli
+from observer import config as cfg
+from observer.book import BookUpdate
+from observer.exchangefeed import ExchangeFeed
+from observer.feedplan import plan
+from observer.feeds.actions import Publish, Stale
+from observer.shm import Segment
+
+NS_PER_MS = 1_000_000
+
+
+def config_of(*feeds, **top):
+    return cfg.config_from_dict({"observer": top, "feed": list(feeds)})
+
+
+def test_books_are_named_exchange_symbol_with_the_native_symbol_kept():
+    config = config_of({"exchange": "kraken", "symbols": ["XBT/USD", "ETH/USD"]},
+                       {"exchange": "binance", "symbols": ["btcusdt"]},
+                       {"exchange": "coinbase", "symbols": ["BTC-USD"]},
+                       {"exchange": "okx", "symbols": ["ETHUSDT"]},
+                       {"exchange": "bybit", "symbols": ["BTCUSDT"], "category": "linear"},
+                       {"exchange": "bybit", "symbols": ["BTCUSDT"]},
+                       {"exchange": "binance-futures", "symbols": ["ETHUSDT"]},
+                       depth=10, lag_bound_ms=250)
+    descs, feeds, index_of = plan(config)
+    named = [(f"{d.exchange}:{d.symbol}", d.native) for d in descs]
+    assert named == [("kraken:BTCUSD", "XBT/USD"), ("kraken:ETHUSD", "ETH/USD"),
+                     ("binance:BTCUSDT", "BTCUSDT"), ("coinbase:BTCUSD", "BTC-USD"),
+                     ("okx:ETHUSDT", "ETH-USDT"), ("bybit-linear:BTCUSDT", "BTCUSDT"),
+                     ("bybit:BTCUSDT", "BTCUSDT"), ("binance-futures:ETHUSDT", "ETHUSDT")]
+    assert [index_of[(d.exchange, d.symbol)] for d in descs] == list(range(len(descs)))
+    assert all(d.shard_index == 0 for d in descs)
+    assert {f.lag_bound_ns for f in feeds} == {250 * NS_PER_MS}
+    assert feeds[0].adapter.ws_url == "wss://ws.kraken.com/v2"          # real endpoints by default
+    assert feeds[4].adapter.ws_url.endswith("/v5/public/linear")
+
+
+def test_two_spellings_of_one_book_are_refused():
+    config = config_of({"exchange": "kraken", "symbols": ["XBT/USD", "BTC/USD"]})
+    with pytest.raises(cfg.ConfigError, match="kraken"):
+        plan(config)
+
+
+def test_feed_shorthand_and_flags_reach_the_plan(tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not read until a connection is made")
+    args = cli.parse_args(["--feed", "binance:BTCUSDT,ETHUSDT", "--feed", "kraken:BTC/USD",
+                           "--ca-file", str(ca_file), "--lag-bound-ms", "123"])
+    config = cli.build_config(args)
+    descs, feeds, _ = plan(config)
+    assert [f"{d.exchange}:{d.symbol}" for d in descs] == ["binance:BTCUSDT", "binance:ETHUSDT",
+                                                           "kraken:BTCUSD"]
+    assert [f.ca_file for f in feeds] == [str(ca_file)] * 2
+    assert feeds[0].lag_bound_ns == 123 * NS_PER_MS
+
+
+def test_a_bad_symbol_is_one_line_and_exit_2():
+    run = subprocess.run([sys.executable, "-m", "observer.cli", "--feed", "kraken:XBT/USD,BTC/USD",
+                          "--name", f"t{os.getpid()}{secrets.token_hex(3)}"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == cli.EXIT_USAGE
+    assert run.stderr.startswith("observer: ") and run.stderr.count("\n") == 1, run.stderr
+
+
+@pytest.fixture
+def wired():
+    """A real segment with two Binance books and an ExchangeFeed attached to its writer."""
+    config = config_of({"exchange": "binance", "symbols": ["BTCUSDT", "ETHUSDT"]}, depth=5,
+                       lag_bound_ms=100)
+    descs, (feed,), index_of = plan(config)
+    name = f"/obtest-feed-{os.getpid()}-{secrets.token_hex(4)}"
+    segment = Segment.create(name, descs, 1, 5, 64)
+    writer = segment.writer(0)
+    feed.attach(writer, index_of)
+    fd = segment.reader_fd()
+    reader = SegmentReader(fd, segment.eventfds)
+    try:
+        yield feed, reader
+    finally:
+        reader.close()
+        os.close(fd)
+        writer.release()
+        segment.close()
+        segment.unlink()
+
+
+def load(feed, symbol, exch_ts_ns):
+    book = feed.adapter.books[symbol]
+    book.apply(BookUpdate(True, [("100.5", "1.25")], [("101", "2")], 7, exch_ts_ns))
+
+
+def test_sink_publishes_live_then_stale_and_flags_lag_once(wired, caplog):
+    feed, reader = wired
+    assert reader.snapshot(0).stale and reader.snapshot(1).stale      # nothing live before sync
+    now_ns = time.time_ns()
+    load(feed, "BTCUSDT", now_ns - 5 * NS_PER_MS)
+    feed.sink([Publish("BTCUSDT")], now_ns)
+    snap = reader.snapshot(0)
+    assert not snap.stale and not snap.lagging
+    assert snap.bids.tolist() == [[100.5, 1.25]] and snap.update_id == 7
+    assert reader.book_stats(0)["lag_ns"] == 5 * NS_PER_MS
+    with caplog.at_level(logging.INFO, logger="observer.feeds"):
+        for behind_ms in (400, 300):
+            load(feed, "BTCUSDT", now_ns - behind_ms * NS_PER_MS)
+            feed.sink([Publish("BTCUSDT")], now_ns)
+            assert reader.snapshot(0).lagging
+        assert sum("lagging" in r.message for r in caplog.records) == 1     # logged once
+        assert reader.book_stats(0)["lagging_count"] == 1
+        assert reader.book_stats(0)["lag_max_ns"] == 400 * NS_PER_MS
+        load(feed, "BTCUSDT", now_ns - 1 * NS_PER_MS)
+        feed.sink([Publish("BTCUSDT")], now_ns)
+        assert not reader.snapshot(0).lagging
+        assert any("caught up" in r.message for r in caplog.records)
+    feed.adapter.syncs["BTCUSDT"].stats.gaps = 3
+    feed.adapter.syncs["BTCUSDT"].stats.resyncs = 2
+    feed.sink([Stale("BTCUSDT", "gap")], now_ns)
+    assert reader.snapshot(0).stale
+    assert reader.snapshot(0).bids.tolist() == [[100.5, 1.25]]            # last copy, marked stale
+    counters = reader.book_stats(0)
+    assert (counters["gaps"], counters["resyncs"]) == (3, 2)           # copied at once on stale
+    assert reader.snapshot(1).stale                                     # the other book untouched
