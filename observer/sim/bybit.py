@@ -12,19 +12,26 @@ Spot and linear differ where clients trip: the key order of a push (spot has `ts
 args per subscribe; both cap a connection's topics at 21,000 characters. A duplicate
 subscribe is refused ("already subscribed"); a resync is unsubscribe then subscribe. `{"op":"ping"}` is answered unless a ping-deadline fault mutes it;
 a connection with neither client messages nor data for `idle_s` (10 min) is closed.
+
+Spot also serves the full-depth stream `orderbook.full.{symbol}` (Bybit, 2026): deltas only,
+no snapshot on subscribe, `u` + 1 per event whoever listens, initialised from REST
+`GET /v5/market/full_orderbook?category=spot&symbol=` (fields `s,b,a,ts,u,seq,cts`).
 """
 
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from observer.sim.book import Instrument, window, window_diff
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
+from observer.sim.book import ASK, BID, Instrument, window, window_diff
+from observer.sim.venue import COMMON_FAULTS, Market, Venue, json_response, pad_json
 from observer.sim.wire import Conn
 
 DEPTHS = (1, 50, 200, 1000)
+FULL = "full"                         # orderbook.full.{symbol}: spot, delta-only, REST-initialised
+FULL_REST_PATH = "/v5/market/full_orderbook"
 SPOT_ARGS_MAX = 10
 ARGS_CHARS_MAX = 21_000               # total topic characters per connection (public streams)
 
@@ -42,9 +49,12 @@ class BybitSpot(Venue):
     def init_market(self, market: Market) -> None:
         market.state["topics"] = {}            # depth -> {"u", "window", "subs", "pushed_s"}
         market.state["seq"] = 5_000_000
+        market.state["full"] = {"u": 1_000_000, "subs": set()}  # every event, subscribed or not
 
     def sequence_of(self, market: Market):
-        return {str(d): t["u"] for d, t in market.state["topics"].items()}
+        sequence = {str(d): t["u"] for d, t in market.state["topics"].items()}
+        sequence[FULL] = market.state["full"]["u"]
+        return sequence
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -74,6 +84,7 @@ class BybitSpot(Venue):
         market.state["seq"] += 1 + len(changes)
         reset = market.reset_next > 0
         market.reset_next = 0
+        self.publish_full(market, changes, reset)
         for depth, topic in market.state["topics"].items():
             if reset:
                 topic["u"] = 1
@@ -93,8 +104,20 @@ class BybitSpot(Venue):
                 payload = self.message(market, depth, "delta", bids, asks, topic["u"])
             self.broadcast(topic["subs"], payload)
 
+    def publish_full(self, market: Market, changes: list, reset: bool) -> None:
+        """The full-depth stream: every change, each price once, `u` + 1 per event (1 after a reset)."""
+        full = market.state["full"]
+        full["u"] = 1 if reset else full["u"] + 1
+        if not full["subs"]:
+            return
+        final = {(s, p): q for s, p, q in changes}
+        bids = [(p, q) for (s, p), q in final.items() if s == BID]
+        asks = [(p, q) for (s, p), q in final.items() if s == ASK]
+        self.broadcast(full["subs"], self.message(market, FULL, "delta", bids, asks, full["u"]))
+
     def hide(self, market: Market, changes: list) -> None:
         market.state["seq"] += 1 + len(changes)
+        market.state["full"]["u"] += 1
         for depth, topic in market.state["topics"].items():
             after = window(market.book, depth)
             if after != topic["window"]:
@@ -111,7 +134,10 @@ class BybitSpot(Venue):
         for market, depth in conn.state["topics"].values():
             self.drop_sub(market, depth, conn)
 
-    def drop_sub(self, market: Market, depth: int, conn: Conn) -> None:
+    def drop_sub(self, market: Market, depth, conn: Conn) -> None:
+        if depth == FULL:
+            market.state["full"]["subs"].discard(conn)
+            return
         topic = market.state["topics"].get(depth)
         if topic is not None:
             topic["subs"].discard(conn)
@@ -125,8 +151,11 @@ class BybitSpot(Venue):
         obj["op"] = op
         conn.send_payload(orjson.dumps(obj))
 
-    def parse_topic(self, name) -> tuple[Market, int] | None:
+    def parse_topic(self, name) -> tuple[Market, int | str] | None:
         parts = str(name).split(".")
+        if len(parts) == 3 and parts[:2] == ["orderbook", FULL] and self.category == "spot":
+            market = self.markets.get(parts[2])
+            return None if market is None else (market, FULL)
         if len(parts) != 3 or parts[0] != "orderbook" or not parts[1].isdigit():
             return None
         market, depth = self.markets.get(parts[2]), int(parts[1])
@@ -156,7 +185,8 @@ class BybitSpot(Venue):
         if op == "subscribe":
             for name in args:
                 market, depth = self.parse_topic(name)
-                conn.send_payload(self.snapshot(market, depth, market.state["topics"][depth]))
+                if depth != FULL:                  # the full stream has no snapshot: REST has it
+                    conn.send_payload(self.snapshot(market, depth, market.state["topics"][depth]))
 
     def one_topic(self, conn: Conn, op: str, name, req_id) -> bool:
         parsed = self.parse_topic(name)
@@ -178,9 +208,29 @@ class BybitSpot(Venue):
         self.counters["subscribes"] += 1
         conn.state["topics"][name] = (market, depth)
         conn.state["subs"].add(name)
+        if depth == FULL:
+            market.state["full"]["subs"].add(conn)
+            return True
         topic = market.state["topics"].setdefault(depth, {"u": 1_000_000, "window": ({}, {}), "subs": set(), "pushed_s": 0.0})
         topic["subs"].add(conn)
         return True
+
+    def http(self, ws, request):
+        split = urlsplit(request.path)
+        if split.path != FULL_REST_PATH or self.category != "spot":
+            return super().http(ws, request)
+        self.counters["rest_requests"] += 1
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        market = self.markets.get(query.get("symbol", ""))
+        if query.get("category") != "spot" or market is None:
+            return json_response(200, {"retCode": 10001, "retMsg": "params error: category/symbol", "result": {}})
+        self.counters["snapshots_served"] += 1
+        inst, book, now_ms = market.inst, market.current_book(), time.time_ns() // 1_000_000
+        levels = [[inst.price_text(p), inst.size_text(q)] for p, q in book.top(BID)], \
+            [[inst.price_text(p), inst.size_text(q)] for p, q in book.top(ASK)]
+        result = {"s": market.symbol, "b": levels[0], "a": levels[1], "ts": now_ms,
+                  "u": market.state["full"]["u"], "seq": market.state["seq"], "cts": now_ms}
+        return json_response(200, {"retCode": 0, "retMsg": "OK", "result": result, "time": now_ms})
 
     def housekeep(self, now_s: float) -> None:
         for conn in list(self.conns):

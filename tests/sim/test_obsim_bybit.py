@@ -194,3 +194,76 @@ def test_topic_characters_per_connection_are_capped(sim):
                 pass
             assert msg["success"] is False and "21000" in msg["ret_msg"]
     run(scenario())
+
+
+def test_full_depth_stream_with_rest_snapshot_rebuilds_the_true_book(sim):
+    """orderbook.full: deltas only; buffer, fetch REST, drop u <= snapshot u, apply in u order."""
+    async def scenario():
+        book, buffered, state = LittleBook(), [], {"u": None, "gaps": 0, "restarts": 0}
+
+        def apply(data):
+            for side, key in (("bid", "b"), ("ask", "a")):
+                for price, size in data[key]:
+                    book.set(side, price, size)
+            state["u"] = data["u"]
+
+        def on_delta(data):
+            if state["u"] is None:
+                buffered.append(data)
+            elif data["u"] == 1:
+                state["restarts"] += 1
+                state["u"], buffered[:] = None, [data]
+            elif data["u"] != state["u"] + 1:
+                state["gaps"] += 1
+                state["u"], buffered[:] = None, [data]
+            else:
+                apply(data)
+
+        async def sync():
+            while state["u"] is None:
+                while not buffered:
+                    await read_some()
+                status, body = await to_thread(sim.request, sim.rest_url("bybit"), "GET", "/v5/market/full_orderbook",
+                                               {"category": "spot", "symbol": "ETHUSDT"})
+                snap = json.loads(body)["result"]
+                pending = [d for d in buffered if d["u"] > snap["u"]]
+                if snap["u"] + 1 < buffered[0]["u"] or (pending and pending[0]["u"] != snap["u"] + 1):
+                    continue                       # snapshot older than the buffer: fetch again
+                book.clear()
+                apply({"b": snap["b"], "a": snap["a"], "u": snap["u"]})
+                buffered.clear()
+                for data in pending:
+                    apply(data)
+
+        async def read_some():
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if msg.get("topic") == "orderbook.full.ETHUSDT":
+                assert msg["type"] == "delta"
+                on_delta(msg["data"])
+
+        async with await open_ws(sim, sim.ws_url("bybit")) as ws:
+            await op(ws, "subscribe", ["orderbook.full.ETHUSDT"])
+            await sync()
+            for kind, key in (("gap", "gaps"), ("reset", "restarts")):
+                await to_thread(sim.fault, "bybit", kind, symbol="ETHUSDT")
+                while state[key] == 0:
+                    await read_some()
+                await sync()
+            await to_thread(sim.pause, "bybit")
+            try:
+                true = await to_thread(sim.book, "bybit", "ETHUSDT", 1000)
+                while state["u"] != true["sequence"]["full"]:
+                    await read_some()
+            finally:
+                await to_thread(sim.resume, "bybit")
+        assert book.top("bid") == true["bids"] and book.top("ask") == true["asks"]
+    run(scenario())
+
+
+def test_full_depth_is_spot_only(sim):
+    async def scenario():
+        async with await open_ws(sim, sim.ws_url("bybit-linear")) as ws:
+            await op(ws, "subscribe", ["orderbook.full.BTCUSDT"])
+            msg = await recv_json(ws)
+            assert msg["success"] is False and "handler not found" in msg["ret_msg"]
+    run(scenario())
