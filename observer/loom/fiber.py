@@ -6,7 +6,8 @@ parked one costs about 0.4 µs, so runners are kept after their fiber finishes, 
 `RUNNERS_POOLED_MAX`, and reused.
 
 Two functions move control, and nothing else in loom calls `greenlet.switch`:
-- `suspend(fiber, abandon_fn, abandon_arg)`: the fiber parks itself and switches to the loop.
+- `suspend(fiber, abandon_fn, abandon_arg)`: the fiber parks itself and switches to the loop
+  (or, when nothing else is ready, runs the poll phase on its own greenlet: `_poll_inline`).
   It returns the value the waker passed, or raises the exception it passed. `abandon_fn(arg)`
   undoes the wait (unparks the op, cancels the timer, leaves the waiters list) when a cancel or
   timeout wakes the fiber instead of the thing it waited for.
@@ -131,8 +132,8 @@ def suspend(fiber: Fiber, abandon_fn, abandon_arg):
 def _poll_inline(loop, fiber: Fiber) -> bool:
     """Run the loop's poll phase on this fiber's own greenlet; True if it woke only us.
 
-    Discussion: when the waiting fiber is the only thing that could run next (nothing ready,
-    no timer armed, and only I/O can wake anyone), switching to the loop greenlet just to
+    Discussion: when the waiting fiber is the only thing that could run next (nothing is
+    ready; only I/O or a timer can wake anyone), switching to the loop greenlet just to
     poll and switch straight back costs two switches and a pass of bookkeeping per wait,
     about a microsecond. So the fiber polls itself (until the next timer's deadline at most),
     and if the completion it gets is its own and nobody else's and no timer is due, it carries

@@ -14,7 +14,9 @@ whoever wakes them. Everything in `calls.py` and `sync.py` is a few lines on top
 
 A pass reads as three phases: poll the backend (not blocking when fibers are ready, else until
 the next deadline), fire expired timers, then run the fibers that were ready when the phase
-began (ones woken during it wait for the next pass, so a busy fiber cannot starve I/O).
+began (ones woken during it wait for the next pass, so a busy fiber cannot starve I/O). One
+shortcut: a fiber that waits while nothing else is ready runs the poll phase itself, on its own
+greenlet, and carries on if it alone was woken (fiber._poll_inline: two switches saved per wait).
 
 Loop bugs are fatal (`LoomInternalError` closes the loop and propagates); fiber bugs are
 contained (stored on the fiber, logged with its name, re-raised by `join()`).
