@@ -1,0 +1,116 @@
+"""bench/cores.py: sustained book updates per second with 1 shard and with 2 shards.
+
+What runs: a real observer process (supervisor + shards) fed by synthetic feeds at full speed
+(a rate far above what one core can apply, so each shard is CPU-bound on parse-free book
+updates, exact Book apply, export into shared memory and ring records). The same two feeds
+(two symbols each, seeded) in every configuration:
+
+- `in-process`: no --cores, the one shard runs in the supervisor's loop (the default);
+- `1-shard`: --cores 0, one pinned shard process;
+- `2-shards`: --cores 0,1, one pinned shard process per core, one feed each.
+
+How it measures: after every book is live and a warm-up, it reads, through obclient from the
+segment, each feed's update count (a synthetic feed numbers its updates; a book's published
+`update_id` is the last one applied, so the largest over a feed's books is the feed's count) and
+each shard's ring head (records appended, one per publish: a publish carries every update
+applied to that book in one loop pass), waits `window_s`, reads again. updates/s and
+publishes/s are the differences over the elapsed time. Configurations are run in
+interleaved rounds and the median per configuration is reported, because this machine is
+shared and noisy. One line per configuration, then the scaling ratio.
+
+Usage: python bench/cores.py [--window-s 3] [--rounds 3] [--rate 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from observer.testing import ObserverProcess, unique_name  # noqa: E402
+
+FEEDS = ("synthetic:BTCUSD,ETHUSD", "synthetic:SOLUSD,XRPUSD")
+SEED = 7
+WARMUP_S = 1.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def configs(allowed):
+    out = [("in-process", [])]
+    out.append(("1-shard", ["--cores", str(allowed[0])]))
+    if len(allowed) >= 2:
+        out.append(("2-shards", ["--cores", f"{allowed[0]},{allowed[1]}"]))
+    return out
+
+
+def measure(extra, rate_hz: float, window_s: float) -> float:
+    obs = ObserverProcess(FEEDS[0], rate=rate_hz, seed=SEED, name=unique_name("bc"),
+                          extra_args=["--feed", FEEDS[1], *extra, "--log-level", "warning"])
+    with obs:
+        client = obs.wait_ready()
+        try:
+            reader = client._att.reader
+            shards_n = reader.geometry.shards_n
+            groups = [[b.book_index for b in reader.books() if b.symbol in f.split(":")[1]]
+                      for f in FEEDS]
+            time.sleep(WARMUP_S)
+
+            pids = {obs.proc.pid, *(reader.shard_stats(i)["writer_pid"] for i in range(shards_n))}
+
+            def counts():
+                updates = sum(max(reader.snapshot(i, 1).update_id for i in g) for g in groups)
+                return (updates, sum(reader.shard_stats(i)["head"] for i in range(shards_n)),
+                        sum(cpu_s(pid) for pid in pids))
+
+            t0, (u0, h0, c0) = time.perf_counter(), counts()
+            time.sleep(window_s)
+            t1, (u1, h1, c1) = time.perf_counter(), counts()
+        finally:
+            client.close()
+        assert obs.stop() == 0, obs.log_text()
+    dt = t1 - t0
+    return (u1 - u0) / dt, (h1 - h0) / dt, (c1 - c0) / dt
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--window-s", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rate", type=float, default=1_000_000.0,
+                   help="synthetic updates/s asked per symbol (far above what a core applies)")
+    args = p.parse_args(argv)
+    allowed = sorted(os.sched_getaffinity(0))
+    runs = {name: [] for name, _ in configs(allowed)}
+    for _ in range(args.rounds):
+        for name, extra in configs(allowed):
+            runs[name].append(measure(extra, args.rate, args.window_s))
+    load = os.getloadavg()[0]
+    median = {name: statistics.median(r[0] for r in v) for name, v in runs.items()}
+    publishes = {name: statistics.median(r[1] for r in v) for name, v in runs.items()}
+    cores_used = {name: statistics.median(r[2] for r in v) for name, v in runs.items()}
+    base = median["1-shard"]
+    for name, values in runs.items():
+        print(f"cores {name:<10} {median[name]:>9,.0f} updates/s  x{median[name] / base:.2f} "
+              f"vs 1-shard  cpu {cores_used[name]:.2f} cores  "
+              f"{median[name] / max(cores_used[name], 1e-9):,.0f} updates/cpu-s  "
+              f"({publishes[name]:,.0f} publishes/s; rounds "
+              f"{', '.join(f'{r[0]:,.0f}' for r in values)}; load {load:.1f})")
+    if "2-shards" in median:
+        print(f"cores scaling 2-shards/1-shard x{median['2-shards'] / base:.2f} on "
+              f"{len(allowed)} allowed cores")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
