@@ -1,0 +1,75 @@
+"""The cryptofeed half of bench/ingest.py: one run against obsim, one JSON line of results.
+
+Run by ingest.py in an interpreter that has cryptofeed 2.4.1 (this project never depends on it:
+`pip install cryptofeed==2.4.1` in any venv, then `ingest.py --cryptofeed-python PATH`). It
+imports only the standard library, cryptofeed and (if present) uvloop, never the project.
+
+cryptofeed takes `wss://` addresses only, so a `Binance` subclass points its WebSocket and REST
+endpoints at obsim; the WebSocket trusts obsim's CA through the endpoint options, and the REST
+side (requests for exchangeInfo, aiohttp for the depth snapshot) through REQUESTS_CA_BUNDLE and
+SSL_CERT_FILE, set by the parent. Book checks are on (`cross_check=True`); the depth is the
+default (full book, 1000-level REST snapshot), because `max_depth=10` asks for a 10-level
+snapshot and publishes wrong tops (MEASUREMENTS.md).
+
+Measured per L2_BOOK callback, after `warmup_s`, for `measure_s`: the count, and the latency
+`time.time() - book.timestamp` (obsim stamps its send time into Binance's `E`, in ms).
+
+    ingest_cryptofeed.py '{"ws_url":..., "rest_url":..., "ca_file":..., "symbols":[...],
+                          "warmup_s":2, "measure_s":3, "core":0}'
+"""
+
+import asyncio
+import json
+import os
+import ssl
+import sys
+import time
+
+
+def main():
+    params = json.loads(sys.argv[1])
+    if params.get("core") is not None:
+        os.sched_setaffinity(0, {params["core"]})
+    from cryptofeed import FeedHandler
+    from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
+    from cryptofeed.defines import L2_BOOK
+    from cryptofeed.exchanges import Binance
+
+    ssl_ctx = ssl.create_default_context(cafile=params["ca_file"])
+
+    class ObsimBinance(Binance):
+        websocket_endpoints = [WebsocketEndpoint(params["ws_url"], options={"ssl": ssl_ctx, "compression": None})]
+        rest_endpoints = [RestEndpoint(params["rest_url"], routes=Routes(
+            "/api/v3/exchangeInfo", l2book="/api/v3/depth?symbol={}&limit={}"))]
+
+    result = {"count": 0, "latencies_s": [], "resets": 0}
+    started_s = time.monotonic()
+    warm_end_s = started_s + params["warmup_s"]
+    measure_end_s = warm_end_s + params["measure_s"]
+
+    async def on_book(book, receipt_timestamp):
+        now = time.time()
+        if warm_end_s <= time.monotonic() < measure_end_s and book.timestamp:
+            result["count"] += 1
+            result["latencies_s"].append(now - book.timestamp)
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    handler = FeedHandler(config={"log": {"disabled": True}})
+    symbols = [f"{s[:-4]}-{s[-4:]}" for s in params["symbols"]]     # BTCUSDT -> BTC-USDT
+    handler.add_feed(ObsimBinance(symbols=symbols, channels=[L2_BOOK], callbacks={L2_BOOK: on_book},
+                                  cross_check=True))
+    loop.call_later(measure_end_s - time.monotonic(), loop.stop)
+    handler.run(install_signal_handlers=False)
+    lat = sorted(result["latencies_s"])
+    print(json.dumps({"count": result["count"], "measure_s": params["measure_s"],
+                      "latencies_s": lat[:: max(1, len(lat) // 20000)]}), flush=True)
+    os._exit(0)    # cryptofeed's connections and tasks need not unwind: the numbers are out
+
+
+if __name__ == "__main__":
+    main()
