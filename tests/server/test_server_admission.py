@@ -254,8 +254,8 @@ def test_a_peer_that_never_says_hello_is_closed(path):
 
 @pytest.mark.parametrize("backend", loom.available_backends())
 def test_a_peer_that_closes_mid_frame_harms_nothing(path, backend):
-    """The connection is dropped even when the loop misses the EOF (loom can lose one that
-    arrives with the last bytes; the server's sweep finds it)."""
+    """Half a frame and the peer's FIN usually arrive in one readiness edge: the reader must
+    still see the end of stream and drop the connection (no periodic sweep backs it up)."""
     with ServerThread(path, backend=backend) as st:
         sock, proto = connect(path), ClientProtocol()
         exchange(sock, proto, *proto.hello(want_fds=False))
@@ -268,18 +268,31 @@ def test_a_peer_that_closes_mid_frame_harms_nothing(path, backend):
         other.close()
 
 
-def test_peer_gone_sees_an_end_of_stream_without_consuming_data():
-    from observer.server.control import _Client
-    from observer.server.protocol import ServerConnection
 
-    ours, theirs = socket.socketpair()
-    client = _Client(None, ours, ServerConnection(TableCatalog(), conn_id=1))
-    ours.setblocking(False)
-    assert not client.peer_gone()                   # open, nothing to read
-    theirs.sendall(b"x")
-    assert not client.peer_gone()                   # data waiting: not gone, and kept
-    theirs.close()
-    assert not client.peer_gone()                   # closed but one byte still unread
-    assert ours.recv(1) == b"x"
-    assert client.peer_gone()                       # now only the end of stream remains
-    ours.close()
+@pytest.mark.parametrize("backend", loom.available_backends())
+def test_many_peers_that_close_in_every_way_are_all_dropped(path, backend):
+    """Peers that go after a whole request, after half a frame, after a shutdown of their write
+    side only, or with nothing sent: every connection is dropped on its end of stream alone."""
+    clients_n = 24
+    with ServerThread(path, backend=backend) as st:
+        socks = []
+        for i in range(clients_n):
+            sock, proto = connect(path), ClientProtocol()
+            exchange(sock, proto, *proto.hello(want_fds=False))
+            socks.append((sock, proto))
+        wait_until(lambda: len(st.server.clients) == clients_n, WAIT_S, "all clients admitted")
+        for i, (sock, proto) in enumerate(socks):
+            _, data = proto.request(m.ListBooks)
+            way = i % 4
+            if way == 0:
+                sock.sendall(data)                    # a whole request, then gone
+            elif way == 1:
+                sock.sendall(data[:1])                # one byte of a frame
+            elif way == 2:
+                sock.sendall(data[: len(data) // 2])
+                sock.shutdown(socket.SHUT_WR)         # half-closed: it may still read
+                continue
+            sock.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "every closing client to be dropped")
+        for sock, _ in socks:
+            sock.close()
