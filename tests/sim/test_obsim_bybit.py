@@ -213,6 +213,8 @@ def test_full_depth_stream_with_rest_snapshot_rebuilds_the_true_book(sim):
             elif data["u"] == 1:
                 state["restarts"] += 1
                 state["u"], buffered[:] = None, [data]
+            elif data["u"] <= state["u"]:
+                return                             # already in the snapshot
             elif data["u"] != state["u"] + 1:
                 state["gaps"] += 1
                 state["u"], buffered[:] = None, [data]
