@@ -337,7 +337,7 @@ def orchestrate(repeat: int, seed: int, scale: float, workloads, wanted) -> None
             cpu_ratio = (f"{cpu_table[(workload, 'uvloop')] * 1e6 / cpu_us:5.2f}x" if uv
                          else "  n/a")
             print(f"{workload:8s} {name:14s} {rate:12,.0f} msgs/s {1e6 / rate:8.2f} us/msg "
-                  f"{ratio} uvloop | cpu {cpu_us:6.2f} us/msg {cpu_ratio} uvloop{extra}",
+                  f"{ratio} uvloop | cpu {cpu_us:6.3f} us/msg {cpu_ratio} uvloop{extra}",
                   flush=True)
     print("# targets on wall-clock msgs/s:")
     report_targets(table, contenders, workloads)
