@@ -30,6 +30,7 @@ import logging
 
 from observer import loom
 from observer.feeds.actions import Publish
+from observer.logs import log_event
 from observer.feeds.session import Session
 
 log = logging.getLogger("observer.feeds")
@@ -46,15 +47,22 @@ STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "c
 class BookSlot:
     """What the sink keeps per book: its segment index, its stats record and its lag state."""
 
-    __slots__ = ("index", "book", "sync", "stats", "lagging", "lag_max_ns")
+    __slots__ = ("index", "book", "sync", "stats", "lagging", "lag_max_ns", "live", "name",
+                 "stale_reason", "base")
 
-    def __init__(self, index, book, sync, stats):
+    def __init__(self, index, book, sync, stats, name):
         self.index = index
         self.book = book
         self.sync = sync
         self.stats = stats
         self.lagging = False
         self.lag_max_ns = 0
+        self.live = False              # published live since the last Stale (for the log)
+        self.name = name
+        self.stale_reason = "start"
+        # The segment's counters when this process attached: a restarted shard (observer/
+        # shards.py) continues them instead of resetting them to its adapter's fresh zeros.
+        self.base = tuple(getattr(stats, segment_name) for segment_name, _ in STATS_COPIED)
 
 
 class ExchangeFeed:
@@ -88,7 +96,7 @@ class ExchangeFeed:
         for symbol, book in self.adapter.books.items():
             index = book_index_of[(self.exchange, symbol)]
             self.slots[symbol] = BookSlot(index, book, self.adapter.syncs[symbol],
-                                          writer.book_stats(index))
+                                          writer.book_stats(index), f"{self.exchange}:{symbol}")
 
     def run_session(self, loop, writer, book_index_of) -> None:
         self.attach(writer, book_index_of)
@@ -123,10 +131,27 @@ class ExchangeFeed:
                 if exch_ts_ns:
                     self.measure_lag(slot, recv_ns - exch_ts_ns)
                 writer.publish(slot.index, slot.book, lagging=slot.lagging, recv_ts_ns=recv_ns)
+                if not slot.live:
+                    self.went_live(slot)
             else:
                 writer.mark_stale(slot.index)
                 self.copy_stats(slot)
+                if slot.live:
+                    self.went_stale(slot, action.reason)
         writer.flush()
+
+    def went_live(self, slot) -> None:
+        """Logged once per sync: the first after start, then each resync after a Stale."""
+        slot.live = True
+        log_event(log, "book_live" if slot.stale_reason == "start" else "book_resynced",
+                  book=slot.name, after=slot.stale_reason, update_id=slot.book.update_id)
+
+    def went_stale(self, slot, reason) -> None:
+        """Logged once per live-to-stale change, with the adapter's reason (gap, checksum,
+        reset, disconnect, ...); further Stale actions while it resyncs are counted only."""
+        slot.live = False
+        slot.stale_reason = reason
+        log_event(log, "book_stale", level=logging.WARNING, book=slot.name, reason=reason)
 
     def measure_lag(self, slot, lag_ns) -> None:
         slot.stats.lag_ns = lag_ns
@@ -151,8 +176,8 @@ class ExchangeFeed:
 
     def copy_stats(self, slot) -> None:
         stats, counters = slot.stats, slot.sync.stats
-        for segment_name, adapter_name in STATS_COPIED:
-            value = getattr(counters, adapter_name)
+        for (segment_name, adapter_name), base in zip(STATS_COPIED, slot.base):
+            value = base + getattr(counters, adapter_name)
             if getattr(stats, segment_name) != value:
                 setattr(stats, segment_name, value)
 
