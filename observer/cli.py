@@ -2,17 +2,28 @@
 
     observer --feed synthetic:BTCUSD,ETHUSD [--rate N] [--seed S] [--socket PATH] [--name NAME]
     observer --feed binance:BTCUSDT,ETHUSDT --feed kraken:BTC/USD [--ca-file CA.pem]
-    observer --config observer.toml
+    observer --config observer.toml [--cores 2,3] [--backend epoll] [--log-format json]
 
 Why it is thin: configuration is observer/config.py (one frozen ObserverConfig from a file and
-flags), the long-lived objects are `Supervisor` and `Shard`, and this module only wires them on
-one loom loop and turns signals into a clean stop. Signals arrive through `signal.set_wakeup_fd`
-on a socketpair that a fiber reads, so the stop runs as ordinary fiber code (no work inside a
-signal handler, no interrupted loop internals). A clean stop removes the socket file and closes
-the segment, whose name was already unlinked at start-up.
+flags), the long-lived objects are `Supervisor` and `Shard` (or `ShardManager`), and this module
+only wires them on one loom loop and turns signals into a clean stop. Signals arrive through
+`signal.set_wakeup_fd` on a socketpair that a fiber reads, so the stop runs as ordinary fiber
+code (no work inside a signal handler, no interrupted loop internals). A clean stop removes the
+socket file and closes the segment, whose name was already unlinked at start-up.
+
+Process model (C1). With `--cores LIST` (or `cores = [...]`) every listed core gets one shard
+process (observer/shardproc.py), pinned to it, started and restarted by `ShardManager`
+(observer/shards.py); feeds are partitioned across them (observer/shardplan.py). The cores are
+checked against the ones this process may use before anything is created, so a bad list leaves
+nothing behind. Without --cores there is one shard, unpinned, in the supervisor's own process
+and loop. Why not a child there too: with no core to isolate, a second process would buy only
+crash isolation, at the price of a second interpreter and a pickled hand-over for the smallest
+set-ups (a laptop, a test); a feed bug there is already contained to its fiber and marks its
+books stale. Anyone who wants restarts asks for `--cores`.
 
 Exit codes: 0 after a clean stop, 2 for a bad command line or configuration (one line on
-stderr), 3 when another observer already holds the name or the socket.
+stderr; a core that does not exist or is not allowed names the allowed ones), 3 when another
+observer already holds the name or the socket.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ into that list and into one feed object per `[[feed]]` table:
 - Two configured symbols that normalise to one book name are a `ConfigError`, as is a symbol
   the exchange module cannot spell: the process refuses to start rather than half-start.
 
-One shard for now; the shard split (issue 7) partitions the returned feeds, nothing else here
-changes.
+Every book is planned on shard 0 here; with --cores, observer/shardplan.py assigns each feed
+(and so its books) to a shard afterwards, and each shard process plans its own share again.
 """
 
 from __future__ import annotations

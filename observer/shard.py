@@ -1,9 +1,9 @@
 """A shard: runs its feeds into its ShardWriter on one loom loop.
 
 Why an object of its own: C1 puts one shard process per core, each the only writer of its books
-and its ring. Today the observer runs one shard inside the supervisor's process and loop; the
-split of issue 7 moves a `Shard` into a pinned child process with its own `Loop` and a writer
-from `Segment.attach_fd`, and nothing here changes. A shard knows its writer, its feeds and which
+and its ring. Without --cores the observer runs one shard inside the supervisor's process and
+loop; with --cores each `Shard` runs in a pinned child process (observer/shardproc.py) with its
+own `Loop` and a writer from `Segment.attach_fd`, and nothing here differs. A shard knows its writer, its feeds and which
 segment book index each of their symbols has; it does not know about clients or the socket.
 
 One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next

@@ -1,8 +1,10 @@
 """The supervisor: owns the instance name, the segment, the control server and the heartbeat.
 
 Why this split (C1): the supervisor creates everything that outlives a shard (the segment, the
-eventfds, the control socket), and shards only write. Today one shard runs in the supervisor's
-loop; issue 7 moves shards into pinned child processes and the supervisor keeps this shape.
+eventfds, the control socket), and shards only write. Without --cores one shard runs in the
+supervisor's loop; with --cores each shard is a pinned child process that `ShardManager`
+(observer/shards.py) starts, watches and restarts, and that calls `mark_shard_stale` here for a
+shard that died (the one time this process writes a book).
 
 Start-up order, and why:
 1. Take the instance lock (observer/instance.py): a second observer with the same name refuses
