@@ -21,8 +21,9 @@ cost (publish, flush) with 1, 10 and 100 reader processes attached and waiting o
 
 The raw contenders hold one value, so a reader that wakes late sees only the newest one; a
 message overwritten that way is timed until the reader saw a newer one (timing only the messages
-it caught would flatter the baseline). "missing" counts records never received. Observer rows also give "after-publish": reader clock minus the writer's clock
-when `publish` returned (before `flush`), i.e. delivery without the cost of the publish call.
+it caught would flatter the baseline). "missing" counts records never received. Observer rows
+also give "after-publish": reader clock minus the writer's clock when `publish` returned (before
+`flush`), i.e. delivery without the cost of the publish call.
 
 Writer pinned to CPU 0, readers to CPU 1 when the machine has two. Seeded; `make bench` runs it.
 The machine's load average is printed: on a shared 2-vCPU machine, numbers taken under load are
@@ -405,8 +406,9 @@ def report_targets(p50, costs) -> None:
               f"{verdict(block <= 1.2 * raw)}")
         peers = [p50[n] for n in (Zmq.name, Iox.name) if n in p50]
         if peers:
+            peers_text = ", ".join(f"{p:.2f}" for p in peers)
             print(f"target blocking p50 below pyzmq and iceoryx2 blocking: {block:.2f} vs "
-                  f"{', '.join(f'{p:.2f}' for p in peers)} {verdict(all(block < p for p in peers))}")
+                  f"{peers_text} {verdict(all(block < p for p in peers))}")
     spin = p50.get(ObserverSpin.name)
     if spin is not None:
         print(f"target busy-poll p50 < 2 us: {spin:.2f} {verdict(spin < 2.0)}")

@@ -59,6 +59,7 @@ class SegmentReader:
 
     def __init__(self, shm_fd: int, eventfds=(), *, own_fds: bool = False):
         """Map `shm_fd` read-only. With `own_fds`, close() also closes shm_fd and eventfds."""
+        latch.require_tso()
         self._fds_owned = ([shm_fd, *eventfds] if own_fds else [])
         size_bytes = os.fstat(shm_fd).st_size
         if size_bytes < layout.HEADER.itemsize:

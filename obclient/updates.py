@@ -95,11 +95,12 @@ class UpdateFollower:
         self._pos[k] = head
         for book_index in self._books_of[k]:
             snap = self._reader.snapshot(book_index, 1)
+            bid = (int(snap.bid_px[0]), int(snap.bid_sz[0])) if snap.n_bids else (0, 0)
+            ask = (int(snap.ask_px[0]), int(snap.ask_sz[0])) if snap.n_asks else (0, 0)
             out.append(Update(
                 book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp,
                 snap.seq, snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
-                int(snap.bid_px[0]) if snap.n_bids else 0, int(snap.bid_sz[0]) if snap.n_bids else 0,
-                int(snap.ask_px[0]) if snap.n_asks else 0, int(snap.ask_sz[0]) if snap.n_asks else 0))
+                *bid, *ask))
 
     def wait(self, timeout_s: float | None) -> bool:
         """Block until records are pending or `timeout_s` passes: check, poll, check again."""
@@ -127,7 +128,7 @@ class UpdateFollower:
                 return False
 
     def updates(self, timeout_s: float | None = None):
-        """Yield records as they arrive (blocking in epoll); return after `timeout_s` without one."""
+        """Yield records as they arrive (blocking in epoll); return after `timeout_s` idle."""
         while True:
             batch = self.poll()
             if batch:

@@ -6,21 +6,26 @@ else, so it can be read, reviewed and tested in one sitting.
 
 Memory model relied on: x86-64 (TSO). Stores become visible to other cores in program order,
 and loads are not reordered with other loads. Python offers no fences, so this module is only
-correct on such a machine; `_check_platform` refuses the others. The interpreter does not
-cache or reorder loads across separate Python operations: each `words[i]` is a real load.
+correct on such a machine; `require_tso` (called whenever a segment is mapped) refuses others.
+The interpreter does not cache or reorder loads across separate Python operations: each
+`words[i]` is a real load.
 
 Every sequence word is an aligned u64 stored by its own `words[i] = v` on a memoryview cast to
 "Q": CPython packs that with an 8-byte `memcpy`, one `mov` on x86-64, atomic when aligned. No
 sequence word is ever written by the bulk copy (numpy or `struct.pack_into`) that writes data.
+`struct.pack_into` zero-fills its whole range before writing the fields, so it may only write
+bytes no reader trusts yet (an idle copy, a record whose seq word is 0); counters and
+timestamps that readers take as they are get single word stores (`store_word`).
 
-The book latch. A slot has one sequence word `seq` and two copies; readers use copy `seq & 1`.
-A publish writes the whole visible state of the book (the top levels and the scalars), so the
-writer needs only the first half of the kernel's `seqcount_latch`: it fills the idle copy
-`(seq + 1) & 1`, which no reader that loaded `seq` is using, then stores `seq + 1`, flipping
-readers to it. The next publish fills the other copy. A reader loads `seq`, copies `seq & 1`,
-and keeps the copy only if `seq` is unchanged; otherwise the writer flipped at least once
-meanwhile, and the publish after a flip rewrites the copy it was reading, so it retries. It never waits on a writer mid-write (unlike a plain seqlock, where an
-odd sequence sends every reader spinning), never blocks the writer, and only loads.
+The book latch. A slot has one sequence word `seq` and two copies; readers use copy
+`seq & 1`. A publish writes the whole visible state of the book (the top levels and the
+scalars), so the writer needs only the first half of the kernel's `seqcount_latch`: it fills
+the idle copy `(seq + 1) & 1`, which no reader that loaded `seq` is using, then stores
+`seq + 1`, flipping readers to it. The next publish fills the other copy. A reader loads `seq`,
+copies `seq & 1`, and keeps the copy only if `seq` is unchanged; otherwise the writer flipped
+at least once meanwhile, and the publish after a flip rewrites the copy it was reading, so it
+retries. It never waits on a writer mid-write (unlike a plain seqlock, where an odd sequence
+sends every reader spinning), never blocks the writer, and only loads.
 
 The ring. Record `pos` lives at `pos % ring_records`; its `seq` word is 0 while being written
 and `pos + 1` once complete; the shard's `head` (records ever appended) is stored after the
@@ -47,14 +52,16 @@ class LatchContended(Exception):
     """A reader could not get a stable copy in LATCH_RETRIES_MAX tries."""
 
 
-def _check_platform() -> None:
+def require_tso() -> None:
+    """Refuse to map a segment on a machine whose memory model this protocol does not fit.
+
+    Called when a segment is mapped (not at import), so tools that only talk to the control
+    socket still run anywhere.
+    """
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         raise RuntimeError(f"observer's lock-free segment protocol relies on x86-64 store "
                            f"ordering; this machine is {machine}")
-
-
-_check_platform()
 
 
 def publish_commit(words, buf, seq_index: int, seq_next: int, copy_head, copy_head_offset: int,

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import posix_ipc
 
-from proto import layout
+from proto import latch, layout
 from proto.layout import BookDesc, Geometry, LayoutError
 
 HEARTBEAT_PERIOD_S_DEFAULT = 0.1
@@ -36,6 +36,7 @@ class Segment:
     """A mapped segment (read-write) and its eventfds. Create with `create` or `attach*`."""
 
     def __init__(self, name: str | None, shm_fd: int, eventfds: list[int], owner: bool):
+        latch.require_tso()
         self.name = name
         self.fd = shm_fd
         self.eventfds = list(eventfds)

@@ -31,11 +31,9 @@ _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 _STAT_WORD = {name: i for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
 _WORD_BYTES = 8
 _STAT_LAST_UPDATE = _STAT_WORD["last_update_ns"]
-# last_update_ns, last_recv_ns, last_exch_ts_ns are adjacent: one pack per publish
-assert _STAT_WORD["last_recv_ns"] == _STAT_LAST_UPDATE + 1
-assert _STAT_WORD["last_exch_ts_ns"] == _STAT_LAST_UPDATE + 2
+_STAT_LAST_RECV = _STAT_WORD["last_recv_ns"]
+_STAT_LAST_EXCH = _STAT_WORD["last_exch_ts_ns"]
 assert _STAT_WORD["updates"] == 0
-_STATS_LAST = struct.Struct("<qqq")
 # flags by (stale + 2 * lagging)
 _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
                | (layout.FLAG_LAGGING if k & 2 else 0) for k in range(4))
@@ -146,9 +144,12 @@ class ShardWriter:
         self._seq[book_index] = seq_next
         self._head = pos + 1
         self._dirty = True
+        # One 8-byte store per counter: struct.pack_into zero-fills before it writes, so a
+        # reader could see a counter pass through 0; a word store is never seen torn.
         s[stats_word0] += 1  # updates
-        _STATS_LAST.pack_into(self._map, (stats_word0 + _STAT_LAST_UPDATE) * _WORD_BYTES,
-                              publish_ts_ns, recv_ts_ns, exch_ts_ns)
+        s[stats_word0 + _STAT_LAST_UPDATE] = publish_ts_ns
+        s[stats_word0 + _STAT_LAST_RECV] = recv_ts_ns
+        s[stats_word0 + _STAT_LAST_EXCH] = exch_ts_ns
         return seq_next
 
     def mark_stale(self, book_index: int) -> int:

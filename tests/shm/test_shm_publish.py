@@ -1,4 +1,4 @@
-"""Publishing and reading back in one process: exact values, flags, ring records, stats, batching."""
+"""Publishing and reading back in one process: exact values, flags, ring, stats, batching."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def book_with(bids, asks, update_id=1, exch_ts_ns=0, price_exp=-2, size_exp=-8):
 
 def test_descriptors_round_trip(reader):
     books = reader.books()
-    assert [(b.exchange, b.symbol, b.native, b.shard_index) for b in books] == [tuple(d) for d in DESCS]
+    got = [(b.exchange, b.symbol, b.native, b.shard_index) for b in books]
+    assert got == [tuple(d) for d in DESCS]
     assert books[1].name == "kraken:BTCUSD"
 
 
