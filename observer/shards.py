@@ -95,31 +95,50 @@ class ShardManager:
         spec_fd = write_spec(child.spec)
         fds = (child.spec.shm_fd, *child.spec.eventfds)
         try:
-            child.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "observer.shardproc", "--name", child.spec.name,
                  "--shard", str(child.index)],
                 stdin=spec_fd, pass_fds=fds, close_fds=True)
         finally:
             os.close(spec_fd)
-        child.pidfd = os.pidfd_open(child.proc.pid)
+        child.proc = proc
+        try:
+            child.pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            proc.kill()                       # unwatchable: it must not run unsupervised
+            proc.wait()
+            raise
         child.started_s = time.monotonic()
 
     def _watch(self, child: ShardChild) -> None:
-        while True:
+        while not self.stopping:
             loom.wait_readable(child.pidfd)
             code = child.proc.wait()
             self._close_pidfd(child)
             if self.stopping:
                 return
             self._died(child, code)
+            self._restart(child)
+
+    def _restart(self, child: ShardChild) -> None:
+        """Start the shard again after its backoff; a failed start (fds or memory exhausted)
+        is logged and retried with a longer backoff, never given up."""
+        while not self.stopping:
             loom.sleep(self._backoff_s(child))
             if self.stopping:
                 return
+            try:
+                self._spawn(child)
+            except OSError as exc:
+                child.deaths_in_row += 1
+                log_event(log, "shard_start_failed", level=logging.ERROR, shard=child.index,
+                          reason=str(exc))
+                continue
             child.restarts += 1
-            self._spawn(child)
             log_event(log, "shard_restart", level=logging.WARNING, shard=child.index,
                       pid=child.proc.pid, restarts=child.restarts,
                       reason=_exit_reason(child.last_exit), books=",".join(child.book_names))
+            return
 
     def _died(self, child: ShardChild, code: int) -> None:
         lived_s = time.monotonic() - child.started_s
@@ -169,9 +188,7 @@ class ShardManager:
             if child.proc is not None and child.proc.returncode is None:
                 _signal(child, signal.SIGKILL)
                 child.proc.wait()
-            if child.pidfd >= 0:
-                self.loop.forget(child.pidfd)
-                self._close_pidfd(child)
+            self._close_pidfd(child)
 
     def _close_pidfd(self, child: ShardChild) -> None:
         if child.pidfd >= 0:

@@ -143,15 +143,19 @@ def test_killed_shard_restarts_resyncs_and_the_other_never_goes_stale():
         assert "Traceback" not in obs.log_text()
 
 
-@pytest.mark.parametrize("backend", loom.available_backends())
+STOPS = [(b, signal.SIGTERM) for b in loom.available_backends()]
+STOPS.append((loom.available_backends()[0], signal.SIGINT))
+
+
+@pytest.mark.parametrize("backend,signum", STOPS)
 @needs_two_cores
-def test_sigterm_stops_every_shard_and_leaves_nothing(backend):
+def test_sigterm_stops_every_shard_and_leaves_nothing(backend, signum):
     obs = ObserverProcess(extra_args=[*FEEDS, "--cores", TWO_CORES, "--backend", backend])
     with obs:
         client = obs.wait_ready()
         pids = [s["pid"] for s in client.stats().observer["shard_list"]]
         client.close()
-        assert obs.stop(signal.SIGTERM) == 0
+        assert obs.stop(signum) == 0
         assert not os.path.exists(obs.socket_path)
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
@@ -163,7 +167,8 @@ def test_sigterm_stops_every_shard_and_leaves_nothing(backend):
         text = obs.log_text()
         assert "Traceback" not in text
         assert f"backend={backend}" in text.split("observer_ready", 1)[1].splitlines()[0]
-        assert text.count(f"shard_started") == 2
+        assert text.count("shard_started") == 2 and text.count("shard_stopped") == 2
+        assert "shard_exit" not in text and "shard_kill" not in text     # an orderly stop
         assert all(f"backend={backend}" in line for line in text.splitlines()
                    if "shard_started" in line)
 
