@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
+from observer.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
 from observer.net import websocket
@@ -206,6 +207,10 @@ class Session:
             if self.stopping:
                 ws.stream.close()
             else:
+                # once per lost connection, with its books; the reconnect follows (backoff)
+                log_event(log, "disconnected", level=logging.WARNING,
+                          exchange=self.adapter.exchange, conn=conn_id, reason=reason,
+                          books=",".join(spec.symbols))
                 ws.close(timeout_s=0.5)
             self.perform(self.adapter.on_close(conn_id, reason), 0)
         return delivered
@@ -267,7 +272,9 @@ class Session:
         if conn_id in self.reconnect_reasons:
             return
         self.reconnect_reasons[conn_id] = reason
-        log.info("%s conn %d: reconnect (%s)", self.adapter.exchange, conn_id, reason)
+        # debug: the "disconnected" line that follows carries the same reason and the books
+        log_event(log, "reconnect_requested", level=logging.DEBUG, exchange=self.adapter.exchange,
+                  conn=conn_id, reason=reason)
         fiber = self.conn_fibers.get(conn_id)
         if fiber is not None and fiber is not loom.current_fiber() and conn_id in self.sockets:
             fiber.cancel()  # wakes its recv; the connection loop reconnects
