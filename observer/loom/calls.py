@@ -193,7 +193,7 @@ def connect(sock, addr) -> None:
         if err == errno.EAGAIN and sock.family == socket.AF_UNIX:
             sleep(CONNECT_RETRY_S)               # the listener's backlog is full
             continue
-        raise OSError(err, f"connect to {addr!r}: {errno.errorcode.get(err, err)}")
+        raise OSError(err, f"connect to {addr!r}: {os.strerror(err)}")
 
 
 def read(fd: int, buf) -> int:
