@@ -1,5 +1,5 @@
-"""Two shard processes serving two simulated exchanges (obsim over wss/https): a gap is logged
-once with its book and reason and the resync after it; the Binance shard is SIGKILLed, its books
+"""Two shard processes serving two simulated exchanges (obsim over wss/https): a gap and a
+disconnect are logged once with the book and the reason, and so is the resync after each; the Binance shard is SIGKILLed, its books
 go stale, it restarts and resyncs from REST, its counters continue where they were, and the
 Kraken shard's books stay live throughout."""
 
@@ -65,6 +65,12 @@ def test_two_exchanges_on_two_shards_kill_one_shard(sim):
                    f"{gapped} to resync after the gap")
         assert len(_events(obs, "book_stale", book=gapped, reason="gap")) == 1
         wait_until(lambda: stats()[gapped]["gaps"] >= 1, WAIT_S, "the gap in the book's stats")
+        sim.fault("binance", "disconnect")
+        for name in binance:
+            wait_until(lambda: _events(obs, "book_resynced", book=name, after="disconnect"),
+                       WAIT_S, f"{name} to resync after the disconnect")
+        lost = _events(obs, "disconnected", exchange="binance")
+        assert lost and all(e["reason"] and e["books"] for e in lost), lost
         before = stats()[gapped]
 
         row = client.stats().observer["shard_list"][victim_shard]
