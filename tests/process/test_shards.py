@@ -263,3 +263,27 @@ def _books_live(path) -> bool:
             return all(not client.snapshot(b.name, 0).stale for b in client.books())
     except obclient.ObserverUnavailable:
         return False
+
+
+@needs_two_cores
+def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is_refused():
+    """A stopped (SIGSTOP) shard cannot act on SIGTERM: the stop still ends, by SIGKILL after
+    the supervisor's deadline. Meanwhile a second observer with the same name exits 3."""
+    obs = ObserverProcess(extra_args=[*FEEDS, "--cores", TWO_CORES])
+    with obs:
+        client = obs.wait_ready()
+        pids = [s["pid"] for s in client.stats().observer["shard_list"]]
+        client.close()
+        twin = subprocess.run([sys.executable, "-m", "observer.cli", "--feed", "synthetic:BTCUSD",
+                               "--cores", TWO_CORES, "--name", obs.name, "--socket",
+                               os.path.join(obs.workdir, "twin.sock")],
+                              capture_output=True, text=True, timeout=WAIT_S)
+        assert twin.returncode == 3 and "already running" in twin.stderr
+        assert len(processes_with(f"observer.shardproc --name {obs.name} ")) == 2
+        os.kill(pids[0], signal.SIGSTOP)
+        assert obs.stop(signal.SIGTERM) == 0
+        assert not os.path.exists(obs.socket_path)
+        assert all(_zombie_or_gone(pid) for pid in pids)
+        text = obs.log_text()
+        assert text.count("shard_kill") == 1 and "shard=0" in text.split("shard_kill", 1)[1]
+        assert "Traceback" not in text
