@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -21,11 +20,9 @@ from observer.instance import InstanceLock
 from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
 from proto import layout
 
+from prockit import ALLOWED, TWO_CORES, Watcher, needs_two_cores
+
 WAIT_S = 60.0
-ALLOWED = sorted(os.sched_getaffinity(0))
-TWO_CORES = ",".join(map(str, ALLOWED[:2]))
-needs_two_cores = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two allowed cores to run "
-                                     "two pinned shards")
 FEEDS = ["--feed", "synthetic:SOLUSD,XRPUSD"]         # with the harness's BTCUSD,ETHUSD feed
 
 
@@ -38,36 +35,6 @@ def _shards(client) -> dict[int, list[str]]:
 
 def _shard_row(client, index: int) -> dict:
     return client.stats().observer["shard_list"][index]
-
-
-class Watcher(threading.Thread):
-    """Reads `names` continuously through its own client; records every stale copy seen and
-    whether the books kept changing."""
-
-    def __init__(self, socket_path, names):
-        super().__init__(daemon=True)
-        self.client = obclient.connect(socket_path, client_name="watcher")
-        self.names = names
-        self.done = threading.Event()
-        self.stale_seen: list[str] = []
-        self.reads = 0
-        self.first_seq = {n: self.client.snapshot(n, 0).seq for n in names}
-        self.last_seq = dict(self.first_seq)
-
-    def run(self):
-        while not self.done.is_set():
-            for name in self.names:
-                snap = self.client.snapshot(name, 0)
-                if snap.stale:
-                    self.stale_seen.append(name)
-                self.last_seq[name] = snap.seq
-                self.reads += 1
-            time.sleep(0.002)
-
-    def finish(self):
-        self.done.set()
-        self.join(WAIT_S)
-        self.client.close()
 
 
 def _json_events(text: str) -> list[dict]:

@@ -14,7 +14,7 @@ from observer.sim.harness import Obsim
 from observer.simconfig import write_config
 from observer.testing import ObserverProcess, unique_name, wait_until
 
-from test_shards import ALLOWED, TWO_CORES, Watcher, needs_two_cores
+from prockit import TWO_CORES, Watcher, needs_two_cores
 
 WAIT_S = 90.0
 SIM_ARGS = ["--exchanges", "binance,kraken", "--rate", "40", "--depth", "60", "--seed", "5",
