@@ -41,6 +41,10 @@ def raw_json(text) -> dict:
 
 
 async def open_ws(sim: Obsim, url: str, **kwargs):
+    # max_queue=None: a test that stops reading one connection for a while (to watch another)
+    # must still close it at once; with a bounded queue the client stops reading the socket and
+    # its close waits out close_timeout behind unread frames.
+    kwargs.setdefault("max_queue", None)
     return await connect(url, ssl=sim.ssl_context(), max_size=None, open_timeout=20, **kwargs)
 
 
