@@ -1,5 +1,5 @@
 """One obsim serving all six exchanges and one observer process running all six feeds in one
-shard, shared by the end-to-end tests (starting them per test would cost most of the budget).
+shard, shared by the tests of a module (starting them per test would cost most of the budget).
 Each test faults only its own venue, so the others keep streaming around it."""
 
 import os
@@ -20,13 +20,13 @@ LAG_BOUND_MS = 300.0   # a 1.5 s stall must show as lagging; a busy box may also
 DEPTH = 10
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sim():
     with Obsim(SIM_ARGS) as sim:
         yield sim
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def obs(sim):
     obs = ObserverProcess(None, name=unique_name("e2e"))
     try:
@@ -43,13 +43,13 @@ def obs(sim):
         obs.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(obs):
     with obclient.connect(obs.socket_path, client_name="e2e") as client:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ring(obs):
     recorder = RingRecorder(obs.socket_path).start()
     yield recorder

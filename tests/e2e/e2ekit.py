@@ -16,7 +16,7 @@ from proto import symbols as symbol_names
 
 DEADLINE_S = 30.0
 POLL_S = 0.02
-QUIET_S = 0.5
+QUIET_S = 0.3
 COMPARE_DEPTH = 10
 RECORDS_PER_BOOK_MAX = 200_000  # the recorder's own limit; a run produces far fewer
 
