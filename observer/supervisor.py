@@ -218,8 +218,9 @@ class Supervisor:
         for info in self._books:
             counters = self.reader.book_stats(info.book_index)
             last_ns = counters["last_update_ns"]
+            top = self.reader.snapshot(info.book_index, 0)
             books.append({"book": info.name, "exchange": info.exchange, "shard": info.shard_index,
-                          "stale": self.reader.snapshot(info.book_index, 0).stale,
+                          "stale": top.stale, "lagging": top.lagging,
                           "last_update_age_s": round((now_ns - last_ns) / 1e9, 3) if last_ns else None,
                           **{k: v for k, v in counters.items() if not k.startswith("reserved")}})
         return observer, books, self.server.client_stats()

@@ -63,10 +63,11 @@ def test_obctl_stats_shows_every_book_with_its_counters(sim, obs, client):
     assert set(books) == expected
     for name, row in books.items():
         for field in ("updates", "gaps", "resyncs", "checksum_errors", "reconnects", "snapshots",
-                      "lag_ns", "lagging_count", "messages"):
+                      "lag_ns", "lagging_count", "messages", "stale", "lagging"):
             assert field in row, (name, field)
         assert row["snapshots"] >= 1 and row["messages"] >= 1 and row["updates"] >= 1, row
     text = subprocess.run([sys.executable, "-m", "obclient.obctl", "stats"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert text.returncode == 0, text.stderr
     assert all(name in text.stdout for name in expected)
+    assert "reconnects" in text.stdout and "lag_ms" in text.stdout
