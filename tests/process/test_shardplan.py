@@ -1,5 +1,6 @@
 """The feed partition across shards, the core check, and the Prometheus rendering (no processes)."""
 
+import os
 import re
 
 import pytest
@@ -80,3 +81,32 @@ def test_prometheus_text_is_well_formed():
             'shard="1"} 1') in lines
     assert not any("heartbeat_age" in l and 'shard="1"' in l for l in lines)   # None: left out
     assert escape('a\\b') == 'a\\\\b'
+
+
+def _build(tmp_path, text, *flags):
+    from observer import cli
+
+    path = tmp_path / "observer.toml"
+    path.write_text(text)
+    return cli.build_config(cli.parse_args(["--config", str(path), *flags]))
+
+
+FEED_ON_SHARD_1 = '[[feed]]\nexchange = "synthetic"\nsymbols = ["A"]\nshard = 1\n'
+
+
+def test_config_cores_and_feed_shards_are_checked_before_start(tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    ok = _build(tmp_path, f"[observer]\ncores = {allowed[:1]}\n" + FEED_ON_SHARD_1.replace(
+        "shard = 1", "shard = 0"))
+    assert ok.cores == tuple(allowed[:1])
+    flagged = _build(tmp_path, f"[observer]\ncores = [{allowed[-1] + 1}]\n" + FEED_ON_SHARD_1
+                     .replace("shard = 1", "shard = 0"), "--cores", str(allowed[0]))
+    assert flagged.cores == (allowed[0],)                   # --cores overrides the file's
+    with pytest.raises(cfg.ConfigError, match="asks for shard 1, but there are 1 shard"):
+        _build(tmp_path, FEED_ON_SHARD_1, "--cores", str(allowed[0]))
+    with pytest.raises(cfg.ConfigError, match="without --cores"):
+        _build(tmp_path, FEED_ON_SHARD_1)
+    with pytest.raises(cfg.ConfigError, match=f"allowed cores: {','.join(map(str, allowed))}"):
+        _build(tmp_path, f"[observer]\ncores = [{allowed[-1] + 1}]\n" + FEED_ON_SHARD_1)
+    with pytest.raises(cfg.ConfigError, match="expected a list like 2,3"):
+        _build(tmp_path, FEED_ON_SHARD_1, "--cores", "two")
