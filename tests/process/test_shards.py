@@ -41,10 +41,11 @@ def _json_events(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.parametrize("backend", loom.available_backends())
 @needs_two_cores
-def test_killed_shard_restarts_resyncs_and_the_other_never_goes_stale():
-    obs = ObserverProcess(rate=100, extra_args=[*FEEDS, "--cores", TWO_CORES,
-                                                "--log-format", "json"])
+def test_killed_shard_restarts_resyncs_and_the_other_never_goes_stale(backend):
+    obs = ObserverProcess(rate=100, extra_args=[*FEEDS, "--cores", TWO_CORES, "--backend",
+                                                backend, "--log-format", "json"])
     with obs:
         client = obs.wait_ready()
         shards = _shards(client)
