@@ -7,7 +7,8 @@ fiber waits for its completion. Whether io_uring ran the call in the kernel or e
 an edge and ran it here is invisible from this side.
 
 Fairness: a fiber whose calls keep completing at once would never yield, so each turn has a
-budget of `fiber.IMMEDIATE_RUN_MAX` such calls, after which it yields once (one switch per 64).
+budget of `fiber.IMMEDIATE_RUN_MAX` such calls, after which it ends its turn (`fiber.end_turn`:
+a yield when another fiber is ready or a timer is due, else a zero-timeout poll and no switch).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRIT
                       Op, take_pushback as _take_pushback)
 from greenlet import getcurrent
 
-from .fiber import current_fiber, suspend, yield_now
+from .fiber import current_fiber, end_turn, suspend, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
 
@@ -29,7 +30,7 @@ def _immediate(fiber) -> None:
     loop = fiber.loop
     loop._budget -= 1
     if loop._budget <= 0:
-        yield_now(fiber)
+        end_turn(fiber)
 
 
 def _state(loop, obj):
@@ -106,7 +107,7 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
                 state.in_hint = False            # a short stream read drained the socket
             loop._budget -= 1
             if loop._budget <= 0:
-                yield_now(loop._current)
+                end_turn(loop._current)
             return n
     if state.pushback:
         return _take_pushback(state, buf, nbytes)
@@ -151,7 +152,7 @@ def sendall(sock, data) -> None:
             if sent == total:
                 loop._budget -= 1
                 if loop._budget <= 0:
-                    yield_now(loop._current)
+                    end_turn(loop._current)
                 return
             state.out_hint = False               # a short send filled the buffer
     if view is None:

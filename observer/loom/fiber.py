@@ -34,6 +34,9 @@ IMMEDIATE_RUN_MAX = 64         # calls completing at once before a fiber yields 
 class Runner(greenlet.greenlet):
     """A pooled greenlet; `fiber` is the fiber it currently runs (None while pooled)."""
 
+    # Slots, not a __dict__: `getcurrent().loop` starts every fast call (about 15 ns saved).
+    __slots__ = ("fiber", "loop")
+
     def __init__(self, loop):
         super().__init__(run=_runner_main, parent=loop._loop_greenlet)
         self.fiber: Fiber | None = None
@@ -167,6 +170,39 @@ def _poll_inline(loop, fiber: Fiber) -> bool:
     loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
     loop._budget = IMMEDIATE_RUN_MAX
     return True
+
+
+def end_turn(fiber: Fiber) -> None:
+    """The fairness budget ran out: give the others their turn, cheaply when there are none.
+
+    Discussion: a fiber whose calls keep completing at once (a stream read faster than it
+    arrives) ends its turn every `IMMEDIATE_RUN_MAX` calls. Switching to the loop for a pass
+    that finds nobody else to run costs two switches and a poll, about 0.1 µs per call at 64.
+    So when nothing else is ready and no timer is due, the fiber polls (timeout 0) on its own
+    greenlet, only if an operation is pending at all, and carries on as a new turn if that
+    woke nobody. Otherwise it yields as before; a pending cancel is raised there.
+    """
+    loop = fiber.loop
+    if loop._ready or not loop._inline_ok or fiber.deferred is not None:
+        yield_now(fiber)
+        return
+    timers = loop._timers
+    if timers.live and timers.next_deadline_s() <= loop._clock():
+        yield_now(fiber)                 # the loop fires due timers first
+        return
+    if loop._backend.pending:            # nothing pending: no poll can wake anyone
+        try:
+            loop._backend.poll(0.0)
+        except LoomInternalError as exc:
+            loop._internal_error = exc   # resume() raises it from the loop greenlet
+            yield_now(fiber)
+            return
+        if loop._ready or fiber.deferred is not None:   # the poll woke someone: their turn
+            yield_now(fiber)
+            return
+    loop._switches += 1                  # a turn boundary, as the watchdog counts them
+    loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
+    loop._budget = IMMEDIATE_RUN_MAX
 
 
 def yield_now(fiber: Fiber) -> None:

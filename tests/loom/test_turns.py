@@ -1,0 +1,98 @@
+"""Turn ends without a switch (`fiber.end_turn`): a fiber whose reads keep completing at once
+polls on its own greenlet when nobody else can run; these tests check it still hands over when
+someone can (a due timer, another fiber's I/O, a cancel), on every backend."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from observer import loom
+from observer.loom import fiber as fibers
+
+pytestmark = pytest.mark.timeout(60)
+
+STREAM_BYTES = 50_000           # read one byte at a time: hundreds of turn ends
+
+
+def _stream(sock, progress, total=STREAM_BYTES):
+    buf = bytearray(1)
+    while progress[0] < total:
+        progress[0] += loom.recv_into(sock, buf)
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    a.sendall(b"x" * STREAM_BYTES)       # whole stream queued: every read completes at once
+    return a, b
+
+
+def test_a_due_timer_interrupts_a_streaming_fiber(loop):
+    a, b = _pair()
+    progress = [0]
+    woke_at = []
+
+    def sleeper():
+        loom.sleep(0.001)
+        woke_at.append(progress[0])
+
+    def main():
+        loop.spawn(sleeper)
+        _stream(b, progress)
+
+    try:
+        loop.run(main)
+    finally:
+        a.close()
+        b.close()
+    assert progress[0] == STREAM_BYTES
+    assert len(woke_at) == 1
+    assert woke_at[0] < STREAM_BYTES              # woke mid-stream, not after it
+
+
+def test_another_fibers_io_completes_while_one_streams(loop):
+    a, b = _pair()
+    c, d = socket.socketpair()
+    progress = [0]
+    got_at = []
+
+    def waiter():
+        assert loom.recv_into(d, bytearray(4)) == 4
+        got_at.append(progress[0])
+
+    def main():
+        w = loop.spawn(waiter)
+        loom.sleep(0)                             # the waiter parks on d
+        _stream(b, progress, 100)
+        loom.sendall(c, b"ping")                  # completes the waiter's read
+        _stream(b, progress)
+        w.join()
+
+    try:
+        loop.run(main)
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+    assert len(got_at) == 1
+    assert got_at[0] < STREAM_BYTES               # woken mid-stream by a turn end's poll
+    assert loop.stats().fibers_live == 0
+
+
+def test_a_cancel_reaches_a_streaming_fiber_at_a_turn_end(loop):
+    a, b = _pair()
+    progress = [0]
+
+    def main():
+        me = fibers.current_fiber()
+        loop.call_later(0.001, me.cancel)
+        _stream(b, progress)
+
+    loop.spawn(main, name="streamer")
+    try:
+        loop.run()
+    finally:
+        a.close()
+        b.close()
+    assert 0 < progress[0] < STREAM_BYTES
