@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -55,14 +54,8 @@ def ws_server_plain(certs):
 
 @pytest.fixture
 def https_server(certs):
-    server = HttpsServer(server_ssl_context(certs))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
+    server = HttpsServer(server_ssl_context(certs)).start()
     try:
         yield server
     finally:
-        server.stall.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(20)
+        server.stop()

@@ -181,7 +181,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class HttpsServer(http.server.ThreadingHTTPServer):
+    """`start()` serves in a thread; `stop()` ends it and every handler thread. A handler waits
+    on its keep-alive connection until the client closes it, so stop() shuts each accepted
+    connection down itself: no thread outlives the test, whatever its client did (a leftover
+    one would wake later, in another test)."""
+
     daemon_threads = True
+    HANDLERS_MAX = 256            # connections a test may open; past it a test is wrong
+    STOP_WAIT_S = 20.0            # a deadline for threads to end, never a timing assertion
 
     def __init__(self, ssl_ctx):
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -190,6 +197,50 @@ class HttpsServer(http.server.ThreadingHTTPServer):
         self.requests = []
         self.stall = threading.Event()
         self.port = self.server_address[1]
+        self._handlers: list[tuple[threading.Thread, object]] = []
+        self._handlers_lock = threading.Lock()
+        self._serve_thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> "HttpsServer":
+        self._serve_thread = threading.Thread(target=self.serve_forever, name="https-server",
+                                              kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve_thread.start()
+        return self
+
+    def process_request(self, request, client_address):
+        thread = threading.Thread(target=self.process_request_thread, name="https-handler",
+                                  args=(request, client_address), daemon=True)
+        with self._handlers_lock:
+            assert len(self._handlers) < self.HANDLERS_MAX, "HttpsServer.HANDLERS_MAX"
+            self._handlers.append((thread, request))
+        thread.start()
+
+    def handle_error(self, request, client_address):
+        if not self._stopping:         # a connection cut by stop() is not worth a traceback
+            super().handle_error(request, client_address)
+
+    def stop(self) -> None:
+        import socket
+
+        self._stopping = True
+        self.stall.set()
+        if self._serve_thread is not None:
+            self.shutdown()
+            self._serve_thread.join(self.STOP_WAIT_S)
+            assert not self._serve_thread.is_alive(), "https server did not stop"
+        with self._handlers_lock:
+            handlers = list(self._handlers)
+        for _, request in handlers:
+            try:
+                # the plain socket's shutdown: the handler thread still owns the TLS object
+                socket.socket.shutdown(request, socket.SHUT_RDWR)
+            except OSError:
+                pass                   # already closed by its handler
+        for thread, _ in handlers:
+            thread.join(self.STOP_WAIT_S)
+            assert not thread.is_alive(), "https handler thread did not end"
+        self.server_close()
 
 
 # -- a raw WebSocket peer that misbehaves on purpose ------------------------------------------

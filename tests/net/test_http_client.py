@@ -94,7 +94,10 @@ def test_body_limit(https_server, certs):
         client = client_for(https_server, certs, body_bytes_max=1_000_000)
         with pytest.raises(ProtocolError, match="body_bytes_max"):
             client.get("/big")
-        big = client_for(https_server, certs).get("/big")
+        client.close()
+        client = client_for(https_server, certs)
+        big = client.get("/big")
+        client.close()
         return len(big.body)
 
     assert run(main) == 3_000_000
@@ -113,10 +116,7 @@ def test_request_timeout(https_server, certs):
 def test_plain_http(https_server, certs):
     from netpeers import HttpsServer
 
-    server = HttpsServer(None)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
+    server = HttpsServer(None).start()
     try:
         def main():
             client = HttpClient(f"http://127.0.0.1:{server.port}/")
@@ -126,9 +126,7 @@ def test_plain_http(https_server, certs):
 
         assert run(main) == (200, SNAPSHOT)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(20)
+        server.stop()
 
 
 def test_tls_verification_failures(https_server, certs):
@@ -208,8 +206,9 @@ def test_tls_handshake_with_a_non_tls_server_fails_clearly():
 
         assert run(main)
     finally:
-        thread.join(10)
+        thread.join(20)
         listener.close()
+        assert not thread.is_alive(), "the garbage server thread did not end"
 
 
 def test_concurrent_gets_from_two_fibers(https_server, certs, backend):
@@ -281,10 +280,7 @@ def test_sni_is_sent_for_names_not_for_ip_literals(certs):
     seen = []
     ctx = server_ssl_context(certs)
     ctx.sni_callback = lambda sslobj, name, context: seen.append(name)
-    server = HttpsServer(ctx)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
+    server = HttpsServer(ctx).start()
     try:
         def main():
             for host in ("localhost", "127.0.0.1"):
@@ -295,7 +291,5 @@ def test_sni_is_sent_for_names_not_for_ip_literals(certs):
 
         assert run(main)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(20)
+        server.stop()
     assert seen == ["localhost", None]

@@ -146,16 +146,18 @@ def test_frames_trickling_one_byte_at_a_time(backend):
     assert frames == [(0x8, struct.pack("!H", 1000))]  # the close was echoed
 
 
-def test_eof_mid_frame_is_1006(backend):
+@pytest.mark.parametrize("fin_pause_s", [0.0, 0.1], ids=["fin-with-data", "fin-after"])
+def test_eof_mid_frame_is_1006(backend, fin_pause_s):
+    """The peer's FIN arrives with the partial frame (usually one readiness edge; loom before
+    d7281ea lost that EOF and the read hung) or after it (its own edge): 1006 either way."""
     def behaviour(conn):
         conn.sendall(upgrade_reply(read_request(conn)) + b"\x81\x7e\x01\x00partial")
-        # The pause keeps the FIN out of the data's readiness edge: loom's epoll backend can
-        # miss an EOF that arrives in the same edge as data read short (reported separately).
-        time.sleep(0.1)
+        if fin_pause_s:
+            time.sleep(fin_pause_s)
         return True
 
     def client(url):
-        ws = websocket.connect(url)
+        ws = websocket.connect(url, recv_timeout_s=30.0)   # a missed EOF ends as NetTimeout
         with pytest.raises(ConnectionClosed) as info:
             ws.recv()
         return info.value.code
