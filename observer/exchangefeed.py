@@ -12,7 +12,7 @@ is the sink between them and the shard's `ShardWriter`:
 - Lag (C11): each publish measures local receive time minus the exchange's event time of the
   last applied change. Past `lag_bound_ms` the book is published with the lagging flag, the
   condition is logged once and counted (`lagging_count`), and it clears when a publish is back
-  within the bound. `lag_ns` and `lag_max_ns` live in the book's stats.
+  within half the bound (so a feed hovering at the bound does not flap). `lag_ns` and `lag_max_ns` live in the book's stats.
 - Counters: the adapter keeps plain ints per book (SymbolStats); a stats fiber copies them into
   the segment's per-book stats every `stats_period_s`, and at once when a book goes stale, so
   `obctl stats` shows gaps, resyncs, checksum errors, reconnects and snapshots without a store
@@ -37,6 +37,7 @@ log = logging.getLogger("observer.feeds")
 
 STATS_PERIOD_S = 0.2
 LAG_BOUND_MS_DEFAULT = 1000.0
+CATCH_UP_FRACTION = 0.5      # lagging clears once a publish is within half the bound
 NS_PER_MS = 1_000_000
 
 # segment stat <- adapter SymbolStats field (copied by the stats fiber)
@@ -77,6 +78,7 @@ class ExchangeFeed:
         self.books = adapter.books
         self.ca_file = ca_file
         self.lag_bound_ns = int(lag_bound_ms * NS_PER_MS)
+        self.catch_up_ns = int(self.lag_bound_ns * CATCH_UP_FRACTION)
         self.session_options = dict(session_options or {})
         self.stats_period_s = stats_period_s
         self.writer = None
@@ -158,7 +160,8 @@ class ExchangeFeed:
         if lag_ns > slot.lag_max_ns:
             slot.lag_max_ns = lag_ns
             slot.stats.lag_max_ns = lag_ns
-        lagging = lag_ns > self.lag_bound_ns
+        # Hysteresis: a feed hovering at the bound must not flap (and log) on every message.
+        lagging = lag_ns > (self.catch_up_ns if slot.lagging else self.lag_bound_ns)
         if lagging is not slot.lagging:
             self.lag_changed(slot, lagging, lag_ns)
 

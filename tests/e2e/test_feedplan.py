@@ -120,6 +120,9 @@ def test_sink_publishes_live_then_stale_and_flags_lag_once(wired, caplog):
         assert sum("lagging" in r.message for r in caplog.records) == 1     # logged once
         assert reader.book_stats(0)["lagging_count"] == 1
         assert reader.book_stats(0)["lag_max_ns"] == 400 * NS_PER_MS
+        load(feed, "BTCUSDT", now_ns - 80 * NS_PER_MS)                 # under the bound, not
+        feed.sink([Publish("BTCUSDT")], now_ns)                         # yet under half of it
+        assert reader.snapshot(0).lagging
         load(feed, "BTCUSDT", now_ns - 1 * NS_PER_MS)
         feed.sink([Publish("BTCUSDT")], now_ns)
         assert not reader.snapshot(0).lagging
