@@ -1,5 +1,5 @@
-"""Two shard processes serving two simulated exchanges (obsim over wss/https): a gap and a
-disconnect are logged once with the book and the reason, and so is the resync after each; the Binance shard is SIGKILLed, its books
+"""Two shard processes serving two simulated exchanges (obsim over wss/https): a gap, a
+disconnect and (last) a Kraken bad checksum are logged once with the book and the reason, and so is the resync after each; the Binance shard is SIGKILLed, its books
 go stale, it restarts and resyncs from REST, its counters continue where they were, and the
 Kraken shard's books stay live throughout."""
 
@@ -93,6 +93,14 @@ def test_two_exchanges_on_two_shards_kill_one_shard(sim):
         assert watcher.stale_seen == [] and watcher.reads > 10
         assert _shard_restarted(client, victim_shard)
         assert len(_events(obs, "shard_exit", shard=victim_shard)) == 1
+
+        # now that the Kraken books may go stale: a bad checksum, logged once and resynced
+        sim.fault("kraken", "bad_checksum", symbol=sim.info["exchanges"]["kraken"]["symbols"][0])
+        wait_until(lambda: _events(obs, "book_resynced", book=kraken[0], after="checksum")
+                   or _events(obs, "book_resynced", book=kraken[1], after="checksum"), WAIT_S,
+                   "a Kraken book to resync after the bad checksum")
+        bad = [e for n in kraken for e in _events(obs, "book_stale", book=n, reason="checksum")]
+        assert len(bad) == 1, bad
         client.close()
         assert obs.stop() == 0
         assert "Traceback" not in obs.log_text()
