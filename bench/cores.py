@@ -9,6 +9,11 @@ updates, exact Book apply, export into shared memory and ring records). The same
 - `1-shard`: --cores 0, one pinned shard process;
 - `2-shards`: --cores 0,1, one pinned shard process per core, one feed each.
 
+Why synthetic feeds and not obsim: on this 2-core machine obsim would run on the very cores
+the shards are measured on, so the 2-shard figure would measure obsim's share of the CPU, not
+the observer's scaling; the synthetic feed generates its load inside each shard (a seeded walk
+applied through the exact Book from decimal text, as an exchange feed's updates are).
+
 How it measures: after every book is live and a warm-up, it reads, through obclient from the
 segment, each feed's update count (a synthetic feed numbers its updates; a book's published
 `update_id` is the last one applied, so the largest over a feed's books is the feed's count) and
