@@ -247,6 +247,9 @@ class ReadinessBackend:
     """
 
     name = "readiness"
+    # A poll sets `in_hint` on an fd's IN edge even when no reader is parked, so a fiber may
+    # poll itself and then call (calls._recv_wait_inline); io_uring has no readiness to show.
+    hints_from_poll = True
 
     def __init__(self):
         self._runnable: list[Op] = []

@@ -62,6 +62,7 @@ class UringStats:
 
 class UringBackend:
     name = "io_uring"
+    hints_from_poll = False     # completions, not readiness: a fiber's wait is an op here
 
     def __init__(self, sq_entries: int = SQ_ENTRIES, cq_entries: int = CQ_ENTRIES,
                  overflow_max: int = OVERFLOW_MAX):

@@ -96,3 +96,31 @@ def test_a_cancel_reaches_a_streaming_fiber_at_a_turn_end(loop):
         a.close()
         b.close()
     assert 0 < progress[0] < STREAM_BYTES
+
+
+def test_a_reader_waiting_alone_gets_closed_error_when_a_callback_closes_its_fd(loop):
+    """The reader waits by polling on its own greenlet (epoll) or as a parked op (io_uring);
+    either way a close through the loop from another completion's callback ends its wait
+    with ClosedError."""
+    import threading
+
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    kick = threading.Timer(0.05, d.send, (b"k",))
+
+    def on_kick(result):
+        loop.forget(b)
+        b.close()
+
+    def main():
+        loop.read(c, bytearray(1), on_kick)
+        kick.start()
+        with pytest.raises(loom.ClosedError):
+            loom.recv_into(b, bytearray(4))
+
+    try:
+        loop.run(main)
+    finally:
+        kick.join()
+        for s in (a, b, c, d):
+            s.close()
