@@ -19,7 +19,10 @@ segment, each feed's update count (a synthetic feed numbers its updates; a book'
 `update_id` is the last one applied, so the largest over a feed's books is the feed's count) and
 each shard's ring head (records appended, one per publish: a publish carries every update
 applied to that book in one loop pass), waits `window_s`, reads again. updates/s and
-publishes/s are the differences over the elapsed time. Configurations are run in
+publishes/s are the differences over the elapsed time. It also reports the CPU the observer's
+processes used (cores) and how much of the machine stayed idle meanwhile: two shards that get
+1.0 core between them while nothing is idle are limited by other work on the machine, not by
+the observer. Configurations are run in
 interleaved rounds and the median per configuration is reported, because this machine is
 shared and noisy. One line per configuration, then the scaling ratio.
 
@@ -76,16 +79,24 @@ def measure(extra, rate_hz: float, window_s: float) -> float:
             def counts():
                 updates = sum(max(reader.snapshot(i, 1).update_id for i in g) for g in groups)
                 return (updates, sum(reader.shard_stats(i)["head"] for i in range(shards_n)),
-                        sum(cpu_s(pid) for pid in pids))
+                        sum(cpu_s(pid) for pid in pids), idle_s())
 
-            t0, (u0, h0, c0) = time.perf_counter(), counts()
+            t0, (u0, h0, c0, i0) = time.perf_counter(), counts()
             time.sleep(window_s)
-            t1, (u1, h1, c1) = time.perf_counter(), counts()
+            t1, (u1, h1, c1, i1) = time.perf_counter(), counts()
         finally:
             client.close()
         assert obs.stop() == 0, obs.log_text()
     dt = t1 - t0
-    return (u1 - u0) / dt, (h1 - h0) / dt, (c1 - c0) / dt
+    return (u1 - u0) / dt, (h1 - h0) / dt, (c1 - c0) / dt, (i1 - i0) / dt
+
+
+def idle_s() -> float:
+    """CPU seconds the whole machine spent idle so far: what the observer left unused, or
+    could not get because other work had it (Linux /proc/stat: idle + iowait)."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    return (int(fields[4]) + int(fields[5])) / CLOCK_TICKS
 
 
 def cpu_s(pid: int) -> float:
@@ -111,10 +122,11 @@ def main(argv=None) -> int:
     median = {name: statistics.median(r[0] for r in v) for name, v in runs.items()}
     publishes = {name: statistics.median(r[1] for r in v) for name, v in runs.items()}
     cores_used = {name: statistics.median(r[2] for r in v) for name, v in runs.items()}
+    idle = {name: statistics.median(r[3] for r in v) for name, v in runs.items()}
     base = median["1-shard"]
     for name, values in runs.items():
         print(f"cores {name:<10} {median[name]:>9,.0f} updates/s  x{median[name] / base:.2f} "
-              f"vs 1-shard  cpu {cores_used[name]:.2f} cores  "
+              f"vs 1-shard  cpu {cores_used[name]:.2f} cores (machine idle {idle[name]:.2f})  "
               f"{median[name] / max(cores_used[name], 1e-9):,.0f} updates/cpu-s  "
               f"({publishes[name]:,.0f} publishes/s; rounds "
               f"{', '.join(f'{r[0]:,.0f}' for r in values)}; load {load:.1f})")
