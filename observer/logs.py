@@ -73,14 +73,32 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def setup(log_format: str = "text", level: str = "info", stream: Any = None) -> None:
-    """Configure the root logger of this process: one handler, one format."""
+class _StaticFields(logging.Filter):
+    """Adds fixed fields (e.g. `shard=1` in a shard process) to every line, unless the event
+    set them itself."""
+
+    def __init__(self, fields: dict[str, Any]):
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = getattr(record, _FIELDS_ATTR, None) or {}
+        setattr(record, _FIELDS_ATTR, {**self.fields, **own})
+        return True
+
+
+def setup(log_format: str = "text", level: str = "info", stream: Any = None,
+          fields: dict[str, Any] | None = None) -> None:
+    """Configure the root logger of this process: one handler, one format; `fields` are added
+    to every line (a shard process tags its lines with its shard index)."""
     if log_format not in ("text", "json"):
         raise ValueError(f"log format {log_format!r}: expected text or json")
     if level not in LEVELS:
         raise ValueError(f"log level {level!r}: expected one of {', '.join(LEVELS)}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    if fields:
+        handler.addFilter(_StaticFields(fields))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -106,7 +106,7 @@ def run(spec: ShardSpec) -> int:
     from observer.shm import Segment
 
     config = spec.config
-    logs.setup(config.log_format, config.log_level)
+    logs.setup(config.log_format, config.log_level, fields={"shard": spec.shard_index})
     log = logging.getLogger(f"observer.shard{spec.shard_index}")
     if spec.core is not None:
         loom.pin(spec.core)

@@ -32,3 +32,17 @@ def test_json_line_parses():
     assert first["uid"] == 1000 and first["logger"] == "server"
     assert second["event"] == "plain message"
     logs.setup("text", "warning")  # leave the root logger quiet for other tests
+
+
+def test_static_fields_tag_every_line_unless_the_event_sets_them():
+    stream = io.StringIO()
+    logs.setup("json", "info", stream=stream, fields={"shard": 1})
+    log = logging.getLogger("observer.feeds")
+    logs.log_event(log, "book_stale", book="kraken:BTCUSD", reason="gap")
+    log.info("plain message")
+    logs.log_event(log, "shard_started", shard=0)
+    first, second, third = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert first["shard"] == 1 and first["reason"] == "gap"
+    assert second["shard"] == 1 and second["event"] == "plain message"
+    assert third["shard"] == 0
+    logs.setup("text", "warning")  # leave the root logger quiet for other tests

@@ -63,7 +63,9 @@ def test_two_exchanges_on_two_shards_kill_one_shard(sim):
                   count=1)
         wait_until(lambda: _events(obs, "book_resynced", book=gapped, after="gap"), WAIT_S,
                    f"{gapped} to resync after the gap")
-        assert len(_events(obs, "book_stale", book=gapped, reason="gap")) == 1
+        stale_lines = _events(obs, "book_stale", book=gapped, reason="gap")
+        assert len(stale_lines) == 1
+        assert stale_lines[0]["shard"] == shard_of[gapped]     # a shard process tags its lines
         wait_until(lambda: stats()[gapped]["gaps"] >= 1, WAIT_S, "the gap in the book's stats")
         sim.fault("binance", "disconnect")
         for name in binance:
