@@ -77,9 +77,12 @@ class ObserverProcess:
             except obclient.ObserverUnavailable:
                 client = None
             if client is not None:
-                if not books_live or all(not client.snapshot(b.name, 0).stale
-                                         for b in client.books()):
-                    return client
+                try:
+                    if not books_live or all(not client.snapshot(b.name, 0).stale
+                                             for b in client.books()):
+                        return client
+                except obclient.ObserverUnavailable:
+                    pass     # a starved observer's heartbeat looked stale: ask again, same deadline
                 client.close()
             if time.monotonic() > deadline_s:
                 raise TimeoutError(f"observer not ready within {timeout_s} s:\n{self.log_text()}")
