@@ -58,8 +58,9 @@ class EpollBackend(ReadinessBackend):
             timeout_s = 0.0
         self.polls += 1
         fds = self._fds
-        attempt = self._attempt
-        for fd, mask in self._ep.poll(-1 if timeout_s is None else timeout_s, EVENTS_MAX):
+        # Every wait ends here, so nothing is looked up or bound that the events do not need
+        # (epoll.poll takes None for "forever").
+        for fd, mask in self._ep.poll(timeout_s, EVENTS_MAX):
             state = fds.get(fd)
             if state is None:
                 continue
@@ -68,11 +69,11 @@ class EpollBackend(ReadinessBackend):
                     state.short_drains = False     # EOF pending: a short read is not "empty"
                 state.in_hint = True
                 if state.reader is not None:
-                    done += attempt(state.reader)
+                    done += self._attempt(state.reader)
             if mask & _OUT:
                 state.out_hint = True
                 if state.writer is not None:
-                    done += attempt(state.writer)
+                    done += self._attempt(state.writer)
         return done
 
     def close(self) -> None:

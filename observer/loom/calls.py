@@ -111,12 +111,12 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
             if loop._budget <= 0:
                 end_turn(loop._current)
             return n
-    if state.pushback:
-        return _take_pushback(state, buf, nbytes)
-    if loop._backend.hints_from_poll:
+    if loop._backend.hints_from_poll:           # (pushback is io_uring's alone)
         n = _recv_wait_inline(loop, state, sock, buf, nbytes)
         if n is not None:
             return n
+    elif state.pushback:
+        return _take_pushback(state, buf, nbytes)
     return _wait_op(loop._current, state, RECV, buf, nbytes)
 
 
@@ -139,10 +139,10 @@ def _recv_wait_inline(loop, state, sock, buf, nbytes: int):
     poll = loop._backend.poll
     timers = loop._timers
     ready = loop._ready
+    if sock.fileno() < 0:
+        return None                              # closed behind loom's back: _wait_op says so
     while (loop._inline_ok and not ready and fiber.deferred is None
            and state.reader is None):
-        if sock.fileno() < 0:
-            return None                          # closed behind loom's back: _wait_op says so
         if timers.live:
             timeout_s = timers.next_deadline_s() - loop._clock()
             if timeout_s <= 0.0:
