@@ -97,10 +97,18 @@ def test_errors_are_one_line_and_non_zero(observer, tmp_path):
     assert bad_depth.returncode == 2
 
 
+def _sigint_default():
+    # A shell runs a background job with SIGINT ignored, and an ignored signal stays ignored
+    # across exec: Python then installs no KeyboardInterrupt handler and Ctrl-C would do
+    # nothing. The test means a user's terminal, where SIGINT has its default action.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_redraws_until_ctrl_c(observer):
     env = dict(os.environ, OBSERVER_SOCKET=observer.socket_path)
     proc = subprocess.Popen([sys.executable, "-m", "obclient.obctl", "watch", "BTCUSD",
-                             "--depth", "2"], stdout=subprocess.PIPE, env=env)
+                             "--depth", "2"], stdout=subprocess.PIPE, env=env,
+                            preexec_fn=_sigint_default)
     chunks = []
     try:
         os.set_blocking(proc.stdout.fileno(), False)
