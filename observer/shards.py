@@ -92,6 +92,9 @@ class ShardManager:
             child.watcher = self.loop.spawn(self._watch, child, name=f"shard{child.index}-watch")
 
     def _spawn(self, child: ShardChild) -> None:
+        # Discussion: PR_SET_PDEATHSIG fires when the THREAD that forked the child ends, not
+        # the process. Spawning from the loop's thread (fibers run there) keeps "the shard dies
+        # with the supervisor" true; never move this into loom.run_in_thread.
         spec_fd = write_spec(child.spec)
         fds = (child.spec.shm_fd, *child.spec.eventfds)
         try:
