@@ -152,6 +152,15 @@ class Client:
         sock = _connect_socket(self.socket_path, timeout_s)
         try:
             self._att = self._handshake(sock, timeout_s)
+        except ObserverUnavailable:          # an OSError too, and already says why
+            sock.close()
+            raise
+        except (OSError, ProtocolError) as exc:
+            # An observer killed or stopping while we say hello resets the connection (our
+            # hello unread) or cuts a reply: it is absent, as for a refused connect (C9).
+            sock.close()
+            raise ObserverUnavailable(f"observer at {self.socket_path} went away during the "
+                                      f"handshake: {exc}") from None
         except BaseException:
             sock.close()
             raise

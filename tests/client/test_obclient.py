@@ -30,6 +30,35 @@ def test_missing_observer_is_a_clear_error(tmp_path):
         obclient.connect(path)
 
 
+def test_an_observer_that_dies_during_the_handshake_is_observer_unavailable(tmp_path):
+    """A peer that closes with our hello unread makes the kernel reset the connection: connect()
+    reports ObserverUnavailable like any other absent observer, never a bare socket error."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "dying.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(WAIT_S)
+
+    def die_with_the_hello_unread():
+        conn, _ = listener.accept()
+        conn.settimeout(WAIT_S)
+        conn.recv(1, socket.MSG_PEEK)           # the hello is here, and stays unread
+        conn.close()
+
+    thread = threading.Thread(target=die_with_the_hello_unread, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(obclient.ObserverUnavailable, match="went away during the handshake"):
+            obclient.connect(path, timeout_s=WAIT_S)
+    finally:
+        thread.join(WAIT_S)
+        listener.close()
+    assert not thread.is_alive()
+
+
 def test_default_socket_path_follows_the_environment(monkeypatch, tmp_path):
     from proto.messages import default_socket_path
 
