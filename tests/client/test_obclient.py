@@ -132,7 +132,8 @@ def test_client_survives_kill_9_and_reattaches_to_a_new_observer(tmp_path):
     name = unique_name("r")
     with ObserverProcess(name=name, workdir=str(tmp_path), rate=200) as obs:
         obs.wait_ready().close()
-        client = obclient.connect(obs.socket_path)
+        # kill -9 is seen by the socket's hang-up; a starved heartbeat must not add a detach
+        client = obclient.connect(obs.socket_path, stale_after_s=PATIENT_S)
         generation = client.generation
         btc = client.book("BTCUSD")
         assert not btc.snapshot().stale
@@ -160,7 +161,7 @@ def test_client_survives_kill_9_and_reattaches_to_a_new_observer(tmp_path):
 def test_client_notices_a_clean_stop_and_reports_stale(tmp_path):
     with ObserverProcess(workdir=str(tmp_path)) as obs:
         obs.wait_ready().close()
-        client = obclient.connect(obs.socket_path)
+        client = obclient.connect(obs.socket_path, stale_after_s=PATIENT_S)   # seen by hang-up
         book = client.book("ETHUSD")
         assert not book.snapshot().stale
         assert obs.stop() == 0
@@ -200,7 +201,9 @@ def test_stale_heartbeat_is_noticed_and_the_client_reattaches(tmp_path):
         client = obclient.connect(obs.socket_path, stale_after_s=0.5)
         book = client.book("BTCUSD")
         generation = client.generation
-        assert not book.snapshot().stale
+        # A busy machine can starve the observer past 0.5 s on its own: wait for a fresh
+        # heartbeat rather than assume one.
+        wait_until(lambda: not book.snapshot().stale, WAIT_S, "the observer to be live")
         obs.send_signal(signal.SIGSTOP)
         try:
             wait_until(lambda: book.snapshot().stale, WAIT_S, "the frozen observer to be noticed")
