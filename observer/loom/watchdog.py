@@ -6,6 +6,14 @@ it has run that long without yielding: the watchdog logs its name and its stack 
 `sys._current_frames()` for the loop's thread, which is the fiber's frame while it runs) and
 counts the report. One report per stall. The loop pays nothing per switch beyond the counter it
 keeps for stats anyway; the thread only exists while `run()` does.
+
+Discussion: on a shared machine a whole process can be descheduled for tens of milliseconds.
+Wall time alone would then blame whatever fiber happened to be running. So a stall needs, beyond
+the wall-clock bound, evidence that the loop thread itself spent it: either it burnt at least half
+the bound in CPU time (a fiber computing too long), or it sits in the kernel asleep (a fiber in a
+blocking call such as `time.sleep` or a blocking `recv`). A thread that was runnable but not
+running (state `R` with little CPU) is the machine's doing, not the fiber's. Where the thread's CPU
+clock or its /proc state cannot be read, the watchdog falls back to wall time alone.
 """
 
 from __future__ import annotations
@@ -22,6 +30,19 @@ log = logging.getLogger("observer.loom")
 
 WATCHDOG_S = 0.050          # default bound: a fiber running 50 ms without yielding is a bug
 REPORTS_KEPT_MAX = 16       # recent reports kept for loop.watchdog_reports()
+CPU_SHARE_MIN = 0.5         # of the bound, in loop-thread CPU time, to blame a computing fiber
+
+
+def is_stall(ran_s: float, cpu_s: float | None, state: str | None, bound_s: float) -> bool:
+    """Whether a fiber seen running `ran_s` (wall) without yielding has blocked the loop.
+
+    `cpu_s`: CPU time the loop thread spent meanwhile (None: unknown); `state`: the loop thread's
+    scheduler state letter from /proc (None: unknown). See the module's Discussion."""
+    if ran_s < bound_s:
+        return False
+    if cpu_s is None or state is None:
+        return True
+    return cpu_s >= bound_s * CPU_SHARE_MIN or state in ("S", "D")
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,8 @@ class Watchdog:
 
     def start(self) -> None:
         self._loop_thread_id = threading.get_ident()
+        self._cpu_clock = _thread_cpu_clock(self._loop_thread_id)
+        self._stat_path = f"/proc/self/task/{threading.get_native_id()}/stat"
         self._stop.clear()
         self._thread = threading.Thread(target=self._main, name="loom-watchdog", daemon=True)
         self._thread.start()
@@ -59,6 +82,7 @@ class Watchdog:
         interval_s = max(0.001, self.bound_s / 4)
         seen_switches = -1
         seen_since = 0.0
+        seen_cpu_s = 0.0
         reported_switches = -1
         while not self._stop.wait(interval_s):
             fiber = self._loop._current
@@ -70,11 +94,37 @@ class Watchdog:
             if switches != seen_switches:
                 seen_switches = switches
                 seen_since = now
+                seen_cpu_s = self._loop_cpu_s() or 0.0
                 continue
             ran_s = now - seen_since + interval_s      # it was running before we first saw it
-            if switches != reported_switches and ran_s >= self.bound_s:
+            if switches == reported_switches or ran_s < self.bound_s:
+                continue
+            cpu_now_s = self._loop_cpu_s()
+            cpu_s = None if cpu_now_s is None else cpu_now_s - seen_cpu_s + interval_s
+            if is_stall(ran_s, cpu_s, self._loop_state(), self.bound_s):
                 reported_switches = switches
                 self._report(fiber, ran_s)
+
+    def _loop_cpu_s(self) -> float | None:
+        if self._cpu_clock is None:
+            return None
+        try:
+            return time.clock_gettime(self._cpu_clock)
+        except OSError:
+            return None
+
+    def _loop_state(self) -> str | None:
+        """The loop thread's scheduler state letter (R, S, D, ...), None where unreadable."""
+        try:
+            with open(self._stat_path, "rb") as stat:
+                text = stat.read()
+        except OSError:
+            return None
+        # The command name in parentheses may hold spaces; the state follows the last ')'.
+        return text[text.rfind(b")") + 2:][:1].decode() or None
+
+    _cpu_clock: int | None = None
+    _stat_path = ""
 
     def _report(self, fiber, ran_s: float) -> None:
         frame = sys._current_frames().get(self._loop_thread_id)
@@ -83,3 +133,11 @@ class Watchdog:
         self.reports_total += 1
         log.warning("loom watchdog: fiber %r has run %.0f ms without yielding (bound %.0f ms):"
                     "\n%s", fiber.name, ran_s * 1e3, self.bound_s * 1e3, stack)
+
+
+def _thread_cpu_clock(thread_id: int) -> int | None:
+    """The CPU-time clock of a thread of this process, None where the platform has none."""
+    try:
+        return time.pthread_getcpuclockid(thread_id)
+    except (AttributeError, OSError):
+        return None

@@ -48,3 +48,32 @@ def test_watchdog_quiet_for_yielding_fibers(backend):
     finally:
         loop.close()
     assert loop.watchdog_reports() == []
+
+
+def test_stall_rule_tells_a_descheduled_process_from_a_blocking_fiber():
+    from observer.loom.watchdog import is_stall
+
+    bound_s = 0.05
+    assert not is_stall(0.04, 0.04, "R", bound_s)          # under the bound: never
+    assert is_stall(0.08, 0.07, "R", bound_s)              # computing: CPU spent in the fiber
+    assert is_stall(0.08, 0.001, "S", bound_s)             # asleep in a blocking call
+    assert is_stall(0.08, 0.001, "D", bound_s)             # in uninterruptible I/O
+    assert not is_stall(0.08, 0.001, "R", bound_s)         # runnable, not running: the machine
+    assert is_stall(0.08, None, None, bound_s)             # no evidence available: wall time
+
+
+def test_watchdog_reports_a_computing_fiber(backend):
+    loop = loom.Loop(backend, watchdog_s=0.05)
+
+    def computes_too_long():
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            pass
+
+    try:
+        loop.run(computes_too_long)
+    finally:
+        loop.close()
+    reports = loop.watchdog_reports()
+    assert len(reports) == 1
+    assert reports[0].fiber_name.endswith("computes_too_long")
