@@ -139,13 +139,14 @@ def cmd_stats(client, args) -> int:
               f"restarts {sh.get('restarts', 0)}  books {sh.get('books')}  "
               f"records {sh.get('records')}")
     print(f"{'book':<24} {'updates':>10} {'gaps':>6} {'resyncs':>8} {'cksum_err':>9} "
-          f"{'reconnects':>10} {'lag_ms':>8} {'last_age_s':>10}  state")
+          f"{'reconnects':>10} {'lag_ms':>8} {'unread_b':>9} {'last_age_s':>10}  state")
     for b in stats.books:
         age = b.get("last_update_age_s")
         state = "STALE" if b.get("stale") else ("LAGGING" if b.get("lagging") else "live")
         print(f"{b['book']:<24} {b['updates']:>10} {b['gaps']:>6} {b['resyncs']:>8} "
               f"{b['checksum_errors']:>9} {b.get('reconnects', 0):>10} "
-              f"{b.get('lag_ns', 0) / 1e6:>8.1f} {'-' if age is None else age:>10}  {state}")
+              f"{b.get('lag_ns', 0) / 1e6:>8.1f} {b.get('unread_bytes', 0):>9} "
+              f"{'-' if age is None else age:>10}  {state}")
     if stats.clients:
         print(f"{'client':<24} {'pid':>8} {'subscribed':>10} {'queued':>7} {'sent':>9} "
               f"{'dropped':>8}")

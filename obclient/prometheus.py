@@ -58,6 +58,8 @@ BOOK_METRICS = (
     ("lag_ns", "observer_book_lag_seconds", "gauge",
      "Last local receive time minus exchange event time."),
     ("lag_max_ns", "observer_book_lag_max_seconds", "gauge", "Largest lag seen."),
+    ("unread_bytes", "observer_book_unread_bytes", "gauge",
+     "Bytes received on the book's feed connection and not yet parsed (sampled)."),
     ("last_update_age_s", "observer_book_last_update_age_seconds", "gauge",
      "Seconds since the book was last published."),
 )

@@ -17,6 +17,12 @@ is the sink between them and the shard's `ShardWriter`:
   the segment's per-book stats every `stats_period_s`, and at once when a book goes stale, so
   `obctl stats` shows gaps, resyncs, checksum errors, reconnects and snapshots without a store
   per message on the hot path.
+- Unread bytes (C11's second measure): the same stats fiber samples, per connection, the bytes
+  received and not yet parsed (`WebSocket.unread_bytes()`: the socket's kernel receive queue by
+  FIONREAD, plus the TLS and WebSocket buffers) and stores it as `unread_bytes` of every book
+  that connection carries; 0 while it is disconnected. The time lag says how old the data being
+  parsed is; this says how much more is already waiting (a feed that has fallen behind shows
+  both, and a stalled reader shows bytes before any late message can show its lag).
 
 Discussion: a stalled connection publishes nothing, so its lag cannot be measured until the
 held messages arrive; they then carry their old event times and the book shows as lagging
@@ -184,8 +190,18 @@ class ExchangeFeed:
             if getattr(stats, segment_name) != value:
                 setattr(stats, segment_name, value)
 
+    def sample_unread(self) -> None:
+        """Each book's `unread_bytes`: its connection's backlog (one ioctl per connection)."""
+        sockets = self.session.sockets if self.session is not None else {}
+        for slot in self.slots.values():
+            ws = sockets.get(slot.sync.conn_id)
+            unread_bytes = ws.unread_bytes() if ws is not None else 0
+            if slot.stats.unread_bytes != unread_bytes:
+                slot.stats.unread_bytes = unread_bytes
+
     def _copy_stats_forever(self) -> None:
         while True:
             for slot in self.slots.values():
                 self.copy_stats(slot)
+            self.sample_unread()
             loom.sleep(self.stats_period_s)

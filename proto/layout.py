@@ -38,7 +38,7 @@ import numpy as np
 assert sys.byteorder == "little", "the segment layout is little-endian; so is x86-64"
 
 MAGIC = 0x314D48535642534F  # b"OBSVSHM1" read as a little-endian u64
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: book stats reserved_0 became unread_bytes (C11)
 ALIGN_BYTES = 64  # every region and every slot starts on a cache line
 
 # Limits a segment is sized from at start-up; nothing is resized after (C9).
@@ -125,7 +125,7 @@ BOOK_STATS_FIELDS = (
     "last_recv_ns",  # local receive time of the last applied message
     "last_exch_ts_ns",
     "messages",  # feed messages applied to this book
-    "reserved_0",
+    "unread_bytes",  # bytes received but not yet parsed: kernel queue + TLS + WebSocket (C11)
     "reserved_1",
 )
 BOOK_STATS = np.dtype([(name, "<i8") for name in BOOK_STATS_FIELDS])

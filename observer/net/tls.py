@@ -118,6 +118,13 @@ class TlsStream:
     def fileno(self) -> int:
         return self.stream.fileno()
 
+    def unread_bytes(self) -> int:
+        """The socket's unread bytes plus what TLS holds: ciphertext in the incoming BIO and
+        plaintext OpenSSL decrypted but nobody has read (C11's gauge)."""
+        if self.stream.closed:
+            return 0
+        return self.stream.unread_bytes() + self._incoming.pending + self._obj.pending()
+
     def handshake(self, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         while True:
             try:

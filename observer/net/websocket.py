@@ -113,6 +113,14 @@ class WebSocket:
     def close_code(self) -> int | None:
         return self.conn.close_code
 
+    def unread_bytes(self) -> int:
+        """Bytes received from the server that no `recv()` has returned yet: the stream's
+        (kernel queue, TLS buffers) plus the frame reader's unparsed bytes. Cheap enough for a
+        periodic gauge (one ioctl), not meant per message."""
+        if self.stream.closed:
+            return 0
+        return self.stream.unread_bytes() + self.conn.reader.buffered_bytes
+
     def recv(self) -> Message:
         """The next data message; answers pings on the way. Raises on close or failure."""
         if self._closed_error is not None:
