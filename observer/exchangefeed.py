@@ -91,6 +91,7 @@ class ExchangeFeed:
         self.slots: dict[str, BookSlot] = {}
         self.session: Session | None = None
         self._stats_fiber = None
+        self._unread_by_conn: dict[int, int] = {}   # reused by sample_unread, one entry per conn
 
     def natives(self):
         """(normalised symbol, native symbol) per book, in the adapter's order."""
@@ -193,9 +194,12 @@ class ExchangeFeed:
     def sample_unread(self) -> None:
         """Each book's `unread_bytes`: its connection's backlog (one ioctl per connection)."""
         sockets = self.session.sockets if self.session is not None else {}
+        unread_by_conn = self._unread_by_conn
+        unread_by_conn.clear()
+        for conn_id, ws in sockets.items():
+            unread_by_conn[conn_id] = ws.unread_bytes()
         for slot in self.slots.values():
-            ws = sockets.get(slot.sync.conn_id)
-            unread_bytes = ws.unread_bytes() if ws is not None else 0
+            unread_bytes = unread_by_conn.get(slot.sync.conn_id, 0)   # 0: not connected
             if slot.stats.unread_bytes != unread_bytes:
                 slot.stats.unread_bytes = unread_bytes
 
