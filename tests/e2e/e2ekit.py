@@ -18,6 +18,7 @@ DEADLINE_S = 30.0
 POLL_S = 0.02
 QUIET_S = 0.3
 COMPARE_DEPTH = 10
+STATS_SETTLE_S = 0.5       # over two periods of the shard's stats copy (0.2 s)
 RECORDS_PER_BOOK_MAX = 200_000  # the recorder's own limit; a run produces far fewer
 
 
@@ -107,6 +108,12 @@ class Venue:
 
     def wait_live(self, what):
         wait(self.live, f"{self.exchange}: every book live ({what})")
+
+    def settled_stats(self):
+        """Stats once the shard's periodic counter copy (every 0.2 s) has caught up with the
+        previous fault, so a baseline does not miss a count that is still on its way."""
+        time.sleep(STATS_SETTLE_S)
+        return self.stats()
 
     def wait_grew(self, field, before, what):
         """A per-book counter in `obctl stats` grew past its value before the fault."""

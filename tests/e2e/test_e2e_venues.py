@@ -123,10 +123,13 @@ def fault_garbage(obs):
 
 
 def fault_oversized_snapshot(v):
-    before = v.stats()
+    before = v.settled_stats()
     v.sim.fault(v.exchange, "oversized_snapshot", size_bytes=4 << 20)
-    v.sim.fault(v.exchange, "gap", symbol=v.natives[0])   # the resync fetches the big snapshot
-    v.wait_grew("resyncs", before, "gap before the oversized snapshot")
+    # The resync fetches the big snapshot. Kraken has no sequence: a dropped update its top-10
+    # checksum cannot see is (rightly) no resync there, so a bad checksum forces one instead.
+    trigger = "bad_checksum" if v.exchange == "kraken" else "gap"
+    v.sim.fault(v.exchange, trigger, symbol=v.natives[0])
+    v.wait_grew("resyncs", before, f"{trigger} before the oversized snapshot")
     v.wait_grew("snapshots", before, "oversized snapshot")
     v.wait_live("after an oversized snapshot")
 
@@ -145,9 +148,16 @@ def fault_bad_checksum(v):
 
 
 def fault_reset(v):
-    before = v.stats()
+    before = v.settled_stats()
     v.sim.fault(v.exchange, "reset", symbol=v.natives[0])
-    v.wait_grew("snapshots", before, "reset")
+    if v.exchange == "okx":
+        # A maintenance reset lowers seqId while the prevSeqId chain holds: not a gap, no new
+        # snapshot; the book keeps publishing and stays equal to the true book.
+        v.wait_publishing(5, "after a maintenance reset")
+        assert v.total("gaps") == v.total("gaps", before)
+        assert v.total("resyncs") == v.total("resyncs", before)
+    else:
+        v.wait_grew("snapshots", before, "reset")
     v.wait_live("after a reset")
 
 
