@@ -18,6 +18,8 @@ and a Reconnect when nothing at all arrived for `silence_max_s`. A book still un
 `sync_timeout_s` after it was asked for is asked for again, whatever was lost on the way.
 """
 
+import abc
+
 import orjson
 
 from observer.book import Book, BookCrossed
@@ -42,7 +44,7 @@ STAT_BY_REASON = {
 }
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base of the six exchange adapters; see the module essay."""
 
     exchange = ""
@@ -101,16 +103,20 @@ class Adapter:
         """Truncation depth for the books (0: none). Depth-limited channels override."""
         return 0
 
+    @abc.abstractmethod
     def plan_connections(self):
         raise NotImplementedError
 
+    @abc.abstractmethod
     def subscribe_conn(self, conn_id):
         """Queue what a fresh connection must send (may be nothing: Binance URL streams)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def handle(self, conn_id, data, recv_ns):
         raise NotImplementedError
 
+    @abc.abstractmethod
     def recover(self, sync):
         """Get a fresh snapshot for one book after a resync (resubscribe, or REST refetch)."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ on one asyncio loop, so no state here needs a lock.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import http
 import logging
@@ -107,7 +108,7 @@ def pad_json(payload: bytes, size_bytes: int) -> bytes:
     return payload[:-1] + b" " * (size_bytes - len(payload)) + payload[-1:]
 
 
-class Venue:
+class Venue(abc.ABC):
     name = "venue"
     ws_path = "/"                        # what the printed ws_url ends with
     faults: tuple[str, ...] = COMMON_FAULTS
@@ -187,9 +188,11 @@ class Venue:
             self.publish(market, changes, now_s)
         return True
 
+    @abc.abstractmethod
     def publish(self, market: Market, changes: list, now_s: float) -> None:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def hide(self, market: Market, changes: list) -> None:
         raise NotImplementedError
 
@@ -256,6 +259,7 @@ class Venue:
     def on_close(self, conn: Conn) -> None:
         pass
 
+    @abc.abstractmethod
     def on_message(self, conn: Conn, message, now_s: float) -> None:
         raise NotImplementedError
 
