@@ -48,6 +48,8 @@ class UpdateFollower:
         self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
+        self._read = [latch.ring_reader(self._words, self._mv, word0, self._mask, _RECORD_BODY,
+                                        _make_update) for word0 in self._ring_word0]
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
         self._ring_ks = range(len(self.shard_indexes))
@@ -66,28 +68,25 @@ class UpdateFollower:
     def poll(self, records_max: int = RECORDS_PER_POLL_MAX) -> list[Update]:
         """Take up to `records_max` records (plus resyncs after an overrun); never blocks."""
         out: list[Update] = []
-        if self._single:  # the common case, and the latency-critical one: no loop
-            self._poll_ring(0, out, records_max)
+        if self._single:  # the common case, and the latency-critical one: no loop, no call
+            pos = self._pos[0]
+            new_pos, lapped = self._read[0](pos, out, records_max)
+            self.records += new_pos - pos
+            self._pos[0] = new_pos
+            if lapped:
+                self._resync(0, latch.ring_head(self._words, self._head_word[0]), out)
             return out
         for k in self._ring_ks:
             self._poll_ring(k, out, records_max)
         return out
 
     def _poll_ring(self, k: int, out: list, records_max: int) -> None:
-        words = self._words
         pos = self._pos[k]
-        head = latch.ring_head(words, self._head_word[k])
-        if head - pos > self._ring_records:
-            self._resync(k, head, out)
-            return
-        taken = len(out)
-        pos, lapped = latch.ring_read(words, self._mv, self._ring_word0[k], self._mask, pos,
-                                      head, _RECORD_BODY, out, _make_update,
-                                      records_max - taken)
-        self.records += pos - self._pos[k]
-        self._pos[k] = pos
+        new_pos, lapped = self._read[k](pos, out, records_max - len(out))
+        self.records += new_pos - pos
+        self._pos[k] = new_pos
         if lapped:
-            self._resync(k, latch.ring_head(words, self._head_word[k]), out)
+            self._resync(k, latch.ring_head(self._words, self._head_word[k]), out)
 
     def _resync(self, k: int, head: int, out: list) -> None:
         """Lapped: skip to the head and re-read every book of the shard from its slot."""
@@ -110,7 +109,12 @@ class UpdateFollower:
         return self.pending()
 
     def spin(self, timeout_s: float) -> bool:
-        """Busy-poll the heads (no syscalls) until records are pending or `timeout_s` passes."""
+        """Busy-poll the heads (no syscalls) until records are pending or `timeout_s` passes.
+
+        It watches the shard's head word, not the next record's seq word: the writer stores
+        the head once per record, after it, while it writes the record's line several times;
+        a reader spinning on that line would take it away from the writer mid-record.
+        """
         deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
         words, head_word, pos = self._words, self._head_word, self._pos
         if len(head_word) == 1:

@@ -54,11 +54,11 @@ class ShardWriter:
         self._owned = [d.shard_index == shard_index for d in descs]
         self.book_indexes = [i for i, mine in enumerate(self._owned) if mine]
         self._locate_slots(segment, g)
-        self._locate_ring(g)
         self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
                              for i in range(g.books_n)]
         self._dirty = False
-        self._plan = [self._plan_book(i) if mine else None for i, mine in enumerate(self._owned)]
+        self._locate_ring(g)
+        self._publish = [self._publisher(i) if mine else None for i, mine in enumerate(self._owned)]
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
         self._flushes_index = shard_word0 + layout.SHARD.fields["flushes"][1] // 8
@@ -92,17 +92,23 @@ class ShardWriter:
         self._ask0_word = layout.copy_dtype(g.depth_max).fields["ask_px"][1] // _WORD_BYTES
         self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
 
-    def _plan_book(self, i: int) -> tuple:
-        """Everything publish needs about book i, in one tuple (one lookup per publish)."""
-        head_words = [offset // _WORD_BYTES for offset in self._head_offset[i]]
-        return (self._seq_index[i], self._views[i], self._head_offset[i],
-                tuple(w + self._bid0_word for w in head_words),
-                tuple(w + self._ask0_word for w in head_words), self._stats_word0[i])
+    def _publisher(self, i: int):
+        """Book i's hot path (proto/latch.book_publisher), everything located once."""
+        copies = tuple((offset, views, offset // _WORD_BYTES + self._bid0_word,
+                        offset // _WORD_BYTES + self._ask0_word)
+                       for offset, views in zip(self._head_offset[i], self._views[i]))
+        return latch.book_publisher(self._words, self._swords, self._map, i, self._seq_index[i],
+                                    copies, self.depth_max,
+                                    (self._ring_word0, self._ring_mask, self._head_index),
+                                    self._seq, self._ring_pos,
+                                    (self._stats_word0[i], _STAT_LAST_UPDATE, _STAT_LAST_RECV,
+                                     _STAT_LAST_EXCH))
 
     def _locate_ring(self, g) -> None:
         shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
         self._head_index = shard_offset // _WORD_BYTES
-        self._head = self._words[self._head_index]  # resume after restart
+        self._ring_pos = [self._words[self._head_index]]  # resume after restart; shared with
+        # every book's publisher (proto/latch.book_publisher), which advances it
         self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
         self._ring_word0 = self._ring_offset // _WORD_BYTES
         self._ring_mask = g.ring_records - 1
@@ -115,42 +121,11 @@ class ShardWriter:
 
         Returns the slot's new sequence number. The caller flushes once per batch.
         """
-        plan = self._plan[book_index]
-        if plan is None:
+        publish = self._publish[book_index]
+        if publish is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
-        publish_ts_ns = time.time_ns()
-        seq_index, views, head_offsets, bid_words, ask_words, stats_word0 = plan
-        seq_next = self._seq[book_index] + 1
-        copy = seq_next & 1  # the idle copy: no reader of the current sequence uses it
-        bid_px, bid_sz, ask_px, ask_sz = views[copy]
-        n_bids, n_asks = book.export_top(bid_px, bid_sz, ask_px, ask_sz)
-        assert 0 <= n_bids <= self.depth_max
-        assert 0 <= n_asks <= self.depth_max
-        flags = _FLAGS[stale + 2 * lagging]
-        price_exp, size_exp = book.price_exp, book.size_exp
-        update_id, exch_ts_ns = book.update_id, book.exch_ts_ns
-        s, depth, bid, ask = self._swords, self.depth_max, bid_words[copy], ask_words[copy]
-        pos = self._head
-        latch.publish_commit(
-            self._words, self._map, seq_index, seq_next, _COPY_HEAD, head_offsets[copy],
-            (seq_next, n_bids, n_asks, price_exp, size_exp, flags, update_id, exch_ts_ns,
-             recv_ts_ns, publish_ts_ns),
-            self._ring_word0 + (pos & self._ring_mask) * latch.RECORD_WORDS, _RECORD_BODY,
-            (book_index, layout.KIND_UPDATE, flags, price_exp, size_exp, seq_next, update_id,
-             exch_ts_ns, recv_ts_ns, publish_ts_ns, s[bid] if n_bids else 0,
-             s[bid + depth] if n_bids else 0, s[ask] if n_asks else 0,
-             s[ask + depth] if n_asks else 0),
-            self._head_index, pos)
-        self._seq[book_index] = seq_next
-        self._head = pos + 1
         self._dirty = True
-        # One 8-byte store per counter: struct.pack_into zero-fills before it writes, so a
-        # reader could see a counter pass through 0; a word store is never seen torn.
-        s[stats_word0] += 1  # updates
-        s[stats_word0 + _STAT_LAST_UPDATE] = publish_ts_ns
-        s[stats_word0 + _STAT_LAST_RECV] = recv_ts_ns
-        s[stats_word0 + _STAT_LAST_EXCH] = exch_ts_ns
-        return seq_next
+        return publish(book, _FLAGS[stale + 2 * lagging], recv_ts_ns)
 
     def mark_stale(self, book_index: int) -> int:
         """Republish the visible copy with the stale flag, and append a STALE record."""
@@ -178,13 +153,13 @@ class ShardWriter:
                   head[8], head[9], s[bid] if n_bids else 0,
                   s[bid + self._szo_words] if n_bids else 0, s[ask] if n_asks else 0,
                   s[ask + self._szo_words] if n_asks else 0)
-        pos = self._head
+        pos = self._ring_pos[0]
         record_offset = self._ring_offset + (pos & self._ring_mask) * layout.RING_RECORD.itemsize
         latch.publish_commit(self._words, self._map, self._seq_index[book_index], seq_next,
                              _COPY_HEAD, copy_offset, head, record_offset // _WORD_BYTES,
                              _RECORD_BODY, record, self._head_index, pos)
         self._seq[book_index] = seq_next
-        self._head = pos + 1
+        self._ring_pos[0] = pos + 1
         self._dirty = True
 
     def flush(self) -> bool:
@@ -215,7 +190,7 @@ class ShardWriter:
     def release(self) -> None:
         """Drop every view of the mapping so the segment can be unmapped."""
         self._views = []
-        self._plan = []
+        self._publish = []
         self._copy_bytes = []
         self._words.release()
         self._swords.release()

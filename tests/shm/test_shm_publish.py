@@ -135,6 +135,29 @@ def test_follower_from_oldest_and_lap_resync(seg, reader):
     assert [(u.kind, u.update_id, u.bid_px) for u in got] == [(layout.KIND_RESYNC, 60, 160)]
 
 
+def test_poll_goes_by_record_seq_not_head(seg, reader):
+    """A record is taken when its seq says whole (before the head moves), never while 0."""
+    follower = reader.follow([0])
+    w = seg.writer(0)
+    w.publish(0, book_with([(101, 1)], [(500, 1)], update_id=1))
+    words = np.frombuffer(seg.map, np.uint64)
+    g = seg.geometry
+    head_word = (g.shards_offset + layout.SHARD.fields["head"][1]) // 8
+    record_word = g.rings_offset // 8  # record 0's seq word
+    words[head_word] = 0  # as if the writer had not stored the head yet
+    assert [u.update_id for u in follower.poll()] == [1]
+    words[head_word] = 1
+    w.publish(0, book_with([(102, 1)], [(500, 1)], update_id=2))
+    stride = layout.RING_RECORD.itemsize // 8
+    words[record_word + stride] = 0  # record 1 mid-write: its seq is 0
+    assert follower.poll() == [] and follower.overruns == 0
+    words[record_word + stride] = 2
+    assert [u.update_id for u in follower.poll()] == [2]
+    words[record_word + 2 * stride] = 3 + 16  # record 2 holds the next lap's record: lapped
+    got = follower.poll()
+    assert follower.overruns == 1 and [u.kind for u in got] == [layout.KIND_RESYNC]
+
+
 def test_stats_counters_live_in_segment(seg, reader):
     w = seg.writer(1)
     stats = w.book_stats(1)
