@@ -134,6 +134,7 @@ class RawSpin(Raw):
 class Observer:
     name = "observer blocking"
     spin = False
+    wake = "eventfd"
 
     def prepare(self):
         self.segment = Segment.create(f"/obbench-{TOKEN}", [BookDesc("bench", "BTCUSD", "x", 0)],
@@ -159,7 +160,7 @@ class Observer:
         self.reader.close()
 
     def writer_open(self):
-        self.writer = self.segment.writer(0)
+        self.writer = self.segment.writer(0, wake=self.wake)
 
     def send(self, i):
         self.book.update_id = i
@@ -177,6 +178,11 @@ class Observer:
 class ObserverSpin(Observer):
     name = "observer busy-poll"
     spin = True
+
+
+class ObserverUring(Observer):
+    name = "observer io_uring wake"
+    wake = "io_uring"  # the eventfd write done by an io_uring worker (observer/shm/wake.py)
 
 
 class Zmq:
@@ -281,7 +287,9 @@ class Iox:
         sample = self.pub.loan_uninit()
         sample = sample.write_payload(IoxRecord(*record_fields(i, time.time_ns())))
         sample.send()
+        visible_ns = time.time_ns()
         self.notifier.notify()
+        return visible_ns
 
     def close(self):
         for name in ("notifier", "pub", "listener", "sub"):

@@ -71,6 +71,9 @@ def parse_args(argv):
     p.add_argument("--cores", help="one pinned shard process per core, e.g. 2,3 or 0-3 "
                    "(default: one unpinned shard in the supervisor's process)")
     p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
+    p.add_argument("--wake", choices=("eventfd", "io_uring"),
+                   help="how a flush wakes clients: write the eventfd (default), or have an "
+                   "io_uring worker write it (the shard's cost then does not grow with clients)")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
@@ -80,7 +83,7 @@ def build_config(args) -> cfg.ObserverConfig:
     config = cfg.load_config(args.config) if args.config else cfg.ObserverConfig()
     feeds = [cfg.parse_feed_spec(spec, ca_file=args.ca_file) for spec in args.feed]
     config = config.with_overrides(
-        name=args.name, socket=args.socket, depth=args.depth, backend=args.backend,
+        name=args.name, socket=args.socket, depth=args.depth, backend=args.backend, wake=args.wake,
         log_format=args.log_format, log_level=args.log_level, lag_bound_ms=args.lag_bound_ms,
         feeds=tuple(feeds) if feeds else None,
         cores=cfg.parse_cores(args.cores) if args.cores is not None else None)
@@ -142,7 +145,7 @@ def run(config: cfg.ObserverConfig) -> int:
         except (LayoutError, ValueError, OSError) as exc:
             raise StartError(f"cannot start: {exc}") from exc
         if config.cores is None:      # one shard, in this process and loop (see the essay)
-            shard = Shard(0, supervisor.segment.writer(0), feeds, index_of)
+            shard = Shard(0, supervisor.segment.writer(0, wake=config.wake), feeds, index_of)
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)

@@ -151,3 +151,26 @@ def wait_until(predicate, timeout_s: float, what: str):
         if time.monotonic() > deadline_s:
             raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(POLL_S)
+
+
+# Python source for a child process (run with `python -c`): its first lines forbid
+# io_uring_setup (syscall 425 on x86-64) with a seccomp filter returning EPERM, as a container
+# runtime's profile does. x86-64 only; tests that use it skip elsewhere.
+NO_IO_URING_PRELUDE = r"""
+import ctypes
+class Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+LD_ABS, JEQ, RET = 0x20, 0x15, 0x06
+program = (Filter * 6)(
+    Filter(LD_ABS, 0, 0, 4), Filter(JEQ, 0, 3, 0xC000003E),      # x86-64 only
+    Filter(LD_ABS, 0, 0, 0), Filter(JEQ, 0, 1, 425),             # io_uring_setup
+    Filter(RET, 0, 0, 0x00050000 | 1),                           # -> EPERM
+    Filter(RET, 0, 0, 0x7FFF0000))                               # everything else: allow
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                           # PR_SET_NO_NEW_PRIVS
+prog = Prog(6, program)
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
+"""

@@ -175,11 +175,11 @@ class Ring:
     def sq_space(self) -> int:
         return self.sq_entries - (self.sq_tail - self._words[self.sq_head_i]) % (1 << 32)
 
-    def push(self, opcode, fd, off, addr, length, op_flags, user_data) -> None:
+    def push(self, opcode, fd, off, addr, length, op_flags, user_data, sqe_flags=0) -> None:
         """Write one SQE and publish it (the kernel takes it at the next enter)."""
         tail = self.sq_tail
-        SQE_HEAD.pack_into(self.sqes, (tail & self.sq_mask) * 64, opcode, 0, 0, fd, off, addr,
-                           length, op_flags, user_data)
+        SQE_HEAD.pack_into(self.sqes, (tail & self.sq_mask) * 64, opcode, sqe_flags, 0, fd, off,
+                           addr, length, op_flags, user_data)
         self.sq_tail = tail = (tail + 1) & 0xFFFFFFFF
         self._words[self.sq_tail_i] = tail
 

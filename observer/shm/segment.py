@@ -136,14 +136,18 @@ class Segment:
         return [BookDesc(d["exchange"].decode(), d["symbol"].decode(), d["native"].decode(),
                          int(d["shard_index"])) for d in descs]
 
-    def writer(self, shard_index: int):
-        """The writer of one shard's books and ring; one per shard per process."""
+    def writer(self, shard_index: int, *, wake: str = "eventfd"):
+        """The writer of one shard's books and ring; one per shard per process.
+
+        `wake`: how its flushes wake clients, "eventfd" or "io_uring" (observer/shm/wake.py);
+        taken when the writer is made.
+        """
         from observer.shm.writer import ShardWriter  # writer imports this module
 
         if not 0 <= shard_index < self.geometry.shards_n:
             raise ValueError(f"shard_index {shard_index} outside 0..{self.geometry.shards_n - 1}")
         if shard_index not in self._writers:
-            self._writers[shard_index] = ShardWriter(self, shard_index)
+            self._writers[shard_index] = ShardWriter(self, shard_index, wake=wake)
         return self._writers[shard_index]
 
     def heartbeat(self, now_ns: int | None = None) -> None:

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from observer.shm.wake import make_waker
 from proto import latch, layout
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
@@ -42,7 +43,7 @@ _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
 class ShardWriter:
     """Writes one shard's books and ring. Get one from `Segment.writer(shard_index)`."""
 
-    def __init__(self, segment, shard_index: int):
+    def __init__(self, segment, shard_index: int, *, wake: str = "eventfd"):
         g = segment.geometry
         self.shard_index = shard_index
         self.depth_max = g.depth_max
@@ -50,6 +51,7 @@ class ShardWriter:
         self._words = self._map.cast("Q")  # sequence words, heads (unsigned)
         self._swords = self._map.cast("q")  # counters and timestamps (signed)
         self._eventfd = segment.eventfds[shard_index]
+        self._wake, self._wake_close = make_waker(self._eventfd, wake)  # observer/shm/wake.py
         descs = segment.books()
         self._owned = [d.shard_index == shard_index for d in descs]
         self.book_indexes = [i for i, mine in enumerate(self._owned) if mine]
@@ -167,10 +169,7 @@ class ShardWriter:
         if not self._dirty:
             return False
         self._dirty = False
-        try:
-            os.eventfd_write(self._eventfd, 1)
-        except BlockingIOError:
-            pass  # counter saturated (2**64 - 2 batches): readers already have a pending wake
+        self._wake()
         self._words[self._flushes_index] += 1
         return True
 
@@ -192,6 +191,7 @@ class ShardWriter:
         self._views = []
         self._publish = []
         self._copy_bytes = []
+        self._wake_close()
         self._words.release()
         self._swords.release()
         self._map.release()

@@ -11,35 +11,20 @@ import pytest
 
 from observer import loom
 from observer.loom.backend import PROBE_ORDER
+from observer.testing import NO_IO_URING_PRELUDE
 
 pytestmark = pytest.mark.timeout(60)
 
-# In a child: forbid io_uring_setup (syscall 425 on x86-64) with a seccomp filter, as a
-# container runtime's profile does, then ask for io_uring and for the default.
-REFUSED_CHILD = r"""
-import ctypes, json, logging, sys
+# In a child: forbid io_uring_setup with a seccomp filter, as a container runtime's profile
+# does, then ask for io_uring and for the default.
+REFUSED_CHILD = NO_IO_URING_PRELUDE + r"""
+import json, logging, sys
 records = []
 class Keep(logging.Handler):
     def emit(self, record):
         records.append(record.getMessage())
 logging.getLogger("observer.loom").addHandler(Keep())
 logging.getLogger("observer.loom").setLevel(logging.WARNING)
-
-class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
-LD_ABS, JEQ, RET = 0x20, 0x15, 0x06
-program = (Filter * 6)(
-    Filter(LD_ABS, 0, 0, 4), Filter(JEQ, 0, 3, 0xC000003E),      # x86-64 only
-    Filter(LD_ABS, 0, 0, 0), Filter(JEQ, 0, 1, 425),             # io_uring_setup
-    Filter(RET, 0, 0, 0x00050000 | 1),                           # -> EPERM
-    Filter(RET, 0, 0, 0x7FFF0000))                               # everything else: allow
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0                           # PR_SET_NO_NEW_PRIVS
-prog = Prog(6, program)
-assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
 
 from observer import loom
 from observer.loom.backend import unavailable_reason
