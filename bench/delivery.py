@@ -12,7 +12,7 @@ arrives, which is the case blocking delivery is about):
   raw shm spin            the same words, reader spinning on them (the busy-poll floor)
   observer blocking       ShardWriter.publish + flush -> UpdateFollower.wait + poll
   observer io_uring wake  the same, the flush's eventfd write done by an io_uring worker
-  observer busy-poll      the same writer -> UpdateFollower.spin + poll (no syscalls)
+  observer busy-poll      the same writer -> UpdateFollower.spin_next (no syscalls)
   pyzmq ipc PUB/SUB       the record packed with struct, blocking recv
   iceoryx2 blocking       ctypes record over publish-subscribe + event notifier, Listener wait
   iceoryx2 busy-poll      the same -> Subscriber.receive in a loop

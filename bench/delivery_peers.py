@@ -148,9 +148,11 @@ class Observer:
         self.pending: list = []
 
     def receive(self, timeout_s):
+        if self.spin:  # one record per call, the head spin and the copy in one
+            update = self.follower.spin_next(timeout_s)
+            return None if update is None else (update.update_id, update.publish_ts_ns)
         if not self.pending:
-            ready = self.follower.spin(timeout_s) if self.spin else self.follower.wait(timeout_s)
-            if not ready:
+            if not self.follower.wait(timeout_s):
                 return None
             self.pending = self.follower.poll()[::-1]
         update = self.pending.pop()  # a consistent top of book: update.bid_px ... ask_sz

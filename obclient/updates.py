@@ -48,17 +48,22 @@ class UpdateFollower:
         self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
-        self._read = [latch.ring_reader(self._words, self._mv, word0, self._mask, _RECORD_BODY,
-                                        _make_update) for word0 in self._ring_word0]
+        readers = [latch.ring_reader(self._words, self._mv, word0, self._mask, _RECORD_BODY,
+                                     _make_update) for word0 in self._ring_word0]
+        self._read = [read for read, _ in readers]
+        self._take = [take for _, take in readers]
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
         self._ring_ks = range(len(self.shard_indexes))
         self._single = len(self.shard_indexes) == 1
+        self._backlog: list[Update] = []  # spin_next: records taken by a poll, not yet handed out
         self.overruns = 0  # times a ring lapped this follower
         self.records = 0  # records delivered from the rings
 
     def pending(self) -> bool:
         """True when any followed ring has records this follower has not taken."""
+        if self._backlog:
+            return True
         words, pos, head_word = self._words, self._pos, self._head_word
         for k in self._ring_ks:
             if words[head_word[k]] != pos[k]:
@@ -68,6 +73,9 @@ class UpdateFollower:
     def poll(self, records_max: int = RECORDS_PER_POLL_MAX) -> list[Update]:
         """Take up to `records_max` records (plus resyncs after an overrun); never blocks."""
         out: list[Update] = []
+        if self._backlog:  # records spin_next took and has not handed out yet come first
+            out.extend(reversed(self._backlog))
+            self._backlog.clear()
         if self._single:  # the common case, and the latency-critical one: no loop, no call
             pos = self._pos[0]
             new_pos, lapped = self._read[0](pos, out, records_max)
@@ -130,6 +138,40 @@ class UpdateFollower:
                 return True
             if time.monotonic_ns() >= deadline_ns:
                 return False
+
+    def spin_next(self, timeout_s: float) -> Update | None:
+        """Busy-poll (no syscalls) for the next record; None after `timeout_s` without one.
+
+        The lowest-latency way to follow one shard's ring, for a client pinned to its own
+        core: the head spin and the record copy in one call, one record per call. Following
+        several rings, or after a lap, it takes `poll()`'s way and returns the first record
+        (the rest are returned by the next calls, in order).
+        """
+        if self._backlog:
+            return self._backlog.pop()
+        if self._single:
+            pos, words, head = self._pos[0], self._words, self._head_word[0]
+            if words[head] == pos:  # nothing yet: spin on the head (loads only)
+                deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
+                while words[head] == pos:
+                    for _ in range(SPIN_CHECK_CLOCK_EVERY):
+                        if words[head] != pos:
+                            break
+                    else:
+                        if time.monotonic_ns() >= deadline_ns:
+                            return None
+            fields = self._take[0](pos)
+            if fields is not None and fields is not latch.LAPPED:
+                self._pos[0] = pos + 1
+                self.records += 1
+                return _make_update(fields)
+        elif not self.spin(timeout_s):
+            return None
+        batch = self.poll()
+        if not batch:
+            return None
+        self._backlog = batch[:0:-1]  # the rest, reversed: pop() hands them out in order
+        return batch[0]
 
     def updates(self, timeout_s: float | None = None):
         """Yield records as they arrive (blocking in epoll); return after `timeout_s` idle."""

@@ -172,7 +172,7 @@ def ring_head(words, head_index: int) -> int:
 
 
 def ring_reader(words, buf, ring_word0: int, ring_mask: int, record_body, make):
-    """`read(pos, out, records_max) -> (pos, lapped)` over one ring.
+    """`read(pos, out, records_max) -> (pos, lapped)` and `take(pos)` over one ring.
 
     Copies records `pos`, `pos + 1`, ... into `out` (as `make(fields)`), in order, while they
     are complete, at most `records_max`. A record is complete when its seq word is `pos + 1`
@@ -197,7 +197,19 @@ def ring_reader(words, buf, ring_word0: int, ring_mask: int, record_body, make):
             pos += 1
         return pos, False
 
-    return read
+    def take(pos: int):
+        """Record `pos` as a fields tuple if it is whole; None if not yet; LAPPED if overwritten."""
+        index = ring_word0 + (pos & ring_mask) * RECORD_WORDS
+        seq = words[index]
+        if seq != pos + 1:
+            return None if seq < pos + 1 else LAPPED
+        fields = unpack(buf, index * 8 + RECORD_BODY_OFFSET)
+        return fields if words[index] == pos + 1 else LAPPED
+
+    return read, take
+
+
+LAPPED = "lapped"  # ring_reader's take(): the record asked for was overwritten
 
 
 def store_word(words, index: int, value: int) -> None:
