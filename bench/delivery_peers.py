@@ -132,9 +132,15 @@ class RawSpin(Raw):
 
 
 class Observer:
+    """The shard's steps for one feed message: wake_ahead (before parsing), publish, flush.
+
+    The send stamp is the book's exch_ts_ns, set before wake_ahead (publish_ts_ns, stamped
+    inside publish, would leave the wake-ahead write out of the measurement).
+    """
     name = "observer blocking"
     spin = False
     wake = "eventfd"
+    ahead = True
 
     def prepare(self):
         self.segment = Segment.create(f"/obbench-{TOKEN}", [BookDesc("bench", "BTCUSD", "x", 0)],
@@ -150,13 +156,13 @@ class Observer:
     def receive(self, timeout_s):
         if self.spin:  # one record per call, the head spin and the copy in one
             update = self.follower.spin_next(timeout_s)
-            return None if update is None else (update.update_id, update.publish_ts_ns)
+            return None if update is None else (update.update_id, update.exch_ts_ns)
         if not self.pending:
             if not self.follower.wait(timeout_s):
                 return None
             self.pending = self.follower.poll()[::-1]
         update = self.pending.pop()  # a consistent top of book: update.bid_px ... ask_sz
-        return update.update_id, update.publish_ts_ns
+        return update.update_id, update.exch_ts_ns
 
     def reader_close(self):
         self.reader.close()
@@ -165,10 +171,14 @@ class Observer:
         self.writer = self.segment.writer(0, wake=self.wake)
 
     def send(self, i):
-        self.book.update_id = i
-        self.writer.publish(0, self.book)  # stamps publish_ts_ns itself, before copying
+        book, writer = self.book, self.writer
+        book.update_id = i
+        book.exch_ts_ns = time.time_ns()  # the message's arrival: the send stamp
+        if self.ahead:
+            writer.wake_ahead()
+        writer.publish(0, book)
         visible_ns = time.time_ns()
-        self.writer.flush()
+        writer.flush()
         return visible_ns
 
     def close(self):
@@ -180,6 +190,12 @@ class Observer:
 class ObserverSpin(Observer):
     name = "observer busy-poll"
     spin = True
+    ahead = False  # wake_ahead = false: what a host whose clients busy-poll configures
+
+
+class ObserverFlushOnly(Observer):
+    name = "observer no wake-ahead"
+    ahead = False  # the flush's write is the only wake-up
 
 
 class ObserverUring(Observer):

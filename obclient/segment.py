@@ -38,7 +38,7 @@ _HEADER_WORD = {name: layout.HEADER.fields[name][1] // _WORD_BYTES
                 for name in ("generation", "heartbeat_ns", "heartbeat_period_ns", "owner_pid",
                              "state", "created_ns")}
 _SHARD_WORD = {name: layout.SHARD.fields[name][1] // _WORD_BYTES
-               for name in ("head", "heartbeat_ns", "writer_pid", "flushes")}
+               for name in ("head", "heartbeat_ns", "writer_pid", "flushes", "wake_ahead")}
 EPOLL_EVENTS_MAX = 64  # ready fds taken per wait
 
 

@@ -67,9 +67,12 @@ class UpdateStream:
             self._follower.spin(timeout_s)
             return
         sock_fd = att.sock.fileno()
-        for fd, _ in client._epoll.poll(timeout_s, _EPOLL_EVENTS_MAX):
+        events = client._epoll.poll(timeout_s, _EPOLL_EVENTS_MAX)
+        for fd, _ in events:
             if fd == sock_fd:
                 client.liveness_due_s = 0.0          # hang-up or a message: check at once
+        if events and not self._follower.pending():
+            self._follower.spin_while_ahead()  # woken ahead of a publish: wait for it here
 
     def iterate(self, timeout_s: float | None = None):
         """Yield records as they arrive; return after `timeout_s` seconds without one."""

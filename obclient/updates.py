@@ -28,6 +28,7 @@ from obclient.snapshot import Update
 
 RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
 SPIN_CHECK_CLOCK_EVERY = 256  # busy-poll iterations between clock reads
+WAKE_AHEAD_SPIN_MAX_NS = 200_000  # a client woken ahead of a publish spins this long at most
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 _make_update = partial(tuple.__new__, Update)  # Update._make without a Python frame
 assert len(Update._fields) == len(_RECORD_BODY.unpack(bytes(_RECORD_BODY.size)))
@@ -45,6 +46,7 @@ class UpdateFollower:
         self._ring_records = g.ring_records
         self.shard_indexes = list(shard_indexes)
         self._head_word = [reader.shard_word(i, "head") for i in self.shard_indexes]
+        self._ahead_word = [reader.shard_word(i, "wake_ahead") for i in self.shard_indexes]
         self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
@@ -110,11 +112,37 @@ class UpdateFollower:
                 *bid, *ask))
 
     def wait(self, timeout_s: float | None) -> bool:
-        """Block until records are pending or `timeout_s` passes: check, poll, check again."""
+        """Block until records are pending or `timeout_s` passes: check, poll, check again.
+
+        Woken with nothing new while a shard says a publish is on its way (wake-ahead), it
+        spins for it rather than sleep again (`spin_while_ahead`).
+        """
         if self.pending():
             return True
-        self._reader.wait(timeout_s)
-        return self.pending()
+        if not self._reader.wait(timeout_s):
+            return self.pending()
+        return self.pending() or self.spin_while_ahead()
+
+    def spin_while_ahead(self) -> bool:
+        """Spin (loads only) while a followed shard's `wake_ahead` word is set and nothing is
+        new, at most WAKE_AHEAD_SPIN_MAX_S; True as soon as records are pending.
+
+        The shard sets the word and writes its eventfd when a message arrives, before parsing
+        it, and clears it when the batch is published: a client woken by that early write
+        finds the record here about when its wake-up completes (PROTOCOL.md, Wake-ups).
+        """
+        words, ahead_word = self._words, self._ahead_word
+        if not any(words[w] for w in ahead_word):
+            return False
+        deadline_ns = time.monotonic_ns() + WAKE_AHEAD_SPIN_MAX_NS
+        while True:
+            for _ in range(SPIN_CHECK_CLOCK_EVERY):
+                if self.pending():
+                    return True
+            if not any(words[w] for w in ahead_word):
+                return self.pending()
+            if time.monotonic_ns() >= deadline_ns:
+                return False
 
     def spin(self, timeout_s: float) -> bool:
         """Busy-poll the heads (no syscalls) until records are pending or `timeout_s` passes.

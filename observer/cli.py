@@ -74,6 +74,9 @@ def parse_args(argv):
     p.add_argument("--wake", choices=("eventfd", "io_uring"),
                    help="how a flush wakes clients: write the eventfd (default), or have an "
                    "io_uring worker write it (the shard's cost then does not grow with clients)")
+    p.add_argument("--no-wake-ahead", dest="wake_ahead", action="store_const", const=False,
+                   help="do not wake clients when a message arrives, only after it is "
+                   "published (for hosts whose clients all busy-poll)")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
@@ -84,6 +87,7 @@ def build_config(args) -> cfg.ObserverConfig:
     feeds = [cfg.parse_feed_spec(spec, ca_file=args.ca_file) for spec in args.feed]
     config = config.with_overrides(
         name=args.name, socket=args.socket, depth=args.depth, backend=args.backend, wake=args.wake,
+        wake_ahead=args.wake_ahead,
         log_format=args.log_format, log_level=args.log_level, lag_bound_ms=args.lag_bound_ms,
         feeds=tuple(feeds) if feeds else None,
         cores=cfg.parse_cores(args.cores) if args.cores is not None else None)
@@ -145,7 +149,8 @@ def run(config: cfg.ObserverConfig) -> int:
         except (LayoutError, ValueError, OSError) as exc:
             raise StartError(f"cannot start: {exc}") from exc
         if config.cores is None:      # one shard, in this process and loop (see the essay)
-            shard = Shard(0, supervisor.segment.writer(0, wake=config.wake), feeds, index_of)
+            shard = Shard(0, supervisor.segment.writer(
+                0, wake=config.wake, wake_ahead=config.wake_ahead), feeds, index_of)
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)

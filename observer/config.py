@@ -71,6 +71,7 @@ class ObserverConfig:
     cores: tuple[int, ...] | None = None
     backend: str | None = None
     wake: str = "eventfd"  # how flushes wake clients: eventfd, or io_uring (observer/shm/wake.py)
+    wake_ahead: bool = True  # wake clients when a message arrives, before it is parsed
     log_format: str = "text"
     log_level: str = "info"
     lag_bound_ms: float = 1000.0
@@ -132,6 +133,7 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Observer
         cores=_take_cores(top, where),
         backend=_take(top, "backend", str, None, where),
         wake=_take(top, "wake", str, "eventfd", where),
+        wake_ahead=_take(top, "wake_ahead", bool, True, where),
         log_format=_take(top, "log_format", str, "text", where),
         log_level=_take(top, "log_level", str, "info", where),
         lag_bound_ms=float(_take(top, "lag_bound_ms", (int, float), 1000.0, where)),
@@ -231,6 +233,10 @@ def _take(table: dict[str, Any], key: str, kind: Any, default: Any, where: str) 
     if key not in table:
         return default
     value = table.pop(key)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} = {value!r}: expected true or false")
+        return value
     # bool is an int in Python; a TOML `true` is never a valid number here.
     if isinstance(value, bool) or not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)

@@ -110,6 +110,7 @@ class ExchangeFeed:
     def run_session(self, loop, writer, book_index_of) -> None:
         self.attach(writer, book_index_of)
         self.session = Session(self.adapter, self.sink, ca_file=self.ca_file,
+                               on_frame=writer.wake_ahead, after_frame=writer.flush,
                                **self.session_options)
         self.session.start(loop)
         self._stats_fiber = loop.spawn(self._copy_stats_forever, name=f"{self.exchange}-stats")

@@ -119,7 +119,8 @@ def run(spec: ShardSpec) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)   # the wakeup fd carries it
     try:
         _, feeds, _ = feed_plan(config)
-        shard = Shard(spec.shard_index, segment.writer(spec.shard_index, wake=config.wake), feeds,
+        shard = Shard(spec.shard_index, segment.writer(spec.shard_index, wake=config.wake,
+                                             wake_ahead=config.wake_ahead), feeds,
                       spec.book_index_of)
         log_event(log, "shard_started", shard=spec.shard_index, core=spec.core,
                   pid=os.getpid(), backend=loop.backend_name, books=len(spec.book_index_of),

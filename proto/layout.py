@@ -38,7 +38,7 @@ import numpy as np
 assert sys.byteorder == "little", "the segment layout is little-endian; so is x86-64"
 
 MAGIC = 0x314D48535642534F  # b"OBSVSHM1" read as a little-endian u64
-LAYOUT_VERSION = 2  # 2: book stats reserved_0 became unread_bytes (C11)
+LAYOUT_VERSION = 3  # 2: book stats reserved_0 became unread_bytes (C11); 3: shard wake_ahead
 ALIGN_BYTES = 64  # every region and every slot starts on a cache line
 
 # Limits a segment is sized from at start-up; nothing is resized after (C9).
@@ -138,7 +138,8 @@ SHARD = np.dtype(
         ("heartbeat_ns", "<i8"),  # bumped by the shard's writer at its heartbeat period
         ("writer_pid", "<i8"),
         ("flushes", "<u8"),  # eventfd writes so far (one per batch, C6)
-        ("reserved", "<u8", (5,)),
+        ("wake_ahead", "<u8"),  # 1 from a wake-ahead write until the flush that follows it
+        ("reserved", "<u8", (4,)),
     ]
 )
 assert SHARD.itemsize == 128

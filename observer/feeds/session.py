@@ -65,7 +65,7 @@ class Session:
     def __init__(self, adapter, sink, *, ca_file=None, ssl_context=None, tick_s=0.1,
                  connect_timeout_s=10.0, recv_timeout_s=60.0, message_bytes_max=MESSAGE_BYTES_MAX,
                  backoff_initial_s=0.25, backoff_max_s=30.0, healthy_after_s=10.0,
-                 http_timeout_s=10.0, seed=None):
+                 http_timeout_s=10.0, seed=None, on_frame=None, after_frame=None):
         assert 0 < tick_s <= 0.25  # the adapters' contract: on_tick at least every 0.25 s
         assert 0 < backoff_initial_s <= backoff_max_s
         self.adapter = adapter
@@ -80,6 +80,10 @@ class Session:
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
         self.http_timeout_s = http_timeout_s
+        # Called around each message's parse and delivery: the shard's writer.wake_ahead and
+        # writer.flush, so clients' wake-ups start while the message is parsed.
+        self.on_frame = on_frame or _nothing
+        self.after_frame = after_frame or _nothing
         self.rng = random.Random(seed)
         self.stats = SessionStats()
         self.sockets = {}  # conn_id -> open WebSocket
@@ -217,13 +221,17 @@ class Session:
 
     def deliver(self, conn_id, data):
         recv_ns = time.time_ns()
+        self.on_frame()
         try:
             actions = self.adapter.on_message(conn_id, data, recv_ns)
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
             self.log_once(conn_id, str(exc)[:40], f"bad message: {exc}")
             actions = self.adapter.drain()
-        self.perform(actions, recv_ns)
+        try:
+            self.perform(actions, recv_ns)
+        finally:
+            self.after_frame()
 
     def run_ticker(self):
         while not self.stopping:
@@ -316,3 +324,7 @@ class Session:
         if len(self.errors_logged) < 1024:
             self.errors_logged.add(key)
         log.warning("%s: %s", self.adapter.exchange, text)
+
+
+def _nothing() -> None:
+    pass

@@ -136,10 +136,11 @@ class Segment:
         return [BookDesc(d["exchange"].decode(), d["symbol"].decode(), d["native"].decode(),
                          int(d["shard_index"])) for d in descs]
 
-    def writer(self, shard_index: int, *, wake: str = "eventfd"):
+    def writer(self, shard_index: int, *, wake: str = "eventfd", wake_ahead: bool = True):
         """The writer of one shard's books and ring; one per shard per process.
 
         `wake`: how its flushes wake clients, "eventfd" or "io_uring" (observer/shm/wake.py);
+        `wake_ahead`: whether `writer.wake_ahead()` writes (PROTOCOL.md, Wake-ups). Both are
         taken when the writer is made.
         """
         from observer.shm.writer import ShardWriter  # writer imports this module
@@ -147,7 +148,8 @@ class Segment:
         if not 0 <= shard_index < self.geometry.shards_n:
             raise ValueError(f"shard_index {shard_index} outside 0..{self.geometry.shards_n - 1}")
         if shard_index not in self._writers:
-            self._writers[shard_index] = ShardWriter(self, shard_index, wake=wake)
+            self._writers[shard_index] = ShardWriter(self, shard_index, wake=wake,
+                                                       wake_ahead=wake_ahead)
         return self._writers[shard_index]
 
     def heartbeat(self, now_ns: int | None = None) -> None:

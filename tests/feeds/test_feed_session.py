@@ -8,6 +8,7 @@ is paused and every book must equal obsim's true book. A sink checks that nothin
 live while its book is not synced.
 """
 
+import re
 import time
 from decimal import Decimal
 
@@ -242,3 +243,35 @@ def test_stop_closes_every_socket(sim):
     assert session.sockets == {}
     assert all(fiber.done for fiber in session.fibers)
     loop.close()
+
+
+def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
+    """on_frame runs before a message is parsed, after_frame once its actions are performed
+    (the shard's writer.wake_ahead and writer.flush); each publish falls between the two."""
+    adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
+    events = []
+    recorder = Recorder(adapter)
+
+    def sink(actions, recv_ns):
+        events.append("publish")
+        recorder(actions, recv_ns)
+
+    session = Session(adapter, sink, ca_file=sim.ca_file, seed=4,
+                      on_frame=lambda: events.append("frame"),
+                      after_frame=lambda: events.append("after"))
+    loop = loom.Loop()
+
+    def main():
+        session.start(loop)
+        wait(lambda: all_live(adapter) and recorder.publishes > 20, "okx publishing")
+        session.stop()
+
+    loop.run(main)
+    loop.close()
+    frames = events.count("frame")
+    assert frames >= session.stats.messages > 0
+    text = "".join(e[0] for e in events)  # f(rame), p(ublish), a(fter)
+    assert "fp" in text  # some messages published
+    # Every frame is closed by its after_frame, with its publishes in between; the publishes
+    # left are REST snapshots and the Stale of the closing connection, outside any frame.
+    assert set(re.sub(r"fp*a", "", text)) <= {"p"}, text[:200]

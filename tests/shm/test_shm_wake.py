@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import obclient
+from obclient import updates
 from obclient.segment import SegmentReader
 from observer.config import ConfigError, config_from_dict
 from observer.shm.wake import UringWaker, make_waker
 from observer.testing import NO_IO_URING_PRELUDE, ObserverProcess
+from proto import layout
 from proto.layout import BookDesc
 from shm_doubles import BookDouble
 
@@ -149,3 +152,89 @@ def test_observer_with_io_uring_wake_delivers_updates(tmp_path):
         assert len(got) == 20
         assert all(a.book_seq < b.book_seq for a, b in zip(got, got[1:]))
         assert "refused" not in obs.log_text()
+
+
+def _ahead_word(seg) -> int:
+    g = seg.geometry
+    return (g.shards_offset + layout.SHARD.fields["wake_ahead"][1]) // 8
+
+
+def test_wake_ahead_sets_the_word_and_any_flush_clears_it(make_segment):
+    seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
+    words = np.frombuffer(seg.map, np.uint64)
+    writer = seg.writer(0)
+    writer.wake_ahead()
+    assert words[_ahead_word(seg)] == 1
+    assert os.eventfd_read(seg.eventfds[0]) == 1  # the early write
+    assert writer.flush() is False  # nothing published (a ping): no write, the word cleared
+    assert words[_ahead_word(seg)] == 0
+    writer.wake_ahead()
+    writer.publish(0, _book(1))
+    writer.wake_ahead()  # a second message in the same batch: the flush is due anyway
+    assert os.eventfd_read(seg.eventfds[0]) == 1
+    assert writer.flush() is True and words[_ahead_word(seg)] == 0
+    assert os.eventfd_read(seg.eventfds[0]) == 1
+
+
+def _book(update_id: int):
+    book = BookDouble(-2, -8)
+    book.set([(100, 1)], [(101, 1)], update_id, 0)
+    return book
+
+
+def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch):
+    """Woken by wake_ahead with nothing new yet, wait() spins until the record lands, with no
+    second eventfd write (the writer here never flushes)."""
+    monkeypatch.setattr(updates, "WAKE_AHEAD_SPIN_MAX_NS", int(WAIT_S * 1e9))
+    seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
+    fd = seg.reader_fd()
+    reader = SegmentReader(fd, seg.eventfds)
+    follower = reader.follow()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            writer = seg.writer(0)
+            writer.wake_ahead()
+            time.sleep(0.05)  # "parsing": the reader is awake and spinning by now
+            writer.publish(0, _book(9))
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        assert follower.wait(WAIT_S) is True
+        assert [u.update_id for u in follower.poll()] == [9]
+    finally:
+        os.waitpid(pid, 0)
+        reader.close()
+        os.close(fd)
+    assert os.eventfd_read(seg.eventfds[0]) == 1  # only the early write happened
+
+
+def test_a_stale_wake_up_or_an_abandoned_wake_ahead_ends_the_wait(make_segment, monkeypatch):
+    monkeypatch.setattr(updates, "WAKE_AHEAD_SPIN_MAX_NS", 20_000_000)
+    seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
+    fd = seg.reader_fd()
+    reader = SegmentReader(fd, seg.eventfds)
+    follower = reader.follow()
+    words = np.frombuffer(seg.map, np.uint64)
+    try:
+        os.eventfd_write(seg.eventfds[0], 1)  # an edge with no wake-ahead and no record
+        assert follower.wait(WAIT_S) is False
+        words[_ahead_word(seg)] = 1  # a shard that died between wake_ahead and flush
+        os.eventfd_write(seg.eventfds[0], 1)
+        assert follower.wait(WAIT_S) is False  # gave up after the spin bound
+    finally:
+        reader.close()
+        os.close(fd)
+
+
+def test_wake_ahead_can_be_turned_off(make_segment):
+    seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
+    writer = seg.writer(0, wake_ahead=False)
+    writer.wake_ahead()
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(seg.eventfds[0])  # nothing written
+    assert config_from_dict({"observer": {"wake_ahead": False}}).wake_ahead is False
+    with pytest.raises(ConfigError, match="wake_ahead = 1: expected true or false"):
+        config_from_dict({"observer": {"wake_ahead": 1}})
