@@ -11,8 +11,8 @@ arrives, which is the case blocking delivery is about):
   raw eventfd+epoll       timestamp word in shared memory, eventfd write, reader in epoll(ET)
   raw shm spin            the same words, reader spinning on them (the busy-poll floor)
   observer blocking       what a shard does per message: ShardWriter.wake_ahead (before the
-                          parse), publish, flush -> UpdateFollower.wait (spins while the shard
-                          says a publish is on its way) + poll
+                          parse), publish, flush -> UpdateFollower.wait_next (epoll; spins
+                          while the shard says a publish is on its way)
   observer no wake-ahead  the same without wake_ahead: the flush's write is the only wake-up
   observer io_uring wake  with wake-ahead, the eventfd writes done by an io_uring worker
   observer busy-poll      the same writer, wake-ahead off -> UpdateFollower.spin_next (no
@@ -353,6 +353,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated contender names (debugging)")
     args = parser.parse_args()
     rng = random.Random(SEED)
+    args.load_at_start = os.getloadavg()[0]
     contenders = [c for c in (Raw(), RawSpin(), Observer(), ObserverFlushOnly(), ObserverUring(),
                               ObserverSpin(), Zmq(), Iox(), IoxSpin())
                   if available(c) is None
@@ -381,7 +382,7 @@ def report(args, contenders, lat, after, missing, rates, skipped):
     """Print a line per contender; return the p50s from the publish call and from visible."""
     print(f"# delivery, one run: {args.messages} paced messages per contender "
           f"({args.interval_us} us apart +-50%), {args.rounds} interleaved rounds, seed {SEED}, "
-          f"load average {os.getloadavg()[0]:.2f}; one-way latency in us, from the writer's "
+          f"load average {args.load_at_start:.2f} at start; one-way latency in us, from the writer's "
           f"clock before its publish call; 'visible': from its clock when that call returned "
           f"(the data readable, before any wake-up signal; pyzmq and the raw rows have no "
           f"separate step, so the same)")

@@ -151,18 +151,13 @@ class Observer:
     def reader_open(self):
         self.reader = SegmentReader(self.fd, self.segment.eventfds)
         self.follower = self.reader.follow()
-        self.pending: list = []
 
     def receive(self, timeout_s):
-        if self.spin:  # one record per call, the head spin and the copy in one
-            update = self.follower.spin_next(timeout_s)
-            return None if update is None else (update.update_id, update.exch_ts_ns)
-        if not self.pending:
-            if not self.follower.wait(timeout_s):
-                return None
-            self.pending = self.follower.poll()[::-1]
-        update = self.pending.pop()  # a consistent top of book: update.bid_px ... ask_sz
-        return update.update_id, update.exch_ts_ns
+        # One record per call (a consistent top of book: update.bid_px ... ask_sz), the wait
+        # and the copy in one: spinning on the ring head, or in epoll.
+        follower = self.follower
+        update = follower.spin_next(timeout_s) if self.spin else follower.wait_next(timeout_s)
+        return None if update is None else (update.update_id, update.exch_ts_ns)
 
     def reader_close(self):
         self.reader.close()

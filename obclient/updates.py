@@ -171,35 +171,58 @@ class UpdateFollower:
         """Busy-poll (no syscalls) for the next record; None after `timeout_s` without one.
 
         The lowest-latency way to follow one shard's ring, for a client pinned to its own
-        core: the head spin and the record copy in one call, one record per call. Following
-        several rings, or after a lap, it takes `poll()`'s way and returns the first record
-        (the rest are returned by the next calls, in order).
+        core: the head spin and the record copy in one call, one record per call.
         """
+        return self._next(timeout_s, True)
+
+    def wait_next(self, timeout_s: float | None) -> Update | None:
+        """Block in epoll (spinning while a publish is announced) for the next record; None
+        after `timeout_s`, or when a registered fd (the control socket) woke the wait.
+
+        `wait` + `poll` in one call, one record per call, with fewer steps between the
+        wake-up and the record: each step costs most right after a sleep (cold caches).
+        """
+        return self._next(timeout_s, False)
+
+    def _next(self, timeout_s: float | None, spin: bool) -> Update | None:
+        """One record for spin_next / wait_next. Following several rings, or after a lap, it
+        takes `poll()`'s way and returns the first record (the rest are returned by the next
+        calls, in order, or by `poll()`)."""
         if self._backlog:
             return self._backlog.pop()
         if self._single:
             pos, words, head = self._pos[0], self._words, self._head_word[0]
-            if words[head] == pos:  # nothing yet: spin on the head (loads only)
-                deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
-                while words[head] == pos:
-                    for _ in range(SPIN_CHECK_CLOCK_EVERY):
-                        if words[head] != pos:
-                            break
-                    else:
-                        if time.monotonic_ns() >= deadline_ns:
-                            return None
+            if words[head] == pos:
+                if spin:
+                    if not self._spin_head(head, pos, timeout_s):
+                        return None
+                else:
+                    self._reader.wait(timeout_s)
+                    if words[head] == pos and not self.spin_while_ahead():
+                        return None
             fields = self._take[0](pos)
             if fields is not None and fields is not latch.LAPPED:
                 self._pos[0] = pos + 1
                 self.records += 1
                 return _make_update(fields)
-        elif not self.spin(timeout_s):
+        elif not (self.spin(timeout_s) if spin else self.wait(timeout_s)):
             return None
         batch = self.poll()
         if not batch:
             return None
         self._backlog = batch[:0:-1]  # the rest, reversed: pop() hands them out in order
         return batch[0]
+
+    def _spin_head(self, head: int, pos: int, timeout_s: float) -> bool:
+        words = self._words
+        deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
+        while words[head] == pos:
+            for _ in range(SPIN_CHECK_CLOCK_EVERY):
+                if words[head] != pos:
+                    return True
+            if time.monotonic_ns() >= deadline_ns:
+                return False
+        return True
 
     def updates(self, timeout_s: float | None = None):
         """Yield records as they arrive (blocking in epoll); return after `timeout_s` idle."""

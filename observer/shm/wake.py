@@ -16,6 +16,7 @@ waits for a completion, and a ring with no free entry falls back to the plain wr
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -80,6 +81,9 @@ class UringWaker:
 def make_waker(fd: int, mode: str):
     """A callable that wakes the readers of eventfd `fd`, and a `close()` for it.
 
+    The callable may raise BlockingIOError (the eventfd counter saturated, 2**64 - 2 unread
+    writes: every reader has a wake-up pending); callers ignore it. The plain write is
+    `os.eventfd_write` itself, no Python frame between: it is on the latency path.
     `io_uring` falls back to the plain write, with one log line, where the kernel or a seccomp
     filter refuses io_uring.
     """
@@ -94,4 +98,8 @@ def make_waker(fd: int, mode: str):
             log.warning("wake = io_uring refused (%s): flushes write the eventfd directly", exc)
         else:
             return waker.wake, waker.close
-    return (lambda: eventfd_wake(fd)), (lambda: None)
+    return functools.partial(os.eventfd_write, fd, 1), _nothing
+
+
+def _nothing() -> None:
+    pass

@@ -186,7 +186,10 @@ class ShardWriter:
         if not self._ahead:
             self._ahead = True
             self._words[self._ahead_index] = 1  # before the write: a woken client sees it
-        self._wake()
+        try:
+            self._wake()
+        except BlockingIOError:
+            pass  # counter saturated (2**64 - 2 writes): every reader has a wake-up pending
 
     def flush(self) -> bool:
         """Wake every waiting client with one eventfd write if anything was published, and
@@ -197,7 +200,10 @@ class ShardWriter:
         if not self._dirty:
             return False
         self._dirty = False
-        self._wake()
+        try:
+            self._wake()
+        except BlockingIOError:
+            pass  # as in wake_ahead
         self._words[self._flushes_index] += 1
         return True
 

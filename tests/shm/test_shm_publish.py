@@ -158,32 +158,39 @@ def test_poll_goes_by_record_seq_not_head(seg, reader):
     assert follower.overruns == 1 and [u.kind for u in got] == [layout.KIND_RESYNC]
 
 
-def test_spin_next_hands_out_records_in_order_and_resyncs_after_a_lap(seg, reader):
+@pytest.mark.parametrize("method", ["spin_next", "wait_next"])
+def test_next_hands_out_records_in_order_and_resyncs_after_a_lap(seg, reader, method):
     w = seg.writer(0)
     follower = reader.follow([0])
-    assert follower.spin_next(0.01) is None  # nothing published: back after the timeout
+    take = getattr(follower, method)
+    assert take(0.01) is None  # nothing published: back after the timeout
     for i in range(1, 4):
         w.publish(0, book_with([(100 + i, 1)], [(500, 1)], update_id=i))
-    assert [follower.spin_next(1.0).update_id for _ in range(3)] == [1, 2, 3]
-    assert follower.spin_next(0.01) is None
+    w.flush()
+    assert [take(1.0).update_id for _ in range(3)] == [1, 2, 3]
+    assert take(0.01) is None
     for i in range(4, 30):  # the ring holds 16: lapped
         w.publish(0, book_with([(100 + i, 1)], [(500, 1)], update_id=i))
-    resync = follower.spin_next(1.0)
+    w.flush()
+    resync = take(1.0)
     assert (resync.kind, resync.update_id, follower.overruns) == (layout.KIND_RESYNC, 29, 1)
     w.publish(0, book_with([(200, 1)], [(500, 1)], update_id=30))
-    assert follower.spin_next(1.0).update_id == 30
+    w.flush()
+    assert take(1.0).update_id == 30
 
 
-def test_spin_next_over_two_rings_keeps_the_rest_for_poll(seg, reader):
-    follower = reader.follow()  # both shards: spin_next goes by poll()
+@pytest.mark.parametrize("method", ["spin_next", "wait_next"])
+def test_next_over_two_rings_keeps_the_rest_for_poll(seg, reader, method):
+    follower = reader.follow()  # both shards: spin_next / wait_next go by poll()
     w0, w1 = seg.writer(0), seg.writer(1)
     w0.publish(0, book_with([(101, 1)], [(500, 1)], update_id=1))
     w1.publish(1, book_with([(102, 1)], [(500, 1)], update_id=2))
     w1.publish(2, book_with([(103, 1)], [(500, 1)], update_id=3))
-    assert follower.spin_next(1.0).update_id == 1
+    take = getattr(follower, method)
+    assert take(1.0).update_id == 1
     assert follower.pending()
     assert [u.update_id for u in follower.poll()] == [2, 3]  # the backlog first, in order
-    assert not follower.pending() and follower.spin_next(0.01) is None
+    assert not follower.pending() and take(0.01) is None
 
 
 def test_stats_counters_live_in_segment(seg, reader):

@@ -182,7 +182,8 @@ def _book(update_id: int):
     return book
 
 
-def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch):
+@pytest.mark.parametrize("method", ["wait", "wait_next"])
+def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch, method):
     """Woken by wake_ahead with nothing new yet, wait() spins until the record lands, with no
     second eventfd write (the writer here never flushes)."""
     monkeypatch.setattr(updates, "WAKE_AHEAD_SPIN_MAX_NS", int(WAIT_S * 1e9))
@@ -202,8 +203,11 @@ def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch):
         finally:
             os._exit(code)
     try:
-        assert follower.wait(WAIT_S) is True
-        assert [u.update_id for u in follower.poll()] == [9]
+        if method == "wait":
+            assert follower.wait(WAIT_S) is True
+            assert [u.update_id for u in follower.poll()] == [9]
+        else:
+            assert follower.wait_next(WAIT_S).update_id == 9
     finally:
         os.waitpid(pid, 0)
         reader.close()
