@@ -21,8 +21,9 @@ arrives, which is the case blocking delivery is about):
   iceoryx2 blocking       ctypes record over publish-subscribe + event notifier, Listener wait
   iceoryx2 busy-poll      the same -> Subscriber.receive in a loop
 Then publishes/s back to back (writer side, one reader draining), and the writer's cost per
-message (wake_ahead, publish, flush) with 1, 10 and 100 reader processes attached and waiting on
-the eventfd, for both wake modes (observer/shm/wake.py; `--cost-rounds` interleaved passes, medians).
+message (wake_ahead, publish, flush) with 1, 10 and 100 reader processes attached and waiting
+on the eventfd, for each wake mode (observer/shm/wake.py; `--cost-rounds` interleaved passes,
+medians).
 
 The raw contenders hold one value, so a reader that wakes late sees only the newest one; a
 message overwritten that way is timed until the reader saw a newer one (timing only the messages
@@ -223,7 +224,10 @@ def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int, wake: s
         while len(got) < readers_n:
             got += os.read(ready_r, readers_n)
         pin(0)
-        return _time_publishes(segment.writer(0, wake=wake), publishes_n, interval_us)
+        segment.set_clients(readers_n)  # as the supervisor does, for wake mode auto
+        writer = segment.writer(0, wake=wake)
+        writer.heartbeat()  # where the writer reads it
+        return _time_publishes(writer, publishes_n, interval_us)
     finally:
         segment.mark_closed()
         writer = segment.writer(0)
@@ -292,7 +296,7 @@ def _burst_cpu_ns(writer, book, publishes_n: int = BURST_N) -> float:
     return burst_ns
 
 
-WAKES = ("eventfd", "io_uring")
+WAKES = ("auto", "eventfd", "io_uring")
 
 
 def measure_costs(readers: list[int], args) -> dict[tuple[str, int], tuple]:

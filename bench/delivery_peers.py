@@ -139,7 +139,7 @@ class Observer:
     """
     name = "observer blocking"
     spin = False
-    wake = "eventfd"
+    wake = "auto"  # the default: with one client, the shard writes its eventfd itself
     ahead = True
 
     def prepare(self):

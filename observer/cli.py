@@ -71,9 +71,10 @@ def parse_args(argv):
     p.add_argument("--cores", help="one pinned shard process per core, e.g. 2,3 or 0-3 "
                    "(default: one unpinned shard in the supervisor's process)")
     p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
-    p.add_argument("--wake", choices=("eventfd", "io_uring"),
-                   help="how a flush wakes clients: write the eventfd (default), or have an "
-                   "io_uring worker write it (the shard's cost then does not grow with clients)")
+    p.add_argument("--wake", choices=("auto", "eventfd", "io_uring"),
+                   help="how a shard wakes clients: write its eventfd, or have an io_uring "
+                   "worker write it (the shard's cost then does not grow with clients); auto "
+                   "(default): the first below 16 attached clients, the second from there")
     p.add_argument("--no-wake-ahead", dest="wake_ahead", action="store_const", const=False,
                    help="do not wake clients when a message arrives, only after it is "
                    "published (for hosts whose clients all busy-poll)")

@@ -70,7 +70,7 @@ class ObserverConfig:
     feeds: tuple[FeedConfig, ...] = ()
     cores: tuple[int, ...] | None = None
     backend: str | None = None
-    wake: str = "eventfd"  # how flushes wake clients: eventfd, or io_uring (observer/shm/wake.py)
+    wake: str = "auto"  # how flushes wake clients: auto, eventfd or io_uring (observer/shm/wake.py)
     wake_ahead: bool = True  # wake clients when a message arrives, before it is parsed
     log_format: str = "text"
     log_level: str = "info"
@@ -132,7 +132,7 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Observer
         feeds=feeds,
         cores=_take_cores(top, where),
         backend=_take(top, "backend", str, None, where),
-        wake=_take(top, "wake", str, "eventfd", where),
+        wake=_take(top, "wake", str, "auto", where),
         wake_ahead=_take(top, "wake_ahead", bool, True, where),
         log_format=_take(top, "log_format", str, "text", where),
         log_level=_take(top, "log_level", str, "info", where),
@@ -152,8 +152,8 @@ def validate(config: ObserverConfig, *, where: str = "config") -> None:
         raise ConfigError(f"{where}: name {config.name!r} must be 1-{NAME_BYTES_MAX} letters, digits, '-' or '_'")
     if not 1 <= config.depth <= DEPTH_MAX:
         raise ConfigError(f"{where}: depth {config.depth} outside 1..{DEPTH_MAX}")
-    if config.wake not in ("eventfd", "io_uring"):
-        raise ConfigError(f"{where}: wake {config.wake!r}: expected eventfd or io_uring")
+    if config.wake not in ("auto", "eventfd", "io_uring"):
+        raise ConfigError(f"{where}: wake {config.wake!r}: expected auto, eventfd or io_uring")
     if config.backend not in (None, "io_uring", "epoll", "kqueue"):
         raise ConfigError(f"{where}: backend {config.backend!r}: expected io_uring, epoll or kqueue")
     if config.log_format not in ("text", "json"):

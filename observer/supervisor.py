@@ -142,6 +142,7 @@ class Supervisor:
     def _heartbeat(self) -> None:
         while True:
             self.segment.heartbeat()
+            self.segment.set_clients(len(self.server.clients))  # for wake mode auto
             loom.sleep(self.heartbeat_period_s)
 
     def _fanout(self) -> None:

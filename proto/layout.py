@@ -38,7 +38,7 @@ import numpy as np
 assert sys.byteorder == "little", "the segment layout is little-endian; so is x86-64"
 
 MAGIC = 0x314D48535642534F  # b"OBSVSHM1" read as a little-endian u64
-LAYOUT_VERSION = 3  # 2: book stats reserved_0 became unread_bytes (C11); 3: shard wake_ahead
+LAYOUT_VERSION = 3  # 2: book stats reserved_0 became unread_bytes (C11); 3: shard wake_ahead, header clients_n
 ALIGN_BYTES = 64  # every region and every slot starts on a cache line
 
 # Limits a segment is sized from at start-up; nothing is resized after (C9).
@@ -87,7 +87,8 @@ HEADER = np.dtype(
         ("rings_offset", "<u8"),
         ("ring_bytes", "<u8"),
         ("segment_bytes", "<u8"),
-        ("reserved", "<u8", (13,)),
+        ("clients_n", "<u8"),  # clients attached on the control socket (supervisor, a hint)
+        ("reserved", "<u8", (12,)),
     ],
     align=True,
 )

@@ -136,10 +136,10 @@ class Segment:
         return [BookDesc(d["exchange"].decode(), d["symbol"].decode(), d["native"].decode(),
                          int(d["shard_index"])) for d in descs]
 
-    def writer(self, shard_index: int, *, wake: str = "eventfd", wake_ahead: bool = True):
+    def writer(self, shard_index: int, *, wake: str = "auto", wake_ahead: bool = True):
         """The writer of one shard's books and ring; one per shard per process.
 
-        `wake`: how its flushes wake clients, "eventfd" or "io_uring" (observer/shm/wake.py);
+        `wake`: how its flushes wake clients, "auto", "eventfd" or "io_uring" (observer/shm/wake.py);
         `wake_ahead`: whether `writer.wake_ahead()` writes (PROTOCOL.md, Wake-ups). Both are
         taken when the writer is made.
         """
@@ -155,6 +155,11 @@ class Segment:
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Bump the header heartbeat (C9); the owner calls this every heartbeat period."""
         self.header[0]["heartbeat_ns"] = time.time_ns() if now_ns is None else now_ns
+
+    def set_clients(self, clients_n: int) -> None:
+        """Store the number of attached clients (the supervisor, at its heartbeat): shard
+        writers in wake mode auto choose how to wake them from it."""
+        self.header[0]["clients_n"] = clients_n
 
     def reader_fd(self) -> int:
         """A new O_RDONLY fd on the segment for a client (C8); the caller closes it."""

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from observer.shm.wake import make_waker
+from observer.shm.wake import ShardWaker
 from proto import latch, layout
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
@@ -44,7 +44,7 @@ _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
 class ShardWriter:
     """Writes one shard's books and ring. Get one from `Segment.writer(shard_index)`."""
 
-    def __init__(self, segment, shard_index: int, *, wake: str = "eventfd",
+    def __init__(self, segment, shard_index: int, *, wake: str = "auto",
                  wake_ahead: bool = True):
         g = segment.geometry
         self.shard_index = shard_index
@@ -53,7 +53,9 @@ class ShardWriter:
         self._words = self._map.cast("Q")  # sequence words, heads (unsigned)
         self._swords = self._map.cast("q")  # counters and timestamps (signed)
         self._eventfd = segment.eventfds[shard_index]
-        self._wake, self._wake_close = make_waker(self._eventfd, wake)  # observer/shm/wake.py
+        self._waker = ShardWaker(self._eventfd, wake)  # observer/shm/wake.py
+        self._wake = self._waker.wake
+        self._clients_index = layout.HEADER.fields["clients_n"][1] // _WORD_BYTES
         descs = segment.books()
         self._owned = [d.shard_index == shard_index for d in descs]
         self.book_indexes = [i for i, mine in enumerate(self._owned) if mine]
@@ -208,8 +210,11 @@ class ShardWriter:
         return True
 
     def heartbeat(self, now_ns: int | None = None) -> None:
-        """Bump this shard's heartbeat (C9); the shard calls it at its heartbeat period."""
+        """Bump this shard's heartbeat (C9); the shard calls it at its heartbeat period.
+
+        Also where wake mode auto follows the number of attached clients (segment header)."""
         self._swords[self._heartbeat_index] = time.time_ns() if now_ns is None else now_ns
+        self._wake = self._waker.choose(self._words[self._clients_index])
 
     def book_stats(self, book_index: int) -> "BookStats":
         """The counters of one book, living in the segment, for the shard to update."""
@@ -225,7 +230,7 @@ class ShardWriter:
         self._views = []
         self._publish = []
         self._copy_bytes = []
-        self._wake_close()
+        self._waker.close()
         self._words.release()
         self._swords.release()
         self._map.release()

@@ -18,8 +18,8 @@ import obclient
 from obclient import updates
 from obclient.segment import SegmentReader
 from observer.config import ConfigError, config_from_dict
-from observer.shm.wake import UringWaker, make_waker
-from observer.testing import NO_IO_URING_PRELUDE, ObserverProcess
+from observer.shm.wake import AUTO_URING_CLIENTS, ShardWaker, UringWaker
+from observer.testing import NO_IO_URING_PRELUDE, ObserverProcess, wait_until
 from proto import layout
 from proto.layout import BookDesc
 from shm_doubles import BookDouble
@@ -45,7 +45,7 @@ def _reader_child(fd: int, eventfds, ready_w: int, out_w: int) -> None:
         os._exit(code)
 
 
-@pytest.mark.parametrize("wake", ["eventfd", "io_uring"])
+@pytest.mark.parametrize("wake", ["eventfd", "io_uring", "auto"])
 def test_a_flush_wakes_every_sleeping_reader_process(make_segment, wake):
     seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
     fd = seg.reader_fd()
@@ -62,7 +62,10 @@ def test_a_flush_wakes_every_sleeping_reader_process(make_segment, wake):
         while got.count(b"r") < READERS_N:
             got += os.read(ready_r, READERS_N)
         writer = seg.writer(0, wake=wake)
-        if wake == "io_uring":
+        if wake == "auto":
+            seg.set_clients(AUTO_URING_CLIENTS)  # as the supervisor stores it
+            writer.heartbeat()  # where the writer looks
+        if wake != "eventfd":
             assert isinstance(writer._wake.__self__, UringWaker)  # not the fallback
         book = BookDouble(-2, -8)
         book.set([(100, 1)], [(101, 1)], 7, 0)
@@ -112,14 +115,18 @@ class Keep(logging.Handler):
     def emit(self, record):
         records.append(record.getMessage())
 logging.getLogger("observer.shm").addHandler(Keep())
-from observer.shm.wake import make_waker
+from observer.shm.wake import ShardWaker
 efd = os.eventfd(0, os.EFD_NONBLOCK)
 ep = select.epoll()
 ep.register(efd, select.EPOLLIN | select.EPOLLET)
-wake, close = make_waker(efd, "io_uring")
-wake()
-print(json.dumps({"woke": bool(ep.poll(5.0)), "log": records}))
-close()
+waker = ShardWaker(efd, "io_uring")
+waker.wake()
+woke = bool(ep.poll(5.0))
+auto = ShardWaker(efd, "auto")
+direct = auto.choose(1000) is auto.direct
+print(json.dumps({"woke": woke, "direct": direct, "log": records}))
+waker.close()
+auto.close()
 """
 
 
@@ -129,13 +136,13 @@ def test_refused_io_uring_wakes_directly_and_says_so():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["woke"] is True
-    assert [line for line in result["log"] if "wake = io_uring refused" in line], result["log"]
+    assert result["woke"] is True and result["direct"] is True
+    assert len([line for line in result["log"] if "io_uring refused" in line]) == 2, result["log"]
 
 
 def test_unknown_wake_mode_is_refused():
     with pytest.raises(ValueError, match="wake mode 'futex'"):
-        make_waker(0, "futex")
+        ShardWaker(0, "futex")
     with pytest.raises(ConfigError, match="wake 'futex'"):
         config_from_dict({"observer": {"wake": "futex"}})
 
@@ -242,3 +249,24 @@ def test_wake_ahead_can_be_turned_off(make_segment):
     assert config_from_dict({"observer": {"wake_ahead": False}}).wake_ahead is False
     with pytest.raises(ConfigError, match="wake_ahead = 1: expected true or false"):
         config_from_dict({"observer": {"wake_ahead": 1}})
+
+
+def test_auto_follows_the_number_of_clients(make_segment):
+    seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
+    writer = seg.writer(0)  # auto is the default
+    assert writer._wake is writer._waker.direct
+    for clients_n, uring in ((AUTO_URING_CLIENTS - 1, False), (AUTO_URING_CLIENTS, True),
+                             (500, True), (1, False)):
+        seg.set_clients(clients_n)
+        writer.heartbeat()
+        assert isinstance(getattr(writer._wake, "__self__", None), UringWaker) is uring
+
+
+def test_the_supervisor_counts_clients_in_the_segment(tmp_path):
+    with ObserverProcess(rate=50, workdir=str(tmp_path)) as obs:
+        obs.wait_ready().close()
+        with obclient.connect(obs.socket_path) as first, obclient.connect(obs.socket_path):
+            words = np.frombuffer(first._att.reader.map, np.uint64)
+            index = layout.HEADER.fields["clients_n"][1] // 8
+            wait_until(lambda: words[index] == 2, WAIT_S, "clients_n == 2")
+            del words
