@@ -183,6 +183,21 @@ class Ring:
         self.sq_tail = tail = (tail + 1) & 0xFFFFFFFF
         self._words[self.sq_tail_i] = tail
 
+    def fill_all(self, opcode, fd, off, addr, length, op_flags, user_data, sqe_flags=0) -> None:
+        """Write the same SQE into every slot, for a ring that only ever submits that one
+        (`submit_next`): the kernel reads a slot when it is submitted, never changes it."""
+        for i in range(self.sq_entries):
+            SQE_HEAD.pack_into(self.sqes, i * 64, opcode, sqe_flags, 0, fd, off, addr, length,
+                               op_flags, user_data)
+
+    def submit_next(self) -> int:
+        """Submit the next slot as `fill_all` left it: a tail store and one enter. Returns the
+        enter's result (1, or -1 with ctypes' errno set)."""
+        tail = self.sq_tail = (self.sq_tail + 1) & 0xFFFFFFFF
+        self._words[self.sq_tail_i] = tail
+        return _syscall(self._c_nr, self._c_fd, self._c_counts[1], self._c_counts[0],
+                        self._c_flags[0], self._c_null, self._c_sizes[0])
+
     def enter(self, to_submit: int, wait: bool, timeout_s: float | None) -> int:
         """Submit `to_submit` entries and, if `wait`, wait for one completion or the timeout."""
         flags = 0

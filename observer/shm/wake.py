@@ -41,30 +41,35 @@ def eventfd_wake(fd: int) -> None:
 
 
 class UringWaker:
-    """`wake()`: submit the eventfd write to an io-wq worker; reap earlier completions."""
+    """`wake()`: submit the eventfd write to an io-wq worker; reap completions now and then.
+
+    Every slot of its ring holds the same prepared write, so a wake is a tail store and one
+    `io_uring_enter`; completions are reaped once REAP_AT are in flight, not per wake.
+    """
 
     def __init__(self, fd: int, entries: int = RING_ENTRIES):
         from observer.loom import _uring_ring as ur
 
-        self._ur = ur
         self.fd = fd
         self._ring = ur.Ring(entries, entries * 2)
-        self._addr = ctypes.addressof(_ONE)
+        self._ring.fill_all(ur.OP_WRITE, fd, 0, ctypes.addressof(_ONE), 8, 0, 0, _IOSQE_ASYNC)
+        self._entries = self._ring.sq_entries
+        self._reap_at = max(1, self._entries // 2)
         self._in_flight = 0
-        self.direct_writes = 0  # wake-ups written here because the ring was full
+        self.direct_writes = 0  # wake-ups written here because the ring was full or refused
         self.errors = 0
 
     def wake(self) -> None:
-        ring = self._ring
-        if self._in_flight:
-            ring.reap(self._on_completion)
-        if self._in_flight >= ring.sq_entries:
-            self.direct_writes += 1
-            eventfd_wake(self.fd)
-            return
-        ring.push(self._ur.OP_WRITE, self.fd, 0, self._addr, 8, 0, 0, _IOSQE_ASYNC)
-        ring.enter(1, False, None)
+        if self._in_flight >= self._reap_at:
+            self._ring.reap(self._on_completion)
+            if self._in_flight >= self._entries:  # the worker is that far behind
+                self.direct_writes += 1
+                eventfd_wake(self.fd)
+                return
         self._in_flight += 1
+        if self._ring.submit_next() < 0:  # not taken now (EBUSY, EAGAIN, ...): write it here;
+            self.direct_writes += 1       # the slot goes with the next enter, a spare wake-up
+            eventfd_wake(self.fd)
 
     def _on_completion(self, _user_data: int, res: int) -> None:
         self._in_flight -= 1
