@@ -151,16 +151,10 @@ class UpdateFollower:
         the head once per record, after it, while it writes the record's line several times;
         a reader spinning on that line would take it away from the writer mid-record.
         """
+        if self._single:
+            return bool(self._backlog) or self._spin_head(self._head_word[0], self._pos[0],
+                                                          timeout_s)
         deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
-        words, head_word, pos = self._words, self._head_word, self._pos
-        if len(head_word) == 1:
-            word, pos0 = head_word[0], pos[0]
-            while True:
-                for _ in range(SPIN_CHECK_CLOCK_EVERY):
-                    if words[word] != pos0:
-                        return True
-                if time.monotonic_ns() >= deadline_ns:
-                    return False
         while True:
             if self.pending():
                 return True
