@@ -9,7 +9,8 @@ the simulator.
   GET  /book?exchange=E&symbol=S[&depth=N]         the true book, exact decimal strings, best first
   GET  /counters[?exchange=E]                      connections, subscribes, snapshots, faults, pings...
   POST /pause[?exchange=E]   POST /resume[?exchange=E]
-  POST /step?exchange=E[&symbol=S][&count=N]       produce N events now (also while paused)
+  POST /step?exchange=E[&symbol=S][&count=N]       produce N events now (also while paused);
+                                                   answers the events and the messages they sent
   POST /fault?exchange=E&kind=K[&symbol=S][&count=N][&duration_s=X][&...]
 
 Pause exists so a test can stop the stream, let its client drain, and compare the client's book
@@ -95,11 +96,14 @@ class Control:
         markets = [venue.markets[symbol]] if symbol else list(venue.markets.values())
         now_s = time.monotonic()
         produced = 0
+        # An event need not send anything: one that leaves the book as it was (a delete of an
+        # absent level) is no diff at all for OKX. A test stepping through a gap needs to know.
+        sent_before = venue.counters["messages_sent"]
         for market in markets:
             for _ in range(count):
                 produced += venue.step_market(market, now_s)
         venue.flush(now_s)
-        return {"events": produced}
+        return {"events": produced, "messages": venue.counters["messages_sent"] - sent_before}
 
     def fault(self, args) -> dict:
         venue = self.venues(args, required=True)[0]

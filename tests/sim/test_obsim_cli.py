@@ -89,7 +89,7 @@ def test_fault_at_start_and_step_while_paused():
         before = sim.book("binance", "ETHUSDT")
         time.sleep(0.2)
         assert sim.book("binance", "ETHUSDT") == before               # paused: nothing moves
-        assert sim.step("binance", count=7, symbol="ETHUSDT") == {"events": 7}
+        assert sim.step("binance", count=7, symbol="ETHUSDT") == {"events": 7, "messages": 0}  # no subscriber
         after = sim.book("binance", "ETHUSDT")
         assert after["events"] == before["events"] + 7 and after["sequence"] > before["sequence"]
         with pytest.raises(ObsimError, match="no route"):
