@@ -131,12 +131,14 @@ def _pause(gap_s: float) -> None:
     end = time.perf_counter() + gap_s
     if gap_s > 200e-6:
         time.sleep(gap_s - 150e-6)
-    while time.perf_counter() < end:
-        pass
+    _spin_until(end)
 
 
 def _spin(gap_s: float) -> None:
-    end = time.perf_counter() + gap_s
+    _spin_until(time.perf_counter() + gap_s)
+
+
+def _spin_until(end: float) -> None:
     while time.perf_counter() < end:
         pass
 
