@@ -155,7 +155,8 @@ def wait_until(predicate, timeout_s: float, what: str):
 
 # Python source for a child process (run with `python -c`): its first lines forbid
 # io_uring_setup (syscall 425 on x86-64) with a seccomp filter returning EPERM, as a container
-# runtime's profile does. x86-64 only; tests that use it skip elsewhere.
+# runtime's profile does. x86-64 only; tests that use it skip elsewhere. It also gives the child
+# `keep_log(name, level)`, which collects that logger's messages into `records`.
 NO_IO_URING_PRELUDE = r"""
 import ctypes
 class Filter(ctypes.Structure):
@@ -173,4 +174,14 @@ libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(38, 1, 0, 0, 0) == 0                           # PR_SET_NO_NEW_PRIVS
 prog = Prog(6, program)
 assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
+
+import logging
+records = []  # the messages logged under the loggers passed to keep_log, for the child's report
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+def keep_log(name, level=logging.NOTSET):
+    logger = logging.getLogger(name)
+    logger.addHandler(Keep())
+    logger.setLevel(level)
 """

@@ -18,13 +18,8 @@ pytestmark = pytest.mark.timeout(60)
 # In a child: forbid io_uring_setup with a seccomp filter, as a container runtime's profile
 # does, then ask for io_uring and for the default.
 REFUSED_CHILD = NO_IO_URING_PRELUDE + r"""
-import json, logging, sys
-records = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        records.append(record.getMessage())
-logging.getLogger("observer.loom").addHandler(Keep())
-logging.getLogger("observer.loom").setLevel(logging.WARNING)
+import json, sys
+keep_log("observer.loom", logging.WARNING)
 
 from observer import loom
 from observer.loom.backend import unavailable_reason

@@ -109,12 +109,8 @@ def test_a_full_ring_writes_directly():
 
 
 REFUSED_CHILD = NO_IO_URING_PRELUDE + r"""
-import json, logging, os, select
-records = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        records.append(record.getMessage())
-logging.getLogger("observer.shm").addHandler(Keep())
+import json, os, select
+keep_log("observer.shm")
 from observer.shm.wake import ShardWaker
 efd = os.eventfd(0, os.EFD_NONBLOCK)
 ep = select.epoll()
