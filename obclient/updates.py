@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 import time
-from functools import partial
 
 from proto import latch, layout
 
@@ -28,9 +27,9 @@ from obclient.snapshot import Update
 
 RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
 SPIN_CHECK_CLOCK_EVERY = 256  # busy-poll iterations between clock reads
+SPIN_SLICE_NS = 1_000_000  # a head spin returns to the interpreter this often (threads, signals)
 WAKE_AHEAD_SPIN_MAX_NS = 200_000  # a client woken ahead of a publish spins this long at most
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
-_make_update = partial(tuple.__new__, Update)  # Update._make without a Python frame
 assert len(Update._fields) == len(_RECORD_BODY.unpack(bytes(_RECORD_BODY.size)))
 
 
@@ -50,10 +49,12 @@ class UpdateFollower:
         self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
-        readers = [latch.ring_reader(self._words, self._mv, word0, self._mask, _RECORD_BODY,
-                                     _make_update) for word0 in self._ring_word0]
-        self._read = [read for read, _ in readers]
-        self._take = [take for _, take in readers]
+        readers = [latch.ring_reader(self._words, self._mv, word0, self._mask, head, _RECORD_BODY,
+                                     Update)
+                   for word0, head in zip(self._ring_word0, self._head_word)]
+        self._read = [read for read, _, _ in readers]
+        self._take = [take for _, take, _ in readers]
+        self._spin = [spin for _, _, spin in readers]
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
         self._ring_ks = range(len(self.shard_indexes))
@@ -152,8 +153,7 @@ class UpdateFollower:
         a reader spinning on that line would take it away from the writer mid-record.
         """
         if self._single:
-            return bool(self._backlog) or self._spin_head(self._head_word[0], self._pos[0],
-                                                          timeout_s)
+            return bool(self._backlog) or self._spin_head(self._pos[0], timeout_s)
         deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
         while True:
             if self.pending():
@@ -188,17 +188,17 @@ class UpdateFollower:
             pos, words, head = self._pos[0], self._words, self._head_word[0]
             if words[head] == pos:
                 if spin:
-                    if not self._spin_head(head, pos, timeout_s):
+                    if not self._spin_head(pos, timeout_s):
                         return None
                 else:
                     self._reader.wait(timeout_s)
                     if words[head] == pos and not self.spin_while_ahead():
                         return None
-            fields = self._take[0](pos)
-            if fields is not None and fields is not latch.LAPPED:
+            update = self._take[0](pos)
+            if update is not None and update is not latch.LAPPED:
                 self._pos[0] = pos + 1
                 self.records += 1
-                return _make_update(fields)
+                return update
         elif not (self.spin(timeout_s) if spin else self.wait(timeout_s)):
             return None
         batch = self.poll()
@@ -207,16 +207,17 @@ class UpdateFollower:
         self._backlog = batch[:0:-1]  # the rest, reversed: pop() hands them out in order
         return batch[0]
 
-    def _spin_head(self, head: int, pos: int, timeout_s: float) -> bool:
-        words = self._words
+    def _spin_head(self, pos: int, timeout_s: float) -> bool:
+        """Spin on the single ring's head (proto/latch ring_reader's spin) in slices, so other
+        threads and signal handlers run between them, as they would in a Python loop."""
+        spin = self._spin[0]
+        if spin(pos, min(SPIN_SLICE_NS, int(timeout_s * 1e9))):
+            return True
         deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
-        while words[head] == pos:
-            for _ in range(SPIN_CHECK_CLOCK_EVERY):
-                if words[head] != pos:
-                    return True
-            if time.monotonic_ns() >= deadline_ns:
-                return False
-        return True
+        while time.monotonic_ns() < deadline_ns:
+            if spin(pos, min(SPIN_SLICE_NS, deadline_ns - time.monotonic_ns())):
+                return True
+        return False
 
     def updates(self, timeout_s: float | None = None):
         """Yield records as they arrive (blocking in epoll); return after `timeout_s` idle."""
