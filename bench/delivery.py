@@ -59,7 +59,8 @@ from delivery_peers import BookDesc, Segment, SegmentReader  # noqa: E402
 
 SEED = 20261122
 WARMUP_N = 200
-BURST_N = 20_000  # back-to-back publishes for the warm writer cost
+BURST_N = 100_000  # back-to-back publishes for the warm writer cost (about 50 ms compiled:
+# long enough that one interruption by other work barely moves its CPU per publish)
 
 
 # -- running one contender -------------------------------------------------------------------

@@ -52,9 +52,10 @@ class UpdateFollower:
         readers = [latch.ring_reader(self._words, self._mv, word0, self._mask, head, _RECORD_BODY,
                                      Update)
                    for word0, head in zip(self._ring_word0, self._head_word)]
-        self._read = [read for read, _, _ in readers]
-        self._take = [take for _, take, _ in readers]
-        self._spin = [spin for _, _, spin in readers]
+        self._read = [r[0] for r in readers]
+        self._take = [r[1] for r in readers]
+        self._spin = [r[2] for r in readers]
+        self._spin_take = [r[3] for r in readers]
         heads = [self._words[w] for w in self._head_word]
         self._pos = [max(0, h - g.ring_records) if from_oldest else h for h in heads]
         self._ring_ks = range(len(self.shard_indexes))
@@ -186,15 +187,16 @@ class UpdateFollower:
             return self._backlog.pop()
         if self._single:
             pos, words, head = self._pos[0], self._words, self._head_word[0]
-            if words[head] == pos:
-                if spin:
-                    if not self._spin_head(pos, timeout_s):
-                        return None
-                else:
+            if spin:
+                update = self._spin_take_sliced(pos, timeout_s)
+                if update is None:
+                    return None
+            else:
+                if words[head] == pos:
                     self._reader.wait(timeout_s)
                     if words[head] == pos and not self.spin_while_ahead():
                         return None
-            update = self._take[0](pos)
+                update = self._take[0](pos)
             if update is not None and update is not latch.LAPPED:
                 self._pos[0] = pos + 1
                 self.records += 1
@@ -208,16 +210,28 @@ class UpdateFollower:
         return batch[0]
 
     def _spin_head(self, pos: int, timeout_s: float) -> bool:
-        """Spin on the single ring's head (proto/latch ring_reader's spin) in slices, so other
-        threads and signal handlers run between them, as they would in a Python loop."""
-        spin = self._spin[0]
-        if spin(pos, min(SPIN_SLICE_NS, int(timeout_s * 1e9))):
-            return True
-        deadline_ns = time.monotonic_ns() + int(timeout_s * 1e9)
-        while time.monotonic_ns() < deadline_ns:
-            if spin(pos, min(SPIN_SLICE_NS, deadline_ns - time.monotonic_ns())):
-                return True
-        return False
+        """The single ring's head spin (proto/latch ring_reader's spin) in slices."""
+        return self._sliced(self._spin[0], pos, timeout_s) is not None
+
+    def _spin_take_sliced(self, pos: int, timeout_s: float):
+        """The single ring's spin-then-take (ring_reader's spin_take) in slices."""
+        return self._sliced(self._spin_take[0], pos, timeout_s)
+
+    @staticmethod
+    def _sliced(spin, pos: int, timeout_s: float):
+        """`spin(pos, spin_ns)` for up to `timeout_s`, in slices of at most SPIN_SLICE_NS, so
+        other threads and signal handlers run between them, as they would in a Python loop.
+        Returns what it returned first that is neither None nor False, else None."""
+        timeout_ns = int(timeout_s * 1e9)
+        got = spin(pos, min(SPIN_SLICE_NS, timeout_ns))
+        if got is not None and got is not False:
+            return got
+        deadline_ns = time.monotonic_ns() + timeout_ns
+        while (left_ns := deadline_ns - time.monotonic_ns()) > 0:
+            got = spin(pos, min(SPIN_SLICE_NS, left_ns))
+            if got is not None and got is not False:
+                return got
+        return None
 
     def updates(self, timeout_s: float | None = None):
         """Yield records as they arrive (blocking in epoll); return after `timeout_s` idle."""

@@ -381,6 +381,39 @@ static PyObject *record_object(PyTypeObject *type, const RecordBody *r) {
     return out;
 }
 
+/* Record `pos` of the ring in `view` into *body: 0 whole, 1 not written yet, 2 lapped. */
+static int take_record(RingTaker *self, const Py_buffer *view, uint64_t pos, RecordBody *body) {
+    const char *record = (const char *)view->buf + self->ring_off
+                         + (pos & self->ring_mask) * RECORD_BYTES;
+    uint64_t seq = load_seq(record);
+    if (seq != pos + 1)
+        return seq < pos + 1 ? 1 : 2;
+    memcpy(body, record + 8, sizeof *body);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return load_seq(record) == pos + 1 ? 0 : 2;
+}
+
+/* Loads only, until the head word in `view` is not pos (1) or spin_ns pass (0). */
+static int spin_head(RingTaker *self, const Py_buffer *view, uint64_t pos, int64_t spin_ns) {
+    const char *head = (const char *)view->buf + self->head_off;
+    int64_t deadline_ns = clock_ns(CLOCK_MONOTONIC) + spin_ns;
+    for (;;) {
+        for (int i = 0; i < SPIN_CHECK_CLOCK_EVERY; i++)
+            if (load_seq(head) != pos)
+                return 1;
+        if (clock_ns(CLOCK_MONOTONIC) >= deadline_ns)
+            return 0;
+    }
+}
+
+static PyObject *take_result(RingTaker *self, int state, const RecordBody *body) {
+    if (state == 1)
+        Py_RETURN_NONE;
+    if (state == 2)
+        return Py_NewRef(self->lapped);
+    return record_object(self->record_type, body);
+}
+
 /* take(pos) -> record | None (not written yet) | lapped: ring_reader's take, one call. */
 static PyObject *RingTaker_take(RingTaker *self, PyObject *arg) {
     unsigned long long pos = PyLong_AsUnsignedLongLong(arg);
@@ -389,55 +422,50 @@ static PyObject *RingTaker_take(RingTaker *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(self->buffer, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const char *record = (const char *)view.buf + self->ring_off
-                         + (pos & self->ring_mask) * RECORD_BYTES;
-    uint64_t seq = load_seq(record);
     RecordBody body;
-    int state = 0; /* 0: whole, 1: not yet, 2: lapped */
-    if (seq != pos + 1) {
-        state = seq < pos + 1 ? 1 : 2;
-    } else {
-        memcpy(&body, record + 8, sizeof body);
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        state = load_seq(record) == pos + 1 ? 0 : 2;
-    }
+    int state = take_record(self, &view, pos, &body);
     PyBuffer_Release(&view);
-    if (state == 1)
-        Py_RETURN_NONE;
-    if (state == 2)
-        return Py_NewRef(self->lapped);
-    return record_object(self->record_type, &body);
+    return take_result(self, state, &body);
 }
 
-/* spin(pos, spin_ns) -> bool: loads only, until the head word is not pos (True) or spin_ns
-   pass (False). Holds the GIL: callers spin in slices so other threads and signals get in. */
-static PyObject *RingTaker_spin(RingTaker *self, PyObject *const *args, Py_ssize_t nargs) {
+/* Parse (pos, spin_ns) and acquire the mapping; -1 with an exception if either fails. */
+static int spin_args(RingTaker *self, PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                     Py_buffer *view, unsigned long long *pos, long long *spin_ns) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "spin(pos, spin_ns)");
-        return NULL;
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
     }
-    unsigned long long pos = PyLong_AsUnsignedLongLong(args[0]);
-    long long spin_ns = PyLong_AsLongLong(args[1]);
+    *pos = PyLong_AsUnsignedLongLong(args[0]);
+    *spin_ns = PyLong_AsLongLong(args[1]);
     if (PyErr_Occurred())
-        return NULL;
+        return -1;
+    return PyObject_GetBuffer(self->buffer, view, PyBUF_SIMPLE);
+}
+
+/* spin(pos, spin_ns) -> bool: until the head word is not pos (True) or spin_ns pass (False).
+   Holds the GIL: callers spin in slices so other threads and signals get in. */
+static PyObject *RingTaker_spin(RingTaker *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer view;
-    if (PyObject_GetBuffer(self->buffer, &view, PyBUF_SIMPLE) < 0)
+    unsigned long long pos;
+    long long spin_ns;
+    if (spin_args(self, args, nargs, "spin(pos, spin_ns)", &view, &pos, &spin_ns) < 0)
         return NULL;
-    const char *head = (const char *)view.buf + self->head_off;
-    int64_t deadline_ns = clock_ns(CLOCK_MONOTONIC) + spin_ns;
-    int moved = 0;
-    while (!moved) {
-        for (int i = 0; i < SPIN_CHECK_CLOCK_EVERY; i++) {
-            if (load_seq(head) != pos) {
-                moved = 1;
-                break;
-            }
-        }
-        if (!moved && clock_ns(CLOCK_MONOTONIC) >= deadline_ns)
-            break;
-    }
+    int moved = spin_head(self, &view, pos, spin_ns);
     PyBuffer_Release(&view);
     return PyBool_FromLong(moved);
+}
+
+/* spin_take(pos, spin_ns) -> record | lapped once the head passes pos; None after spin_ns. */
+static PyObject *RingTaker_spin_take(RingTaker *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer view;
+    unsigned long long pos;
+    long long spin_ns;
+    if (spin_args(self, args, nargs, "spin_take(pos, spin_ns)", &view, &pos, &spin_ns) < 0)
+        return NULL;
+    RecordBody body;
+    int state = spin_head(self, &view, pos, spin_ns) ? take_record(self, &view, pos, &body) : 1;
+    PyBuffer_Release(&view);
+    return take_result(self, state, &body);
 }
 
 static PyMethodDef RingTaker_methods[] = {
@@ -445,6 +473,8 @@ static PyMethodDef RingTaker_methods[] = {
      "take(pos) -> record, None if not written yet, or the lapped marker if overwritten."},
     {"spin", (PyCFunction)(void (*)(void))RingTaker_spin, METH_FASTCALL,
      "spin(pos, spin_ns) -> True once the head word is not pos, False after spin_ns."},
+    {"spin_take", (PyCFunction)(void (*)(void))RingTaker_spin_take, METH_FASTCALL,
+     "spin_take(pos, spin_ns) -> spin, then take: the record (or lapped); None after spin_ns."},
     {NULL},
 };
 

@@ -198,8 +198,8 @@ def ring_head(words, head_index: int) -> int:
 
 def ring_reader(words, buf, ring_word0: int, ring_mask: int, head_index: int, record_body,
                 record_type):
-    """`read(pos, out, records_max) -> (pos, lapped)`, `take(pos)` and
-    `spin(pos, spin_ns) -> bool` over one ring.
+    """`read(pos, out, records_max) -> (pos, lapped)`, `take(pos)`,
+    `spin(pos, spin_ns) -> bool` and `spin_take(pos, spin_ns)` over one ring.
 
     Copies records `pos`, `pos + 1`, ... into `out` (as `record_type` tuples), in order, while
     they are complete, at most `records_max`. A record is complete when its seq word is `pos + 1`
@@ -245,11 +245,16 @@ def ring_reader(words, buf, ring_word0: int, ring_mask: int, head_index: int, re
                 return False
         return True
 
-    if COMPILED:  # the same take and spin, compiled; read() stays here (batches, not latency)
+    def spin_take(pos: int, spin_ns: int):
+        """`spin`, then `take`: record `pos` (or LAPPED) once the head passes it; None after
+        `spin_ns` (the head is stored after the record, so a passed head means it is whole)."""
+        return take(pos) if spin(pos, spin_ns) else None
+
+    if COMPILED:  # the same, compiled; read() stays here (batches, not latency)
         taker = _latch_c.RingTaker(buf, ring_word0 * 8, ring_mask, head_index * 8, record_type,
                                    LAPPED)
-        take, spin = taker.take, taker.spin
-    return read, take, spin
+        take, spin, spin_take = taker.take, taker.spin, taker.spin_take
+    return read, take, spin, spin_take
 
 
 SPIN_CHECK_CLOCK_EVERY = 256  # ring_reader's spin: head loads between clock reads

@@ -161,8 +161,10 @@ def test_take_and_spin_agree_with_the_python_path(make_segment, compiled):
     (reader_c, c), (reader_py, py) = follower_pair(segment, compiled)
     take_c, take_py = c._take[0], py._take[0]
     spin_c, spin_py = c._spin[0], py._spin[0]
+    spin_take_c, spin_take_py = c._spin_take[0], py._spin_take[0]
     assert take_c(0) is None and take_py(0) is None  # not written yet
     assert spin_c(0, 1000) is False and spin_py(0, 1000) is False
+    assert spin_take_c(0, 1000) is None and spin_take_py(0, 1000) is None
     rng = random.Random(5)
     for pos in range(RING):
         writer.publish(pos % 2, random_book(rng), recv_ts_ns=pos)
@@ -170,8 +172,10 @@ def test_take_and_spin_agree_with_the_python_path(make_segment, compiled):
         got_c, got_py = take_c(pos), take_py(pos)
         assert type(got_c) is type(got_py)
         assert got_c == got_py and got_c.book_seq == pos // 2 + 1 and got_c.recv_ts_ns == pos
+        assert spin_take_c(pos, 10**9) == got_c == spin_take_py(pos, 10**9)
     writer.publish(0, random_book(rng))  # overwrites position 0
     assert take_c(0) is latch.LAPPED and take_py(0) is latch.LAPPED
+    assert spin_take_c(0, 1000) is latch.LAPPED and spin_take_py(0, 1000) is latch.LAPPED
     assert take_c(RING + 1) is None and take_py(RING + 1) is None
     for reader in (reader_c, reader_py):
         reader.close()
@@ -179,6 +183,8 @@ def test_take_and_spin_agree_with_the_python_path(make_segment, compiled):
         take_c(RING)
     with pytest.raises(ValueError):
         spin_c(RING, 1000)
+    with pytest.raises(ValueError):
+        spin_take_c(RING, 1000)
     writer.release()
 
 
