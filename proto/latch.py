@@ -36,6 +36,13 @@ yet, more (or a change between the loads) means the writer has lapped the reader
 Wake-ups. The shard's eventfd write (ShardWriter.flush) comes after a batch's stores and is a
 system call, so every store before it is visible to a reader the write wakes. Readers treat the
 wake-up as a hint and always recheck the words here.
+
+Two implementations of the hot paths. `book_publisher` and `ring_reader`'s take and spins are
+also written in C (proto/_latch_c.c), because a busy-polling client's latency is mostly the
+interpreter's time on them: about 1.4 us to publish and 0.8 us to take a record here, against
+0.5 and 0.3 us compiled. The code here is the reference; the C does the same stores and loads
+in the same order (release stores and acquire loads of the sequence words) and is used when it
+was built (`COMPILED`); tests/shm/test_latch_c.py holds them to the same bytes and records.
 """
 
 from __future__ import annotations
