@@ -26,7 +26,7 @@ from proto import latch, layout
 from obclient.snapshot import Update
 
 RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
-SPIN_CHECK_CLOCK_EVERY = 256  # busy-poll iterations between clock reads
+SPIN_CHECK_CLOCK_EVERY = latch.SPIN_CHECK_CLOCK_EVERY  # busy-poll iterations between clock reads
 SPIN_SLICE_NS = 1_000_000  # a head spin returns to the interpreter this often (threads, signals)
 WAKE_AHEAD_SPIN_MAX_NS = 200_000  # a client woken ahead of a publish spins this long at most
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
@@ -223,10 +223,10 @@ class UpdateFollower:
         other threads and signal handlers run between them, as they would in a Python loop.
         Returns what it returned first that is neither None nor False, else None."""
         timeout_ns = int(timeout_s * 1e9)
+        deadline_ns = time.monotonic_ns() + timeout_ns
         got = spin(pos, min(SPIN_SLICE_NS, timeout_ns))
         if got is not None and got is not False:
             return got
-        deadline_ns = time.monotonic_ns() + timeout_ns
         while (left_ns := deadline_ns - time.monotonic_ns()) > 0:
             got = spin(pos, min(SPIN_SLICE_NS, left_ns))
             if got is not None and got is not False:

@@ -99,7 +99,7 @@ BAD_BOOKS = [("counts", AssertionError), ("price_exp", OverflowError),
 
 
 @pytest.mark.parametrize("on, bad, error",
-                         [(True, *case) for case in BAD_BOOKS] + [(False, *case) for case in BAD_BOOKS]
+                         [(on, *case) for on in (True, False) for case in BAD_BOOKS]
                          # the Python path unpacks any pair; the compiled one wants a tuple
                          + [(True, "not_a_tuple", TypeError)])
 def test_a_bad_book_publishes_nothing(make_segment, compiled, bad, error, on):
