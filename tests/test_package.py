@@ -4,3 +4,22 @@ import importlib
 def test_packages_import():
     for name in ("observer", "obclient", "proto"):
         assert importlib.import_module(name).__doc__
+
+
+def test_the_compiled_hot_paths_are_built_where_they_can_be():
+    """proto/_latch_c is optional only for machines that cannot build it: with a C compiler and
+    the Python headers present, a missing module is a broken build, not a reason to skip the
+    tests that compare it with proto/latch.py (tests/shm/test_latch_c.py)."""
+    import os
+    import shutil
+    import sysconfig
+
+    from proto import latch
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if shutil.which(compiler) and os.path.exists(headers):
+        assert latch._latch_c is not None, (
+            f"{compiler} and {headers} exist but proto._latch_c did not build: "
+            f"rerun `pip install -e .` and read its build output")
+        assert latch.COMPILED or os.environ.get("OBSERVER_PURE_PYTHON")

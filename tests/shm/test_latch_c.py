@@ -16,8 +16,9 @@ from proto import latch, layout
 from proto.layout import BookDesc
 from shm_doubles import BookDouble
 
-pytestmark = pytest.mark.skipif(latch._latch_c is None,
-                                reason="proto._latch_c was not built (no C compiler at install)")
+pytestmark = pytest.mark.skipif(
+    latch._latch_c is None, reason="proto._latch_c was not built: no C compiler or Python headers "
+                                   "at install (tests/test_package.py fails if they were there)")
 
 DESCS = [BookDesc("binance", "BTCUSDT", "btcusdt", 0), BookDesc("kraken", "BTCUSD", "XBT/USD", 0)]
 DEPTH = 4
