@@ -302,6 +302,7 @@ class ReadinessBackend:
             self._runnable.remove(op)
         op.in_flight = False
         self.pending -= 1
+        assert self.pending >= 0
 
     def has_runnable(self) -> bool:
         return bool(self._runnable)
@@ -310,8 +311,14 @@ class ReadinessBackend:
         """Perform a parked op whose fd looks ready; deliver it unless it would block.
 
         Discussion: every readiness wait ends here, so the common case (a stream recv) is
-        done inline rather than through `perform` and `deliver`.
+        done inline rather than through `perform` and `deliver`. The in-flight test comes
+        first, for every kind: `_run_runnable` walks a snapshot of the list, and a callback
+        earlier in that pass may have cancelled this op (`loop.cancel`, a fiber's cancel or
+        timeout, `loom.close`). Performing it anyway would consume data nobody waits for,
+        call a callback that was withdrawn and count the op done twice.
         """
+        if not op.in_flight:
+            return 0                       # cancelled after it was queued
         state = op.state
         if op.kind == RECV:
             try:
@@ -326,8 +333,6 @@ class ReadinessBackend:
                     state.in_hint = False
             state.reader = None
         else:
-            if not op.in_flight:
-                return 0                   # cancelled after it was queued
             result = perform(op)
             if result is WOULD_BLOCK:
                 if op.kind in READ_KINDS:
@@ -341,6 +346,7 @@ class ReadinessBackend:
                 state.writer = None
         op.in_flight = False
         self.pending -= 1
+        assert self.pending >= 0
         self.completed += 1
         try:
             op.callback(result)

@@ -15,10 +15,12 @@ Operation map: recv/send/read/write/accept are the kernel's own opcodes; connect
 wait_readable/wait_writable are POLL_ADD (connect was started by the fiber call; the poll
 waits for it to finish and SO_ERROR says how).
 
-Cancellation: an op not yet handed to the kernel becomes a NOP; one in the kernel gets an
-ASYNC_CANCEL. If it completed anyway (the race is real: data can arrive first), nothing is
-lost: received bytes are kept on the fd (`pushback`) and returned by the next recv, and an
-accepted connection is kept for the next accept.
+Cancellation: an op not yet handed to the kernel becomes a NOP (its entry's user_data gets
+`NOP_BIT`, so its CQE is known to carry no result: a NOP's 0 is not an accepted fd 0 nor an
+EOF); one in the kernel gets an ASYNC_CANCEL. If it completed anyway (the race is real: data
+can arrive first), nothing is lost: received bytes are kept on the fd (`pushback`) and returned
+by the next recv, and an accepted connection is kept for the next accept. Either way its
+callback is never called once it was cancelled.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ SQ_ENTRIES = 256           # submission batch per enter
 CQ_ENTRIES = 4096          # also the bound on ops in flight
 OVERFLOW_MAX = 65536       # ops waiting for room; past it submit is an error
 CANCEL_KEY = 0             # user_data of our ASYNC_CANCEL entries (their CQEs are ignored)
+KEY_MAX = 1 << 62          # op keys are 1 .. KEY_MAX
+NOP_BIT = 1 << 63          # set on the key of a cancelled op whose entry became a NOP
 POLLIN, POLLOUT = 0x1, 0x4
 MSG_NOSIGNAL = 0x4000
 OFF_CURRENT = 0xFFFFFFFFFFFFFFFF   # read/write at the current position (pipes: any)
@@ -119,6 +123,7 @@ class UringBackend:
         if self._overflow or not self._room():
             if len(self._overflow) >= self.overflow_max:
                 self._unpark(op)
+                self._finish(op)                # refused: not pending, never completes
                 raise LoomError(f"overflow_max={self.overflow_max} ops wait for submission")
             self._overflow.append(op)
             if len(self._overflow) > self.overflow_high_water:
@@ -131,7 +136,7 @@ class UringBackend:
 
     def _push(self, op: Op) -> None:
         key = self._next_key
-        self._next_key = key + 1 if key < (1 << 62) else 1
+        self._next_key = key + 1 if key < KEY_MAX else 1
         op.user_data = key
         state = op.state
         kind = op.kind
@@ -174,10 +179,12 @@ class UringBackend:
             self._overflow.remove(op)
             self._finish(op)
             return
-        slot = self._unsent.get(op.user_data)
+        slot = self._unsent.pop(op.user_data, None)
         if slot is not None:                    # still in the ring: make it a NOP
+            key = op.user_data | NOP_BIT
+            self._ops[key] = self._ops.pop(op.user_data)
             ur.SQE.pack_into(self._ring.sqes, slot * 64, ur.OP_NOP, 0, 0, -1, 0, 0, 0, 0,
-                             op.user_data, 0, 0, 0, 0, 0)
+                             key, 0, 0, 0, 0, 0)
             return
         if self._ring.sq_space() > 0:
             self._ring.push(ur.OP_ASYNC_CANCEL, -1, 0, op.user_data, 0, 0, CANCEL_KEY)
@@ -228,15 +235,16 @@ class UringBackend:
             return
         self._unsent.pop(key, None)
         view = op.keep
-        result = self._result(op, res)
         if view is not None:
             ur.release_buffer(ctypes.byref(view))
             op.keep = None
-        if op.cancelled:
-            self._salvage(op, result)
+        if op.cancelled:                        # nobody waits: keep what it got, if it ran
+            if not key & NOP_BIT:
+                self._salvage(op, res)
             self._finish(op)
             self._bury(op)
             return
+        result = self._result(op, res)
         self._unpark(op)
         self._finish(op)
         if result is WOULD_BLOCK:               # a spurious CONNECT poll: wait again
@@ -263,12 +271,7 @@ class UringBackend:
             state.out_hint = True
             return res
         if kind == ACCEPT:
-            conn = socket.socket(fileno=res)
-            try:
-                addr = conn.getpeername()
-            except OSError:
-                addr = None
-            return conn, addr
+            return _accepted(res)
         if kind == CONNECT:
             return connect_result(state.sock)
         if kind in (POLL_IN, POLL_OUT):
@@ -300,15 +303,19 @@ class UringBackend:
         self.completed += 1
         deliver(op, result, log)
 
-    def _salvage(self, op: Op, result) -> None:
-        """A cancelled op that completed anyway: keep what it got for the next caller."""
-        if isinstance(result, BaseException):
-            return
-        if op.kind in (RECV, READ) and result > 0:
-            op.state.pushback += bytes(memoryview(op.buf).cast("B")[:result])
+    def _salvage(self, op: Op, res: int) -> None:
+        """A cancelled op that completed anyway: keep what it got for the next caller.
+
+        Only the raw `res` is read (a byte count or an accepted fd): nothing else about a
+        cancelled op is interpreted, since its fd may be closed by now.
+        """
+        if res < 0:
+            return                               # -ECANCELED, or an error nobody waits for
+        if op.kind in (RECV, READ) and res > 0:
+            op.state.pushback += bytes(memoryview(op.buf).cast("B")[:res])
             op.state.in_hint = False             # the fast path must not read past it
         elif op.kind == ACCEPT:
-            op.state.pushback_accept.append(result)
+            op.state.pushback_accept.append(_accepted(res))
 
     def _unpark(self, op: Op) -> None:
         state = op.state
@@ -320,6 +327,7 @@ class UringBackend:
     def _finish(self, op: Op) -> None:
         op.in_flight = False
         self.pending -= 1
+        assert self.pending >= 0
 
     def statistics(self) -> UringStats:
         return UringStats("io_uring", self.submitted, self.completed, self.polls, self.pending,
@@ -343,6 +351,16 @@ class UringBackend:
 
 def _ignore(result) -> None:
     pass
+
+
+def _accepted(fd: int):
+    """What an accept completion hands over: the new socket (non-blocking) and its peer."""
+    conn = socket.socket(fileno=fd)
+    try:
+        addr = conn.getpeername()
+    except OSError:
+        addr = None
+    return conn, addr
 
 
 def _pin(op: Op, buf, flags: int) -> ur.PyBuffer:

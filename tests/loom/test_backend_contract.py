@@ -399,3 +399,140 @@ def test_stats_count_operations(loop, closing):
     assert stats.timers_armed >= 1
     assert stats.fibers_spawned == 2
     assert stats.fibers_live == 0
+
+
+# -- cancellation: a cancelled operation never completes ----------------------------------------
+
+def test_a_read_cancelled_by_an_earlier_callback_never_runs(loop, closing):
+    """Two reads ready in one pass; the first one's callback cancels the second. The second's
+    callback must not run, and run() must return (the pending count stays exact: a read
+    performed after its cancel took it to -1, and run() then polled forever)."""
+    a1, b1 = closing(*socket.socketpair())
+    a2, b2 = closing(*socket.socketpair())
+    a1.send(b"one")
+    a2.send(b"two")
+    events = []
+    ops = {}
+
+    def first(result):
+        events.append(("first", result))
+        loop.cancel(ops["second"])
+
+    ops["first"] = loop.read(b1, bytearray(8), first)
+    ops["second"] = loop.read(b2, bytearray(8), lambda result: events.append(("second", result)))
+    loop.run()
+    assert events == [("first", 3)]
+
+    def read_again():
+        return loom.recv(b2, 8)                     # nothing the cancelled read saw is lost
+
+    assert loop.run(read_again) == b"two"
+
+
+def _ready_target(kind, closing):
+    """An fd on which an operation of `kind` can complete at once, the Op fields it needs,
+    and a fiber function checking afterwards that a cancelled op took nothing away."""
+    from observer.loom import _common as c
+
+    if kind in (c.RECV, c.SEND, c.POLL_IN, c.POLL_OUT):
+        a, b = closing(*socket.socketpair())
+        a.send(b"data")
+        fields = {c.RECV: {"buf": bytearray(8)}, c.SEND: {"data": b"x"}}.get(kind, {})
+        check = (lambda: loom.recv(b, 8) == b"data") if kind == c.RECV else None
+        return b, fields, check
+    if kind in (c.READ, c.WRITE):
+        r, w = closing(*os.pipe())
+        os.write(w, b"data")
+        if kind == c.READ:
+            return r, {"buf": bytearray(8)}, lambda: loom.read(r, bytearray(8)) == 4
+        return w, {"data": b"x"}, None
+    listener = closing(socket.create_server(("127.0.0.1", 0)))
+    client = closing(socket.socket())
+    if kind == c.ACCEPT:
+        client.connect(listener.getsockname())      # waits in the backlog, accepted by nobody
+
+        def check():
+            conn, _ = loom.accept(listener)
+            closing(conn)
+            return conn.getpeername() == client.getsockname()
+
+        return listener, {}, check
+    assert kind == c.CONNECT
+    client.setblocking(False)
+    assert client.connect_ex(listener.getsockname()) in (0, errno.EINPROGRESS)
+    return client, {}, None
+
+
+@pytest.mark.parametrize("when", ["before_the_poll", "from_an_earlier_callback"])
+@pytest.mark.parametrize("kind_name", ["recv", "send", "accept", "connect", "read", "write",
+                                       "wait_readable", "wait_writable"])
+def test_a_cancelled_operation_never_completes(loop, closing, kind_name, when):
+    """Whatever the kind and whenever the cancel comes (before the backend has seen the op, or
+    from another completion's callback in the pass that would complete it), its callback is
+    never called afterwards, the pending count returns to 0 (run() returns) and what it would
+    have taken (bytes, a connection) is still there for the next caller."""
+    from observer.loom import _common as c
+
+    kind = next(k for k, name in c.KIND_NAMES.items() if name == kind_name)
+    obj, fields, check = _ready_target(kind, closing)
+    after_cancel = []
+    cancelled = []
+    op = c.Op(lambda result: after_cancel.append(result) if cancelled else None)
+    op.kind = kind
+    op.state = loop.state_for(obj)
+    op.buf = fields.get("buf")
+    op.data = fields.get("data")
+    witness_a, witness_b = closing(*socket.socketpair())
+    witness_a.send(b"w")
+    witnessed = []
+
+    def cancel():
+        cancelled.append(True)
+        loop.cancel(op)
+
+    def on_witness(result):
+        witnessed.append(result)
+        if when == "from_an_earlier_callback":
+            cancel()
+
+    if when == "from_an_earlier_callback":
+        loop.read(witness_b, bytearray(4), on_witness)      # first in line
+        loop._backend.submit(op)
+    else:
+        loop._backend.submit(op)
+        cancel()
+        loop.read(witness_b, bytearray(4), on_witness)      # so that run() polls
+    loop.run()                                 # hangs if the pending count went wrong
+    assert witnessed == [1]
+    assert after_cancel == []
+    assert loop._backend.pending == 0
+    if check is not None:
+        assert loop.run(check) is True
+
+
+@pytest.mark.skipif("io_uring" not in loom.available_backends(),
+                    reason="only io_uring has a submission overflow queue")
+def test_io_uring_an_op_refused_by_a_full_overflow_queue_is_not_pending(closing):
+    """Past overflow_max the submit is refused with LoomError; the refused op must not stay
+    counted as pending (a loop would then wait forever for a completion that cannot come)."""
+    from observer.loom import _common as c
+    from observer.loom.backend_uring import UringBackend
+
+    backend = UringBackend(sq_entries=2, cq_entries=2, overflow_max=1)
+    try:
+        ops = []
+        for _ in range(backend.inflight_max + 2):    # in flight, one waiting, one refused
+            a, b = closing(*socket.socketpair())
+            state = c.FdState(b, b.fileno())
+            backend.register(state)
+            op = c.Op(lambda result: None)
+            op.kind, op.state, op.buf = c.POLL_IN, state, None
+            ops.append(op)
+        for op in ops[:-1]:
+            backend.submit(op)
+        with pytest.raises(loom.LoomError, match="overflow_max=1"):
+            backend.submit(ops[-1])
+        assert backend.pending == len(ops) - 1
+        assert ops[-1].in_flight is False
+    finally:
+        backend.close()
