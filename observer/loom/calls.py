@@ -11,21 +11,28 @@ calls recv itself, no op parked (`_recv_wait_inline`).
 Fairness: a fiber whose calls keep completing at once would never yield, so each turn has a
 budget of `fiber.IMMEDIATE_RUN_MAX` such calls, after which it ends its turn (`fiber.end_turn`:
 a yield when another fiber is ready or a timer is due, else a zero-timeout poll and no switch).
+
+Stopping other fibers: `cancel_and_join(fibers, timeout_s=...)` is the one way; see its notes.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
+from dataclasses import dataclass
 
-from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, ClosedError,
-                      LoomError, LoomInternalError, Op, take_pushback as _take_pushback)
+from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, Cancelled,
+                      ClosedError, LoomError, LoomInternalError, Op,
+                      take_pushback as _take_pushback)
 from greenlet import getcurrent
 
 from .fiber import IMMEDIATE_RUN_MAX, current_fiber, end_turn, suspend, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
+
+log = logging.getLogger("observer.loom")
 
 
 def _immediate(fiber) -> None:
@@ -346,6 +353,85 @@ def _leave_joiners(target_fiber) -> None:
     target, fiber = target_fiber
     if target.joiners and fiber in target.joiners:
         target.joiners.remove(fiber)
+
+
+@dataclass(frozen=True)
+class JoinReport:
+    """What `cancel_and_join` / `join_all` saw when they returned."""
+
+    late: tuple          # fibers still running at the deadline (each was logged by name)
+    failed: tuple        # fibers that ended with an error other than Cancelled: `fiber.error`
+                         # (loom logged it, by name, when the fiber ended; it is not raised)
+
+
+def cancel_and_join(fibers, *, timeout_s: float | None) -> JoinReport:
+    """Cancel `fibers` and wait until they have finished, `timeout_s` at most in all (None: no
+    limit). The calling fiber is skipped if it is among them.
+
+    A target's own `Cancelled` is the expected end and is swallowed; a target's other error
+    is reported (`JoinReport.failed`), never raised into the caller. A cancel (or another
+    `loom.timeout` scope's TimeoutError) aimed at the caller while it waits is not lost: it
+    is raised once the join is over, at the latest at the deadline.
+
+    Discussion: why the caller's own cancel waits for the join. A stopper joins so that it can
+    release what the targets use (a socket, the writer's segment) once they are gone; if its
+    own cancel cut the join short, its unwinding would release them under fibers that still
+    run once more before they see their cancel. So the join goes on to its deadline and the
+    cancel is raised after, like trio's cleanup in a shielded scope with a deadline. Called
+    outside a fiber (plain code, a loop callback), nothing can wait: the targets are cancelled
+    and the report lists those not finished as late (loop.close() ends them).
+    """
+    me = _running_fiber()
+    targets = [fiber for fiber in fibers if fiber is not me]
+    for fiber in targets:
+        if not fiber.done:
+            fiber.cancel()
+    return join_all(targets, timeout_s=timeout_s)
+
+
+def join_all(fibers, *, timeout_s: float | None) -> JoinReport:
+    """Wait, without cancelling them, until `fibers` have finished: `cancel_and_join`'s wait,
+    with the same rules (targets' errors reported, the caller's own interrupt raised after)."""
+    me = _running_fiber()
+    targets = [fiber for fiber in fibers if fiber is not me]
+    own = _wait_all(targets, timeout_s) if me is not None else None
+    late = tuple(fiber for fiber in targets if not fiber.done)
+    if me is not None:
+        for fiber in late:
+            log.warning("loom: fiber %r still running after a join of %s s", fiber.name,
+                        timeout_s)
+    failed = tuple(fiber for fiber in targets if fiber.done and fiber.error is not None
+                   and not isinstance(fiber.error, Cancelled))
+    if own is not None:
+        raise own
+    return JoinReport(late, failed)
+
+
+def _wait_all(targets, timeout_s: float | None) -> BaseException | None:
+    """Wait for every target until the deadline; return the first interrupt aimed at the
+    caller meanwhile (a Cancelled, or another scope's TimeoutError), else None.
+
+    `join_fiber` only waits: it never raises the target's error, so whatever a wait raises
+    here is the caller's own. The caller's cancel is one-shot, so waiting again after it works.
+    """
+    own = None
+    scope = timeout(timeout_s)
+    with scope:
+        for target in targets:
+            while not target.done:
+                try:
+                    join_fiber(target, None)
+                except (Cancelled, TimeoutError) as exc:
+                    if exc is scope.error:
+                        return own             # our deadline: the rest are late
+                    if own is None:
+                        own = exc
+    return own
+
+
+def _running_fiber():
+    """The fiber running now, or None on the loop greenlet or outside any loop."""
+    return getattr(getcurrent(), "fiber", None)
 
 
 class timeout:
