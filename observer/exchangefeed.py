@@ -42,6 +42,7 @@ from observer.feeds.session import Session
 log = logging.getLogger("observer.feeds")
 
 STATS_PERIOD_S = 0.2
+STATS_STOP_S = 2.0           # a stop waits this long for the stats fiber to end
 LAG_BOUND_MS_DEFAULT = 1000.0
 CATCH_UP_FRACTION = 0.5      # lagging clears once a publish is within half the bound
 NS_PER_MS = 1_000_000
@@ -116,19 +117,18 @@ class ExchangeFeed:
         self._stats_fiber = loop.spawn(self._copy_stats_forever, name=f"{self.exchange}-stats")
 
     def stop_session(self) -> None:
-        """Stop the session (waits for its fibers when called from a fiber) and the stats fiber;
-        the books are left stale for clients."""
-        if self._stats_fiber is not None and not self._stats_fiber.done:
-            self._stats_fiber.cancel()
-        if self.session is not None:
-            self.session.stop()
-        if self._stats_fiber is not None:
-            try:
-                loom.current_fiber()
-                self._stats_fiber.join(2.0)
-            except (loom.LoomError, loom.Cancelled, TimeoutError):
-                pass
-        self._stats_fiber = None
+        """Stop the session and the stats fiber, waiting for both when called from a fiber (a
+        cancel of the caller meanwhile is raised once both are stopped); the books are left
+        stale for clients."""
+        stats_fiber, self._stats_fiber = self._stats_fiber, None
+        if stats_fiber is not None:
+            stats_fiber.cancel()        # first: it samples the sockets the session closes
+        try:
+            if self.session is not None:
+                self.session.stop()
+        finally:
+            if stats_fiber is not None:
+                loom.join_all([stats_fiber], timeout_s=STATS_STOP_S)
 
     # -- the sink (hot path) ------------------------------------------------------------------
 

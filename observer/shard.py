@@ -25,6 +25,7 @@ log = logging.getLogger("observer.shard")
 
 HEARTBEAT_PERIOD_S = 0.1
 TICK_MIN_S = 0.0005          # never sleep less than this between feed passes
+STOP_JOIN_S = 5.0            # a stop waits this long for the fibers to end, then reports them
 
 
 class Shard:
@@ -51,13 +52,23 @@ class Shard:
         self._fibers.append(loop.spawn(self._heartbeat))
 
     def stop(self) -> None:
-        """Cancel the feed and heartbeat fibers and, from a fiber, wait until they are gone, so
-        nothing publishes after the writer's segment is closed."""
+        """Stop the feeds' sessions, cancel the feed and heartbeat fibers and, from a fiber,
+        wait until they are gone, so nothing publishes after the writer's segment is closed.
+
+        A cancel of the calling fiber meanwhile stops nothing short: every feed is stopped and
+        every fiber joined (each join within its deadline), then the cancel is raised.
+        """
+        fibers, self._fibers = self._fibers, []
+        interrupt = None
         for feed in self.feeds:
             if hasattr(feed, "stop_session"):
-                feed.stop_session()
-        stop_fibers(self._fibers)
-        self._fibers.clear()
+                try:
+                    feed.stop_session()
+                except (loom.Cancelled, TimeoutError) as exc:   # the caller's, raised after
+                    interrupt = interrupt or exc                  # its join: stop the rest
+        loom.cancel_and_join(fibers, timeout_s=STOP_JOIN_S)
+        if interrupt is not None:
+            raise interrupt
 
     def _run_feed(self, feed) -> None:
         try:
@@ -93,29 +104,3 @@ class Shard:
         while True:
             self.writer.heartbeat()
             loom.sleep(self.heartbeat_period_s)
-
-
-STOP_JOIN_S = 5.0
-
-
-def stop_fibers(fibers, join_s: float = STOP_JOIN_S) -> None:
-    """Cancel `fibers`; when called from a fiber, also wait for each to finish.
-
-    Discussion: a cancel is delivered at the fiber's next wait point, so a fiber that was
-    already woken (its timer fired in this pass) runs once more before it sees it. Joining
-    makes "stopped" mean stopped before the caller releases what those fibers use. Called
-    from plain code (after the loop returned) nothing runs again anyway: loop.close() ends
-    the fibers.
-    """
-    for fiber in fibers:
-        if not fiber.done:
-            fiber.cancel()
-    try:
-        loom.current_fiber()
-    except loom.LoomError:
-        return
-    for fiber in fibers:
-        try:
-            fiber.join(join_s)
-        except (loom.Cancelled, Exception):
-            pass                       # its own error was logged by loom when it ended

@@ -174,15 +174,9 @@ class ShardManager:
         self.kill_all()
 
     def _join(self, child: ShardChild, timeout_s: float) -> bool:
-        if child.watcher is None or child.watcher.done:
+        if child.watcher is None:
             return True
-        try:
-            child.watcher.join(max(0.0, timeout_s))
-        except TimeoutError:
-            return False
-        except (loom.Cancelled, Exception):
-            pass
-        return True
+        return not loom.join_all([child.watcher], timeout_s=max(0.0, timeout_s)).late
 
     def kill_all(self) -> None:
         """Last resort, from plain code too: no shard outlives the supervisor. Idempotent."""

@@ -36,7 +36,7 @@ from observer import loom
 from observer.instance import InstanceLock
 from observer.reaper import Reaper
 from observer.server.control import ControlServer
-from observer.shard import stop_fibers
+from observer.shard import STOP_JOIN_S
 from observer.shm import Segment
 from proto import layout
 from proto import messages as m
@@ -101,7 +101,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
-        stop_fibers(self._fibers)
+        loom.cancel_and_join(self._fibers, timeout_s=STOP_JOIN_S)
         self._fibers.clear()
         self.server.close()
         if self.reaper is not None:

@@ -118,27 +118,18 @@ class Session:
         self.fibers.append(loop.spawn(self.run_ticker, name=f"{self.adapter.exchange}-tick"))
 
     def stop(self, wait_s=2.0):
-        """Cancel every fiber of the session; called from a fiber, wait (at most wait_s each)
-        until they have unwound, so their sockets are closed when this returns."""
+        """Cancel every fiber of the session; called from a fiber, wait (at most wait_s in all)
+        until they have unwound, so their sockets are closed when this returns. Outside the
+        loop it only cancels (loop.close() finishes them). A cancel of the calling fiber while
+        it waits is raised once they have (loom.cancel_and_join)."""
         self.stopping = True
-        fibers = [fiber for fiber in self.fibers if not fiber.done]
-        for fiber in fibers:
-            fiber.cancel()
         try:
-            me = loom.current_fiber()
-        except loom.LoomError:
-            me = None  # called from outside the loop: loop.close() finishes them
-        if me is not None and wait_s:
-            for fiber in fibers:
-                if fiber is not me:
-                    try:
-                        fiber.join(timeout=wait_s)
-                    except (loom.Cancelled, TimeoutError):
-                        pass
-        for clients in self.http_idle.values():
-            for client in clients:
-                client.close()
-        self.http_idle.clear()
+            loom.cancel_and_join(self.fibers, timeout_s=wait_s)
+        finally:
+            for clients in self.http_idle.values():
+                for client in clients:
+                    client.close()
+            self.http_idle.clear()
 
     # --------------------------------------------------------------------- connections
 

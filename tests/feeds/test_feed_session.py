@@ -275,3 +275,78 @@ def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
     # Every frame is closed by its after_frame, with its publishes in between; the publishes
     # left are REST snapshots and the Stale of the closing connection, outside any frame.
     assert set(re.sub(r"fp*a", "", text)) <= {"p"}, text[:200]
+
+
+# -- stopping: a stopper cancelled while it waits ----------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_a_stopper_cancelled_while_stopping_the_session_gets_its_cancel(sim):
+    """session.stop() from a fiber that is cancelled while it waits: the session's fibers are
+    all stopped and its sockets closed, and then the stopper's own Cancelled is raised (it was
+    swallowed: the stopper carried on as if nobody had cancelled it)."""
+    adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
+    session = Session(adapter, Recorder(adapter), ca_file=sim.ca_file, seed=6)
+    loop = loom.Loop()
+
+    def main():
+        session.start(loop)
+        wait(lambda: all_live(adapter), "okx live")
+        sockets = list(session.sockets.values())
+        stopper = loop.spawn(session.stop, name="stopper")
+        loom.sleep(0)                   # the stopper cancels the session's fibers and waits
+        assert not stopper.done
+        stopper.cancel()
+        with pytest.raises(loom.Cancelled, match="'stopper'"):
+            stopper.join()
+        assert all(fiber.done for fiber in session.fibers)
+        assert sockets and all(ws.closed for ws in sockets)
+
+    loop.run(main)
+    loop.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_shard_stopper_cancelled_midway_stops_every_feed_then_raises(sim):
+    """Shard.stop() over two exchange feeds, its caller cancelled while the first feed's session
+    is being joined: the second feed, the stats fibers and the shard's own fibers are all
+    stopped all the same, and then the caller's Cancelled is raised."""
+    import os
+    import secrets
+
+    from observer.exchangefeed import ExchangeFeed
+    from observer.shard import Shard
+    from observer.shm import Segment
+    from proto.layout import BookDesc
+
+    feeds = []
+    for exchange in ("okx", "bybit"):
+        adapter = make_adapter(exchange, sim.info["exchanges"][exchange]["symbols"],
+                               ws_url=sim.ws_url(exchange), depth=10)
+        feeds.append(ExchangeFeed(adapter, book_exchange=exchange, ca_file=sim.ca_file))
+    descs = [BookDesc(feed.exchange, symbol, native, 0) for feed in feeds
+             for symbol, native in feed.natives()]
+    index_of = {(desc.exchange, desc.symbol): i for i, desc in enumerate(descs)}
+    segment = Segment.create(f"/obtest-stop-{os.getpid()}-{secrets.token_hex(4)}", descs, 1, 10, 64)
+    segment.unlink()                                # nothing named outlives the test
+    shard = Shard(0, segment.writer(0), feeds, index_of)
+    loop = loom.Loop()
+
+    def main():
+        shard.start(loop)
+        wait(lambda: all(all_live(feed.adapter) for feed in feeds), "both feeds live")
+        fibers = list(shard._fibers) + [feed._stats_fiber for feed in feeds]
+        fibers += [fiber for feed in feeds for fiber in feed.session.fibers]
+        stopper = loop.spawn(shard.stop, name="stopper")
+        loom.sleep(0)                   # the stopper waits for the first feed's session now
+        assert not stopper.done
+        stopper.cancel()
+        with pytest.raises(loom.Cancelled, match="'stopper'"):
+            stopper.join()
+        assert all(fiber.done for fiber in fibers)
+        assert all(feed.session.sockets == {} for feed in feeds)
+
+    try:
+        loop.run(main)
+        loop.close()
+    finally:
+        segment.close()
