@@ -10,7 +10,9 @@ for Binance refetch a REST snapshot).
 Why the queue: a message can fail half-way (a bad level after two good ones). The adapter then
 marks the book for resync, queuing the actions, and raises FeedProtocolError; the driver counts
 the error and calls `drain()` to collect what was queued. Nothing is lost and nothing is
-applied twice.
+applied twice. Any other exception out of a message is a bug: `on_message` resyncs every book
+of that connection (which one it touched is not known), queuing the same actions, and lets it
+propagate; the driver counts and logs it, drains, and goes on.
 
 Keepalive and liveness are data, not code paths: `ping_text` sent when the connection has
 been quiet for `ping_idle_s` (OKX's text `ping`, Bybit's `{"op":"ping"}`, Kraken's app ping),
@@ -157,6 +159,9 @@ class Adapter(abc.ABC):
         except MESSAGE_ERRORS as exc:
             self.protocol_errors += 1
             raise FeedProtocolError(f"{self.exchange}: bad message: {exc!r}"[:300]) from exc
+        except Exception:
+            self.resync_conn(conn_id)
+            raise
         finally:
             self.flush_sends(conn_id)
             self.pump()
@@ -211,6 +216,19 @@ class Adapter(abc.ABC):
 
     def conn_syncs(self, conn_id):
         return [sync for sync in self.syncs.values() if sync.conn_id == conn_id]
+
+    def resync_conn(self, conn_id):
+        """A bug (not bad input) interrupted a message: the book it was applied to may be
+        half-updated and which one is not known here, so every book of the connection that is
+        subscribed is resynced, and none of them is published from what the message queued
+        (the queue holds only this message's actions). The driver counts, logs and goes on."""
+        resynced = set()
+        for sync in self.conn_syncs(conn_id):
+            if sync.state is not State.DOWN:
+                self.resync(sync, "bad_message")
+                resynced.add(sync.symbol)
+        self.queue = [action for action in self.queue
+                      if type(action) is not Publish or action.symbol not in resynced]
 
     def sync_for_native(self, native):
         symbol = self.by_native.get(native)

@@ -16,10 +16,16 @@ feeds it what happened. Per feed it runs:
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
 into the segment and flushes once per call); `Send`, `FetchSnapshot` and `Reconnect` are done
 here. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
-connection, to keep a garbage flood from flooding the log), and `adapter.drain()` collects
-what the adapter queued before failing. Any other exception is a bug: it is logged with its
-traceback and counted (`internal_errors`), and it ends only that connection, which reconnects. A reconnect requested from another fiber cancels the
-connection fiber's current wait (loom `Fiber.cancel`), which closes that socket.
+connection, to keep a garbage flood from flooding the log; past `ERRORS_LOGGED_MAX` kinds new
+ones are only counted, `errors_suppressed`, with one line per `SUPPRESSED_LOG_EVERY`), and
+`adapter.drain()` collects what the adapter queued before failing. Any other exception from
+`on_message` is a bug in the adapter: it is counted (`internal_errors`) and logged once per
+kind with its traceback, the adapter has resynced the books of that connection (feeds/base.py),
+and the connection goes on, as after a bad message. `after_frame` runs after every message,
+whatever happened in it. Any other failure of a connection's fiber is a bug too: logged with
+its traceback, counted, and it ends only that connection, which reconnects. A reconnect
+requested from another fiber cancels the connection fiber's current wait (loom
+`Fiber.cancel`), which closes that socket.
 
 Backoff: after n consecutive failures the next attempt waits between d/2 and d, d =
 min(backoff_max_s, backoff_initial_s * 2**n) (equal jitter: never zero, never in lock-step
@@ -44,12 +50,14 @@ log = logging.getLogger("observer.feeds.session")
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
 HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
+ERRORS_LOGGED_MAX = 1024  # distinct (connection, kind) errors logged once each, then counted
+SUPPRESSED_LOG_EVERY = 1000  # past that bound, one line for the first and every 1000th dropped
 
 
 class SessionStats:
     __slots__ = ("connects", "connect_failures", "disconnects", "reconnects", "messages",
                  "protocol_errors", "sends", "send_failures", "snapshot_fetches",
-                 "snapshot_failures", "internal_errors")
+                 "snapshot_failures", "internal_errors", "errors_suppressed")
 
     def __init__(self):
         for name in self.__slots__:
@@ -211,18 +219,30 @@ class Session:
         return delivered
 
     def deliver(self, conn_id, data):
+        """One message: parse it and perform its actions between `on_frame` and `after_frame`
+        (the shard's wake-ahead and flush: a wake-ahead left set would have clients spin)."""
         recv_ns = time.time_ns()
         self.on_frame()
         try:
-            actions = self.adapter.on_message(conn_id, data, recv_ns)
+            self.perform(self.parse(conn_id, data, recv_ns), recv_ns)
+        finally:
+            self.after_frame()
+
+    def parse(self, conn_id, data, recv_ns):
+        """The adapter's actions for one message; a bad message, or a bug in the adapter, is
+        counted and logged, and what the adapter queued before failing (the resync of the
+        books it may have left half-applied) is collected with `drain()`."""
+        try:
+            return self.adapter.on_message(conn_id, data, recv_ns)
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
             self.log_once(conn_id, str(exc)[:40], f"bad message: {exc}")
-            actions = self.adapter.drain()
-        try:
-            self.perform(actions, recv_ns)
-        finally:
-            self.after_frame()
+        except Exception as exc:  # a bug: contained like a bad message, but with its traceback
+            self.stats.internal_errors += 1
+            self.log_once(conn_id, f"internal {type(exc).__name__}",
+                          f"internal error in on_message on conn {conn_id}", exc_info=exc,
+                          level=logging.ERROR)
+        return self.adapter.drain()
 
     def run_ticker(self):
         while not self.stopping:
@@ -308,13 +328,22 @@ class Session:
             actions = self.adapter.drain()
         self.perform(actions, recv_ns)
 
-    def log_once(self, conn_id, kind, text):
+    def log_once(self, conn_id, kind, text, exc_info=None, level=logging.WARNING):
+        """Log `text` the first time (conn_id, kind) is seen. Fails closed: once
+        ERRORS_LOGGED_MAX keys are kept, a new one is counted (`errors_suppressed`), not
+        logged, with one line saying so at the first and every SUPPRESSED_LOG_EVERY-th."""
         key = (conn_id, kind)
         if key in self.errors_logged:
             return
-        if len(self.errors_logged) < 1024:
+        if len(self.errors_logged) < ERRORS_LOGGED_MAX:
             self.errors_logged.add(key)
-        log.warning("%s: %s", self.adapter.exchange, text)
+            log.log(level, "%s: %s", self.adapter.exchange, text, exc_info=exc_info)
+            return
+        self.stats.errors_suppressed += 1
+        suppressed = self.stats.errors_suppressed
+        if suppressed == 1 or suppressed % SUPPRESSED_LOG_EVERY == 0:
+            log.warning("%s: %d errors not logged so far: errors_logged_max=%d kinds of error "
+                        "were logged already", self.adapter.exchange, suppressed, ERRORS_LOGGED_MAX)
 
 
 def _nothing() -> None:

@@ -8,6 +8,7 @@ is paused and every book must equal obsim's true book. A sink checks that nothin
 live while its book is not synced.
 """
 
+import logging
 import re
 import time
 from decimal import Decimal
@@ -277,7 +278,106 @@ def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
     assert set(re.sub(r"fp*a", "", text)) <= {"p"}, text[:200]
 
 
-# -- stopping: a stopper cancelled while it waits ----------------------------------------------
+# -- faults inside the driver: an adapter bug, a log flood, a stopper cancelled ------------------
+
+class InjectedBug(RuntimeError):
+    """Stands for a bug in an adapter: not a FeedProtocolError, not one of MESSAGE_ERRORS."""
+
+
+def buggy_adapter(exchange, sim, depth):
+    """The real adapter of `exchange`, with one bug that can be armed: the next book update
+    it handles after arming raises InjectedBug once the update was applied."""
+    from observer.feeds import adapter_class, cover_depth
+
+    base = adapter_class(exchange)
+
+    class Buggy(base):
+        bug_armed = False
+
+        def publish(self, sync):
+            super().publish(sync)
+            if self.bug_armed:
+                self.bug_armed = False
+                raise InjectedBug(f"injected bug after an update of {sync.symbol}")
+
+    depth = cover_depth(depth, base.subscription_depths("spot"))
+    return Buggy(sim.info["exchanges"][exchange]["symbols"], ws_url=sim.ws_url(exchange), depth=depth)
+
+
+@pytest.mark.timeout(120)
+def test_a_bug_in_on_message_is_contained_like_a_bad_message(sim, caplog):
+    """A non-FeedProtocolError out of on_message: after_frame still closes its frame (the
+    shard's wake-ahead ends), the error is counted and logged once with its traceback, every
+    book of the connection is resynced, and the connection goes on (no reconnect)."""
+    exchange = "bybit"
+    adapter = buggy_adapter(exchange, sim, COMPARE_DEPTH[exchange])
+    recorder = Recorder(adapter)
+    events = []
+
+    def sink(actions, recv_ns):
+        events.append("publish")
+        recorder(actions, recv_ns)
+
+    session = Session(adapter, sink, ca_file=sim.ca_file, seed=5,
+                      on_frame=lambda: events.append("frame"),
+                      after_frame=lambda: events.append("after"))
+    loop = loom.Loop()
+
+    def main():
+        session.start(loop)
+        try:
+            wait(lambda: all_live(adapter), "all books live")
+            before = counters(adapter, session)
+            resyncs = {symbol: sync.stats.resyncs for symbol, sync in adapter.syncs.items()}
+            adapter.bug_armed = True
+            wait(lambda: session.stats.internal_errors == 1, "the bug hit")
+            assert all(sync.stats.resyncs > resyncs[symbol] for symbol, sync in adapter.syncs.items())
+            wait(lambda: all_live(adapter), "all books live again after the bug")
+            assert session.stats.connects == before["connects"]        # the connection went on
+            assert session.stats.disconnects == before["disconnects"]
+            sim.pause(exchange)
+            try:
+                converge(sim, exchange, adapter)
+            finally:
+                sim.resume(exchange)
+        finally:
+            session.stop()
+
+    with caplog.at_level(logging.WARNING, logger="observer.feeds.session"):
+        loop.run(main)
+    loop.close()
+    assert recorder.unsynced == []
+    assert {stale.reason for stale in recorder.stales} >= {"bad_message"}
+    text = "".join(e[0] for e in events)  # f(rame), p(ublish), a(fter)
+    assert set(re.sub(r"fp*a", "", text)) <= {"p"}, "a frame was left open"
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is InjectedBug]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.ERROR
+
+
+def test_log_once_fails_closed_with_a_count_of_what_it_dropped(caplog):
+    """Past ERRORS_LOGGED_MAX distinct errors a new one is counted, not logged, with one line
+    at the first and every SUPPRESSED_LOG_EVERY-th; a kind logged before stays quiet."""
+    from observer.feeds import session as session_module
+
+    adapter = make_adapter("okx", ["BTC-USDT"])
+    session = Session(adapter, lambda actions, recv_ns: None)
+    bound = session_module.ERRORS_LOGGED_MAX
+    every = session_module.SUPPRESSED_LOG_EVERY
+    dropped = 2 * every + 5
+    with caplog.at_level(logging.WARNING, logger="observer.feeds.session"):
+        for i in range(bound + dropped):
+            session.log_once(1, f"kind {i}", f"bad message number {i}")
+        session.log_once(1, "kind 0", "bad message number 0 again")
+    lines = [r.getMessage() for r in caplog.records]
+    logged = [line for line in lines if "bad message number" in line]
+    suppressed = [line for line in lines if "not logged" in line]
+    assert len(logged) == bound
+    assert session.stats.errors_suppressed == dropped
+    assert len(suppressed) == 1 + dropped // every
+    assert f"{2 * every} errors not logged" in suppressed[-1]
+    assert len(session.errors_logged) == bound
+
 
 @pytest.mark.timeout(60)
 def test_a_stopper_cancelled_while_stopping_the_session_gets_its_cancel(sim):
