@@ -430,8 +430,12 @@ def _wait_all(targets, timeout_s: float | None) -> BaseException | None:
 
 
 def _running_fiber():
-    """The fiber running now, or None on the loop greenlet or outside any loop."""
-    return getattr(getcurrent(), "fiber", None)
+    """The fiber running now, or None on the loop greenlet, outside any loop, or in a loop
+    callback (which may run on a fiber's greenlet during its inline poll: not that fiber)."""
+    fiber = getattr(getcurrent(), "fiber", None)
+    if fiber is None or fiber.loop._current is not fiber:
+        return None
+    return fiber
 
 
 class timeout:

@@ -162,3 +162,28 @@ def test_outside_a_fiber_it_only_cancels(loop):
     loop.run()
     assert target.done
     assert isinstance(target.error, loom.Cancelled)
+
+
+def test_from_a_loop_callback_it_only_cancels_even_during_a_fibers_inline_poll(loop, closing):
+    """A completion callback may run on a waiting fiber's greenlet (the fiber polls inline when
+    nothing else is ready); cancel_and_join there must not wait on that fiber's behalf."""
+    import socket
+
+    a, b = closing(*socket.socketpair())
+    reports = []
+
+    def main():
+        target = loop.spawn(sleeper, name="target")
+        loom.sleep(0)
+
+        def on_read(result):
+            reports.append(loom.cancel_and_join([target], timeout_s=10.0))
+
+        loop.read(b, bytearray(4), on_read)
+        a.send(b"x")
+        loom.sleep(0.05)                    # nothing else ready: this wait may poll inline
+        return target.done
+
+    assert loop.run(main) is True
+    assert len(reports) == 1
+    assert [fiber.name for fiber in reports[0].late] == ["target"]   # cancelled, not waited for
