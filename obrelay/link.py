@@ -1,0 +1,237 @@
+"""The NATS side of the relay: one connection, a bounded publishing window, the stream.
+
+Why a window. nats-py buffers what it is given: publishes wait in its pending list and in the
+socket transport while the server is slow, stopped or being reconnected to. Left alone, a relay
+faster than its server would grow those buffers (or block, or fail on nats-py's pending limit).
+So the link counts the bytes it has handed to nats-py and not yet seen confirmed by the server:
+a PING/PONG (`flush`) confirms every byte written to the socket before the PING. While that
+count is at `inflight_bytes_max` the link says it is not `ready`, and the relay coalesces
+instead of publishing (obrelay/books.py). A confirmation or a reconnect makes it ready again
+and calls `on_ready`.
+
+Discussion: nats-py writes the PING straight to the socket, ahead of publishes still in its
+pending list. So a flush confirms `sent - pending_data_size` (what had reached the socket when
+the PING was written), not everything sent; the link marks exactly that. What is buffered
+outside the server is therefore at most `inflight_bytes_max` plus one message.
+
+After a reconnect the bytes in flight are unknowable (some were lost with the old socket, the
+pending rest is re-sent by nats-py): the window restarts empty and the relay re-sends every
+book's latest state (`on_reconnected`), which repairs both live receivers and the last-value
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api as js_api
+
+from obrelay.config import RelayConfig, tls_context
+from proto import relay as wire
+
+log = logging.getLogger("obrelay")
+
+CONNECT_TIMEOUT_S = 2
+RECONNECT_WAIT_S = 0.5
+PING_INTERVAL_S = 2            # a server silent for PING_INTERVAL_S * PINGS_OUTSTANDING_MAX
+PINGS_OUTSTANDING_MAX = 3      # ... is dropped and another one of the list tried
+FLUSH_TIMEOUT_S = 2.0
+FLUSH_RETRY_S = 0.1
+JS_TIMEOUT_S = 5.0
+_PUB_OVERHEAD_BYTES = len(b"PUB  \r\n\r\n")   # nats-py's PUB line around subject and size
+
+
+class LinkError(RuntimeError):
+    """The link cannot work as configured (authorisation, TLS, JetStream); not retried."""
+
+
+def pub_bytes(subject: str, payload_bytes: int) -> int:
+    """What one publish adds to nats-py's pending buffer: `PUB subj n\\r\\n payload \\r\\n`."""
+    return _PUB_OVERHEAD_BYTES + len(subject) + len(str(payload_bytes)) + payload_bytes
+
+
+class NatsLink:
+    def __init__(self, config: RelayConfig, *, client_name: str):
+        self.config = config
+        self.client_name = client_name
+        self.nc: nats.NATS | None = None
+        self.on_ready = lambda: None          # the relay's wake-up
+        self.on_reconnected = lambda: None    # the relay re-sends every book
+        self.sent_bytes = 0                   # handed to nats-py (pub_bytes), ever
+        self.acked_bytes = 0                  # confirmed by a PONG (or written off, reconnect)
+        self.inflight_bytes_peak = 0
+        self.reconnects = 0
+        self.disconnects = 0
+        self.publish_errors = 0
+        self._flush_wanted = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
+        self._closing = False
+
+    # -- connecting --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect to one server of the list; LinkError for what retrying cannot fix."""
+        options = dict(
+            servers=list(self.config.nats_urls), name=self.client_name,
+            connect_timeout=CONNECT_TIMEOUT_S, reconnect_time_wait=RECONNECT_WAIT_S,
+            max_reconnect_attempts=-1, ping_interval=PING_INTERVAL_S,
+            max_outstanding_pings=PINGS_OUTSTANDING_MAX, allow_reconnect=True,
+            # nats-py's own buffer while reconnecting: the window keeps us far below it
+            pending_size=4 * self.config.inflight_bytes_max,
+            error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected, closed_cb=self._on_closed)
+        tls = tls_context(self.config)
+        if tls is not None:
+            options["tls"] = tls
+        if self.config.creds:
+            options["user_credentials"] = self.config.creds
+        try:
+            self.nc = await nats.connect(**options)
+        except nats.errors.Error as exc:
+            # NoServersError hides the cause; nats-py reports it to error_cb first.
+            raise ConnectionError(f"no NATS server of {', '.join(self.config.nats_urls)} "
+                                  f"accepted us: {self._last_error or exc}") from None
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        log.info("connected to NATS at %s", self.server_url())
+
+    _last_error: BaseException | None = None
+
+    async def _on_error(self, exc: BaseException) -> None:
+        self._last_error = exc
+        log.debug("NATS error: %r", exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        self.disconnects += 1
+        log.warning("NATS connection lost; reconnecting (%s)", ", ".join(self.config.nats_urls))
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        self.acked_bytes = self.sent_bytes       # unknowable: the relay re-sends every book
+        log.warning("NATS reconnected to %s; re-sending every book", self.server_url())
+        self.on_reconnected()
+        self.on_ready()
+
+    async def _on_closed(self) -> None:
+        log.info("NATS connection closed")
+
+    def server_url(self) -> str:
+        url = self.nc.connected_url if self.nc is not None else None
+        return f"{url.scheme}://{url.netloc}" if url else ""
+
+    # -- publishing --------------------------------------------------------------------------
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self.sent_bytes - self.acked_bytes
+
+    def ready(self) -> bool:
+        nc = self.nc
+        return (nc is not None and nc.is_connected
+                and self.sent_bytes - self.acked_bytes < self.config.inflight_bytes_max)
+
+    async def publish(self, subject: str, payload: bytes) -> bool:
+        """Hand one message to nats-py; False (counted) if it refused it."""
+        try:
+            await self.nc.publish(subject, payload)
+        except (nats.errors.Error, OSError) as exc:
+            self.publish_errors += 1
+            log.debug("publish on %s failed: %r", subject, exc)
+            return False
+        self.sent_bytes += pub_bytes(subject, len(payload))
+        inflight = self.sent_bytes - self.acked_bytes
+        if inflight > self.inflight_bytes_peak:
+            self.inflight_bytes_peak = inflight
+        self._flush_wanted.set()
+        return True
+
+    async def _flush_loop(self) -> None:
+        """Keep one PING in flight while bytes are unconfirmed; each PONG moves `acked_bytes`."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            nc = self.nc
+            if self.sent_bytes == self.acked_bytes:
+                continue
+            mark = self.sent_bytes - nc.pending_data_size
+            try:
+                await nc.flush(FLUSH_TIMEOUT_S)
+            except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+                log.debug("flush: %r", exc)
+                self._flush_wanted.set()
+                await asyncio.sleep(FLUSH_RETRY_S)
+                continue
+            was_ready = self.ready()
+            self.acked_bytes = max(self.acked_bytes, min(mark, self.sent_bytes))
+            if self.sent_bytes != self.acked_bytes:
+                self._flush_wanted.set()
+            if not was_ready and self.ready():
+                self.on_ready()
+
+    # -- the last-value stream ---------------------------------------------------------------
+
+    async def ensure_stream(self, observer: str) -> str:
+        """Create the stream keeping each subject's last message, or check and fix it."""
+        prefix = self.config.subject_prefix
+        want = js_api.StreamConfig(
+            name=wire.stream_name(observer), subjects=[wire.observer_wildcard(prefix, observer)],
+            description=f"obrelay: the last book messages of observer {observer}",
+            max_msgs_per_subject=1, discard=js_api.DiscardPolicy.OLD,
+            storage=js_api.StorageType(self.config.stream_storage),
+            num_replicas=self.config.stream_replicas, allow_direct=True,
+            max_msg_size=wire.MESSAGE_BYTES_MAX)
+        jsm = self.nc.jsm(timeout=JS_TIMEOUT_S)
+        try:
+            info = await jsm.stream_info(want.name)
+        except nats.js.errors.NotFoundError:
+            await self._js_call(jsm.add_stream, want, "create")
+            log.info("created stream %s for %s", want.name, want.subjects[0])
+            return want.name
+        except nats.js.errors.ServiceUnavailableError:
+            raise LinkError("JetStream is not enabled on the NATS server (start nats-server "
+                            "with -js), or pass --no-stream to relay without late join") from None
+        have = info.config
+        if have.storage != want.storage:
+            raise LinkError(f"stream {want.name} exists with {have.storage.value} storage, not "
+                            f"{want.storage.value}: delete it or pass --stream-storage "
+                            f"{have.storage.value}")
+        if (have.subjects != want.subjects or have.max_msgs_per_subject != 1
+                or not have.allow_direct or have.num_replicas != want.num_replicas):
+            await self._js_call(jsm.update_stream, want, "update")
+            log.info("updated stream %s to keep the last message per subject", want.name)
+        return want.name
+
+    async def _js_call(self, call, config, what: str):
+        try:
+            return await call(config)
+        except nats.js.errors.APIError as exc:
+            raise LinkError(f"cannot {what} stream {config.name}: {exc}") from None
+
+    async def last_heartbeat(self, observer: str) -> bytes | None:
+        """The stream's last heartbeat of this observer (the previous relay's), if any."""
+        subject = wire.heartbeat_subject(self.config.subject_prefix, observer)
+        try:
+            msg = await self.nc.jsm(timeout=JS_TIMEOUT_S).get_last_msg(
+                wire.stream_name(observer), subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.data
+
+    async def close(self) -> None:
+        """Flush what was published (bounded by FLUSH_TIMEOUT_S) and close."""
+        self._closing = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self.nc is None or self.nc.is_closed:
+            return
+        try:
+            if self.nc.is_connected:
+                await self.nc.flush(FLUSH_TIMEOUT_S)
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            log.warning("final flush failed: %r", exc)
+        await self.nc.close()
