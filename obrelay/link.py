@@ -12,7 +12,8 @@ and calls `on_ready`.
 Discussion: nats-py writes the PING straight to the socket, ahead of publishes still in its
 pending list. So a flush confirms `sent - pending_data_size` (what had reached the socket when
 the PING was written), not everything sent; the link marks exactly that. What is buffered
-outside the server is therefore at most `inflight_bytes_max` plus one message.
+outside the server is therefore at most `inflight_bytes_max` plus one book message plus one
+heartbeat (heartbeats have a reserve of their own size, see `ready`).
 
 After a reconnect the bytes in flight are unknowable (some were lost with the old socket, the
 pending rest is re-sent by nats-py): the window restarts empty and the relay re-sends every
@@ -130,10 +131,13 @@ class NatsLink:
     def inflight_bytes(self) -> int:
         return self.sent_bytes - self.acked_bytes
 
-    def ready(self) -> bool:
+    def ready(self, reserve_bytes: int = 0) -> bool:
+        """Connected, and fewer than `inflight_bytes_max` (+ `reserve_bytes`) in flight.
+        Heartbeats pass a reserve of their own size, so book messages filling the window never
+        silence them, and what is in flight stays under the window plus one of each."""
         nc = self.nc
-        return (nc is not None and nc.is_connected
-                and self.sent_bytes - self.acked_bytes < self.config.inflight_bytes_max)
+        return (nc is not None and nc.is_connected and self.sent_bytes - self.acked_bytes
+                < self.config.inflight_bytes_max + reserve_bytes)
 
     async def publish(self, subject: str, payload: bytes) -> bool:
         """Hand one message to nats-py; False (counted) if it refused it."""

@@ -55,6 +55,7 @@ class Relay:
         self._wake = asyncio.Event()
         self.published = 0
         self.hb_seq = 0
+        self.hb_skipped = 0
         self.started_s = time.monotonic()
         link.on_ready = self._wake.set
         link.on_reconnected = self.table.mark_all
@@ -182,7 +183,11 @@ class Relay:
             wire.TYPE_HEARTBEAT, wire.SCHEMA_VERSION, self.incarnation, self.hb_seq + 1,
             time.time_ns(), self.config.heartbeat_ms, client.attached, client.generation,
             _observer_heartbeat_ns(client), stopping, self.table.relay_seqs(), self.stats())
-        if await self.link.publish(self.hb_subject, wire.encode_heartbeat(self._packer, hb)):
+        payload = wire.encode_heartbeat(self._packer, hb)
+        if not stopping and not self.link.ready(reserve_bytes=len(payload)):
+            self.hb_skipped += 1   # NATS is not taking even this: receivers see silence
+            return
+        if await self.link.publish(self.hb_subject, payload):
             self.hb_seq += 1
 
     def stats(self) -> dict:
@@ -193,7 +198,8 @@ class Relay:
             "inflight_bytes_peak": link.inflight_bytes_peak,
             "inflight_bytes_max": self.config.inflight_bytes_max,
             "nats_reconnects": link.reconnects, "nats_disconnects": link.disconnects,
-            "publish_errors": link.publish_errors, "observer_attaches": self.client.attaches,
+            "publish_errors": link.publish_errors, "heartbeats_skipped": self.hb_skipped,
+            "observer_attaches": self.client.attaches,
             "observer_detaches": self.client.detaches, "nats_server": link.server_url(),
             "uptime_s": int(time.monotonic() - self.started_s),
         }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import nats
 
+from obrelay.link import pub_bytes
 from observer.book import ASK, BID
 from observer.feeds.synthetic import SyntheticFeed
 from observer.testing import ObserverProcess, wait_until
@@ -126,6 +127,7 @@ class RelayProcess:
 class Received:
     books: list = field(default_factory=list)        # (subject, BookMessage), arrival order
     heartbeats: list = field(default_factory=list)   # Heartbeat, arrival order
+    largest_bytes: dict = field(default_factory=dict)  # type -> largest publish (link.pub_bytes)
 
     def of(self, name: str) -> list:
         return [m for _, m in self.books if m.name == name]
@@ -157,6 +159,9 @@ class Subscriber:
 
     async def _on_msg(self, msg) -> None:
         decoded = wire.decode(msg.data)
+        size = pub_bytes(msg.subject, len(msg.data))
+        if size > self.got.largest_bytes.get(decoded.type, 0):
+            self.got.largest_bytes[decoded.type] = size
         if type(decoded) is wire.Heartbeat:
             self.got.heartbeats.append(decoded)
         else:
