@@ -43,6 +43,8 @@ PINGS_OUTSTANDING_MAX = 3      # ... is dropped and another one of the list trie
 FLUSH_TIMEOUT_S = 2.0
 FLUSH_RETRY_S = 0.1
 JS_TIMEOUT_S = 5.0
+JS_READY_TIMEOUT_S = 30.0      # JetStream may take this long to answer after a cluster starts
+JS_RETRY_S = 0.5
 _PUB_OVERHEAD_BYTES = len(b"PUB  \r\n\r\n")   # nats-py's PUB line around subject and size
 
 
@@ -180,7 +182,24 @@ class NatsLink:
     # -- the last-value stream ---------------------------------------------------------------
 
     async def ensure_stream(self, observer: str) -> str:
-        """Create the stream keeping each subject's last message, or check and fix it."""
+        """Create the stream keeping each subject's last message, or check and fix it.
+
+        JetStream answers 503, or not at all, while a cluster elects its leaders: that is
+        retried for JS_READY_TIMEOUT_S before it is taken as "JetStream is not there"."""
+        deadline_s = asyncio.get_running_loop().time() + JS_READY_TIMEOUT_S
+        while True:
+            try:
+                return await self._ensure_stream_once(observer)
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+                if asyncio.get_running_loop().time() > deadline_s:
+                    raise LinkError(
+                        f"JetStream did not answer within {JS_READY_TIMEOUT_S:.0f} s ({exc}): is "
+                        f"it enabled on the server (nats-server -js)? Or pass --no-stream to "
+                        f"relay without late join") from None
+                log.info("JetStream not ready yet (%s); retrying", exc)
+                await asyncio.sleep(JS_RETRY_S)
+
+    async def _ensure_stream_once(self, observer: str) -> str:
         prefix = self.config.subject_prefix
         want = js_api.StreamConfig(
             name=wire.stream_name(observer), subjects=[wire.observer_wildcard(prefix, observer)],
@@ -196,9 +215,6 @@ class NatsLink:
             await self._js_call(jsm.add_stream, want, "create")
             log.info("created stream %s for %s", want.name, want.subjects[0])
             return want.name
-        except nats.js.errors.ServiceUnavailableError:
-            raise LinkError("JetStream is not enabled on the NATS server (start nats-server "
-                            "with -js), or pass --no-stream to relay without late join") from None
         have = info.config
         if have.storage != want.storage:
             raise LinkError(f"stream {want.name} exists with {have.storage.value} storage, not "
@@ -213,6 +229,8 @@ class NatsLink:
     async def _js_call(self, call, config, what: str):
         try:
             return await call(config)
+        except nats.js.errors.ServiceUnavailableError:
+            raise                     # transient: ensure_stream retries
         except nats.js.errors.APIError as exc:
             raise LinkError(f"cannot {what} stream {config.name}: {exc}") from None
 
@@ -223,6 +241,10 @@ class NatsLink:
             msg = await self.nc.jsm(timeout=JS_TIMEOUT_S).get_last_msg(
                 wire.stream_name(observer), subject, direct=True)
         except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            # Only the clock orders this incarnation then; say so rather than wait.
+            log.warning("cannot read the previous relay's heartbeat (%r)", exc)
             return None
         return msg.data
 

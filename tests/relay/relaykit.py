@@ -206,3 +206,29 @@ def wait_observer(observer: ObserverProcess) -> None:
 
 __all__ = ["ExactnessCheck", "RelayProcess", "Subscriber", "SyntheticReplay", "synthetic_observer",
            "wait_observer", "wait_until", "last_heartbeat", "levels_of"]
+
+
+async def fetch_last_values(nc, observer_name: str, *, books_only: bool = True,
+                            timeout_s: float = WAIT_S) -> dict:
+    """The stream's last message of each of an observer's subjects (one direct get each),
+    keyed by book name (and "_hb"). Retries while JetStream is electing (after a node died),
+    as a receiver must."""
+    import nats.errors
+    import nats.js.errors
+
+    jsm = nc.jsm()
+    stream = wire.stream_name(observer_name)
+    subjects = (wire.books_wildcard if books_only else wire.observer_wildcard)("ob", observer_name)
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        try:
+            info = await jsm.stream_info(stream, subjects_filter=subjects)
+            out = {}
+            for subject in info.state.subjects or {}:
+                msg = wire.decode((await jsm.get_last_msg(stream, subject, direct=True)).data)
+                out["_hb" if type(msg) is wire.Heartbeat else msg.name] = msg
+            return out
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            if time.monotonic() > deadline_s:
+                raise
+            await asyncio.sleep(0.2)

@@ -4,8 +4,8 @@ subscriber that checks every message against the book the observer held at its u
 import obclient
 from observer.testing import unique_name
 from proto import relay as wire
-from relaykit import (RELAY_DEPTH, ExactnessCheck, RelayProcess, Subscriber, levels_of,
-                      synthetic_observer)
+from relaykit import (RELAY_DEPTH, ExactnessCheck, RelayProcess, Subscriber, fetch_last_values,
+                      levels_of, synthetic_observer)
 
 BOOKS = ("synthetic:BTCUSD", "synthetic:ETHUSD")
 MESSAGES_PER_BOOK = 60
@@ -78,23 +78,11 @@ def test_a_clean_stop_leaves_every_book_stale_and_says_stopping(nats_server, obs
         assert relay.stop() == 0, relay.log_text()
         sub.run_until(lambda got: got.heartbeats and got.heartbeats[-1].stopping,
                       "the stopping heartbeat")
-        last_values = sub.call(_last_values(sub.nc, name))
+        last_values = sub.call(fetch_last_values(sub.nc, name, books_only=False))
     for book in BOOKS:
         assert sub.got.of(book)[-1].stale
         assert last_values[book].stale                 # what a late joiner would get
     assert last_values["_hb"].stopping
-
-
-async def _last_values(nc, observer_name):
-    """The stream's last message of every subject of an observer (direct get)."""
-    jsm = nc.jsm()
-    stream = wire.stream_name(observer_name)
-    info = await jsm.stream_info(stream, subjects_filter=">")
-    out = {}
-    for subject in info.state.subjects or {}:
-        msg = wire.decode((await jsm.get_last_msg(stream, subject, direct=True)).data)
-        out["_hb" if type(msg) is wire.Heartbeat else msg.name] = msg
-    return out
 
 
 def test_observer_gone_books_stale_then_live_again_on_its_next_generation(nats_server, workdir):

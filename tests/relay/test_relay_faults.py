@@ -6,7 +6,7 @@ import time
 
 from observer.testing import unique_name
 from proto import relay as wire
-from relaykit import ExactnessCheck, RelayProcess, Subscriber
+from relaykit import ExactnessCheck, RelayProcess, Subscriber, fetch_last_values
 
 BOOKS = ("synthetic:BTCUSD", "synthetic:ETHUSD")
 INFLIGHT_BYTES_MAX = 4096        # the smallest window: a stopped server fills it at once
@@ -61,7 +61,7 @@ def test_a_late_receiver_gets_every_book_from_the_stream_then_live(nats_server, 
             Subscriber(nats_server.url, f"ob.{name}.>") as early:
         early.run_until(lambda got: all(len(got.of(b)) >= 10 for b in BOOKS), "a relay at work")
         with Subscriber(nats_server.url, f"ob.{name}.>") as late:      # subscribed first
-            fetched = late.call(_fetch_last_values(late.nc, name))
+            fetched = late.call(fetch_last_values(late.nc, name))
             assert set(fetched) == set(BOOKS)
             late.run_until(lambda got: all(
                 any(m.relay_seq > fetched[b].relay_seq for m in got.of(b)) for b in BOOKS)
@@ -86,18 +86,6 @@ def test_a_late_receiver_gets_every_book_from_the_stream_then_live(nats_server, 
         assert wire.OLD not in verdicts[book][verdicts[book].index(applied[0]):]
         assert sequencer.last(book)[1] == max(m.relay_seq for m in late.got.of(book))
     assert sequencer.behind(late.got.heartbeats[-1]) == []
-
-
-async def _fetch_last_values(nc, observer_name):
-    """Every book's last message from the observer's stream (direct get, one per subject)."""
-    jsm = nc.jsm()
-    stream = wire.stream_name(observer_name)
-    info = await jsm.stream_info(stream, subjects_filter=wire.books_wildcard("ob", observer_name))
-    out = {}
-    for subject in info.state.subjects or {}:
-        msg = wire.decode((await jsm.get_last_msg(stream, subject, direct=True)).data)
-        out[msg.name] = msg
-    return out
 
 
 def test_a_restarted_relay_is_a_new_incarnation_receivers_tell_from_a_gap(nats_server,
