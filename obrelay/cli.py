@@ -5,8 +5,8 @@
             [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] ...
 
 Start-up: check the settings (exit 2 on a bad one), learn the observer's name if not given
-(waiting for the observer), connect to NATS (retrying while no server answers; exit 2 when a
-server refuses our credentials or TLS), create or check the last-value stream, choose the
+(waiting for the observer), connect to NATS (trying the servers in turn while none answers;
+exit 2 when one refuses our credentials or TLS), create or check the last-value stream, choose the
 incarnation above the previous relay's, then relay until SIGTERM or SIGINT (exit 0).
 """
 
@@ -31,7 +31,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 OBSERVER_WAIT_S = 0.2        # between attempts to reach the observer at start-up
-NATS_RETRY_S = 1.0           # between attempts to reach a NATS server at start-up
 
 
 def main(argv=None) -> int:
@@ -63,7 +62,7 @@ async def run(config: RelayConfig) -> int:
         if observer is None:
             return EXIT_OK
         link = NatsLink(config, client_name=f"obrelay {observer}")
-        if not await _connect(link, stop):
+        if not await link.connect(stop):
             return EXIT_OK
         try:
             incarnation = time.time_ns()
@@ -93,30 +92,6 @@ async def _observer_name(client, stop: asyncio.Event) -> str | None:
                 warned = True
         await _sleep_unless(stop, OBSERVER_WAIT_S)
     return None
-
-
-async def _connect(link: NatsLink, stop: asyncio.Event) -> bool:
-    """Connect, retrying while no server answers; LinkError when one refuses us."""
-    warned = False
-    while not stop.is_set():
-        try:
-            await link.connect()
-            return True
-        except ConnectionError as exc:
-            if _refused_for_good(exc):
-                raise LinkError(str(exc)) from None
-            if not warned:
-                log.warning("%s; retrying every %.1f s", exc, NATS_RETRY_S)
-                warned = True
-        await _sleep_unless(stop, NATS_RETRY_S)
-    return False
-
-
-def _refused_for_good(exc: BaseException) -> bool:
-    """Credentials or TLS refused: retrying cannot help, the user must fix the settings."""
-    text = str(exc).lower()
-    return any(word in text for word in ("authorization", "authentication", "certificate",
-                                         "ssl", "tls"))
 
 
 def _next_incarnation(last_hb_payload: bytes | None) -> int:

@@ -24,7 +24,9 @@ stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 
 import nats
 import nats.errors
@@ -52,6 +54,16 @@ class LinkError(RuntimeError):
     """The link cannot work as configured (authorisation, TLS, JetStream); not retried."""
 
 
+def _refusal(exc: BaseException) -> str | None:
+    """Why a server refused us for good (TLS or credentials), or None for anything else."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    text = str(exc)
+    if "authorization" in text.lower() or "authentication" in text.lower():
+        return f"credentials: {text}"
+    return None
+
+
 def pub_bytes(subject: str, payload_bytes: int) -> int:
     """What one publish adds to nats-py's pending buffer: `PUB subj n\\r\\n payload \\r\\n`."""
     return _PUB_OVERHEAD_BYTES + len(subject) + len(str(payload_bytes)) + payload_bytes
@@ -73,11 +85,15 @@ class NatsLink:
         self._flush_wanted = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._closing = False
+        self._refused: asyncio.Future | None = None
+        self._errors_seen: set[str] = set()
 
     # -- connecting --------------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Connect to one server of the list; LinkError for what retrying cannot fix."""
+    async def connect(self, stop: asyncio.Event) -> bool:
+        """Connect to a server of the list, trying them in turn until one takes us (False if
+        `stop` is set first). LinkError when a server refuses our TLS or credentials: trying
+        again cannot fix that, the user must."""
         options = dict(
             servers=list(self.config.nats_urls), name=self.client_name,
             connect_timeout=CONNECT_TIMEOUT_S, reconnect_time_wait=RECONNECT_WAIT_S,
@@ -92,20 +108,42 @@ class NatsLink:
             options["tls"] = tls
         if self.config.creds:
             options["user_credentials"] = self.config.creds
+        loop = asyncio.get_running_loop()
+        self._refused = loop.create_future()
+        connecting = loop.create_task(nats.connect(**options))
+        stopping = loop.create_task(stop.wait())
         try:
-            self.nc = await nats.connect(**options)
-        except nats.errors.Error as exc:
-            # NoServersError hides the cause; nats-py reports it to error_cb first.
-            raise ConnectionError(f"no NATS server of {', '.join(self.config.nats_urls)} "
-                                  f"accepted us: {self._last_error or exc}") from None
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            await asyncio.wait((connecting, self._refused, stopping),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            if self._refused.done():
+                raise LinkError(self._refused.result())
+            return False
+        self.nc = connecting.result()
+        self._flusher = loop.create_task(self._flush_loop())
         log.info("connected to NATS at %s", self.server_url())
-
-    _last_error: BaseException | None = None
+        return True
 
     async def _on_error(self, exc: BaseException) -> None:
-        self._last_error = exc
-        log.debug("NATS error: %r", exc)
+        """nats-py's errors. Before the first connection, a refusal of our TLS or credentials
+        ends `connect`; anything else (refused, unreachable) is logged once per kind and
+        retried. Later they are logged: nats-py keeps reconnecting through the list."""
+        refusal = _refusal(exc)
+        if self.nc is None and refusal and not self._refused.done():
+            self._refused.set_result(f"NATS ({', '.join(self.config.nats_urls)}) refused "
+                                     f"us: {refusal}")
+            return
+        kind = type(exc).__name__
+        if kind not in self._errors_seen:
+            self._errors_seen.add(kind)
+            log.warning("NATS: %s; retrying", refusal or repr(exc))
+        else:
+            log.debug("NATS: %r", exc)
 
     async def _on_disconnected(self) -> None:
         if self._closing:
@@ -184,13 +222,17 @@ class NatsLink:
     async def ensure_stream(self, observer: str) -> str:
         """Create the stream keeping each subject's last message, or check and fix it.
 
-        JetStream answers 503, or not at all, while a cluster elects its leaders: that is
-        retried for JS_READY_TIMEOUT_S before it is taken as "JetStream is not there"."""
+        JetStream answers 503, or times out, while a cluster elects its leaders: that is
+        retried for JS_READY_TIMEOUT_S. No responder at all means no JetStream: said at once."""
         deadline_s = asyncio.get_running_loop().time() + JS_READY_TIMEOUT_S
         while True:
             try:
                 return await self._ensure_stream_once(observer)
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+                if getattr(exc, "code", 0) is None:      # no responders: no JetStream at all
+                    raise LinkError("JetStream is not enabled for us on the NATS server (start "
+                                    "nats-server with -js, or give the account JetStream), or "
+                                    "pass --no-stream to relay without late join") from None
                 if asyncio.get_running_loop().time() > deadline_s:
                     raise LinkError(
                         f"JetStream did not answer within {JS_READY_TIMEOUT_S:.0f} s ({exc}): is "

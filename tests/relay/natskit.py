@@ -261,3 +261,55 @@ def tls_conf(files: dict[str, Path], *, verify_clients: bool) -> str:
 
 def tempdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def make_operator_auth(directory: Path) -> tuple[str, Path, Path]:
+    """Decentralised NATS auth as `nsc` sets it up, made here: an operator, a system account,
+    an account with JetStream, and a user of it. Returns the server configuration text, the
+    user's credentials file (JWT + nkey seed, what `--creds` takes), and a second credentials
+    file for a user signed by a key the server does not know."""
+    import nkeys
+
+    def new_key(prefix):
+        return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
+
+    def jwt(issuer, subject, name, nats_claims):
+        def b64(raw: bytes) -> str:
+            import base64
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        claims = {"jti": b64(os.urandom(24)).upper(), "iat": int(time.time()) - 60,
+                  "iss": issuer.public_key.decode(), "name": name,
+                  "sub": subject.public_key.decode(), "nats": nats_claims}
+        head = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        body = b64(json.dumps(claims).encode())
+        return f"{head}.{body}.{b64(issuer.sign(f'{head}.{body}'.encode()))}"
+
+    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                 "wildcards": True, "conn": -1, "leaf": -1}
+    jetstream = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    operator = new_key(nkeys.PREFIX_BYTE_OPERATOR)
+    system, account = new_key(nkeys.PREFIX_BYTE_ACCOUNT), new_key(nkeys.PREFIX_BYTE_ACCOUNT)
+    operator_jwt = jwt(operator, operator, "obtest", {"type": "operator", "version": 2})
+    system_jwt = jwt(operator, system, "SYS", {"type": "account", "version": 2,
+                                               "limits": unlimited})
+    account_jwt = jwt(operator, account, "relay", {"type": "account", "version": 2,
+                                                   "limits": unlimited | jetstream})
+    conf = (f'operator: "{operator_jwt}"\nsystem_account: {system.public_key.decode()}\n'
+            f'resolver: MEMORY\nresolver_preload: {{\n'
+            f'  {system.public_key.decode()}: "{system_jwt}"\n'
+            f'  {account.public_key.decode()}: "{account_jwt}"\n}}\n')
+
+    def creds(path: Path, signer) -> Path:
+        user = new_key(nkeys.PREFIX_BYTE_USER)
+        user_jwt = jwt(signer, user, "obrelay", {"type": "user", "version": 2, "pub": {},
+                                                 "sub": {}, "subs": -1, "data": -1,
+                                                 "payload": -1})
+        path.write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER "
+                        f"JWT------\n\n-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n"
+                        f"------END USER NKEY SEED------\n")
+        path.chmod(0o600)
+        return path
+
+    stranger = new_key(nkeys.PREFIX_BYTE_ACCOUNT)
+    return conf, creds(directory / "user.creds", account), creds(directory / "stranger.creds",
+                                                                 stranger)
