@@ -44,6 +44,7 @@ PING_INTERVAL_S = 2            # a server silent for PING_INTERVAL_S * PINGS_OUT
 PINGS_OUTSTANDING_MAX = 3      # ... is dropped and another one of the list tried
 FLUSH_TIMEOUT_S = 2.0
 FLUSH_RETRY_S = 0.1
+CANCEL_WAIT_S = 0.5
 JS_TIMEOUT_S = 5.0
 JS_READY_TIMEOUT_S = 30.0      # JetStream may take this long to answer after a cluster starts
 JS_RETRY_S = 0.5
@@ -62,6 +63,17 @@ def _refusal(exc: BaseException) -> str | None:
     if "authorization" in text.lower() or "authentication" in text.lower():
         return f"credentials: {text}"
     return None
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel `task` until it ends. Discussion: Python 3.11's wait_for, which nats-py's
+    connect uses, can swallow a cancellation that lands as its inner wait completes; one
+    cancel() may then leave the connect retrying forever, and the relay deaf to SIGTERM."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=CANCEL_WAIT_S)
+    with contextlib.suppress(BaseException):
+        task.result()
 
 
 def pub_bytes(subject: str, payload_bytes: int) -> int:
@@ -118,9 +130,7 @@ class NatsLink:
         finally:
             stopping.cancel()
         if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
+            await _cancel(connecting)
             if self._refused.done():
                 raise LinkError(self._refused.result())
             return False
@@ -166,6 +176,10 @@ class NatsLink:
         return f"{url.scheme}://{url.netloc}" if url else ""
 
     # -- publishing --------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
     @property
     def inflight_bytes(self) -> int:

@@ -4,7 +4,7 @@ One asyncio loop, one thread. obclient's epoll fd (`client.fileno()`: the shard 
 the control socket) sits in asyncio's selector; when it fires, or on a short tick that keeps
 obclient's liveness check and reattach going while nothing fires, `pump` runs three phases:
 
-    records = stream.poll()          # ring records of every book (obclient follows restarts)
+    stream.wait(0); stream.poll()    # edges taken, then ring records (obclient follows restarts)
     table.note(record) ...           # each changed followed book is marked dirty, once
     publish dirty books while the link is ready, reading each book's slot *now*
 
@@ -108,12 +108,15 @@ class Relay:
 
     async def pump(self) -> None:
         """Take the new records, mark their books, publish what the link takes."""
+        # Consume the epoll's edges first (or asyncio would call us again), then read the
+        # rings: a record published before the edges were taken is in the ring by now, one
+        # published after makes a new edge. The other order loses that record's wake-up.
+        self.stream.wait(0)
         records = self.stream.poll()
         self._follow_generation()
         table = self.table
         for update in records:
             table.note(update)
-        self.stream.wait(0)        # consume the epoll's edges, or asyncio would wake us again
         await self._publish_dirty()
 
     def _follow_generation(self) -> None:
@@ -175,8 +178,7 @@ class Relay:
     # -- heartbeat, stats, shutdown ----------------------------------------------------------
 
     async def publish_heartbeat(self, *, stopping: bool) -> None:
-        nc = self.link.nc
-        if nc is None or not nc.is_connected:
+        if not self.link.connected:
             return                 # a late heartbeat would lie about when it was true
         client = self.client
         hb = wire.Heartbeat(
@@ -207,8 +209,7 @@ class Relay:
     async def shutdown(self) -> None:
         """Say every published book is stale (no one relays it now), then `stopping`.
         Bounded: one message per book, whatever the window says."""
-        nc = self.link.nc
-        if nc is not None and nc.is_connected:
+        if self.link.connected:
             for book in list(self.table.by_name.values()):
                 if book.last is not None:
                     await self.publish_book(book, stale=True)
