@@ -77,3 +77,14 @@ def test_a_server_without_jetstream_is_exit_2_unless_no_stream(workdir, observer
             assert relay.stop() == 0, relay.log_text()
     finally:
         server.close()
+
+
+def test_obrelay_imports_neither_the_server_nor_greenlet():
+    """obrelay is a client of the observer like any strategy: obclient and proto only."""
+    code = ("import sys, obrelay.cli, obrelay.relay, obrelay.link, obrelay.books; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'observer', 'greenlet', 'posix_ipc', 'orjson'}); print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
