@@ -13,7 +13,9 @@ Contenders, each run in turn against the same observer (synthetic books) in one 
    microseconds, and the ratio to the local floor.
 2. Rate: BOOKS_N books at increasing rates; at each step each contender runs RATE_STEP_S and
    the subscriber counts the observer publishes folded into others (book_seq steps > 1). The
-   result is the highest observer publish rate carried with none folded.
+   result is the highest observer publish rate carried with none folded. The CPU time of the
+   relaying process per message (the reader's own, for local) is printed too: unlike the rate,
+   it hardly depends on what else the machine runs.
 
 One line per contender and phase; the load average is printed, as the machine is shared.
     python bench/relay.py [--quick]
@@ -62,9 +64,11 @@ def observer_process(workdir: str, rate_hz: float, books_n: int) -> ObserverProc
 class Tally:
     """Per message: latency from publish_ts_ns, and observer publishes folded (book_seq)."""
 
-    def __init__(self):
+    def __init__(self, cpu_s=time.process_time):
         self.warm_until_ns = None     # set by the first message: counting starts WARM_S later
         self.end_s = None
+        self.cpu_s = cpu_s            # the CPU seconds of the process doing the relaying
+        self.cpu_start_s = self.cpu_end_s = 0.0
         self.lat_ns: list[int] = []
         self.folded = 0
         self.first_seq: dict[str, int] = {}
@@ -82,6 +86,8 @@ class Tally:
     def add(self, name: str, book_seq: int, publish_ts_ns: int, recv_ns: int) -> None:
         if publish_ts_ns < self.warm_until_ns:
             return
+        if not self.lat_ns:
+            self.cpu_start_s = self.cpu_s()
         last = self.last_seq.get(name)
         if last is None:
             self.first_seq[name] = book_seq
@@ -90,6 +96,12 @@ class Tally:
         if last is None or book_seq > last:
             self.last_seq[name] = book_seq
         self.lat_ns.append(recv_ns - publish_ts_ns)
+
+    def stop(self) -> None:
+        self.cpu_end_s = self.cpu_s()
+
+    def cpu_us_per_msg(self) -> float:
+        return (self.cpu_end_s - self.cpu_start_s) * 1e6 / max(1, len(self.lat_ns))
 
     def publishes(self) -> int:
         """Observer publishes in the counted window (first to last message of each book)."""
@@ -114,6 +126,7 @@ class Local:
                           time.time_ns())
                 if tally.done():
                     break
+            tally.stop()
 
 
 class Nats:
@@ -133,8 +146,10 @@ class Nats:
         relay = _spawn([sys.executable, "-m", "obrelay", "--socket", obs.socket_path,
                         "--nats-url", self.server.url, "--depth", str(DEPTH), "--name", obs.name,
                         "--stats-s", "0", "--no-stream"], self.root / "obrelay.log")
+        tally.cpu_s = lambda: proc_cpu_s(relay.pid)
         try:
             asyncio.run(self._subscribe(obs.name, seconds, tally))
+            tally.stop()
         finally:
             _stop(relay)
 
@@ -187,8 +202,10 @@ class Redis:
     def run(self, obs: ObserverProcess, seconds: float, tally: Tally) -> None:
         relay = _spawn([sys.executable, __file__, "--redis-relay", obs.socket_path,
                         str(self.port), obs.name], self.root / "redis-relay.log")
+        tally.cpu_s = lambda: proc_cpu_s(relay.pid)
         try:
             asyncio.run(self._subscribe(obs.name, seconds, tally))
+            tally.stop()
         finally:
             _stop(relay)
 
@@ -214,6 +231,13 @@ class Redis:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _redis_ping(port: int) -> bool:
@@ -260,6 +284,9 @@ class RedisLink:
 
     def ready(self, reserve_bytes: int = 0) -> bool:
         return True
+
+    def confirm(self) -> None:
+        pass
 
     async def publish(self, subject: str, payload: bytes) -> bool:
         await self.conn.publish(subject, payload)
@@ -318,7 +345,8 @@ def rate_phase(contenders, root: Path, rates, step_s: float) -> dict:
                 c.run(obs, step_s, tally)
                 observed_hz = tally.publishes() / step_s
                 print(f"#   {c.name:<16} {BOOKS_N} books x {rate}/s: observer published "
-                      f"{observed_hz:8.0f}/s, folded {tally.folded}", flush=True)
+                      f"{observed_hz:8.0f}/s, folded {tally.folded}, relaying CPU "
+                      f"{tally.cpu_us_per_msg():6.1f} us/msg", flush=True)
                 if tally.folded == 0 and tally.publishes():
                     best[c.name] = max(best[c.name] or 0.0, observed_hz)
     return best
@@ -369,7 +397,8 @@ def report(contenders, skipped, lat, rates_best) -> None:
         rate = f"{best:8.0f}/s" if best else "    none"
         print(f"{c.name:<16} latency p50 {p50:8.1f} us  p99 {p99:8.1f} us  (x{p50 / floor_p50:5.1f}"
               f" / x{p99 / floor_p99:5.1f} local; added p50 {p50 - floor_p50:7.1f} us)  "
-              f"n {len(tally.lat_ns)}  folded {tally.folded}  max rate unfolded {rate}")
+              f"n {len(tally.lat_ns)}  folded {tally.folded}  CPU {tally.cpu_us_per_msg():5.1f} us/msg"
+              f"  max rate unfolded {rate}")
     names = [c.name for c in contenders]
     if "obrelay -> NATS" in names and "relay -> Redis" in names:
         n50, _ = percentiles_us(lat["obrelay -> NATS"].lat_ns)

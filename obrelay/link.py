@@ -4,7 +4,9 @@ Why a window. nats-py buffers what it is given: publishes wait in its pending li
 socket transport while the server is slow, stopped or being reconnected to. Left alone, a relay
 faster than its server would grow those buffers (or block, or fail on nats-py's pending limit).
 So the link counts the bytes it has handed to nats-py and not yet seen confirmed by the server:
-a PING/PONG (`flush`) confirms every byte written to the socket before the PING. While that
+a PING/PONG (`flush`) confirms every byte written to the socket before the PING. One PING goes
+out per quarter window of bytes (and per heartbeat), not per message, which would double the
+relay's system calls. While that
 count is at `inflight_bytes_max` the link says it is not `ready`, and the relay coalesces
 instead of publishing (obrelay/books.py). A confirmation or a reconnect makes it ready again
 and calls `on_ready`.
@@ -45,6 +47,7 @@ PINGS_OUTSTANDING_MAX = 3      # ... is dropped and another one of the list trie
 FLUSH_TIMEOUT_S = 2.0
 FLUSH_RETRY_S = 0.1
 CANCEL_WAIT_S = 0.5
+CONFIRM_FRACTION = 4           # a PING goes out once a quarter of the window is unconfirmed
 JS_TIMEOUT_S = 5.0
 JS_READY_TIMEOUT_S = 30.0      # JetStream may take this long to answer after a cluster starts
 JS_RETRY_S = 0.5
@@ -97,6 +100,8 @@ class NatsLink:
         self._flush_wanted = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._closing = False
+        # A PING per message would cost a write and a read each: confirm in batches.
+        self._confirm_at_bytes = config.inflight_bytes_max // CONFIRM_FRACTION
         self._refused: asyncio.Future | None = None
         self._errors_seen: set[str] = set()
 
@@ -205,8 +210,15 @@ class NatsLink:
         inflight = self.sent_bytes - self.acked_bytes
         if inflight > self.inflight_bytes_peak:
             self.inflight_bytes_peak = inflight
-        self._flush_wanted.set()
+        if inflight >= self._confirm_at_bytes:
+            self._flush_wanted.set()
         return True
+
+    def confirm(self) -> None:
+        """Ask the server to confirm what is in flight, however little (the heartbeat does,
+        so the counters settle when the feed is quiet)."""
+        if self.sent_bytes != self.acked_bytes:
+            self._flush_wanted.set()
 
     async def _flush_loop(self) -> None:
         """Keep one PING in flight while bytes are unconfirmed; each PONG moves `acked_bytes`."""

@@ -191,6 +191,7 @@ class Relay:
             return
         if await self.link.publish(self.hb_subject, payload):
             self.hb_seq += 1
+        self.link.confirm()
 
     def stats(self) -> dict:
         link, table = self.link, self.table
