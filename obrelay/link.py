@@ -284,10 +284,11 @@ class NatsLink:
             log.info("created stream %s for %s", want.name, want.subjects[0])
             return want.name
         have = info.config
-        if have.storage != want.storage:
-            raise LinkError(f"stream {want.name} exists with {have.storage.value} storage, not "
-                            f"{want.storage.value}: delete it or pass --stream-storage "
-                            f"{have.storage.value}")
+        have_storage = js_api.StorageType(have.storage).value    # the API gives a str
+        if have_storage != self.config.stream_storage:
+            raise LinkError(f"stream {want.name} exists with {have_storage} storage, not "
+                            f"{self.config.stream_storage}: delete it or pass --stream-storage "
+                            f"{have_storage}")
         if (have.subjects != want.subjects or have.max_msgs_per_subject != 1
                 or not have.allow_direct or have.num_replicas != want.num_replicas):
             await self._js_call(jsm.update_stream, want, "update")

@@ -88,3 +88,72 @@ def test_obrelay_imports_neither_the_server_nor_greenlet():
                           timeout=WAIT_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_next_incarnation_is_above_the_previous_relays_even_if_the_clock_is_behind():
+    import msgpack
+
+    from obrelay.cli import _next_incarnation
+    from proto import relay as wire
+
+    ahead = time.time_ns() + 10**15                    # a previous relay on a clock far ahead
+    hb = wire.Heartbeat(wire.TYPE_HEARTBEAT, 1, ahead, 7, 0, 500, True, 1, 0, True, {}, {})
+    assert _next_incarnation(wire.encode_heartbeat(msgpack.Packer(), hb)) == ahead + 1
+    before = time.time_ns()
+    assert _next_incarnation(None) >= before
+    assert _next_incarnation(b"\xc1 not msgpack") >= before
+
+
+def _stream_config(nats_server, name):
+    import asyncio
+
+    import nats
+
+    async def get():
+        nc = await nats.connect(nats_server.url)
+        try:
+            return (await nc.jsm().stream_info(f"OB_{name}")).config
+        finally:
+            await nc.close()
+    return asyncio.run(get())
+
+
+def _add_stream(nats_server, **config):
+    import asyncio
+
+    import nats
+
+    async def add():
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jsm().add_stream(**config)
+        finally:
+            await nc.close()
+    asyncio.run(add())
+
+
+def test_an_existing_stream_is_fixed_to_keep_one_message_per_subject(nats_server, observer):
+    name = unique_name("u")
+    _add_stream(nats_server, name=f"OB_{name}", subjects=[f"ob.{name}.>"],
+                max_msgs_per_subject=10, storage="memory")
+    with RelayProcess(observer, nats_server.url, "--name", name,
+                      workdir=observer.workdir) as relay:
+        wait_until(lambda: "relaying observer" in relay.log_text(), WAIT_S, "the relay")
+        assert "updated stream" in relay.log_text()
+        config = _stream_config(nats_server, name)
+        assert config.max_msgs_per_subject == 1
+        assert config.allow_direct
+        assert relay.stop() == 0
+
+
+def test_a_stream_of_other_storage_is_exit_2_naming_the_way_out(nats_server, observer):
+    name = unique_name("v")
+    _add_stream(nats_server, name=f"OB_{name}", subjects=[f"ob.{name}.>"],
+                max_msgs_per_subject=1, storage="file")
+    relay = RelayProcess(observer, nats_server.url, "--name", name,
+                         workdir=observer.workdir).start()
+    try:
+        assert relay.wait_exit() == EXIT_CONFIG, relay.log_text()
+    finally:
+        relay.kill()
+    assert "--stream-storage file" in relay.log_text()
