@@ -1,0 +1,5 @@
+import sys
+
+from obrelay.cli import main
+
+sys.exit(main())
