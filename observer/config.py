@@ -185,8 +185,9 @@ class Source:
     def where(self, table: str, index: int | None = None, key: str | None = None) -> str:
         line = _line_of(self.text, table, index, key) if self.text is not None else None
         place = f"{self.name}:{line}" if line else self.name
-        if self.tables:
-            place += ": [observer]" if table == "observer" else f": [[feed]] #{index + 1}"
+        if not self.tables:
+            return f"{place}: {_key_text(key)}" if key is not None else place
+        place += ": [observer]" if table == "observer" else f": [[feed]] #{index + 1}"
         return f"{place} {_key_text(key)}" if key is not None else place
 
 

@@ -26,7 +26,7 @@ import stat
 from typing import Any
 from urllib.parse import urlsplit
 
-SHOWN_CHARS_MAX = 60            # of a bad value echoed back in an error
+SHOWN_CHARS_MAX = 160           # of a bad value echoed back in an error
 UNIX_PATH_BYTES_MAX = 107       # sun_path is 108 bytes with its terminating NUL
 CA_FILE_BYTES_MAX = 4 << 20     # observer/net/tls.py digests the file per connect: keep it small
 ID_MAX = 2**32 - 2              # uid_t/gid_t; 2**32 - 1 is (uid_t)-1, "no id", never a real one
@@ -42,7 +42,10 @@ class Problem(ValueError):
 def shown(value: Any) -> str:
     """A value as the user wrote it, escaped and clipped for a one-line error."""
     text = repr(value)
-    return text if len(text) <= SHOWN_CHARS_MAX else text[:SHOWN_CHARS_MAX] + "..."
+    if len(text) <= SHOWN_CHARS_MAX:
+        return text
+    half = SHOWN_CHARS_MAX // 2        # keep both ends: a path's file name is at its end
+    return f"{text[:half]}...{text[-half:]}"
 
 
 def _is_number(value: Any) -> bool:

@@ -16,8 +16,9 @@ signal is data, in two phases:
 
 The handler raises at most once: having raised, it holds, so the cleanup that `Interrupted`
 unwinds through is never interrupted by a second Ctrl-C. `deferred()` holds for one step
-(starting a child process) and raises afterwards if a signal came meanwhile. The handlers stay
-installed until the process exits, so a late signal is recorded, never a traceback.
+(starting a child process) and raises afterwards if a signal came meanwhile. `close`, the last
+act of main, ignores both signals until the process exits, so a late signal is never a
+traceback nor a different exit status.
 
 Before the first line of `main` the interpreter's own start-up runs, and that part is Python's:
 a Ctrl-C there ends the process as it ends any Python program. A launcher that wants no such
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 0}    # 130 = 128 + SIGINT, as shells report
@@ -49,17 +49,23 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None      # the first stop signal received
         self.holding = False
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
+        self.reader = self._writer = None
         self._old_wakeup_fd: int | None = None
 
     def install(self) -> None:
-        """Take SIGINT and SIGTERM for this process (main thread), then unblock them."""
-        self._old_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(),
-                                                   warn_on_full_buffer=False)
+        """Take SIGINT and SIGTERM for this process (main thread), then unblock them.
+
+        The handlers go in before anything else is imported or made: a signal that comes
+        before the wakeup fd exists raises `Interrupted`, as in any phase before `hold`."""
         for signum in SIGNALS:
             signal.signal(signum, self._on_signal)
+        import socket
+
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._writer.fileno(),
+                                                   warn_on_full_buffer=False)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
     def _on_signal(self, signum: int, frame) -> None:
@@ -92,10 +98,18 @@ class StopSignals:
         return default if self.signum is None else EXIT_CODES[self.signum]
 
     def close(self) -> None:
-        """Detach the wakeup fd and close the pair. The handlers stay: a later signal is recorded."""
+        """The process is done: detach the wakeup fd, close the pair, and ignore both signals.
+
+        Why ignore rather than restore: all that is left is to exit, and the interpreter's
+        finalization puts a Python handler back to the default action, so a Ctrl-C in those
+        last milliseconds would kill the process with a status of its own (measured: -SIGINT
+        instead of 130). An ignored signal stays ignored through finalization."""
         self.holding = True
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         if self._old_wakeup_fd is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._old_wakeup_fd = None
-        self.reader.close()
-        self._writer.close()
+        for sock in (self.reader, self._writer):
+            if sock is not None:
+                sock.close()

@@ -71,7 +71,7 @@ def test_stale_socket_file_is_replaced():
 
 def test_bad_command_lines_are_one_line_errors():
     cases = [
-        (["--feed", "nosuch:BTCUSD"], "unknown exchange"),
+        (["--feed", "nosuch:BTCUSD"], "exchange: must be one of"),
         (["--feed", "synthetic"], "expected EXCHANGE:SYMBOL"),
         ([], "no feeds"),
         (["--feed", "synthetic:BTCUSD", "--rate", "0"], "--rate: must be a finite number"),
