@@ -252,10 +252,9 @@ SUBPROCESS_CASES = ("not-utf8", "observer-allow_uids-[\"root\"]", "feed-syntheti
                     "socket-long", "flag-unknown")
 
 
-def test_the_table_is_large_and_its_ids_are_unique():
-    assert len(CASES) >= 50
-    assert len({case.id for case in CASES}) == len(CASES)
-    assert set(SUBPROCESS_CASES) <= {case.id for case in CASES}
+assert len(CASES) >= 50
+assert len({case.id for case in CASES}) == len(CASES)          # one pytest id per case
+assert set(SUBPROCESS_CASES) <= {case.id for case in CASES}
 
 
 @pytest.fixture
@@ -361,3 +360,80 @@ def test_bad_input_as_real_processes(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# -- obctl and obsim: the same class of mistakes, the same one line and exit 2 ------------------
+
+OBCTL_CASES = [
+    (("snapshot", "BTCUSD", "--depth", "x"), "--depth: must be an integer from 1, got 'x'"),
+    (("snapshot", "BTCUSD", "--depth", "0"), "--depth: must be an integer from 1, got '0'"),
+    (("snapshot", "BTCUSD", "--depth", "9" * 5000), "--depth: must be an integer from 1"),
+    (("--socket", "", "list"), "--socket: must be a unix socket path, got ''"),
+    (("--socket", "/" + "s" * 120, "list"), "is 121 bytes; a unix socket path holds at most 107"),
+    (("bogus",), "invalid choice: 'bogus'"),
+    ((), "the following arguments are required: command"),
+    (("snapshot",), "the following arguments are required: symbol"),
+    (("stats", "--json", "--prometheus"), "not allowed with argument --json"),
+    (("list", "--sock", "x"), "unrecognized arguments: --sock x"),
+]
+OBSIM_CASES = [
+    (("--rate", "nan"), "--rate: must be a number >= 0.0, got 'nan'"),
+    (("--rate", "-1"), "--rate: must be a number >= 0.0, got '-1'"),
+    (("--depth", "0"), "--depth: must be an integer >= 1 and <= 100000, got '0'"),
+    (("--depth", "10000000000"), "--depth: must be an integer >= 1 and <= 100000"),
+    (("--tick-s", "0"), "--tick-s: must be a number > 0.0, got '0'"),
+    (("--okx-idle-s", "inf"), "--okx-idle-s: must be a number > 0.0, got 'inf'"),
+    (("--log-level", "loud"), "--log-level: invalid choice: 'LOUD'"),
+    (("--tmp-dir", "/nonexistent-dir"), "--tmp-dir '/nonexistent-dir' is not a directory"),
+    (("--exchanges", ""), "unknown exchange ''"),
+    (("--exchanges", "okx,okx"), "names an exchange twice"),
+    (("--symbols", "BTC"), "--symbols: 'BTC' is not BASE/QUOTE"),
+    (("--symbol", "kraken"), "--symbol 'kraken': expected EXCHANGE=SYM[,SYM...]"),
+    (("--exchanges", "okx", "--symbol", "kraken=BTC/USD"), "names exchange 'kraken' that is not served"),
+    (("--fault", "kraken:gap:at_s=abc"), "must be a number >= 0.0 and <= 86400.0, got 'abc'"),
+    (("--fault", "kraken:nosuch"), "kraken has no fault 'nosuch'"),
+    (("--fault", "kraken:gap:symbol=NOPE"), "kraken serves no symbol 'NOPE'"),
+    (("--fault", "kraken:gap:count=0"), "must be an integer >= 1, got '0'"),
+    (("--fault", "kraken"), "is not EXCHANGE:KIND"),
+    (("--source", "replay"), "--source replay needs --recordings DIR"),
+    (("--source", "replay", "--recordings", "/nonexistent-dir"), "--recordings '/nonexistent-dir':"),
+    (("--bogus",), "unrecognized arguments: --bogus"),
+]
+
+
+def _one_line(prog: str, code, stderr: str, fragment: str) -> None:
+    lines = stderr.splitlines()
+    assert code == 2, (code, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{prog}: ") and fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv,fragment", OBCTL_CASES, ids=lambda v: " ".join(v)[:40]
+                         if isinstance(v, tuple) else None)
+def test_obctl_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys):
+    from obclient import obctl
+
+    try:
+        code = obctl.main(list(argv))
+    except SystemExit as exc:       # argparse's own exit, with the usage dump
+        code = exc.code
+    _one_line("obctl", code, capsys.readouterr().err, fragment)
+
+
+@pytest.mark.parametrize("argv,fragment", OBSIM_CASES, ids=lambda v: " ".join(v)[:40]
+                         if isinstance(v, tuple) else None)
+def test_obsim_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys, monkeypatch):
+    from observer.sim import cli as obsim
+
+    def tripwire(coro):
+        coro.close()
+        raise AssertionError("obsim started: this command line was accepted")
+
+    monkeypatch.setattr(obsim.asyncio, "run", tripwire)
+    try:
+        code = obsim.main(list(argv))
+    except SystemExit as exc:       # argparse's exit, or a SystemExit("obsim: ...") (status 1)
+        code = exc.code if isinstance(exc.code, int) else 1
+        print(exc.code if not isinstance(exc.code, int) else "", file=sys.stderr)
+    _one_line("obsim", code, capsys.readouterr().err, fragment)

@@ -101,3 +101,26 @@ def test_sample_config_in_docs_is_valid():
 
     config = load_config(Path(__file__).resolve().parents[2] / "docs" / "observer.toml")
     assert {f.exchange for f in config.feeds} == {"binance", "binance-futures", "coinbase", "kraken", "okx", "bybit"}
+
+
+def test_sample_config_in_docs_shows_every_key():
+    """docs/observer.toml lists every key the table declares (set or commented out)."""
+    import re
+    from pathlib import Path
+
+    from observer.config import FEED_KEYS, OBSERVER_KEYS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "observer.toml").read_text()
+    shown = set(re.findall(r"^#?\s*([a-z_]+) = ", text, re.MULTILINE))
+    assert {k.name for k in (*OBSERVER_KEYS, *FEED_KEYS)} <= shown
+
+
+def test_error_names_the_line_of_the_key(tmp_path):
+    path = tmp_path / "observer.toml"
+    path.write_text('[observer]\nname = "x"\n\n[[feed]]\nexchange = "synthetic"\nsymbols = ["A"]\n'
+                    '[[feed]]\nexchange = "synthetic"\n# rate_hz = 5\nsymbols = ["B"]\n'
+                    'rate_hz = nan\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}:11: [[feed]] #2 rate_hz: must be a finite number from "
+                               f"0.001 to 1000000, got nan")
