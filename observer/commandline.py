@@ -56,10 +56,11 @@ def parse_args(argv):
         if key.flag is None:
             continue
         options = getattr(key.kind, "options", None)
+        table = "observer" if key in cfg.OBSERVER_KEYS else "[feed]"
         p.add_argument(key.flag, dest=_dest(key), action=_Once,
                        metavar="{" + ",".join(options) + "}" if options else key.name.upper(),
-                       help=key.meaning + (" (in a config file: `[observer] {0}`)".format(key.name)
-                                           if key in cfg.OBSERVER_KEYS else ""))
+                       help=f"{key.meaning}" + ("" if options else f"; {key.kind.expected}")
+                       + f" (file: [{table}] {key.name})")
     p.add_argument("--no-wake-ahead", dest="wake_ahead", action="store_const", const=False,
                    help="do not wake clients when a message arrives, only after it is "
                    "published (for hosts whose clients all busy-poll)")
