@@ -90,13 +90,16 @@ class Number(Kind):
     """A finite int or float in [lo, hi]; ints are taken as floats."""
 
     def __init__(self, lo: float, hi: float):
-        assert 0 < lo <= hi
+        assert lo > 0
+        assert lo <= hi
         self.lo, self.hi = lo, hi
         self.expected = f"a finite number from {_number_text(lo)} to {_number_text(hi)}"
 
     def check(self, value: Any) -> float:
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_number(value):
             raise self.refuse(value)
+        # Compared before any float(): a TOML integer of 400 digits is a number Python holds
+        # but a float cannot (OverflowError), and NaN compares false, so it is refused here.
         if not self.lo <= value <= self.hi:
             raise self.refuse(value)
         return float(value)

@@ -175,6 +175,7 @@ CASES = [
     feed("rate_hz", "-5", f"{NAN_RANGE} -5"),
     feed("rate_hz", "0", f"{NAN_RANGE} 0"),
     feed("rate_hz", "true", f"{NAN_RANGE} True"),
+    feed("rate_hz", "1" + "0" * 400, NAN_RANGE),
     feed("rate_hz", "5", "applies to synthetic feeds only, not binance", BIN),
     feed("seed", "-1", "must be an integer from 0 to 9223372036854775807, got -1"),
     feed("seed", "1.5", "got 1.5"),

@@ -30,6 +30,7 @@ from observer.instance import InstanceLock
 from observer.testing import processes_with, shm_entries, unique_name, wait_until
 
 WAIT_S = 60.0
+DEMO_WAIT_S = 150.0          # make run waits up to 90 s for live books from four TLS venues
 # Milliseconds after the process is started. On a quiet machine start-up takes about 0.5 s, so
 # these cover the interpreter, the imports, the config, the segment, the socket and the shard;
 # on a busy one they all land in the earlier phases, which the later tests then cover.
@@ -206,7 +207,7 @@ def _demo_interrupted_at(tmp_path, step: str | None) -> None:
         if step is not None:
             out = _read_until(proc, step.encode())
         os.killpg(proc.pid, signal.SIGINT)
-        more_out, err = proc.communicate(timeout=WAIT_S)
+        more_out, err = proc.communicate(timeout=DEMO_WAIT_S)
         out += more_out
     finally:
         if proc.poll() is None:
@@ -226,7 +227,7 @@ def _read_until(proc: subprocess.Popen, marker: bytes) -> bytes:
     out = b""
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline_s = time.monotonic() + WAIT_S
+        deadline_s = time.monotonic() + DEMO_WAIT_S
         while marker not in out:
             assert time.monotonic() < deadline_s, out
             if sel.select(deadline_s - time.monotonic()):
