@@ -10,24 +10,26 @@ strategy reads them, stats come over the control socket. Prices in JSON are exac
 strings made from the stored integers and exponents (C3), never floats.
 
 Every failure a user can cause is one line on stderr and a non-zero exit: 1 when no observer
-answers, 2 for a bad command line or an unknown or ambiguous book.
+answers, 2 for a bad command line (argparse's errors too, without the usage dump) or an
+unknown or ambiguous book. Ctrl-C ends `watch` with 0 and anything else with 130, at any
+instant: obclient (numpy) is imported inside `main`, where the interrupt is caught, not at
+the top of this module, before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from decimal import Decimal
 
-import json
-
-import obclient
-from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed
-
 EXIT_NO_OBSERVER = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130        # 128 + SIGINT, as shells report
 DEPTH_DEFAULT = 10
+UNIX_PATH_BYTES_MAX = 107     # sun_path, less its terminating NUL
 WATCH_REDRAW_S = 0.1          # redraw at most this often
 WATCH_IDLE_S = 0.5            # redraw at least this often (the age column moves)
 
@@ -179,10 +181,19 @@ def _wait_change(client, name: str) -> None:
 COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "stats": cmd_stats, "watch": cmd_watch}
 
 
+class UsageError(Exception):
+    """A command line obctl cannot use: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message.removeprefix("argument "))
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="obctl", description="Look at a running observer.")
-    p.add_argument("--socket", help="control socket (default: $OBSERVER_SOCKET, else "
-                   "observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
+    p = _Parser(prog="obctl", description="Look at a running observer.", allow_abbrev=False)
+    p.add_argument("--socket", type=_socket_path, help="control socket (default: "
+                   "$OBSERVER_SOCKET, else observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("snapshot", help="print one book as a ladder")
     s.add_argument("symbol", help="SYMBOL or exchange:SYMBOL")
@@ -202,14 +213,40 @@ def parse_args(argv):
 
 
 def _depth(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("depth must be at least 1")
-    return value
+    """At least 1; a depth past the observer's is served as the observer's."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9) or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1, got {text!r}")
+    return int(digits)
+
+
+def _socket_path(text: str) -> str:
+    size = len(os.fsencode(text))
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a unix socket path, got {text!r}")
+    if size > UNIX_PATH_BYTES_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is {size} bytes; a unix socket path holds "
+                                         f"at most {UNIX_PATH_BYTES_MAX}")
+    return text
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    command = None
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        command = args.command
+        return _run(args)
+    except UsageError as exc:
+        print(f"obctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:          # Ctrl-C is how `watch` ends; elsewhere, an interruption
+        return 0 if command == "watch" else EXIT_INTERRUPTED
+
+
+def _run(args) -> int:
+    import obclient
+    from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed
+
     try:
         with obclient.connect(args.socket, client_name="obctl") as client:
             return COMMANDS[args.command](client, args)
@@ -224,8 +261,6 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:          # Ctrl-C is how `watch` ends; elsewhere, an interruption
-        return 0 if args.command == "watch" else 130
 
 
 if __name__ == "__main__":

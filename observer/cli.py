@@ -21,31 +21,31 @@ crash isolation, at the price of a second interpreter and a pickled hand-over fo
 set-ups (a laptop, a test); a feed bug there is already contained to its fiber and marks its
 books stale. Anyone who wants restarts asks for `--cores`.
 
-Exit codes: 0 after a clean stop, 2 for a bad command line or configuration (one line on
-stderr; a core that does not exist or is not allowed names the allowed ones), 3 when another
-observer already holds the name or the socket.
+Bad input: every key and flag is checked before anything is created (observer/commandline.py,
+through observer/config.py's key table), so a bad command line or file is one line on stderr
+and exit 2, with nothing left behind.
+
+Signals: `main` takes SIGINT and SIGTERM as its first act (observer/stopsignals.py), which is
+why this module imports nothing heavy at its top: the time before `main` runs is time in which
+a Ctrl-C would be Python's KeyboardInterrupt. While the arguments and the file are read, a
+signal ends the process at once; from the moment anything is created it is a request to stop,
+carried to the loop by the wakeup fd and served once start-up is complete, so the stop is
+always the orderly one, and a second signal during it is only recorded.
+
+Exit codes: 0 after a clean stop by SIGTERM, 130 after a clean stop by SIGINT (Ctrl-C; 128 +
+SIGINT, what shells report), 2 for a bad command line or configuration (one line on stderr; a
+core that does not exist or is not allowed names the allowed ones), 3 when another observer
+already holds the name or the socket.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import logging
 import os
-import signal
-import socket
 import sys
 
-from observer import config as cfg
-from observer import logs
-from observer.logs import log_event
-from observer.instance import AlreadyRunning
-from observer.server.control import SocketInUse
-from proto import messages as m
-from proto.layout import LayoutError
+from observer.stopsignals import Interrupted, StopSignals
 
-log = logging.getLogger("observer")
-
+EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_RUNNING = 3
 
@@ -55,69 +55,20 @@ class StartError(RuntimeError):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="observer", description="Shared-memory L2 order book server.")
-    p.add_argument("--config", help="TOML configuration file")
-    p.add_argument("--feed", action="append", default=[],
-                   help="EXCHANGE:SYMBOL[,SYMBOL...], e.g. synthetic:BTCUSD,ETHUSD (repeatable)")
-    p.add_argument("--rate", type=float, help="synthetic feeds: updates per second per symbol")
-    p.add_argument("--seed", type=int, help="synthetic feeds: random seed")
-    p.add_argument("--socket", help=f"control socket path (default: ${m.SOCKET_ENV}, else "
-                   f"{m.SOCKET_FILE} in $XDG_RUNTIME_DIR or the temp dir)")
-    p.add_argument("--name", help="instance name (one live observer per name)")
-    p.add_argument("--depth", type=int, help="levels per side published")
-    p.add_argument("--ca-file", help="extra CA file trusted by --feed feeds (e.g. obsim's)")
-    p.add_argument("--lag-bound-ms", type=float,
-                   help="a book further behind its exchange than this is published as lagging")
-    p.add_argument("--cores", help="one pinned shard process per core, e.g. 2,3 or 0-3 "
-                   "(default: one unpinned shard in the supervisor's process)")
-    p.add_argument("--backend", help="force a loom backend (io_uring, epoll)")
-    p.add_argument("--wake", choices=("auto", "eventfd", "io_uring"),
-                   help="how a shard wakes clients: write its eventfd, or have an io_uring "
-                   "worker write it (the shard's cost then does not grow with clients); auto "
-                   "(default): the first below 16 attached clients, the second from there")
-    p.add_argument("--no-wake-ahead", dest="wake_ahead", action="store_const", const=False,
-                   help="do not wake clients when a message arrives, only after it is "
-                   "published (for hosts whose clients all busy-poll)")
-    p.add_argument("--log-format", choices=("text", "json"))
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    return p.parse_args(argv)
+    """The command line's flags, as text (observer/commandline.py)."""
+    from observer import commandline
+
+    return commandline.parse_args(argv)
 
 
-def build_config(args) -> cfg.ObserverConfig:
-    config = cfg.load_config(args.config) if args.config else cfg.ObserverConfig()
-    feeds = [cfg.parse_feed_spec(spec, ca_file=args.ca_file) for spec in args.feed]
-    config = config.with_overrides(
-        name=args.name, socket=args.socket, depth=args.depth, backend=args.backend, wake=args.wake,
-        wake_ahead=args.wake_ahead,
-        log_format=args.log_format, log_level=args.log_level, lag_bound_ms=args.lag_bound_ms,
-        feeds=tuple(feeds) if feeds else None,
-        cores=cfg.parse_cores(args.cores) if args.cores is not None else None)
-    synthetic = {"rate_hz": args.rate, "seed": args.seed}
-    config = config.with_overrides(feeds=tuple(
-        _override(f, synthetic) if f.exchange == "synthetic" else f for f in config.feeds))
-    cfg.validate(config, where="command line")
-    if not config.feeds:
-        raise cfg.ConfigError("no feeds: give --feed EXCHANGE:SYMBOLS or a --config file")
-    if config.cores is not None:      # before anything is created: nothing to leave behind
-        from observer.loom.pin import allowed_cores
-        from observer.shardplan import check_cores, partition
+def build_config(args):
+    """The ObserverConfig in effect, every check made (observer/commandline.py)."""
+    from observer import commandline
 
-        check_cores(config.cores, allowed_cores())
-        partition(config.feeds, len(config.cores))
-    elif any(f.shard not in (None, 0) for f in config.feeds):
-        raise cfg.ConfigError("a feed names a shard other than 0, but without --cores (or "
-                              "`cores`) there is one shard")
-    return config
+    return commandline.build_config(args)
 
 
-def _override(feed: cfg.FeedConfig, values: dict) -> cfg.FeedConfig:
-    changes = {k: v for k, v in values.items() if v is not None}
-    if changes.get("rate_hz", 1) <= 0:
-        raise cfg.ConfigError("--rate must be positive")
-    return dataclasses.replace(feed, **changes)
-
-
-def plan(config: cfg.ObserverConfig):
+def plan(config):
     """Book descriptors (shard indexes set), the feed objects that fill them, the book index of
     each (exchange, symbol), and the shard of each configured feed."""
     from observer.feedplan import plan as feed_plan
@@ -128,26 +79,29 @@ def plan(config: cfg.ObserverConfig):
     return assign(descs, feeds, index_of, shard_of), feeds, index_of, shard_of
 
 
-def run(config: cfg.ObserverConfig) -> int:
+def run(config, stop: StopSignals) -> int:
+    """Serve until a stop signal; the exit status of the stop. `stop` is installed (main)."""
     from observer import loom
     from observer.shard import Shard
     from observer.supervisor import Supervisor
+    from proto import messages as m
+    from proto.layout import LayoutError
 
-    descs, feeds, index_of, shard_of = plan(config)
+    descs, feeds, index_of, shard_of = plan(config)       # a bad symbol: ConfigError, exit 2
     shards_n = len(config.cores) if config.cores else 1
-    loop = loom.Loop(backend=config.backend)
     socket_path = config.socket or m.default_socket_path()
-    supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
-                            depth_max=config.depth, socket_path=socket_path,
-                            allow_uids=config.allow_uids, allow_gids=config.allow_gids)
-    wake_r, wake_w = socket.socketpair()
-    wake_w.setblocking(False)
-    old_wakeup_fd = signal.set_wakeup_fd(wake_w.fileno())
-    old_handlers = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop.hold()                     # from here on things exist that a stop must undo in order
+    loop = supervisor = None
     try:
         try:
+            loop = loom.Loop(backend=config.backend)
+            supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
+                                    depth_max=config.depth, socket_path=socket_path,
+                                    allow_uids=config.allow_uids, allow_gids=config.allow_gids)
+            if stop.signum is not None:         # stopped before anything was made: done
+                return stop.exit_code(EXIT_OK)
             supervisor.start()
-        except (LayoutError, ValueError, OSError) as exc:
+        except (LayoutError, loom.LoomError, ValueError, OSError) as exc:
             raise StartError(f"cannot start: {exc}") from exc
         if config.cores is None:      # one shard, in this process and loop (see the essay)
             shard = Shard(0, supervisor.segment.writer(
@@ -155,29 +109,26 @@ def run(config: cfg.ObserverConfig) -> int:
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)
-        loop.run(_serve, loop, supervisor, shard, wake_r, socket_path)
+        loop.run(_serve, loop, supervisor, shard, stop, socket_path)
     finally:
-        if supervisor.shard_manager is not None:
-            supervisor.shard_manager.kill_all()      # no shard outlives a failed stop
-        supervisor.stop()
-        signal.set_wakeup_fd(old_wakeup_fd)
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
-        loop.close()
-    return 0
-
-
-def _note_signal(signum, frame) -> None:
-    """The wakeup fd carries the signal to the loop; nothing to do here."""
+        if supervisor is not None:
+            if supervisor.shard_manager is not None:
+                supervisor.shard_manager.kill_all()      # no shard outlives a failed stop
+            supervisor.stop()
+        if loop is not None:
+            loop.close()
+    return stop.exit_code(EXIT_OK)
 
 
 def _shard_manager(loop, supervisor, config, descs, index_of, shard_of):
     """One ShardSpec per core: the config's feeds of that shard and their book indexes."""
+    import logging
+
+    from observer.logs import log_event
     from observer.shardproc import ShardSpec
     from observer.shards import ShardManager
 
+    log = logging.getLogger("observer")
     specs = []
     for i, core in enumerate(config.cores):
         mine = tuple(f for f, s in zip(config.feeds, shard_of) if s == i)
@@ -193,14 +144,19 @@ def _shard_manager(loop, supervisor, config, descs, index_of, shard_of):
     return ShardManager(loop, supervisor, specs)
 
 
-def _serve(loop, supervisor, shard, wake_r, socket_path) -> None:
-    from observer import loom
+def _serve(loop, supervisor, shard, stop: StopSignals, socket_path) -> None:
+    import logging
 
-    shard.start(loop)
-    log_event(log, "observer_ready", instance=supervisor.name, socket=socket_path,
-              books=len(supervisor.book_descs), shards=supervisor.shards_n, pid=os.getpid(),
-              backend=loop.backend_name)
-    signum = loom.recv(wake_r, 1)
+    from observer import loom
+    from observer.logs import log_event
+
+    log = logging.getLogger("observer")
+    if stop.signum is None:             # a signal during start-up: stop without starting feeds
+        shard.start(loop)
+        log_event(log, "observer_ready", instance=supervisor.name, socket=socket_path,
+                  books=len(supervisor.book_descs), shards=supervisor.shards_n, pid=os.getpid(),
+                  backend=loop.backend_name)
+    signum = loom.recv(stop.reader, 1)  # the wakeup fd's byte: the signal's number
     log_event(log, "observer_stopping", signal=signum[0] if signum else 0)
     shard.stop()
     supervisor.stop()
@@ -208,21 +164,43 @@ def _serve(loop, supervisor, shard, wake_r, socket_path) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Run the observer command; returns its exit status (see the essay)."""
+    stop = StopSignals()
     try:
-        config = build_config(args)
-    except cfg.ConfigError as exc:
-        print(f"observer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        stop.install()                  # first: from here on a signal is a clean stop
+        code = _main(sys.argv[1:] if argv is None else argv, stop)
+        stop.hold()
+    except Interrupted:
+        code = stop.exit_code(EXIT_OK)
+    finally:
+        stop.close()
+    return code
+
+
+def _main(argv, stop: StopSignals) -> int:
+    from observer import config as cfg
+    from observer.commandline import UsageError
+
+    try:
+        config = build_config(parse_args(argv))
+    except (UsageError, cfg.ConfigError) as exc:
+        return _refuse(exc, EXIT_USAGE)
+    from observer import logs
+    from observer.instance import AlreadyRunning
+    from observer.server.control import SocketInUse
+
     logs.setup(config.log_format, config.log_level)
     try:
-        return run(config)
+        return run(config, stop)
     except (AlreadyRunning, SocketInUse) as exc:
-        print(f"observer: {exc}", file=sys.stderr)
-        return EXIT_RUNNING
+        return _refuse(exc, EXIT_RUNNING)
     except (StartError, cfg.ConfigError) as exc:
-        print(f"observer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _refuse(exc, EXIT_USAGE)
+
+
+def _refuse(exc: Exception, code: int) -> int:
+    print(f"observer: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

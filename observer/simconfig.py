@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from observer.config import WITH_REST
+
 OBSIM_EXCHANGE = {"bybit-linear": ("bybit", "linear")}
 
 
@@ -22,8 +24,9 @@ def feed_table(info: dict, sim_exchange: str, symbols=None, depth: int | None = 
     lines = ["[[feed]]", f"exchange = {json.dumps(exchange)}",
              f"symbols = {json.dumps(list(symbols or served['symbols']))}",
              f"ws_url = {json.dumps(served['ws_url'])}",
-             f"rest_url = {json.dumps(served['rest_url'])}",
              f"ca_file = {json.dumps(info['ca_file'])}"]
+    if exchange in WITH_REST:           # obsim serves REST for every venue; only these use it
+        lines.append(f"rest_url = {json.dumps(served['rest_url'])}")
     if category:
         lines.append(f"category = {json.dumps(category)}")
     if depth:

@@ -47,12 +47,14 @@ class ObserverProcess:
         self.env.pop("OBSERVER_SOCKET", None)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ObserverProcess":
+    def start(self, *, process_group: int | None = None) -> "ObserverProcess":
+        """`process_group=0`: in a process group of its own, so a Ctrl-C at the terminal reaches
+        only the caller, which then stops it in order (make run does this)."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"observer {self.name} is already running (pid {self.proc.pid})")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, process_group=process_group)
         return self
 
     def log_text(self) -> str:

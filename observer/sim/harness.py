@@ -38,9 +38,11 @@ class ObsimError(RuntimeError):
 
 
 class Obsim:
-    def __init__(self, args: list[str] | None = None, start_timeout_s: float = START_TIMEOUT_S) -> None:
+    def __init__(self, args: list[str] | None = None, start_timeout_s: float = START_TIMEOUT_S,
+                 process_group: int | None = None) -> None:
         self.args = list(args or [])
         self.start_timeout_s = start_timeout_s
+        self.process_group = process_group      # 0: its own group (no terminal Ctrl-C reaches it)
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
         self._stderr = None
@@ -66,7 +68,8 @@ class Obsim:
         # closes and obsim exits on its own (--exit-on-stdin-eof), so nothing outlives a test.
         self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", "--exit-on-stdin-eof",
                                       "--tmp-dir", self._tmp_dir, *self.args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     process_group=self.process_group)
         try:
             line = self._read_line(self.start_timeout_s)
             self.info = json.loads(line)

@@ -51,20 +51,20 @@ def test_feed_shorthand():
 @pytest.mark.parametrize(
     "data, fragment",
     [
-        ({"observer": {"depth": 0}}, "depth 0"),
+        ({"observer": {"depth": 0}}, "depth: must be an integer from 1 to 1000, got 0"),
         ({"observer": {"depht": 5}}, "unknown key"),
-        ({"observer": {"depth": True}}, "expected int"),
-        ({"feed": [{"symbols": ["X"]}]}, "'exchange' is required"),
-        ({"feed": [{"exchange": "mtgox", "symbols": ["X"]}]}, "unknown exchange 'mtgox'"),
+        ({"observer": {"depth": True}}, "depth: must be an integer"),
+        ({"feed": [{"symbols": ["X"]}]}, "exchange is required"),
+        ({"feed": [{"exchange": "mtgox", "symbols": ["X"]}]}, "exchange: must be one of binance, binance-futures, coinbase, kraken, okx, bybit, synthetic, got 'mtgox'"),
         ({"feed": [{"exchange": "binance", "symbols": []}]}, "non-empty list"),
         ({"feed": [{"exchange": "binance", "symbols": ["X"], "ws_url": "http://x"}]}, "ws_url"),
-        ({"feed": [{"exchange": "kraken", "symbols": ["X"], "category": "spot"}]}, "bybit only"),
+        ({"feed": [{"exchange": "kraken", "symbols": ["X"], "category": "spot"}]}, "category: applies to bybit feeds only"),
         ({"feed": [{"exchange": "bybit", "symbols": ["X"], "category": "option"}]}, "category"),
         ({"feed": [{"exchange": "binance", "symbols": ["X"], "ca_file": "/nonexistent/ca.pem"}]}, "ca_file"),
         ({"feed": [{"exchange": "binance", "symbols": ["X", "x"]}]}, "configured twice"),
         ({"observer": {"cores": [1, 1]}}, "twice"),
         ({"observer": {"name": "a b"}}, "name"),
-        ({"extra": {}}, "unknown section"),
+        ({"extra": {}}, "unknown table"),
     ],
 )
 def test_bad_config_is_a_clear_error(data, fragment):
@@ -89,11 +89,11 @@ def test_bad_feed_spec():
 
 
 def test_parse_cores():
-    assert parse_cores("2,3") == (2, 3)
-    assert parse_cores("0-2,5") == (0, 1, 2, 5)
-    for bad in ("", "a", "1,1", "-1"):
+    assert parse_cores("2,3", cores_n=8) == (2, 3)
+    assert parse_cores("0-2,5", cores_n=8) == (0, 1, 2, 5)
+    for bad in ("", "a", "1,1", "-1", "3-1", "0-8"):
         with pytest.raises(ConfigError):
-            parse_cores(bad)
+            parse_cores(bad, cores_n=8)
 
 
 def test_sample_config_in_docs_is_valid():
@@ -101,3 +101,26 @@ def test_sample_config_in_docs_is_valid():
 
     config = load_config(Path(__file__).resolve().parents[2] / "docs" / "observer.toml")
     assert {f.exchange for f in config.feeds} == {"binance", "binance-futures", "coinbase", "kraken", "okx", "bybit"}
+
+
+def test_sample_config_in_docs_shows_every_key():
+    """docs/observer.toml lists every key the table declares (set or commented out)."""
+    import re
+    from pathlib import Path
+
+    from observer.config import FEED_KEYS, OBSERVER_KEYS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "observer.toml").read_text()
+    shown = set(re.findall(r"^#?\s*([a-z_]+) = ", text, re.MULTILINE))
+    assert {k.name for k in (*OBSERVER_KEYS, *FEED_KEYS)} <= shown
+
+
+def test_error_names_the_line_of_the_key(tmp_path):
+    path = tmp_path / "observer.toml"
+    path.write_text('[observer]\nname = "x"\n\n[[feed]]\nexchange = "synthetic"\nsymbols = ["A"]\n'
+                    '[[feed]]\nexchange = "synthetic"\n# rate_hz = 5\nsymbols = ["B"]\n'
+                    'rate_hz = nan\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}:11: [[feed]] #2 rate_hz: must be a finite number from "
+                               f"0.001 to 1000000, got nan")

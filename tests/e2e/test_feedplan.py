@@ -55,8 +55,9 @@ def test_two_spellings_of_one_book_are_refused():
 
 
 def test_feed_shorthand_and_flags_reach_the_plan(tmp_path):
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text("not read until a connection is made")
+    from observer.sim.tls import make_certificates
+
+    ca_file = make_certificates(tmp_path)[0]      # a real CA: the file is checked at start-up
     args = cli.parse_args(["--feed", "binance:BTCUSDT,ETHUSDT", "--feed", "kraken:BTC/USD",
                            "--ca-file", str(ca_file), "--lag-bound-ms", "123"])
     config = cli.build_config(args)

@@ -49,9 +49,9 @@ def test_refused_connections_are_retried_with_growing_backoff():
 
 def test_a_session_from_a_feed_config(tmp_path):
     from observer.config import parse_feed_spec
+    from observer.sim.tls import make_certificates
 
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text("not used here")
+    ca_file = make_certificates(tmp_path)[0]      # a real CA: the file is checked at start-up
     feed = parse_feed_spec("bybit/linear:BTCUSDT,ETHUSDT", ca_file=str(ca_file))
     session = Session.for_feed(feed, lambda actions, recv_ns: None, depth=20)
     adapter = session.adapter
