@@ -10,7 +10,9 @@ strategy reads them, stats come over the control socket. Prices in JSON are exac
 strings made from the stored integers and exponents (C3), never floats.
 
 Every failure a user can cause is one line on stderr and a non-zero exit: 1 when no observer
-answers, 2 for a bad command line or an unknown or ambiguous book.
+answers, 2 for a bad command line or an unknown or ambiguous book, 3 when the observer refuses
+the connection (the line is the observer's own reason: `BUSY: clients_max=256 reached`,
+`DENIED: uid 65534 not allowed: see allow_uids ...`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from decimal import Decimal
 import json
 
 import obclient
-from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed
+from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed, ServerRefused
 
 EXIT_NO_OBSERVER = 1
 EXIT_USAGE = 2
+EXIT_REFUSED = 3
 DEPTH_DEFAULT = 10
 WATCH_REDRAW_S = 0.1          # redraw at most this often
 WATCH_IDLE_S = 0.5            # redraw at least this often (the age column moves)
@@ -180,7 +183,11 @@ COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "stats": cmd_stats, "wat
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="obctl", description="Look at a running observer.")
+    p = argparse.ArgumentParser(
+        prog="obctl", description="Look at a running observer.",
+        epilog=f"exit codes: 0 done, {EXIT_NO_OBSERVER} no observer answers, {EXIT_USAGE} bad "
+               f"command line or unknown book, {EXIT_REFUSED} the observer refused the "
+               "connection (its reason is printed)")
     p.add_argument("--socket", help="control socket (default: $OBSERVER_SOCKET, else "
                    "observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,6 +220,9 @@ def main(argv=None) -> int:
     try:
         with obclient.connect(args.socket, client_name="obctl") as client:
             return COMMANDS[args.command](client, args)
+    except ServerRefused as exc:
+        print(f"obctl: refused by the observer: {exc.code_name}: {exc.reason}", file=sys.stderr)
+        return EXIT_REFUSED
     except ObserverUnavailable as exc:
         print(f"obctl: {exc}", file=sys.stderr)
         return EXIT_NO_OBSERVER

@@ -139,7 +139,8 @@ def run(config: cfg.ObserverConfig) -> int:
     socket_path = config.socket or m.default_socket_path()
     supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
                             depth_max=config.depth, socket_path=socket_path,
-                            allow_uids=config.allow_uids, allow_gids=config.allow_gids)
+                            allow_uids=config.allow_uids, allow_gids=config.allow_gids,
+                            client_limits=config.client_limits)
     wake_r, wake_w = socket.socketpair()
     wake_w.setblocking(False)
     old_wakeup_fd = signal.set_wakeup_fd(wake_w.fileno())

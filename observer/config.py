@@ -17,11 +17,14 @@ process never starts half-configured.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from proto import messages as m
 
 DEPTH_DEFAULT = 50
 DEPTH_MAX = 1000
@@ -30,6 +33,14 @@ FEEDS_MAX = 64
 NAME_BYTES_MAX = 32
 
 BYBIT_CATEGORIES = ("spot", "linear")
+
+# Control-socket admission (observer/server/admission.py). One obclient.Client is one
+# connection; a process needing more than 32 is leaking them. A uid gets at most half the
+# slots, so one user (an `allow_uids` one, or ours) cannot lock the others out.
+CLIENTS_MAX = 256
+CLIENTS_PER_UID_MAX = 128
+CLIENTS_PER_PID_MAX = 32
+CLIENT_IDLE_S = 60.0          # obclient pings after half of it, from any call or wait
 
 # The real public endpoints (PROTOCOLS.md). `{category}` is filled in for Bybit.
 ENDPOINTS_DEFAULT: dict[str, tuple[str | None, str | None]] = {
@@ -63,6 +74,17 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class ClientLimits:
+    """Who may hold a control-socket connection, and for how long in silence; the `[observer]`
+    keys of the same names."""
+
+    clients_max: int = CLIENTS_MAX
+    clients_per_uid_max: int = CLIENTS_PER_UID_MAX
+    clients_per_pid_max: int = CLIENTS_PER_PID_MAX
+    client_idle_s: float = CLIENT_IDLE_S
+
+
+@dataclass(frozen=True)
 class ObserverConfig:
     name: str = "main"
     socket: str | None = None
@@ -77,6 +99,7 @@ class ObserverConfig:
     lag_bound_ms: float = 1000.0
     allow_uids: tuple[int, ...] = ()
     allow_gids: tuple[int, ...] = ()
+    client_limits: ClientLimits = ClientLimits()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, **changes: Any) -> "ObserverConfig":
@@ -139,6 +162,7 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Observer
         lag_bound_ms=float(_take(top, "lag_bound_ms", (int, float), 1000.0, where)),
         allow_uids=tuple(_take(top, "allow_uids", list, [], where)),
         allow_gids=tuple(_take(top, "allow_gids", list, [], where)),
+        client_limits=_take_client_limits(top, where),
     )
     if top:
         raise ConfigError(f"{where}: [observer] has unknown key(s) {sorted(top)}")
@@ -162,6 +186,7 @@ def validate(config: ObserverConfig, *, where: str = "config") -> None:
         raise ConfigError(f"{where}: log_level {config.log_level!r}: expected debug, info, warning or error")
     if config.lag_bound_ms <= 0:
         raise ConfigError(f"{where}: lag_bound_ms must be positive")
+    _check_client_limits(config.client_limits, where)
     seen: dict[tuple[str, str | None, str], int] = {}
     for index, feed in enumerate(config.feeds):
         for symbol in feed.symbols:
@@ -242,6 +267,26 @@ def _take(table: dict[str, Any], key: str, kind: Any, default: Any, where: str) 
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ConfigError(f"{where}: {key} = {value!r}: expected {expected}")
     return value
+
+
+def _take_client_limits(top: dict[str, Any], where: str) -> ClientLimits:
+    d = ClientLimits()
+    return ClientLimits(
+        clients_max=_take(top, "clients_max", int, d.clients_max, where),
+        clients_per_uid_max=_take(top, "clients_per_uid_max", int, d.clients_per_uid_max, where),
+        clients_per_pid_max=_take(top, "clients_per_pid_max", int, d.clients_per_pid_max, where),
+        client_idle_s=float(_take(top, "client_idle_s", (int, float), d.client_idle_s, where)),
+    )
+
+
+def _check_client_limits(limits: ClientLimits, where: str) -> None:
+    for key in ("clients_max", "clients_per_uid_max", "clients_per_pid_max"):
+        if getattr(limits, key) < 1:
+            raise ConfigError(f"{where}: {key} must be at least 1")
+    idle_s = limits.client_idle_s
+    if not math.isfinite(idle_s) or idle_s < m.IDLE_S_MIN:
+        raise ConfigError(f"{where}: client_idle_s = {idle_s}: expected a number of seconds, "
+                          f"at least {m.IDLE_S_MIN}")
 
 
 def _take_cores(top: dict[str, Any], where: str) -> tuple[int, ...] | None:
