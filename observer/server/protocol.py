@@ -14,8 +14,10 @@ Back pressure, never disconnection. Past the high-water mark the machine is `pau
 decoding (what was received stays in the frame decoder) and its transport stops receiving, so a
 client that pipelines requests faster than it reads the replies only fills its own socket
 buffers. The machine resumes (`resume()`) once the transport has taken the replies down to the
-low-water mark. A subscriber that reads too slowly loses update records (counted, reported in
-every `updates` message and in stats) and the shard that produced them never waits.
+low-water mark. It also serves at most `MESSAGES_PER_BATCH_MAX` requests per call and then says
+`backlogged`, so that the transport lets the rest of the loop run between batches. A subscriber
+that reads too slowly loses update records (counted, reported in every `updates` message and in
+stats) and the shard that produced them never waits.
 
 The machine never raises on bad input. Each malformed, oversized or unknown message gets an
 `error` reply and costs one unit of `bad_messages_max`; a stream that cannot be framed at all, or
@@ -39,6 +41,8 @@ OUTBOUND_BYTES_HIGH = 256 * 1024      # unsent replies past this: stop decoding 
 OUTBOUND_BYTES_LOW = 64 * 1024        # ...until the transport has sent them down to this
 OUTBOUND_FRAMES_HIGH = 1024           # the same in frames (small replies cost objects too)
 OUTBOUND_FRAMES_LOW = 256
+MESSAGES_PER_BATCH_MAX = 32           # requests served per call: a pipelining client shares
+                                      # the loop (and an in-process shard) in turns
 # The most unsent replies ever held: the high-water mark, the reply that crossed it, and the
 # last error a closing connection may add.
 OUTBOUND_BYTES_MAX = (OUTBOUND_BYTES_HIGH + framing.HEADER_BYTES + m.REPLY_BYTES_MAX
@@ -80,6 +84,7 @@ class ServerConnection:
         self.outbound: collections.deque[Outbound] = collections.deque()
         self.outbound_bytes = 0              # bytes in `outbound`; pop_outbound subtracts
         self.paused = False                  # past the high-water mark: decode nothing more
+        self.backlogged = False              # a batch decoded; more may wait (call resume())
         self.closing = False
         self.close_reason = ""
         self._decoder = framing.FrameDecoder(m.REQUEST_BYTES_MAX)
@@ -103,12 +108,16 @@ class ServerConnection:
         self._decode()
 
     def resume(self) -> None:
-        """Decode what was buffered while paused (the transport calls this after draining)."""
+        """Decode what is buffered: after a pause once the replies drained, or the next batch
+        after `backlogged` (the transport calls it after letting the loop run)."""
         if not self.paused and not self.closing:
             self._decode()
 
     def _decode(self) -> None:
-        while not self.closing and not self.paused:
+        self.backlogged = False
+        for _ in range(MESSAGES_PER_BATCH_MAX):
+            if self.closing or self.paused:
+                return
             try:
                 payload = self._decoder.next_frame()
             except framing.FrameError as exc:
@@ -119,6 +128,8 @@ class ServerConnection:
                 return
             self.messages_received += 1
             self._receive_payload(payload)
+        # Maybe more complete requests: a turn for the others first (a pause says more).
+        self.backlogged = not self.paused and not self.closing
 
     def _receive_payload(self, payload: bytes) -> None:
         try:

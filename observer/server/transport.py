@@ -93,6 +93,11 @@ class ClientTransport:
                 if proto.paused:
                     self._wait_drained()
                     continue
+                if proto.backlogged:
+                    loom.sleep(0)         # the others' turn before our next batch of requests
+                    proto.resume()
+                    self.wakeup.post()
+                    continue
                 n = loom.recv_into(self.conn, self.recv_buf)
                 if self.closed:
                     return            # aborted while this recv completed: its bytes are moot

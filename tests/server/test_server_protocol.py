@@ -7,7 +7,8 @@ import msgpack
 import pytest
 
 from obclient.protocol import ClientProtocol, ProtocolError
-from observer.server.protocol import OUTBOUND_BYTES_MAX, ServerConnection
+from observer.server.protocol import (MESSAGES_PER_BATCH_MAX, OUTBOUND_BYTES_MAX,
+                                     ServerConnection)
 from proto import framing
 from proto import messages as m
 
@@ -224,7 +225,12 @@ def test_pipelined_requests_past_the_high_water_mark_pause_decoding_and_all_get_
     requests_n = 5000
     first_id = pair.client._req_id_last + 1
     data = b"".join(pair.client.request(m.ListBooks)[1] for _ in range(requests_n))
+    served_before = pair.server.requests
     pair.server.receive_data(data)                 # all at once, and nothing read yet
+    assert pair.server.requests - served_before == MESSAGES_PER_BATCH_MAX   # one batch...
+    assert pair.server.backlogged
+    while pair.server.backlogged:                  # ...the transport yields between them
+        pair.server.resume()
     assert pair.server.paused
     assert not pair.server.closing
     assert pair.server.outbound_bytes <= OUTBOUND_BYTES_MAX
@@ -233,6 +239,8 @@ def test_pipelined_requests_past_the_high_water_mark_pause_decoding_and_all_get_
     while pair.server.outbound:
         pair.pump()                                # the transport sends...
         pair.server.resume()                       # ...and then lets the reader go on
+        while pair.server.backlogged:
+            pair.server.resume()
         resumes += 1
     assert resumes > 1
     assert list(pair.client.replies) == list(range(first_id, first_id + requests_n))
