@@ -247,14 +247,28 @@ def _as_nobody_hello(path) -> str:
     return result
 
 
-def test_a_peer_that_never_says_hello_is_closed(path):
-    with ServerThread(path, hello_timeout_s=0.2) as st:
+@pytest.mark.parametrize("backend", loom.available_backends())
+def test_a_peer_that_never_says_hello_is_closed(path, backend):
+    with ServerThread(path, hello_timeout_s=0.2, backend=backend) as st:
         idle = connect(path)
         err = first_message_then_eof(idle)        # no deadline assertion: it just ends
         assert err.code == m.ErrorCode.NOT_READY
         assert "no hello" in err.message
         idle.close()
         wait_until(lambda: not st.server.clients, WAIT_S, "the idle client to be dropped")
+
+
+@pytest.mark.parametrize("backend", loom.available_backends())
+def test_a_peer_silent_after_hello_is_closed_with_idle(path, backend):
+    limits = ClientLimits(client_idle_s=1.0)
+    with ServerThread(path, limits=limits, backend=backend) as st:
+        sock, welcome = hello_or_refusal(path)
+        assert welcome.idle_s == 1.0
+        err = first_message_then_eof(sock)
+        assert err.code == m.ErrorCode.IDLE
+        sock.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "the idle client to be dropped")
+        assert st.server.stats()["closed_idle"] == 1
 
 
 @pytest.mark.parametrize("backend", loom.available_backends())
