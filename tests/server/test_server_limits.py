@@ -156,29 +156,45 @@ def test_one_process_cannot_take_every_slot(observer):
     """One process opening 256 connections gets clients_per_pid_max of them and a BUSY naming
     that limit for the rest; another process is still served; the silent ones go at idle_s."""
     socks, results = [], []
-    for _ in range(256):
-        sock = raw_connect(observer.socket_path)
-        socks.append(sock)
-        results.append(hello_or_refusal(sock))
-    kinds = [type(r) for r in results]
-    assert kinds.count(m.Welcome) == PER_PID_DEFAULT
-    busy = [r for r in results if type(r) is m.Error]
-    assert {r.code for r in busy} == {m.ErrorCode.BUSY}
-    assert {r.message for r in busy} == {
-        f"clients_per_pid_max={PER_PID_DEFAULT} reached for pid {os.getpid()}"}
+    try:
+        for _ in range(256):
+            sock = raw_connect(observer.socket_path)
+            socks.append(sock)
+            results.append(hello_or_refusal(sock))
+            for held, result in zip(socks, results):   # however slow this loop: none goes idle
+                if type(result) is m.Welcome:
+                    held.sendall(m.PING_FRAME)
+        kinds = [type(r) for r in results]
+        assert kinds.count(m.Welcome) == PER_PID_DEFAULT
+        busy = [r for r in results if type(r) is m.Error]
+        assert {r.code for r in busy} == {m.ErrorCode.BUSY}
+        assert {r.message for r in busy} == {
+            f"clients_per_pid_max={PER_PID_DEFAULT} reached for pid {os.getpid()}"}
+        done = subprocess.run([sys.executable, "-m", "obclient.obctl", "--socket",
+                               observer.socket_path, "list"],
+                              capture_output=True, text=True, timeout=REPLY_WAIT_S)
+        assert done.returncode == 0, done.stderr
+        for sock, result in zip(socks, results):        # silent from now on
+            if type(result) is m.Welcome:
+                proto = ClientProtocol()
+                read_until_closed(sock, proto)
+                assert proto.unsolicited_errors[-1].code == m.ErrorCode.IDLE
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: observer_clients(observer) == 0, REPLY_WAIT_S, "our slots to come back")
+    sock = raw_connect(observer.socket_path)
+    assert type(hello_or_refusal(sock)) is m.Welcome
+    sock.close()
+
+
+def observer_clients(observer) -> int:
+    """Connections the observer holds now, besides the one asking (a process of its own)."""
     done = subprocess.run([sys.executable, "-m", "obclient.obctl", "--socket",
-                           observer.socket_path, "list"],
+                           observer.socket_path, "stats", "--json"],
                           capture_output=True, text=True, timeout=REPLY_WAIT_S)
     assert done.returncode == 0, done.stderr
-    for sock, result in zip(socks, results):
-        if type(result) is m.Welcome:
-            proto = ClientProtocol()
-            read_until_closed(sock, proto)
-            assert proto.unsolicited_errors[-1].code == m.ErrorCode.IDLE
-        sock.close()
-    sock = raw_connect(observer.socket_path)
-    assert type(hello_or_refusal(sock)) is m.Welcome      # our slots came back
-    sock.close()
+    return orjson.loads(done.stdout)["observer"]["clients"] - 1
 
 
 @pytest.mark.parametrize("backend", loom.available_backends())
