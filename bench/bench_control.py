@@ -6,6 +6,8 @@ Contenders, one line each, in one run (ratios against the floor of the same run)
   observer/B: describe            obclient.request(Describe) against a real observer process on
                                   loom backend B (framing, decoding, name resolution, reply)
   observer/B: snapshot socket     SnapshotRequest depth 10 (catalog reads the segment)
+  observer/B: pipelined describe  PIPELINED describes sent at once, then their replies read:
+                                  time per request (the server batches the replies' sends)
   obclient: snapshot from shm     book.snapshot(10) on the mapped segment (no syscall)
 Seeded (the synthetic feed's seed), warm-up first, perf_counter_ns, microseconds per call.
 """
@@ -22,6 +24,7 @@ import time
 
 ROUNDS = 2000
 WARMUP = 200
+PIPELINED = 64                       # requests sent before reading a reply
 BACKENDS = ("io_uring", "epoll")     # loom backends the observer runs on, forced per row
 
 ECHO_SERVER = r"""
@@ -92,6 +95,31 @@ def floor_samples(workdir: str) -> list[float]:
         proc.wait()
 
 
+def pipelined_samples(socket_path: str) -> list[float]:
+    """Microseconds per request, PIPELINED describes at a time on a raw connection."""
+    from obclient.protocol import ClientProtocol
+    from proto import messages as m
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(socket_path)
+    proto = ClientProtocol("bench")
+    req_id, data = proto.hello(want_fds=False)
+    sock.sendall(data)
+    while proto.take_reply(req_id) is None:
+        proto.receive_data(sock.recv(65536))
+
+    def burst():
+        frames = [proto.request(m.Describe, "BTCUSD") for _ in range(PIPELINED)]
+        sock.sendall(b"".join(data for _, data in frames))
+        for req_id, _ in frames:
+            while proto.take_reply(req_id) is None:
+                proto.receive_data(sock.recv(65536))
+
+    samples = [us / PIPELINED for us in timed(burst, ROUNDS // 10)]
+    sock.close()
+    return samples
+
+
 def main() -> int:
     from observer.testing import ObserverProcess
     from proto import messages as m
@@ -109,6 +137,8 @@ def main() -> int:
                              timed(lambda: client.request(m.Describe, "BTCUSD"))))
                 rows.append((f"observer/{backend}: snapshot(10) socket",
                              timed(lambda: client.request(m.SnapshotRequest, "BTCUSD", 10))))
+                rows.append((f"observer/{backend}: pipelined describe",
+                             pipelined_samples(obs.socket_path)))
                 if backend == BACKENDS[0]:
                     rows.append(("obclient: snapshot(10) from shm",
                                  timed(lambda: book.snapshot(10))))

@@ -11,9 +11,10 @@ Imports only `proto`, numpy and msgpack: never `observer`, never greenlet.
 """
 
 from obclient.client import (Book, BookNotFound, Client, IncompatibleObserver,
-                             ObserverUnavailable, RequestFailed, connect)
+                             ObserverUnavailable, RequestFailed, ServerRefused, connect)
 from obclient.segment import BookInfo, SegmentReader
 from obclient.snapshot import BookSnapshot, Update
 
 __all__ = ["Book", "BookInfo", "BookNotFound", "BookSnapshot", "Client", "IncompatibleObserver",
-           "ObserverUnavailable", "RequestFailed", "SegmentReader", "Update", "connect"]
+           "ObserverUnavailable", "RequestFailed", "SegmentReader", "ServerRefused", "Update",
+           "connect"]

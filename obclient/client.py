@@ -20,6 +20,19 @@ Blocking and busy-poll. `updates()` waits in epoll (blocking) or spins on the ri
 `liveness_check_s` to check the heartbeat and the socket. A wake-up is a hint: the rings are
 always checked before and after waiting.
 
+Idle limit (protocol version 2). The observer closes a connection that has no subscription and
+sends nothing for `idle_s` (told in `welcome`), so a peer cannot hold a slot by saying nothing.
+This client holds its socket only to see the observer die, and may say nothing for hours; so the
+liveness check, which every call and every wait already reaches at least every
+`LIVENESS_CHECK_S`, also sends a constant 11-byte `ping` once half of `idle_s` has passed since
+the last message (one comparison against the clock value it read anyway). An application that
+makes no call for longer than `idle_s` is closed with IDLE; its next call reattaches at once, as
+after an observer restart (a stream reports its books stale, then resynced).
+
+Refusals. A server that refuses the connection at hello (BUSY: a connection limit, DENIED: the
+allow-list, VERSION_MISMATCH) says why in an `error`; `attach` raises `ServerRefused` with its
+code and its text, also when the refusal and the close arrived before our hello was sent.
+
 The sans-IO protocol machine is obclient/protocol.py; this module is its blocking transport.
 """
 
@@ -62,6 +75,18 @@ class BookNotFound(LookupError):
     """The name matches no book, or several (the message lists them)."""
 
 
+class ServerRefused(ObserverUnavailable):
+    """The observer refused this connection; `code` (proto.messages.ErrorCode), `code_name`
+    (e.g. "BUSY") and `reason` are the server's own, e.g. `clients_max=256 reached`."""
+
+    def __init__(self, socket_path: str, code: int, reason: str):
+        self.code = code
+        self.code_name = m.ErrorCode.NAMES.get(code, str(code))
+        self.reason = reason
+        super().__init__(f"observer at {socket_path} refused the connection: "
+                         f"{self.code_name}: {reason}")
+
+
 class RequestFailed(RuntimeError):
     """The observer answered a request with an error reply."""
 
@@ -95,6 +120,26 @@ class _Attachment:
         self.books = reader.books()
         self.generation = reader.generation
         self._index_of: dict[str, int] = {}
+        # Ping once this long passed since our last message (never, for a server with no limit).
+        idle_s = welcome.idle_s if welcome.version >= 2 else 0.0
+        self.ping_after_s = idle_s * m.PING_AFTER_IDLE_FRACTION if idle_s > 0 else float("inf")
+        self.ping_due_s = time.monotonic() + self.ping_after_s
+        self.pings = 0
+
+    def sent_message(self, now_s: float) -> None:
+        """Any message restarts the server's idle clock, so the next ping is due later."""
+        self.ping_due_s = now_s + self.ping_after_s
+
+    def ping(self, now_s: float) -> None:
+        """The constant ping frame, without blocking; a failure shows as a hang-up next."""
+        try:
+            sent = self.sock.send(m.PING_FRAME, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            if sent < len(m.PING_FRAME):      # (a full send buffer, never seen): keep framing
+                self.sock.sendall(m.PING_FRAME[sent:])
+        except OSError:
+            return
+        self.pings += 1
+        self.sent_message(now_s)
 
     def index_of(self, name: str) -> int:
         """The book index of `name` in this generation (resolved once per name)."""
@@ -172,13 +217,18 @@ class Client:
     def _handshake(self, sock: socket.socket, timeout_s: float) -> _Attachment:
         proto = ClientProtocol(self.client_name)
         req_id, data = proto.hello(want_fds=True)
-        sock.sendall(data)
         fds: list[int] = []
         try:
-            welcome = _await_reply(sock, proto, req_id, timeout_s, fds)
+            try:
+                sock.sendall(data)
+                welcome = _await_reply(sock, proto, req_id, timeout_s, fds)
+            except (OSError, ProtocolError):
+                # A refusal is written and the socket closed at once, maybe before our hello
+                # went out (EPIPE) or was read (a reset): the reason is still in our buffer.
+                self._raise_if_refused(sock, proto)
+                raise
             if type(welcome) is m.Error:
-                raise ObserverUnavailable(f"observer at {self.socket_path} refused us: "
-                                          f"{m.ErrorCode.NAMES.get(welcome.code)}: {welcome.message}")
+                raise ServerRefused(self.socket_path, welcome.code, welcome.message)
             if not welcome.fds_passed or len(fds) != 1 + welcome.n_eventfds:
                 raise ObserverUnavailable(f"observer at {self.socket_path} passed {len(fds)} fds, "
                                           f"expected {1 + welcome.n_eventfds}")
@@ -193,7 +243,14 @@ class Client:
             raise
         return _Attachment(sock, proto, welcome, reader)
 
-    def _detach(self, reason: str) -> None:
+    def _raise_if_refused(self, sock: socket.socket, proto: ClientProtocol) -> None:
+        """ServerRefused if the server said why it is closing us (BUSY, DENIED...)."""
+        _drain(sock, proto)
+        for error in proto.unsolicited_errors:
+            if error.code in m.ErrorCode.REFUSALS:
+                raise ServerRefused(self.socket_path, error.code, error.message) from None
+
+    def _detach(self, reason: str, *, reattach_now: bool = False) -> None:
         att, self._att = self._att, None
         if att is None:
             return
@@ -205,7 +262,9 @@ class Client:
         att.close()
         self.detaches += 1
         self.detach_reason = reason
-        self._last_try_s = time.monotonic()      # the first reattach waits one period
+        # The first reattach waits one period (an observer that went away takes a moment to
+        # come back), unless the observer is there and only closed an idle connection.
+        self._last_try_s = 0.0 if reattach_now else time.monotonic()
 
     def _ensure_attached(self, *, force: bool = False) -> bool:
         """Attached now? Tries to reattach at most every reattach_period_s (or now if forced).
@@ -219,6 +278,9 @@ class Client:
             if force or now_s >= self.liveness_due_s:
                 self.liveness_due_s = now_s + LIVENESS_CHECK_S
                 self._check_liveness()
+                att = self._att
+                if att is not None and now_s >= att.ping_due_s:
+                    att.ping(now_s)
         if self._att is not None:
             return True
         if not force and time.monotonic() - self._last_try_s < self.reattach_period_s:
@@ -230,7 +292,8 @@ class Client:
         return True
 
     def _check_liveness(self) -> None:
-        """Detach if the observer is gone: socket hang-up, closed segment, stale heartbeat."""
+        """Detach if the observer is gone (socket hang-up, closed segment, stale heartbeat), or
+        closed this connection for being idle (then reattach at once)."""
         att = self._att
         reason = self._service_socket(att)
         if reason is None and att.reader.closed:
@@ -239,8 +302,13 @@ class Client:
                             HEARTBEATS_MISSED_MAX * att.welcome.heartbeat_period_s)
         if reason is None and att.reader.heartbeat_age_s() > stale_after_s:
             reason = f"heartbeat older than {stale_after_s} s"
-        if reason is not None:
-            self._detach(reason)
+        if reason is None:
+            return
+        last_error = att.proto.unsolicited_errors[-1] if att.proto.unsolicited_errors else None
+        idle = last_error is not None and last_error.code == m.ErrorCode.IDLE
+        if last_error is not None:
+            reason = f"{reason}: {m.ErrorCode.NAMES.get(last_error.code)}: {last_error.message}"
+        self._detach(reason, reattach_now=idle)
 
     def _service_socket(self, att: _Attachment) -> str | None:
         """Read whatever the server pushed without blocking; a reason if it hung up."""
@@ -268,6 +336,7 @@ class Client:
         req_id, data = att.proto.request(cls, *fields)
         try:
             att.sock.sendall(data)
+            att.sent_message(time.monotonic())
             reply = _await_reply(att.sock, att.proto, req_id, self.timeout_s, None)
         except (OSError, ProtocolError) as exc:
             self._detach(f"request failed: {exc}")
@@ -424,9 +493,23 @@ def _await_reply(sock, proto: ClientProtocol, req_id: int, timeout_s: float, fds
     return reply
 
 
-def _recv_with_fds(sock) -> tuple[bytes, list[int]]:
+def _drain(sock, proto: ClientProtocol) -> None:
+    """Feed `proto` whatever the socket still holds, without blocking (errors end it)."""
+    while True:
+        try:
+            data, fds = _recv_with_fds(sock, socket.MSG_DONTWAIT)
+            for fd in fds:
+                os.close(fd)
+            if not data:
+                return
+            proto.receive_data(data)
+        except (OSError, ProtocolError, ObserverUnavailable):
+            return
+
+
+def _recv_with_fds(sock, flags: int = 0) -> tuple[bytes, list[int]]:
     data, ancdata, flags, _ = sock.recvmsg(RECV_BYTES_MAX, socket.CMSG_SPACE(FDS_MAX * 4),
-                                           socket.MSG_CMSG_CLOEXEC)
+                                           socket.MSG_CMSG_CLOEXEC | flags)
     fds: list[int] = []
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -11,9 +11,11 @@ strings made from the stored integers and exponents (C3), never floats.
 
 Every failure a user can cause is one line on stderr and a non-zero exit: 1 when no observer
 answers, 2 for a bad command line (argparse's errors too, without the usage dump) or an
-unknown or ambiguous book. Ctrl-C ends `watch` with 0 and anything else with 130, at any
-instant: obclient (numpy) is imported inside `main`, where the interrupt is caught, not at
-the top of this module, before it.
+unknown or ambiguous book, 3 when the observer refuses the connection (the line is the
+observer's own reason: `BUSY: clients_max=256 reached`, `DENIED: uid 65534 not allowed: see
+allow_uids ...`). Ctrl-C ends `watch` with 0 and anything else with 130, at any instant:
+obclient (numpy) is imported inside `main`, where the interrupt is caught, not at the top of
+this module, before it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from decimal import Decimal
 
 EXIT_NO_OBSERVER = 1
 EXIT_USAGE = 2
+EXIT_REFUSED = 3
 EXIT_INTERRUPTED = 130        # 128 + SIGINT, as shells report
 DEPTH_DEFAULT = 10
 UNIX_PATH_BYTES_MAX = 107     # sun_path, less its terminating NUL
@@ -191,7 +194,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(prog="obctl", description="Look at a running observer.", allow_abbrev=False)
+    p = _Parser(prog="obctl", description="Look at a running observer.", allow_abbrev=False,
+                epilog=f"exit codes: 0 done, {EXIT_NO_OBSERVER} no observer answers, {EXIT_USAGE} "
+                       f"bad command line or unknown book, {EXIT_REFUSED} the observer refused "
+                       f"the connection (its reason is printed), {EXIT_INTERRUPTED} interrupted")
     p.add_argument("--socket", type=_socket_path, help="control socket (default: "
                    "$OBSERVER_SOCKET, else observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -245,11 +251,14 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     import obclient
-    from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed
+    from obclient.client import BookNotFound, ObserverUnavailable, RequestFailed, ServerRefused
 
     try:
         with obclient.connect(args.socket, client_name="obctl") as client:
             return COMMANDS[args.command](client, args)
+    except ServerRefused as exc:
+        print(f"obctl: refused by the observer: {exc.code_name}: {exc.reason}", file=sys.stderr)
+        return EXIT_REFUSED
     except ObserverUnavailable as exc:
         print(f"obctl: {exc}", file=sys.stderr)
         return EXIT_NO_OBSERVER

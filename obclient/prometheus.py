@@ -26,7 +26,9 @@ OBSERVER_METRICS = (
     ("accepted", "observer_clients_accepted_total", "counter", "Control-socket connections accepted."),
     ("denied", "observer_clients_denied_total", "counter", "Connections refused by peer credentials."),
     ("refused_busy", "observer_clients_refused_busy_total", "counter",
-     "Connections refused at clients_max."),
+     "Connections refused BUSY (a connection limit reached, or out of fds)."),
+    ("closed_idle", "observer_clients_closed_idle_total", "counter",
+     "Connections closed for saying nothing and subscribing to nothing for client_idle_s."),
     ("generation", "observer_generation", "gauge", "Segment generation (changes on restart)."),
 )
 

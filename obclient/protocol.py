@@ -45,8 +45,9 @@ class ClientProtocol:
         return msg.req_id, framing.encode_frame(payload, m.REQUEST_BYTES_MAX)
 
     def hello(self, want_fds: bool = True) -> tuple[int, bytes]:
-        return self.request(m.Hello, m.PROTOCOL_VERSION_MIN, m.PROTOCOL_VERSION,
-                            self.client_name[: m.NAME_BYTES_MAX], want_fds)
+        # The limit is in UTF-8 bytes: cut there, and never inside a character.
+        name = self.client_name.encode()[: m.NAME_BYTES_MAX].decode(errors="ignore")
+        return self.request(m.Hello, m.PROTOCOL_VERSION_MIN, m.PROTOCOL_VERSION, name, want_fds)
 
     def receive_data(self, data) -> None:
         """Feed bytes from the server; b"" is end of stream. Raises ProtocolError."""

@@ -97,7 +97,8 @@ def run(config, stop: StopSignals) -> int:
             loop = loom.Loop(backend=config.backend)
             supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
                                     depth_max=config.depth, socket_path=socket_path,
-                                    allow_uids=config.allow_uids, allow_gids=config.allow_gids)
+                                    allow_uids=config.allow_uids, allow_gids=config.allow_gids,
+                                    client_limits=config.client_limits)
             if stop.signum is not None:         # stopped before anything was made: done
                 return stop.exit_code(EXIT_OK)
             supervisor.start()

@@ -34,6 +34,7 @@ from typing import Any
 
 from observer.configkinds import (CaFile, Choice, CoreList, Flag, IdList, Integer, Kind, Name,
                                   Number, Problem, SocketPath, SymbolList, Url, shown)
+from proto import messages as m
 
 DEPTH_DEFAULT = 50
 DEPTH_MAX = 1000
@@ -51,6 +52,16 @@ BACKENDS = ("io_uring", "epoll", "kqueue")
 WAKE_MODES = ("auto", "eventfd", "io_uring")        # observer/shm/wake.py
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Control-socket admission (observer/server/admission.py). One obclient.Client is one
+# connection; a process needing more than 32 is leaking them. A uid gets at most half the
+# slots, so one user (an `allow_uids` one, or ours) cannot lock the others out.
+CLIENTS_MAX = 256
+CLIENTS_PER_UID_MAX = 128
+CLIENTS_PER_PID_MAX = 32
+CLIENTS_LIMIT_MAX = 65536        # a connection is an fd: past this the fd limit decides first
+CLIENT_IDLE_S = 60.0             # obclient pings after half of it, from any call or wait
+CLIENT_IDLE_S_MAX = 86400.0
 
 # The real public endpoints (PROTOCOLS.md). `{category}` is filled in for Bybit.
 ENDPOINTS_DEFAULT: dict[str, tuple[str | None, str | None]] = {
@@ -104,6 +115,15 @@ OBSERVER_KEYS = (
         "a book further behind its exchange than this is published as lagging", "--lag-bound-ms"),
     Key("allow_uids", IdList("uid"), (), "control-socket peers allowed besides our own uid"),
     Key("allow_gids", IdList("gid"), (), "control-socket peers allowed by their gid"),
+    Key("clients_max", Integer(1, CLIENTS_LIMIT_MAX), CLIENTS_MAX,
+        "control-socket connections in all (past it: BUSY)"),
+    Key("clients_per_uid_max", Integer(1, CLIENTS_LIMIT_MAX), CLIENTS_PER_UID_MAX,
+        "control-socket connections of one uid, so one user cannot lock the others out"),
+    Key("clients_per_pid_max", Integer(1, CLIENTS_LIMIT_MAX), CLIENTS_PER_PID_MAX,
+        "control-socket connections of one process (obclient: one per Client)"),
+    Key("client_idle_s", Number(m.IDLE_S_MIN, CLIENT_IDLE_S_MAX), CLIENT_IDLE_S,
+        "a connection with no subscription that sends nothing this long is closed (IDLE); "
+        "obclient pings after half of it"),
 )
 FEED_KEYS = (
     Key("exchange", Choice(EXCHANGES, fold_case=True), REQUIRED, "which exchange"),
@@ -140,6 +160,17 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class ClientLimits:
+    """Who may hold a control-socket connection, and for how long in silence; the `[observer]`
+    keys of the same names."""
+
+    clients_max: int = CLIENTS_MAX
+    clients_per_uid_max: int = CLIENTS_PER_UID_MAX
+    clients_per_pid_max: int = CLIENTS_PER_PID_MAX
+    client_idle_s: float = CLIENT_IDLE_S
+
+
+@dataclass(frozen=True)
 class ObserverConfig:
     name: str = "main"
     socket: str | None = None
@@ -154,7 +185,16 @@ class ObserverConfig:
     lag_bound_ms: float = 1000.0
     allow_uids: tuple[int, ...] = ()
     allow_gids: tuple[int, ...] = ()
+    clients_max: int = CLIENTS_MAX
+    clients_per_uid_max: int = CLIENTS_PER_UID_MAX
+    clients_per_pid_max: int = CLIENTS_PER_PID_MAX
+    client_idle_s: float = CLIENT_IDLE_S
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def client_limits(self) -> ClientLimits:
+        return ClientLimits(self.clients_max, self.clients_per_uid_max, self.clients_per_pid_max,
+                            self.client_idle_s)
 
     def with_overrides(self, **changes: Any) -> "ObserverConfig":
         """A copy with the given fields replaced (command-line flags override the file)."""

@@ -33,6 +33,7 @@ import time
 
 from obclient.segment import SegmentReader
 from observer import loom
+from observer.config import ClientLimits
 from observer.instance import InstanceLock
 from observer.reaper import Reaper
 from observer.server.control import ControlServer
@@ -53,6 +54,7 @@ FANOUT_CHECK_S = 0.1         # wake-ups are hints: recheck the rings at least th
 class Supervisor:
     def __init__(self, loop, *, name: str, book_descs: list[BookDesc], shards_n: int,
                  depth_max: int, socket_path: str, allow_uids=(), allow_gids=(),
+                 client_limits: ClientLimits = ClientLimits(),
                  heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
         self.loop = loop
         self.name = name
@@ -69,7 +71,7 @@ class Supervisor:
         self._books: list = []                  # BookInfo per index, fixed at start-up
         self._book_keys: list = []
         self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
-                                    allow_gids=allow_gids)
+                                    allow_gids=allow_gids, limits=client_limits)
         self.started_s = time.monotonic()
         self._fibers: list = []
         self.shard_manager = None               # observer/shards.py, when shards are processes

@@ -18,6 +18,17 @@ Evolution rules (what keeps old and new peers talking):
 5. Limits (message bytes, names per subscribe, string lengths) are part of the protocol; raising
    one is compatible for the side that receives, so receivers raise first.
 
+Version 2 (what changed from 1, and what a client must do):
+- `welcome` gained a trailing `idle_s`: a connection that has no subscription and sends no
+  message for that long gets an `error` IDLE (req_id 0) and is closed. A version-2 client
+  keeps an idle connection open by sending `ping` (no reply) once `PING_AFTER_IDLE_FRACTION`
+  of `idle_s` has passed since its last message; a version-1 client, which cannot ping, must
+  subscribe or send any request. A server that sends `idle_s` 0 (or omits it) has no limit.
+- A connection the server decides to close always gets an `error` saying why first (IDLE,
+  SHUTTING_DOWN, BUSY, DENIED, a protocol error...), with req_id 0 unless it answers a request.
+- The server never closes a client for not reading its replies: it stops reading that
+  client's requests until the replies drain (back pressure), so pipelining is allowed.
+
 Records nested in replies (a book description, an update) are positional arrays under the same
 rules. Stats bodies are maps (string keys) because counters are added often and read by humans.
 """
@@ -32,7 +43,9 @@ from typing import ClassVar
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from proto import framing
+
+PROTOCOL_VERSION = 2
 PROTOCOL_VERSION_MIN = 1
 
 # Limits. Requests are small; replies carry book lists, snapshots and update batches.
@@ -43,6 +56,8 @@ NAMES_MAX = 1024             # book names in one subscribe
 TEXT_BYTES_MAX = 512         # error messages
 UPDATES_BATCH_MAX = 256      # update records in one `updates` message
 SNAPSHOT_DEPTH_MAX = 4096    # levels per side in a socket snapshot
+IDLE_S_MIN = 1.0             # a server never announces a shorter idle_s (clients ping in time)
+PING_AFTER_IDLE_FRACTION = 0.5   # a client pings once this fraction of idle_s passed silent
 
 
 class ErrorCode:
@@ -58,14 +73,18 @@ class ErrorCode:
     AMBIGUOUS_BOOK = 8
     LIMIT = 9             # a per-client limit (subscriptions, queue) would be exceeded
     DENIED = 10           # peer credentials not in the allow-list
-    BUSY = 11             # too many clients
+    BUSY = 11             # a connection limit is reached (the message names it and its value)
     INTERNAL = 12
+    IDLE = 13             # version 2: no subscription and no message for idle_s; closed
+    SHUTTING_DOWN = 14    # version 2: the observer is stopping; closed (reattach later)
 
     NAMES = {
         1: "BAD_FRAME", 2: "BAD_MSGPACK", 3: "BAD_MESSAGE", 4: "UNKNOWN_TYPE",
         5: "VERSION_MISMATCH", 6: "NOT_READY", 7: "UNKNOWN_BOOK", 8: "AMBIGUOUS_BOOK",
-        9: "LIMIT", 10: "DENIED", 11: "BUSY", 12: "INTERNAL",
+        9: "LIMIT", 10: "DENIED", 11: "BUSY", 12: "INTERNAL", 13: "IDLE", 14: "SHUTTING_DOWN",
     }
+    # Codes a server sends when it refuses a connection at hello (obclient: ServerRefused).
+    REFUSALS = frozenset((5, 10, 11))
 
 
 class MessageError(Exception):
@@ -134,6 +153,15 @@ class StatsRequest:
     req_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Version 2: "still here". No reply; it only restarts the server's idle clock. Any
+    req_id is accepted (obclient sends 0, so its ping is one constant frame: `PING_FRAME`)."""
+
+    TYPE: ClassVar[str] = "ping"
+    req_id: int
+
+
 # --- replies (server -> client) --------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +181,7 @@ class Welcome:
     n_eventfds: int
     fds_passed: bool
     heartbeat_period_s: float
+    idle_s: float = 0.0          # version 2; 0: the server closes no idle connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,10 +269,10 @@ UPDATE_FIELDS = (
 )
 
 REQUESTS = {m.TYPE: m for m in (
-    Hello, ListBooks, Describe, Subscribe, Unsubscribe, SnapshotRequest, StatsRequest)}
+    Hello, ListBooks, Describe, Subscribe, Unsubscribe, SnapshotRequest, StatsRequest, Ping)}
 REPLIES = {m.TYPE: m for m in (
     Welcome, BookList, BookDesc, Subscribed, Snapshot, Stats, Error, Updates)}
-assert len(REQUESTS) == 7
+assert len(REQUESTS) == 8
 assert len(REPLIES) == 8
 
 
@@ -353,6 +382,11 @@ def server_codec() -> Codec:
 def client_codec() -> Codec:
     """The client's codec: decodes replies, encodes requests."""
     return Codec(REPLIES, REPLY_BYTES_MAX)
+
+
+# A ping is always the same 11 bytes, so a client can send it without encoding (or allocating).
+PING_FRAME = framing.encode_frame(msgpack.packb([Ping.TYPE, 0]), REQUEST_BYTES_MAX)
+assert len(PING_FRAME) == 11
 
 
 # --- where the socket is ---------------------------------------------------------------------

@@ -1,18 +1,24 @@
-"""The control server: a unix socket on loom, one reader and one writer fiber per client.
+"""The control server: a unix socket on loom; admission at accept, one transport per client.
 
 Why this shape. Everything a client can say is decided by the sans-IO `ServerConnection`
-(protocol.py); this module only moves bytes. Each client gets a reader fiber (recv into its own
-preallocated buffer, feed the machine) and a writer fiber (send replies, then batches of pushed
-updates), so a client that stops reading blocks only its own writer: its update queue fills and
-drops (counted), its replies pile up to the outbound limit and it is closed, and the loop, the
-shards and every other client go on.
+(protocol.py); who may connect is decided by `Admission` (admission.py); each admitted client's
+bytes are moved by its `ClientTransport` (transport.py: a reader and a writer fiber). This
+module binds the socket, accepts, admits or refuses, and fans pushed updates out. A client that
+stops reading blocks only its own writer and, through back pressure, its own reader; the loop,
+the shards and every other client go on.
 
 Who may connect (C7): the socket file is created with mode 0660 (umask set around bind, then
-chmod, so there is no moment where it is wider), and every accepted peer's SO_PEERCRED (pid, uid,
-gid) is checked against the allow-list: our own uid, plus configured uids and gids. A refused
-peer gets one DENIED error and is closed. Past `clients_max` a new client gets BUSY and is
-closed, so fds stay bounded, and a connection that has not said hello within `hello_timeout_s`
-is closed, so idle peers cannot hold every slot.
+chmod, so there is no moment where it is wider), and every accepted peer's SO_PEERCRED (pid,
+uid, gid) goes through `Admission`: the allow-list (DENIED), then `clients_max`,
+`clients_per_uid_max` and `clients_per_pid_max` (BUSY). A refused peer gets one `error` saying
+which rule and value refused it, and is closed; out of fds, the reserve fd makes room to say
+BUSY (admission.py). After hello a connection with no subscription that sends nothing for
+`client_idle_s` gets IDLE and is closed (before hello, `hello_timeout_s`), so a silent peer
+holds a slot only that long. Every close the server decides is preceded by an `error` saying
+why; at shutdown that is SHUTTING_DOWN.
+
+One codec (a msgpack packer and its buffer) serves every connection: encoding is synchronous
+and copies out, and a packer per connection was most of a connection's memory.
 
 fd passing: the reply to `hello` carries the segment's read-only fd and the shard eventfds as
 SCM_RIGHTS on its first byte (sendmsg). The fds are the supervisor's; the kernel duplicates them
@@ -24,6 +30,7 @@ server answers, replaces a stale socket file (a killed observer's), and `close` 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -32,22 +39,22 @@ import struct
 import time
 
 from observer import loom
+from observer.config import ClientLimits
 from observer.logs import log_event
+from observer.server.admission import OUT_OF_FDS, Admission, ReserveFd
 from observer.server.protocol import ServerConnection
-from proto import messages as m
+from observer.server.transport import ClientTransport
 from proto import framing
+from proto import messages as m
 
 log = logging.getLogger("observer.server")
 
-CLIENTS_MAX = 256             # each: 2 fibers, 1 fd, 64 KiB receive buffer, bounded queues
-RECV_BYTES_MAX = 64 * 1024
 SOCKET_MODE_DEFAULT = 0o660
-CLOSE_FLUSH_S = 1.0           # how long a closing client's last replies may take to send
 HELLO_TIMEOUT_S = 10.0        # a connection must say hello within this, or it is closed
 LISTEN_BACKLOG = 64
-FDS_PER_MESSAGE_MAX = 253     # Linux SCM_MAX_FD
-ACCEPT_RETRY_S = 0.1          # pause after a failed accept (out of fds)
-DENIED_LOGGED_MAX = 10        # log the first denials, then one per thousand (no log flood)
+ACCEPT_RETRY_S = 0.1          # pause after an accept failed for want of memory
+REFUSALS_LOGGED_MAX = 10      # log the first refusals of a kind, then one per thousand
+SWEEPS_PER_LIMIT = 4          # a silent connection is closed within 1.25x its time limit
 _PEERCRED = struct.Struct("3i")
 
 
@@ -100,42 +107,55 @@ def _remove_stale(path: str) -> None:
     raise SocketInUse(f"another observer is serving {path}")
 
 
+
 class ControlServer:
     """Serves `catalog` on a unix socket; see the module essay."""
 
     def __init__(self, loop, catalog, path: str, *, mode: int = SOCKET_MODE_DEFAULT,
-                 allow_uids=(), allow_gids=(), clients_max: int = CLIENTS_MAX,
+                 allow_uids=(), allow_gids=(), limits: ClientLimits = ClientLimits(),
                  queue_records_max: int | None = None,
                  hello_timeout_s: float = HELLO_TIMEOUT_S):
         self.loop = loop
         self.catalog = catalog
         self.path = path
         self.mode = mode
-        self.allow_uids = frozenset((os.getuid(), *allow_uids))
-        self.allow_gids = frozenset(allow_gids)
-        self.clients_max = clients_max
+        self.admission = Admission(limits, allow_uids, allow_gids)
+        self.limits = limits
         self.hello_timeout_s = hello_timeout_s
         self.queue_kw = {} if queue_records_max is None else {"queue_records_max": queue_records_max}
-        self.clients: dict[int, _Client] = {}
+        self.codec = m.server_codec()
+        self.clients: dict[int, ClientTransport] = {}
         self.accepted = 0
         self.denied = 0
         self.refused_busy = 0
+        self.closed_idle = 0
         self._conn_id_last = 0
         self._sock: socket.socket | None = None
+        self._reserve: ReserveFd | None = None
         self._accept_fiber = None
+        self._sweep_fiber = None
+        self.sweep_period_s = min(hello_timeout_s, limits.client_idle_s) / SWEEPS_PER_LIMIT
 
     def start(self) -> None:
         """Bind and start accepting (call before or inside loop.run)."""
         self._sock = bind_socket(self.path, self.mode)
+        self._reserve = ReserveFd()
         self._accept_fiber = self.loop.spawn(self._accept_loop, name="control-accept")
+        self._sweep_fiber = self.loop.spawn(self._sweep_loop, name="control-sweep")
 
     def close(self) -> None:
-        """Stop accepting, close every client, unlink the socket. Idempotent."""
-        if self._accept_fiber is not None and not self._accept_fiber.done:
-            self._accept_fiber.cancel()
-        self._accept_fiber = None
+        """Stop accepting, tell every client SHUTTING_DOWN and close it, unlink the socket.
+        Idempotent."""
+        for fiber in (self._accept_fiber, self._sweep_fiber):
+            if fiber is not None and not fiber.done:
+                fiber.cancel()
+        self._accept_fiber = self._sweep_fiber = None
         for client in list(self.clients.values()):
+            client.say_goodbye(m.ErrorCode.SHUTTING_DOWN, "observer shutting down; reattach later")
             client.abort()
+        if self._reserve is not None:
+            self._reserve.release()
+            self._reserve = None
         if self._sock is not None:
             self.loop.forget(self._sock)
             self._sock.close()
@@ -160,7 +180,23 @@ class ControlServer:
 
     def stats(self) -> dict:
         return {"clients": len(self.clients), "accepted": self.accepted, "denied": self.denied,
-                "refused_busy": self.refused_busy}
+                "refused_busy": self.refused_busy, "closed_idle": self.closed_idle}
+
+    def forget_client(self, client: ClientTransport) -> None:
+        """The transport closed: its slot is free (called once, from ClientTransport.abort)."""
+        del self.clients[client.proto.conn_id]
+        self.admission.remove(client.proto.peer)
+        assert self.admission.clients == len(self.clients)
+
+    def _sweep_loop(self) -> None:
+        """Close the connections silent past their deadline (hello, idle): see transport.py."""
+        while True:
+            loom.sleep(self.sweep_period_s)
+            now_s = time.monotonic()
+            for client in list(self.clients.values()):
+                deadline_s = client.deadline_s()
+                if deadline_s is not None and now_s >= deadline_s:
+                    client.silence()
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -169,8 +205,11 @@ class ControlServer:
             try:
                 conn, _ = loom.accept(self._sock)
             except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: out of resources for now. Accepting stops only for a
-                # moment; the listener and every served client stay.
+                if exc.errno in OUT_OF_FDS:
+                    self._refuse_out_of_fds(exc)
+                    continue
+                # ENOBUFS/ENOMEM: out of memory for now. Accepting stops only for a moment;
+                # the listener and every served client stay.
                 log.warning("control accept failed: %s; retrying in %s s", exc, ACCEPT_RETRY_S)
                 loom.sleep(ACCEPT_RETRY_S)
                 continue
@@ -183,147 +222,57 @@ class ControlServer:
 
     def _admit(self, conn: socket.socket) -> None:
         peer = peer_credentials(conn)
+        refusal = self.admission.refusal(peer)
+        if refusal is not None:
+            self._refuse(conn, peer, *refusal)
+            return
         self._conn_id_last += 1
         proto = ServerConnection(self.catalog, conn_id=self._conn_id_last, peer=peer,
+                                 idle_s=self.limits.client_idle_s, codec=self.codec,
                                  **self.queue_kw)
-        if not self._allowed(peer):
-            self.denied += 1
-            if self.denied <= DENIED_LOGGED_MAX or self.denied % 1000 == 0:
-                log.warning("control client denied: pid=%d uid=%d gid=%d (denied so far: %d)",
-                            *peer, self.denied)
-            self._refuse(conn, proto, m.ErrorCode.DENIED, "peer credentials not allowed")
-            return
-        if len(self.clients) >= self.clients_max:
-            self.refused_busy += 1
-            self._refuse(conn, proto, m.ErrorCode.BUSY, f"clients_max={self.clients_max} reached")
-            return
-        client = _Client(self, conn, proto)
+        client = ClientTransport(self, conn, proto)
         self.clients[proto.conn_id] = client
+        self.admission.add(peer)
+        assert self.admission.clients == len(self.clients)
         log_event(log, "client_connected", conn=proto.conn_id, pid=peer[0], uid=peer[1],
                   clients=len(self.clients))
         client.start()
 
-    def _allowed(self, peer: tuple[int, int, int]) -> bool:
-        _, uid, gid = peer
-        return uid in self.allow_uids or gid in self.allow_gids
-
-    def _refuse(self, conn, proto: ServerConnection, code: int, text: str) -> None:
-        proto.reply(m.Error(0, code, text))
-        data = proto.pop_outbound().data
+    def _refuse(self, conn, peer: tuple[int, int, int], code: int, text: str) -> None:
+        """Tell the peer why in one `error` (req_id 0), then close: it never sees a reset."""
+        if code == m.ErrorCode.DENIED:
+            self.denied += 1
+            count = self.denied
+        else:
+            self.refused_busy += 1
+            count = self.refused_busy
+        if count <= REFUSALS_LOGGED_MAX or count % 1000 == 0:
+            log_event(log, "client_refused", level=logging.WARNING, pid=peer[0], uid=peer[1],
+                      gid=peer[2], code=m.ErrorCode.NAMES[code], reason=text, refused=count)
+        data = framing.encode_frame(self.codec.encode(m.Error(0, code, text)), m.REPLY_BYTES_MAX)
         try:
-            conn.send(data)          # non-blocking, tiny, into an empty buffer: best effort
+            conn.send(data, socket.MSG_DONTWAIT)   # tiny, into an empty buffer: it fits
+            # Closing with its hello unread would flag a reset on the peer, which its reads
+            # report once our error is read; read the hello first, so they report a plain end.
+            conn.recv(m.REQUEST_BYTES_MAX, socket.MSG_DONTWAIT)
         except OSError:
             pass
         conn.close()
 
-
-class _Client:
-    """One connected client: its socket, protocol machine, and two fibers."""
-
-    def __init__(self, server: ControlServer, conn: socket.socket, proto: ServerConnection):
-        self.server = server
-        self.conn = conn
-        self.proto = proto
-        self.recv_buf = bytearray(RECV_BYTES_MAX)
-        self.recv_view = memoryview(self.recv_buf)
-        self.wakeup = loom.Event()
-        self.reader = None
-        self.writer = None
-        self.closed = False
-
-    def start(self) -> None:
-        self.conn.setblocking(False)
-        name = f"control-{self.proto.conn_id}"
-        self.reader = self.server.loop.spawn(self._read_loop, name=name + "-read")
-        self.writer = self.server.loop.spawn(self._write_loop, name=name + "-write")
-
-    def wake(self) -> None:
-        self.wakeup.post()
-
-    def _read_loop(self) -> None:
-        hello_deadline_s = time.monotonic() + self.server.hello_timeout_s
+    def _refuse_out_of_fds(self, exc: OSError) -> None:
+        """No fd for a new peer: free the reserve, accept one, say BUSY, take the reserve back."""
+        self._reserve.release()
         try:
-            while not self.proto.closing:
-                if self.proto.version:
-                    n = loom.recv_into(self.conn, self.recv_buf)
-                else:                 # a peer that never says hello must not hold a slot
-                    with loom.timeout(max(0.0, hello_deadline_s - time.monotonic())):
-                        n = loom.recv_into(self.conn, self.recv_buf)
-                self.proto.receive_data(self.recv_view[:n])
-                self.wakeup.post()
-        except TimeoutError:
-            self.proto.reply(m.Error(0, m.ErrorCode.NOT_READY,
-                                     f"no hello within {self.server.hello_timeout_s} s; closing"))
-            self.proto.close("no hello in time")
-        except OSError as exc:
-            self.proto.close(f"recv failed: {exc}")
-        self.wakeup.post()
-        self._finish_after_flush()
-
-    def _write_loop(self) -> None:
-        proto = self.proto
-        try:
-            while True:
-                while proto.outbound:
-                    out = proto.pop_outbound()
-                    self._send(out.data, out.fds)
-                if proto.closing:
-                    return
-                batch = proto.take_updates()
-                if batch is not None:
-                    loom.sendall(self.conn, batch)
-                    continue
-                self.wakeup.clear()
-                if not proto.has_output() and not proto.closing:
-                    self.wakeup.wait()
-        except OSError as exc:
-            proto.close(f"send failed: {exc}")
-            self.abort()
-
-    def _send(self, data: bytes, fds: tuple) -> None:
-        if not fds:
-            loom.sendall(self.conn, data)
-            return
-        assert len(fds) <= FDS_PER_MESSAGE_MAX
-        while True:
+            conn, _ = self._sock.accept()
+        except OSError:
+            conn = None                           # nobody waiting after all, or still no fd
+        if conn is not None:
             try:
-                sent = socket.send_fds(self.conn, [data], list(fds))
-                break
-            except BlockingIOError:
-                loom.wait_writable(self.conn)
-        if sent < len(data):
-            loom.sendall(self.conn, data[sent:])
-
-    def _finish_after_flush(self) -> None:
-        """Give the writer CLOSE_FLUSH_S to send the last replies, then close."""
-        try:
-            self.writer.join(CLOSE_FLUSH_S)
-        except TimeoutError:
-            pass                      # it never read: its last replies are lost with it
-        except (OSError, loom.LoomError):
-            pass                      # the writer failed; it already asked to close
-        self.abort()
-
-    def abort(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        current = _current_fiber()
-        for fiber in (self.reader, self.writer):
-            if fiber is not None and fiber is not current and not fiber.done:
-                fiber.cancel()
-        self.server.clients.pop(self.proto.conn_id, None)
-        self.server.loop.forget(self.conn)
-        self.conn.close()
-        # once per client, with who it was and why it went
-        log_event(log, "client_disconnected", conn=self.proto.conn_id,
-                  client=self.proto.client_name or "-", pid=self.proto.peer[0],
-                  reason=self.proto.close_reason or "closed by the observer",
-                  clients=len(self.server.clients))
-
-
-def _current_fiber():
-    try:
-        return loom.current_fiber()
-    except loom.LoomError:
-        return None                   # called from plain code (shutdown after the loop)
+                peer = peer_credentials(conn)
+            except OSError:
+                peer = (0, 0, 0)
+            self._refuse(conn, peer, m.ErrorCode.BUSY,
+                         f"observer out of file descriptors ({errno.errorcode[exc.errno]}); "
+                         "try again later")
+        if not self._reserve.take() or conn is None:
+            loom.sleep(ACCEPT_RETRY_S)            # let fds come back before accepting again

@@ -6,11 +6,18 @@ lives here with no socket and no loom, so tests drive it byte by byte through an
 the transport (`control.py`) stays a thin loop of recv, dispatch, send.
 
 What one connection may cost is fixed when it is created: one frame of input
-(`REQUEST_BYTES_MAX`), `outbound_frames_max` replies (at most `OUTBOUND_BYTES_MAX` bytes)
-waiting to be sent, `queue_records_max` pushed update records. A client that sends requests but
-never reads its replies hits the outbound limit and is closed; a subscriber that reads too slowly
-loses update records (counted, reported in every `updates` message and in stats) and the shard
-that produced them never waits.
+(`REQUEST_BYTES_MAX`) plus the chunk it arrived in, replies waiting to be sent up to the
+high-water mark (`OUTBOUND_BYTES_HIGH` bytes or `OUTBOUND_FRAMES_HIGH` frames) plus the one reply
+that crossed it, and `queue_records_max` pushed update records.
+
+Back pressure, never disconnection. Past the high-water mark the machine is `paused`: it stops
+decoding (what was received stays in the frame decoder) and its transport stops receiving, so a
+client that pipelines requests faster than it reads the replies only fills its own socket
+buffers. The machine resumes (`resume()`) once the transport has taken the replies down to the
+low-water mark. It also serves at most `MESSAGES_PER_BATCH_MAX` requests per call and then says
+`backlogged`, so that the transport lets the rest of the loop run between batches. A subscriber
+that reads too slowly loses update records (counted, reported in every `updates` message and in
+stats) and the shard that produced them never waits.
 
 The machine never raises on bad input. Each malformed, oversized or unknown message gets an
 `error` reply and costs one unit of `bad_messages_max`; a stream that cannot be framed at all, or
@@ -30,8 +37,16 @@ from proto import messages as m
 log = logging.getLogger("observer.server")
 
 BAD_MESSAGES_MAX = 3
-OUTBOUND_FRAMES_MAX = 64
-OUTBOUND_BYTES_MAX = 2 * 1024 * 1024
+OUTBOUND_BYTES_HIGH = 256 * 1024      # unsent replies past this: stop decoding requests
+OUTBOUND_BYTES_LOW = 64 * 1024        # ...until the transport has sent them down to this
+OUTBOUND_FRAMES_HIGH = 1024           # the same in frames (small replies cost objects too)
+OUTBOUND_FRAMES_LOW = 256
+MESSAGES_PER_BATCH_MAX = 32           # requests served per call: a pipelining client shares
+                                      # the loop (and an in-process shard) in turns
+# The most unsent replies ever held: the high-water mark, the reply that crossed it, and the
+# last error a closing connection may add.
+OUTBOUND_BYTES_MAX = (OUTBOUND_BYTES_HIGH + framing.HEADER_BYTES + m.REPLY_BYTES_MAX
+                      + framing.HEADER_BYTES + 2 * m.TEXT_BYTES_MAX)
 QUEUE_RECORDS_MAX = 4096
 SUBSCRIPTIONS_MAX = m.NAMES_MAX
 
@@ -49,48 +64,72 @@ class ServerConnection:
 
     def __init__(self, catalog, *, conn_id: int, peer: tuple = (0, 0, 0),
                  queue_records_max: int = QUEUE_RECORDS_MAX,
-                 outbound_frames_max: int = OUTBOUND_FRAMES_MAX,
-                 bad_messages_max: int = BAD_MESSAGES_MAX):
+                 bad_messages_max: int = BAD_MESSAGES_MAX, idle_s: float = 0.0,
+                 codec: m.Codec | None = None):
         self.catalog = catalog
         self.conn_id = conn_id
         self.peer = peer                      # (pid, uid, gid) from SO_PEERCRED
         self.client_name = ""
         self.version = 0                      # 0 until hello
+        self.idle_s = idle_s                  # told to the client in `welcome` (0: no limit)
         self.subscribed: set[int] = set()
         self.updates = collections.deque(maxlen=queue_records_max)
         self.queue_records_max = queue_records_max
         self.updates_dropped = 0
         self.updates_sent = 0
         self.requests = 0
+        self.messages_received = 0            # complete frames, good or bad (the idle clock)
         self.bad_messages = 0
         self.bad_messages_max = bad_messages_max
         self.outbound: collections.deque[Outbound] = collections.deque()
-        self.outbound_frames_max = outbound_frames_max
-        self.outbound_bytes = 0              # bytes in `outbound`; the transport subtracts
+        self.outbound_bytes = 0              # bytes in `outbound`; pop_outbound subtracts
+        self.paused = False                  # past the high-water mark: decode nothing more
+        self.backlogged = False              # a batch decoded; more may wait (call resume())
         self.closing = False
         self.close_reason = ""
         self._decoder = framing.FrameDecoder(m.REQUEST_BYTES_MAX)
-        self._codec = m.server_codec()
+        # Encoding is synchronous and copies out, so one codec may serve every connection of a
+        # server (its packer's buffer is most of a connection's memory otherwise).
+        self._codec = codec if codec is not None else m.server_codec()
 
     # --- input --------------------------------------------------------------------------------
 
     def receive_data(self, data) -> None:
-        """Feed received bytes; replies are queued in `outbound`. b"" means the peer closed."""
+        """Feed received bytes; replies are queued in `outbound`. b"" means the peer closed.
+
+        The bytes are copied: `data` may be the transport's buffer, reused after this returns.
+        While `paused`, they are only buffered (the transport receives nothing more then)."""
         if self.closing:
             return
         if not data:
             self.close("peer closed")
             return
         self._decoder.receive_data(data)
-        while not self.closing:
+        self._decode()
+
+    def resume(self) -> None:
+        """Decode what is buffered: after a pause once the replies drained, or the next batch
+        after `backlogged` (the transport calls it after letting the loop run)."""
+        if not self.paused and not self.closing:
+            self._decode()
+
+    def _decode(self) -> None:
+        self.backlogged = False
+        for _ in range(MESSAGES_PER_BATCH_MAX):
+            if self.closing or self.paused:
+                return
             try:
                 payload = self._decoder.next_frame()
             except framing.FrameError as exc:
+                self.messages_received += 1
                 self._bad(m.ErrorCode.BAD_FRAME, str(exc), 0, fatal=exc.fatal)
                 continue
             if payload is None:
                 return
+            self.messages_received += 1
             self._receive_payload(payload)
+        # Maybe more complete requests: a turn for the others first (a pause says more).
+        self.backlogged = not self.paused and not self.closing
 
     def _receive_payload(self, payload: bytes) -> None:
         try:
@@ -136,7 +175,7 @@ class ServerConnection:
         welcome = m.Welcome(req.req_id, version, info["server_name"], info["pid"],
                             info["generation"], info["segment_bytes"], info["layout_version"],
                             info["layout_hash"], info["n_eventfds"], bool(fds),
-                            float(info["heartbeat_period_s"]))
+                            float(info["heartbeat_period_s"]), float(self.idle_s))
         self.reply(welcome, fds)
 
     def _on_list(self, req: m.ListBooks) -> None:
@@ -170,6 +209,9 @@ class ServerConnection:
         observer, books, clients = self.catalog.stats()
         self.reply(m.Stats(req.req_id, observer, books, clients))
 
+    def _on_ping(self, req: m.Ping) -> None:
+        """No reply: receiving it restarted the idle clock (`messages_received`), all it is for."""
+
     def _resolve_names(self, names: list) -> set[int]:
         books = self.catalog.book_keys()
         if not names:
@@ -179,22 +221,23 @@ class ServerConnection:
     # --- output -------------------------------------------------------------------------------
 
     def reply(self, msg, fds: tuple = ()) -> None:
-        """Queue one reply; a client that lets replies pile up past the limit is closed."""
-        if len(self.outbound) >= self.outbound_frames_max:
-            self.close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
-            return
-        if self.outbound_bytes >= OUTBOUND_BYTES_MAX:
-            self.close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
-            return
+        """Queue one reply; past the high-water mark, pause decoding (see the essay)."""
         data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
         self.outbound_bytes += len(data)
         self.outbound.append(Outbound(data, fds))
+        assert self.outbound_bytes <= OUTBOUND_BYTES_MAX
+        if self.outbound_bytes >= OUTBOUND_BYTES_HIGH or len(self.outbound) >= OUTBOUND_FRAMES_HIGH:
+            self.paused = True
 
     def pop_outbound(self) -> Outbound:
-        """The next frame to send (the transport calls this, never outbound.popleft)."""
+        """The next frame to send (the transport calls this, never outbound.popleft); at the
+        low-water mark `paused` clears and the transport calls `resume()`."""
         out = self.outbound.popleft()
         self.outbound_bytes -= len(out.data)
         assert self.outbound_bytes >= 0
+        if (self.paused and self.outbound_bytes <= OUTBOUND_BYTES_LOW
+                and len(self.outbound) <= OUTBOUND_FRAMES_LOW):
+            self.paused = False
         return out
 
     def push_update(self, record: tuple) -> None:
@@ -221,7 +264,8 @@ class ServerConnection:
         return {"conn_id": self.conn_id, "name": self.client_name, "pid": pid, "uid": uid,
                 "gid": gid, "subscribed": len(self.subscribed), "queued": len(self.updates),
                 "updates_sent": self.updates_sent, "dropped": self.updates_dropped,
-                "requests": self.requests, "bad_messages": self.bad_messages}
+                "requests": self.requests, "bad_messages": self.bad_messages,
+                "unsent_bytes": self.outbound_bytes, "paused": self.paused}
 
     # --- errors -------------------------------------------------------------------------------
 
@@ -241,6 +285,21 @@ class ServerConnection:
             self.closing = True
             self.close_reason = reason
 
+    def close_with_error(self, code: int, text: str) -> None:
+        """A close the server decides: the client is told why first (an `error`, req_id 0)."""
+        if not self.closing:
+            self.reply(m.Error(0, code, _clip(text)))
+            self.close(text)
+
+    def release(self) -> None:
+        """The connection is gone: drop what it buffered now, not when the collector runs."""
+        self.close(self.close_reason or "released")
+        self._decoder = framing.FrameDecoder(1)
+        self.outbound.clear()
+        self.outbound_bytes = 0
+        self.updates.clear()
+        self.subscribed = set()
+
 
 def _clip(text: str) -> str:
     return text.encode()[: m.TEXT_BYTES_MAX].decode(errors="ignore")
@@ -254,5 +313,6 @@ _HANDLERS = {
     m.Unsubscribe: ServerConnection._on_unsubscribe,
     m.SnapshotRequest: ServerConnection._on_snapshot,
     m.StatsRequest: ServerConnection._on_stats,
+    m.Ping: ServerConnection._on_ping,
 }
 assert set(_HANDLERS) == set(m.REQUESTS.values())

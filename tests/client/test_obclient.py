@@ -259,3 +259,12 @@ def test_a_segment_of_another_layout_is_refused_clearly(observer, monkeypatch):
     monkeypatch.setattr(layout, "LAYOUT_HASH", layout.LAYOUT_HASH ^ 1)
     with pytest.raises(obclient.IncompatibleObserver, match="incompatible with this client"):
         obclient.connect(observer.socket_path)
+
+
+def test_a_long_non_ascii_client_name_is_cut_to_the_byte_limit_not_refused(observer):
+    """Names are limited in UTF-8 bytes (64); a name of 40 two-byte letters used to be cut at
+    64 characters, 80 bytes, and the hello refused."""
+    client = obclient.connect(observer.socket_path, client_name="é" * 40)
+    names = [c["name"] for c in client.stats().clients]
+    assert "é" * 32 in names
+    client.close()

@@ -1,15 +1,20 @@
 """ControlServer on a real loom loop (in a thread of this process) with real unix sockets:
-the admission rules (SO_PEERCRED allow-list, clients_max) that a full observer cannot vary."""
+the admission rules (SO_PEERCRED allow-list, clients_max, per-uid and per-pid limits) that a
+full observer cannot vary, and what a refused client is told."""
 
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
 
+import obclient
 from obclient.protocol import ClientProtocol
 from observer import loom
+from observer.config import ClientLimits
 from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
 from observer.testing import unique_name, wait_until
 from proto import messages as m
@@ -106,7 +111,7 @@ def test_serves_hello_without_fds_and_removes_socket_on_close(path):
 
 def test_peer_outside_the_allow_list_is_denied(path):
     with ServerThread(path) as st:
-        st.server.allow_uids = frozenset()          # not even our own uid
+        st.server.admission.allow_uids = frozenset()          # not even our own uid
         sock = connect(path)
         err = first_message_then_eof(sock)
         assert err.code == m.ErrorCode.DENIED
@@ -116,14 +121,14 @@ def test_peer_outside_the_allow_list_is_denied(path):
 
 def test_peer_allowed_by_gid(path):
     with ServerThread(path, allow_gids=(os.getgid(),)) as st:
-        st.server.allow_uids = frozenset()
+        st.server.admission.allow_uids = frozenset()
         sock, proto = connect(path), ClientProtocol()
         assert type(exchange(sock, proto, *proto.hello(want_fds=False))) is m.Welcome
         sock.close()
 
 
 def test_clients_past_the_limit_get_busy_and_fds_stay_bounded(path):
-    with ServerThread(path, clients_max=2) as st:
+    with ServerThread(path, limits=ClientLimits(clients_max=2)) as st:
         kept = []
         for _ in range(2):
             sock, proto = connect(path), ClientProtocol()
@@ -242,14 +247,28 @@ def _as_nobody_hello(path) -> str:
     return result
 
 
-def test_a_peer_that_never_says_hello_is_closed(path):
-    with ServerThread(path, hello_timeout_s=0.2) as st:
+@pytest.mark.parametrize("backend", loom.available_backends())
+def test_a_peer_that_never_says_hello_is_closed(path, backend):
+    with ServerThread(path, hello_timeout_s=0.2, backend=backend) as st:
         idle = connect(path)
         err = first_message_then_eof(idle)        # no deadline assertion: it just ends
         assert err.code == m.ErrorCode.NOT_READY
         assert "no hello" in err.message
         idle.close()
         wait_until(lambda: not st.server.clients, WAIT_S, "the idle client to be dropped")
+
+
+@pytest.mark.parametrize("backend", loom.available_backends())
+def test_a_peer_silent_after_hello_is_closed_with_idle(path, backend):
+    limits = ClientLimits(client_idle_s=1.0)
+    with ServerThread(path, limits=limits, backend=backend) as st:
+        sock, welcome = hello_or_refusal(path)
+        assert welcome.idle_s == 1.0
+        err = first_message_then_eof(sock)
+        assert err.code == m.ErrorCode.IDLE
+        sock.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "the idle client to be dropped")
+        assert st.server.stats()["closed_idle"] == 1
 
 
 @pytest.mark.parametrize("backend", loom.available_backends())
@@ -296,3 +315,152 @@ def test_many_peers_that_close_in_every_way_are_all_dropped(path, backend):
         wait_until(lambda: not st.server.clients, WAIT_S, "every closing client to be dropped")
         for sock, _ in socks:
             sock.close()
+
+
+# -- connection limits, and what a refused client is told ------------------------------------------
+
+HOLDER = """
+import socket, sys
+from obclient.protocol import ClientProtocol
+held = []
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sys.argv[1])
+    proto = ClientProtocol("holder")
+    req_id, data = proto.hello(want_fds=False)
+    reply = None
+    try:  # a refusal may close us before our hello goes out, or as it arrives
+        sock.sendall(data)
+        while (reply := proto.take_reply(req_id)) is None and not proto.unsolicited_errors:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            proto.receive_data(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        proto.receive_data(sock.recv(65536))
+    print(reply.TYPE if reply is not None else proto.unsolicited_errors[-1].message, flush=True)
+    held.append(sock)
+sys.stdin.read()
+"""
+
+
+class Holder:
+    """Another process of our uid holding `n` connections (hello said) until closed."""
+
+    def __init__(self, path, n):
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(n)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.results = [self.proc.stdout.readline().strip() for _ in range(n)]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(WAIT_S)
+        self.proc.stdout.close()
+
+
+def hello_or_refusal(path):
+    """(socket, the welcome or the error the server refused us with)."""
+    sock, proto = connect(path), ClientProtocol()
+    req_id, data = proto.hello(want_fds=False)
+    try:
+        sock.sendall(data)
+        while (reply := proto.take_reply(req_id)) is None:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return sock, proto.unsolicited_errors[-1]
+            proto.receive_data(chunk)
+    except (BrokenPipeError, ConnectionResetError):     # refused as our hello went out
+        if not proto.unsolicited_errors:
+            proto.receive_data(sock.recv(65536))
+        return sock, proto.unsolicited_errors[-1]
+    return sock, reply
+
+
+def test_a_process_past_clients_per_pid_max_gets_busy_naming_the_limit(path):
+    with ServerThread(path, limits=ClientLimits(clients_per_pid_max=2)) as st:
+        socks = [hello_or_refusal(path) for _ in range(3)]
+        assert [type(r) for _, r in socks] == [m.Welcome, m.Welcome, m.Error]
+        refusal = socks[2][1]
+        assert refusal.code == m.ErrorCode.BUSY
+        assert refusal.message == f"clients_per_pid_max=2 reached for pid {os.getpid()}"
+        holder = Holder(path, 1)                       # another process is still served
+        assert holder.results == ["welcome"]
+        holder.close()
+        for sock, _ in socks:
+            sock.close()
+        wait_until(lambda: not st.server.clients, WAIT_S, "every client to be dropped")
+        assert st.server.admission.clients == 0
+
+
+def test_a_uid_past_clients_per_uid_max_gets_busy_naming_the_limit(path):
+    limits = ClientLimits(clients_per_uid_max=3, clients_per_pid_max=2)
+    with ServerThread(path, limits=limits):
+        socks = [hello_or_refusal(path) for _ in range(2)]
+        holder = Holder(path, 2)
+        assert holder.results == [
+            "welcome", f"clients_per_uid_max=3 reached for uid {os.getuid()}"]
+        holder.close()
+        for sock, _ in socks:
+            sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+def test_a_uid_at_its_limit_leaves_room_for_another_uid():
+    import shutil
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="obs-uid-")
+    os.chmod(workdir, 0o755)
+    path = os.path.join(workdir, "observer.sock")
+    limits = ClientLimits(clients_per_uid_max=2)
+    try:
+        with ServerThread(path, allow_uids=(65534,), limits=limits):
+            os.chmod(path, 0o666)
+            socks = [hello_or_refusal(path) for _ in range(3)]
+            assert [type(r) for _, r in socks] == [m.Welcome, m.Welcome, m.Error]
+            assert _as_nobody_hello(path) == "welcome"
+            for sock, _ in socks:
+                sock.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_obclient_raises_server_refused_with_the_busy_reason_every_time(path):
+    with ServerThread(path, limits=ClientLimits(clients_max=1)):
+        sock, welcome = hello_or_refusal(path)
+        assert type(welcome) is m.Welcome
+        for _ in range(50):              # whichever way the race goes: the reason, not a reset
+            with pytest.raises(obclient.ServerRefused) as refused:
+                obclient.connect(path, timeout_s=WAIT_S)
+            assert refused.value.code == m.ErrorCode.BUSY
+            assert refused.value.code_name == "BUSY"
+            assert refused.value.reason == "clients_max=1 reached"
+        done = subprocess.run([sys.executable, "-m", "obclient.obctl", "--socket", path, "list"],
+                              capture_output=True, text=True, timeout=WAIT_S)
+        assert done.returncode == 3
+        assert done.stderr == "obctl: refused by the observer: BUSY: clients_max=1 reached\n"
+        sock.close()
+
+
+def test_obclient_and_obctl_report_a_denial_with_the_servers_reason(path):
+    with ServerThread(path) as st:
+        st.server.admission.allow_uids = frozenset()      # not even our own uid
+        reason = (f"uid {os.getuid()} not allowed: see allow_uids "
+                  f"(or allow_gids for its gid {os.getgid()})")
+        with pytest.raises(obclient.ServerRefused) as refused:
+            obclient.connect(path, timeout_s=WAIT_S)
+        assert refused.value.code == m.ErrorCode.DENIED
+        assert refused.value.reason == reason
+        done = subprocess.run([sys.executable, "-m", "obclient.obctl", "--socket", path, "stats"],
+                              capture_output=True, text=True, timeout=WAIT_S)
+        assert done.returncode == 3
+        assert done.stderr == f"obctl: refused by the observer: DENIED: {reason}\n"
+
+
+def test_shutdown_tells_every_client_why_before_closing(path):
+    with ServerThread(path):
+        socks = [hello_or_refusal(path)[0] for _ in range(3)]
+    for sock in socks:                                   # the server is closed now
+        err = first_message_then_eof(sock)
+        assert err.code == m.ErrorCode.SHUTTING_DOWN
+        sock.close()

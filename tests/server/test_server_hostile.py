@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 import stat
+import threading
 import time
 
 import pytest
@@ -157,29 +158,76 @@ def test_request_before_hello_is_refused(observer):
     sock.close()
 
 
-def test_flood_of_subscribes_from_a_client_that_never_reads(observer):
-    """The flooder is closed at its outbound limit; fds and memory stay bounded; others go on."""
+def test_pipelined_requests_are_all_answered_in_order(observer):
+    """1000 requests sent at once while the replies are read: every one answered, in order,
+    and the connection stays (the server used to close it, without a word, past 64)."""
+    requests_n = 1000
+    sock, proto = raw_connect(observer.socket_path), ClientProtocol("pipeline")
+    hello(sock, proto)
+    kinds = (m.ListBooks, m.StatsRequest)
+    frames = [proto.request(kinds[i % 2])[1] for i in range(requests_n)]
+    first_id = proto._req_id_last - requests_n + 1
+    sender = threading.Thread(target=sock.sendall, args=(b"".join(frames),))
+    sender.start()
+    while len(proto.replies) < requests_n:
+        assert read_messages(sock, proto), "closed before every reply"
+    sender.join(REPLY_WAIT_S)
+    assert list(proto.replies) == list(range(first_id, first_id + requests_n))
+    assert [type(r) for r in proto.replies.values()] == [
+        (m.BookList, m.Stats)[i % 2] for i in range(requests_n)]
+    assert not proto.unsolicited_errors
+    req_id, data = proto.request(m.ListBooks)             # still open
+    sock.sendall(data)
+    assert type(await_reply(sock, proto, req_id)) is m.BookList
+    sock.close()
+
+
+def send_until_blocked(sock, frames) -> int:
+    """Send frames without blocking until the socket would block; the count fully sent."""
+    sock.setblocking(False)
+    sent_n = 0
+    for frame in frames:
+        view = memoryview(frame)
+        while view:
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                sock.setblocking(True)
+                sock.settimeout(REPLY_WAIT_S)
+                return sent_n
+        sent_n += 1
+    raise AssertionError("the server read every request without us reading a reply")
+
+
+def test_a_client_that_never_reads_replies_is_held_back_not_closed(observer):
+    """Requests from clients that never read their replies: the server stops reading them (back
+    pressure), keeps them open with bounded memory and fds, serves everyone else meanwhile, and
+    answers every request once they read."""
     pid = observer.proc.pid
     fds_before, rss_before = open_fds(pid), rss_bytes(pid)
-    other = obclient.connect(observer.socket_path)
-    flooders = []
-    for _ in range(3):
-        sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+    other = obclient.connect(observer.socket_path, client_name="other")
+    stuck = []
+    for i in range(3):
+        sock, proto = raw_connect(observer.socket_path), ClientProtocol(f"stuck{i}")
         hello(sock, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        batch = b"".join(proto.request(m.Subscribe, [])[1] for _ in range(2000))
-        try:
-            sock.sendall(batch)       # the server stops reading us once it closes us
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        flooders.append(sock)
-    wait_until(lambda: other.stats().observer["clients"] == 1, REPLY_WAIT_S,
-               "the flooders to be closed")
-    assert not other.snapshot("BTCUSD", 1).stale
-    for sock in flooders:
-        sock.close()
-    assert open_fds(pid) <= fds_before + 1                 # +1: `other`
+        first_id = proto._req_id_last + 1
+        frames = (proto.request(m.StatsRequest)[1] for _ in range(1_000_000))
+        stuck.append((sock, proto, first_id, send_until_blocked(sock, frames)))
+    for _ in range(20):                                    # everyone else is served meanwhile
+        assert not other.snapshot("BTCUSD", 1).stale
+        rows = {c["name"]: c for c in other.stats().clients}
+    assert all(rows[f"stuck{i}"]["unsent_bytes"] for i in range(3))   # still there, held back
     assert rss_bytes(pid) < rss_before + 64 * 1024 * 1024
+    assert open_fds(pid) <= fds_before + 4                 # `other` and the three
+    sock, proto, first_id, sent_n = stuck[0]
+    while len(proto.replies) < sent_n:                     # it reads at last: all answered
+        assert read_messages(sock, proto), "closed before every reply"
+    assert list(proto.replies) == list(range(first_id, first_id + sent_n))
+    assert not proto.unsolicited_errors
+    for sock, *_ in stuck:
+        sock.close()
+    wait_until(lambda: len(other.stats().clients) <= 2, REPLY_WAIT_S, "the stuck ones to go")
     other.close()
 
 
@@ -234,3 +282,36 @@ def test_socket_snapshot_matches_shared_memory_exponents(observer):
     assert len(reply.bids) == 3
     assert reply.bids[0][0] < reply.asks[0][0]
     client.close()
+
+
+# A client name that would clear the operator's terminal, forge a log line and hide text.
+EVIL_NAME = "evil\x1b[2J\r\n2026-01-01T00:00:00.000Z INFO forged\x00\x7f\x85\x9b\u2028\u202e!"
+EVIL_ESCAPED = (r"evil\x1b[2J\r\n2026-01-01T00:00:00.000Z INFO forged\x00\x7f\x85\x9b"
+                r"\u2028\u202e!")
+UNSAFE_BYTES = [c.encode() for c in "\x1b\r\x00\x7f\x85\x9b\u2028\u202e"]
+
+
+def test_a_client_name_with_control_characters_is_logged_escaped(observer):
+    client = obclient.connect(observer.socket_path, client_name=EVIL_NAME)
+    client.close()
+    wanted = f'client="{EVIL_ESCAPED}"'
+    wait_until(lambda: wanted in observer.log_text(), REPLY_WAIT_S, "the disconnect line")
+    with open(observer.log_path, "rb") as f:
+        raw = f.read()
+    for unsafe in UNSAFE_BYTES:
+        assert unsafe not in raw
+    assert b"\n2026-01-01T00:00:00.000Z INFO forged" not in raw
+
+
+def test_a_client_name_that_is_not_utf8_is_refused_and_never_logged(observer):
+    """Invalid UTF-8 cannot reach the log through a name: msgpack strings are decoded strictly."""
+    sock, proto = raw_connect(observer.socket_path), ClientProtocol()
+    bad_name = b"\xa6\xff\xfe\x1b\r\x85x"                      # a 6-byte msgpack str, not UTF-8
+    hello = b"\x96\xa5hello\x01\x01\x02" + bad_name + b"\xc2"  # ["hello", 1, 1, 2, <bad>, false]
+    sock.sendall(framing.HEADER.pack(len(hello)) + hello)
+    while not proto.unsolicited_errors:
+        assert read_messages(sock, proto)
+    assert proto.unsolicited_errors[-1].code == m.ErrorCode.BAD_MSGPACK
+    sock.close()
+    with open(observer.log_path, "rb") as f:
+        assert b"\xff\xfe" not in f.read()

@@ -7,7 +7,8 @@ import msgpack
 import pytest
 
 from obclient.protocol import ClientProtocol, ProtocolError
-from observer.server.protocol import ServerConnection
+from observer.server.protocol import (MESSAGES_PER_BATCH_MAX, OUTBOUND_BYTES_MAX,
+                                     ServerConnection)
 from proto import framing
 from proto import messages as m
 
@@ -216,14 +217,35 @@ def test_subscribe_queue_is_bounded_and_counts_drops():
     assert unsub.books == [1, 2]
 
 
-def test_client_that_never_reads_is_closed_at_outbound_limit():
-    pair = Pair(outbound_frames_max=4)
-    req_id, data = pair.client.hello()
-    pair.server.receive_data(data)
-    for _ in range(10):
-        pair.server.receive_data(pair.client.request(m.ListBooks)[1])
-    assert pair.server.closing
-    assert len(pair.server.outbound) <= 4
+def test_pipelined_requests_past_the_high_water_mark_pause_decoding_and_all_get_replies():
+    """A client that sends thousands of requests before reading is held back, not closed:
+    the machine stops decoding at the high-water mark, keeps the rest, and resumes on drain."""
+    pair = Pair()
+    pair.hello()
+    requests_n = 5000
+    first_id = pair.client._req_id_last + 1
+    data = b"".join(pair.client.request(m.ListBooks)[1] for _ in range(requests_n))
+    served_before = pair.server.requests
+    pair.server.receive_data(data)                 # all at once, and nothing read yet
+    assert pair.server.requests - served_before == MESSAGES_PER_BATCH_MAX   # one batch...
+    assert pair.server.backlogged
+    while pair.server.backlogged:                  # ...the transport yields between them
+        pair.server.resume()
+    assert pair.server.paused
+    assert not pair.server.closing
+    assert pair.server.outbound_bytes <= OUTBOUND_BYTES_MAX
+    assert pair.server.requests < requests_n       # the rest waits, undecoded
+    resumes = 0
+    while pair.server.outbound:
+        pair.pump()                                # the transport sends...
+        pair.server.resume()                       # ...and then lets the reader go on
+        while pair.server.backlogged:
+            pair.server.resume()
+        resumes += 1
+    assert resumes > 1
+    assert list(pair.client.replies) == list(range(first_id, first_id + requests_n))
+    assert all(type(r) is m.BookList for r in pair.client.replies.values())
+    assert not pair.server.closing
 
 
 def test_subscribe_too_many_names_is_bad_message():
@@ -242,7 +264,7 @@ def test_random_bytes_never_raise():
             if rng.random() < 0.5:
                 blob = framing.HEADER.pack(len(blob)) + blob
             server.receive_data(blob or b"\x00")
-        assert len(server.outbound) <= server.outbound_frames_max
+        assert server.outbound_bytes <= OUTBOUND_BYTES_MAX
 
 
 def test_client_rejects_garbage_from_server():
