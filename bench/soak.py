@@ -6,13 +6,16 @@ pinned shard processes, the feeds balanced between them); six obclient reader pr
 following the update rings (blocking and busy-poll mixed, see READERS) and two socket
 subscribers (records pushed over the control socket). Each child checks the per-book sequence
 of what it receives (`book_seq` steps by one per publish of a book), so a record lost between
-the shard and a client shows as a gap even where nothing else counts it.
+the shard and a client shows as a gap even where nothing else counts it. Every
+`--fault-every-s` (30 s; 0 for none) obsim injects the next fault of FAULTS, a dropped
+connection or a lost message (then a resync) on each venue in turn: memory kept per reconnect
+or per resync shows as a slope only if they happen during the soak.
 
 What it measures: every `--sample-s` it reads each process's VmRSS and RssAnon (the heap and
 other private memory, i.e. what a leak grows; VmRSS adds the shared segment's touched pages and
 file-backed code) from /proc and its open fd count. The result is the least-squares slope of
-RSS over the run after `--warmup-s` (KB/min), per process, and for the shards the same slope
-over `--windows` successive windows: allocator warm-up (arenas and pools that grow and settle)
+RSS over the run after `--warmup-s` (KB/min), per process, and the RssAnon slope over
+`--windows` successive windows: allocator warm-up (arenas and pools that grow and settle)
 shows as slopes that fall towards 0 window after window, a leak as a slope that stays. Also: fds
 at the start and the end, records delivered to each client, drops (socket subscribers: counted
 by the server and by obclient), laps (ring overruns of the readers), gaps (book_seq jumps seen
@@ -21,7 +24,8 @@ by clients; feed gaps, resyncs and reconnects from the observer's stats), the lo
 Busy-poll readers run at nice 19: on this shared 2-vCPU machine two processes spinning at
 normal priority would take the shards' CPU away and the soak would measure starvation, not
 memory. They still take every record through the spin path (laps would show if they fell
-behind).
+behind). The "next" readers and the lap counts use obclient's segment reader and follower
+directly (`client._att.reader`, `stream._follower`), as bench/cores.py does.
 
 `OBSERVER_TRACEMALLOC_S` (see observer/memtrace.py) is passed through with `--tracemalloc-s`,
 so each shard logs its top allocation differences into the observer's log; `--keep-log FILE`
@@ -31,7 +35,7 @@ Detail lines go to stderr, the one result line to stdout. Nothing is left behind
 die with this process (PR_SET_PDEATHSIG) and are stopped at the end, obsim and the observer
 are stopped and their directories removed.
 
-Usage: python bench/soak.py [--duration-s 300] [--warmup-s 60] [--rate 200]
+Usage: python bench/soak.py [--duration-s 300] [--warmup-s 60] [--rate 200] [--fault-every-s 30]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import shutil
 import signal
@@ -65,6 +70,9 @@ READERS = (("stream-block-0", "stream", "block", None), ("stream-block-1", "stre
            ("next-block-s0", "next", "block", 0), ("next-block-s1", "next", "block", 1),
            ("stream-spin", "stream", "spin", None), ("next-spin-s1", "next", "spin", 1))
 SUBSCRIBERS = ("sub-0", "sub-1")
+# Injected in turn, one every --fault-every-s: what production brings (a dropped connection, a
+# lost message and its resync) must not leave memory behind either.
+FAULTS = tuple((venue, kind) for venue in VENUES for kind in ("disconnect", "gap"))
 BUSY_NICE = 19
 WAIT_S = 0.25                # a child's longest wait: how soon it sees SIGTERM
 CHILD_READY_S = 60.0
@@ -290,7 +298,7 @@ def soak(args) -> dict:
                 children = start_children(obs.socket_path)
                 pids.update({role: proc.pid for role, proc in children.items()})
                 pids["obsim"] = sim.proc.pid
-                sampler = run_samples(pids, args)
+                sampler, faults_n = run_samples(pids, args, sim)
                 end_pids = observer_pids(obs, client)
                 stats = client.stats()
             finally:
@@ -300,6 +308,7 @@ def soak(args) -> dict:
             if args.keep_log:
                 shutil.copyfile(obs.log_path, args.keep_log)
             return {"sampler": sampler, "results": results, "stats": stats, "cores": cores,
+                    "faults_n": faults_n,
                     "restarted": end_pids != observer_pids_from(pids), "stop_code": code,
                     "log_tail": obs.log_text().splitlines()[-5:]}
         finally:
@@ -311,15 +320,25 @@ def observer_pids_from(pids: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in pids.items() if k == "supervisor" or k.startswith("shard")}
 
 
-def run_samples(pids: dict[str, int], args) -> Sampler:
+def run_samples(pids: dict[str, int], args, sim) -> tuple[Sampler, int]:
+    """Sample every `sample_s` and inject the next of FAULTS every `fault_every_s` until the
+    end; returns the samples and the number of faults injected."""
     sampler = Sampler(pids)
-    end_s = time.monotonic() + args.duration_s
-    next_s = time.monotonic()
-    while next_s <= end_s:
-        sampler.sample()
-        next_s += args.sample_s
-        time.sleep(max(0.0, next_s - time.monotonic()))
-    return sampler
+    start_s = time.monotonic()
+    next_sample_s, end_s = start_s, start_s + args.duration_s
+    next_fault_s = start_s + args.fault_every_s if args.fault_every_s > 0 else math.inf
+    faults_n = 0
+    while next_sample_s <= end_s:
+        if time.monotonic() >= next_fault_s:
+            venue, kind = FAULTS[faults_n % len(FAULTS)]
+            sim.fault(venue, kind)
+            faults_n += 1
+            next_fault_s += args.fault_every_s
+        if time.monotonic() >= next_sample_s:
+            sampler.sample()
+            next_sample_s += args.sample_s
+        time.sleep(max(0.0, min(next_sample_s, next_fault_s) - time.monotonic()))
+    return sampler, faults_n
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -387,7 +406,8 @@ def result_line(args, run: dict, slopes: dict, clients: dict, load_start: float)
             f"subscriber {min(clients['records_subs']):,}-{max(clients['records_subs']):,} | "
             f"drops {clients['drops']} laps {clients['laps']} gaps {clients['gaps_readers']} in "
             f"readers, {clients['gaps_subs']} in subscribers (feed gaps "
-            f"{feeds['gaps']} resyncs {feeds['resyncs']} reconnects {feeds['reconnects']}"
+            f"{feeds['gaps']} resyncs {feeds['resyncs']} reconnects {feeds['reconnects']}, "
+            f"{run['faults_n']} faults injected"
             f"{', a shard RESTARTED' if run['restarted'] else ''}) | load {load_start:.1f} -> "
             f"{os.getloadavg()[0]:.1f}")
 
@@ -400,6 +420,9 @@ def main(argv=None) -> int:
     p.add_argument("--sample-s", type=float, default=2.0)
     p.add_argument("--windows", type=int, default=4, help="successive slope windows (settling)")
     p.add_argument("--rate", type=float, default=200.0, help="obsim events/s per symbol")
+    p.add_argument("--fault-every-s", type=float, default=30.0,
+                   help="inject the next fault (disconnect, gap; venue by venue) this often; "
+                        "0: none (the steady state alone)")
     p.add_argument("--tracemalloc-s", type=float, default=0.0,
                    help="shards log tracemalloc differences this often (observer/memtrace.py)")
     p.add_argument("--keep-log", help="copy the observer's log here before it is removed")
@@ -413,7 +436,8 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     print(f"soak: obsim {','.join(VENUES)} x2 symbols at {args.rate:g}/s each, observer with 2 "
           f"shards, {len(READERS)} readers, {len(SUBSCRIBERS)} socket subscribers, "
-          f"{args.duration_s:.0f} s; load average {load_start:.1f}", file=sys.stderr, flush=True)
+          f"{args.duration_s:.0f} s, a fault every {args.fault_every_s:g} s; load average "
+          f"{load_start:.1f}", file=sys.stderr, flush=True)
     run = soak(args)
     slopes = report_processes(run["sampler"], args)
     clients = summarise_clients(run["results"], run["stats"])
