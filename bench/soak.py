@@ -436,8 +436,9 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     print(f"soak: obsim {','.join(VENUES)} x2 symbols at {args.rate:g}/s each, observer with 2 "
           f"shards, {len(READERS)} readers, {len(SUBSCRIBERS)} socket subscribers, "
-          f"{args.duration_s:.0f} s, a fault every {args.fault_every_s:g} s; load average "
-          f"{load_start:.1f}", file=sys.stderr, flush=True)
+          f"{args.duration_s:.0f} s, "
+          f"{f'a fault every {args.fault_every_s:g} s' if args.fault_every_s > 0 else 'no faults'}"
+          f"; load average {load_start:.1f}", file=sys.stderr, flush=True)
     run = soak(args)
     slopes = report_processes(run["sampler"], args)
     clients = summarise_clients(run["results"], run["stats"])
