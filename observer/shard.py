@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from observer import loom
+from observer import loom, memtrace
 from observer.feeds.actions import Publish, Stale
 
 log = logging.getLogger("observer.shard")
@@ -50,6 +50,9 @@ class Shard:
             else:
                 self._fibers.append(loop.spawn(self._run_feed, feed))
         self._fibers.append(loop.spawn(self._heartbeat))
+        tracer = memtrace.start(loop, f"shard{self.index}")     # None unless asked for
+        if tracer is not None:
+            self._fibers.append(tracer)
 
     def stop(self) -> None:
         """Stop the feeds' sessions, cancel the feed and heartbeat fibers and, from a fiber,

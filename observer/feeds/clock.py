@@ -1,15 +1,22 @@
 """Exchange timestamps to integer nanoseconds, without floats.
 
 Coinbase and Kraken stamp events with RFC 3339 text ("2026-11-01T12:00:00.123456789Z"). The
-date-and-seconds prefix changes once a second, so its epoch value is cached (bounded by
-`prefix_cache_max`) and only the fraction is parsed per message. Times must be UTC ("Z" or
-"+00:00"); anything else raises ValueError, which adapters turn into FeedProtocolError.
+date-and-seconds prefix changes once a second, so its epoch value is cached and only the
+fraction is parsed per message. Times must be UTC ("Z" or "+00:00"); anything else raises
+ValueError, which adapters turn into FeedProtocolError.
+
+Discussion: the cache is keyed by wall-clock seconds, so it gains an entry every second for as
+long as the process runs, and each new second is one `strptime` whatever its bound. Exchange
+times are about now, so only the last few seconds are ever looked up again: the bound is a
+minute's worth, emptied when full. It was 4096, i.e. 68 minutes of entries (about 150 bytes
+each) before the first emptying: a steady RSS creep in every shard with a Kraken or Coinbase
+feed, which a soak of an hour still saw as a leak (bench/soak.py).
 """
 
 import calendar
 import time
 
-prefix_cache_max = 4096
+prefix_cache_max = 64         # seconds remembered (see the discussion above)
 _prefix_ns = {}
 
 

@@ -267,6 +267,7 @@ def _runner_main() -> None:
                 loop._fiber_finished(fiber, result, None)
         runner.fiber = None
         fiber.runner = None
+        fiber = result = None                    # a parked runner keeps no fiber alive
         if len(loop._runners) >= RUNNERS_POOLED_MAX:
             return                               # the greenlet ends; control goes to the loop
         loop._runners.append(runner)

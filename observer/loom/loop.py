@@ -148,6 +148,11 @@ class Loop:
         fiber.result = result
         fiber.error = error
         fiber.deferred = None
+        # A finished fiber keeps nothing of its I/O. Its Op's callback is the fiber's own bound
+        # `on_op_done`, so fiber -> op -> callback -> fiber is a cycle that only the cyclic GC
+        # would free (with the op's fd state and socket), and a steady shard may not run it for
+        # hours: every finished snapshot fiber would stay.
+        fiber.op = fiber.on_op_done = fiber.abandon_fn = fiber.abandon_arg = None
         self._fibers.discard(fiber)
         if fiber is self._main:
             self._inline_ok = False          # run() returns now; nobody may block in a poll

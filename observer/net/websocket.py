@@ -101,7 +101,13 @@ class WebSocket:
         self.url = url
         self.pongs_received = 0
         self.pings_received = 0
-        self._closed_error: NetError | None = None
+        # Why the connection ended, as (code, reason); each raise makes a fresh ConnectionClosed
+        # from it. Not the exception itself: a raised exception holds its traceback, whose
+        # frames hold this object, so a stored one made every dead connection a reference cycle
+        # (this, the TLS state, the 256 KiB frame buffer) that only the cyclic GC frees, and a
+        # shard in steady state allocates so few containers that its GC may not run for hours
+        # (tests/feeds/test_feed_session_memory.py).
+        self._closed: tuple[int, str] | None = None
         self._reading = False          # a fiber is parked in recv() waiting for bytes
         self._ended = loom.Event()     # posted once the connection has ended, for close()
 
@@ -123,8 +129,8 @@ class WebSocket:
 
     def recv(self) -> Message:
         """The next data message; answers pings on the way. Raises on close or failure."""
-        if self._closed_error is not None:
-            raise self._closed_error
+        if self._closed is not None:
+            raise self._closed_exc()
         reader = self.conn.reader
         while True:
             try:
@@ -152,7 +158,7 @@ class WebSocket:
             self._reading = False
         if n == 0:
             self._fail(ConnectionClosed(1006, "connection closed without a close frame"))
-            raise self._closed_error
+            raise self._closed_exc()
         reader.received(n)
 
     def _on_control(self, event) -> None:
@@ -164,7 +170,7 @@ class WebSocket:
         elif type(event) is Close:
             self._flush()
             self._fail(ConnectionClosed(event.code, event.reason))
-            raise self._closed_error
+            raise self._closed_exc()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -173,15 +179,19 @@ class WebSocket:
 
     def _fail(self, error: NetError) -> None:
         """Remember why the connection ended, send what it owes (a close frame), drop TCP."""
-        if self._closed_error is None:
-            self._closed_error = error if isinstance(error, ConnectionClosed) else \
-                ConnectionClosed(getattr(error, "close_code", 1006), str(error))
+        if self._closed is None:
+            self._closed = ((error.code, error.reason) if isinstance(error, ConnectionClosed)
+                            else (getattr(error, "close_code", 1006), str(error)))
         try:
             self._flush()
         except NetError:
             pass
         self.stream.close()
         self._ended.post()
+
+    def _closed_exc(self) -> ConnectionClosed:
+        code, reason = self._closed
+        return ConnectionClosed(code, reason)
 
     def send_text(self, text: str) -> None:
         self._send(self.conn.send_text(text))
@@ -193,8 +203,8 @@ class WebSocket:
         self._send(self.conn.send_ping(payload))
 
     def _send(self, frame: bytes) -> None:
-        if self._closed_error is not None:
-            raise self._closed_error
+        if self._closed is not None:
+            raise self._closed_exc()
         try:
             self.stream.sendall(frame)
         except NetError as exc:
@@ -222,8 +232,8 @@ class WebSocket:
         except (NetError, TimeoutError):  # a timeout, a reset, a violation: we are leaving
             pass
         finally:
-            if self._closed_error is None:
-                self._closed_error = ConnectionClosed(code, reason)
+            if self._closed is None:
+                self._closed = (code, reason)
             self.stream.close()
 
     def _drain_until_closed(self) -> None:
@@ -245,6 +255,6 @@ class WebSocket:
         except (NetError, TimeoutError):
             pass
         finally:
-            if self._closed_error is None:
-                self._closed_error = ConnectionClosed(code, reason)
+            if self._closed is None:
+                self._closed = (code, reason)
             self.stream.close()  # the parked reader, if still there, gets ConnectionClosed

@@ -238,3 +238,31 @@ def test_watchdog_ignores_a_fiber_blocked_in_an_inline_poll(backend):
         a.close()
         b.close()
     assert loop.watchdog_reports() == []
+
+
+def test_a_finished_fiber_is_freed_without_the_cyclic_gc(loop, closing):
+    """A fiber that waited on I/O keeps nothing once done, so reference counting alone frees
+    it. Its Op's callback is the fiber's own bound method: kept after the end, that cycle (with
+    the op's fd state and socket) waits for a full GC, which a shard in steady state may not
+    run for hours (bench/soak.py)."""
+    import gc
+    import socket
+    import weakref
+
+    a, b = closing(*socket.socketpair())
+
+    def main():
+        fiber = loop.spawn(loom.recv, b, 4)
+        loom.sleep(0)                          # the reader runs, finds nothing, waits
+        assert fiber.op is not None            # so it did make its Op: the case under test
+        loom.sendall(a, b"ping")
+        assert fiber.join(5.0) == b"ping"
+        return weakref.ref(fiber)
+
+    gc.disable()
+    try:
+        ref = loop.run(main)
+        kept = ref() is not None
+    finally:
+        gc.enable()
+    assert not kept
