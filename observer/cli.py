@@ -135,7 +135,10 @@ def run(config: cfg.ObserverConfig) -> int:
 
     descs, feeds, index_of, shard_of = plan(config)
     shards_n = len(config.cores) if config.cores else 1
-    loop = loom.Loop(backend=config.backend)
+    try:
+        loop = loom.Loop(backend=config.backend)
+    except loom.BackendUnavailable as exc:       # asked for by name: never a silent substitute
+        raise StartError(f"cannot start: {exc}") from None
     socket_path = config.socket or m.default_socket_path()
     supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
                             depth_max=config.depth, socket_path=socket_path,

@@ -13,20 +13,27 @@ from __future__ import annotations
 import select
 
 from ._common import FdState, LoomError, ReadinessBackend
+from .backend import BackendUnavailable
 
 EVENTS_MAX = 256        # events taken per poll; the rest wait for the next pass
-_IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
-_OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
-_HUP = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
-_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+if hasattr(select, "epoll"):           # importable anywhere; only Linux has epoll
+    _IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+    _OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+    _HUP = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
+    _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 
 
 class EpollBackend(ReadinessBackend):
     name = "epoll"
 
     def __init__(self):
+        if not hasattr(select, "epoll"):
+            raise BackendUnavailable("epoll", "this OS has no select.epoll")
         super().__init__()
-        self._ep = select.epoll()
+        try:
+            self._ep = select.epoll()
+        except OSError as exc:          # a seccomp profile, the fd limit
+            raise BackendUnavailable("epoll", f"epoll_create: {exc.strerror}") from None
         self._fds: dict[int, FdState] = {}
 
     # -- fds -------------------------------------------------------------------------------

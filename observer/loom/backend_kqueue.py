@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 
 from ._common import FdState, LoomError, ReadinessBackend
+from .backend import BackendUnavailable
 
 EVENTS_MAX = 256        # events taken per poll; the rest wait for the next pass
 
@@ -20,10 +21,12 @@ class KqueueBackend(ReadinessBackend):
 
     def __init__(self):
         if not hasattr(select, "kqueue"):
-            from .backend import BackendUnavailable
-            raise BackendUnavailable("kqueue: this OS has no select.kqueue")
+            raise BackendUnavailable("kqueue", "this OS has no select.kqueue")
         super().__init__()
-        self._kq = select.kqueue()
+        try:
+            self._kq = select.kqueue()
+        except OSError as exc:
+            raise BackendUnavailable("kqueue", f"kqueue: {exc.strerror}") from None
         self._fds: dict[int, FdState] = {}
 
     def _change(self, fd: int, flags: int) -> None:

@@ -73,7 +73,7 @@ class UringBackend:
         try:
             self._ring = ur.Ring(sq_entries, cq_entries)
         except (OSError, ValueError) as exc:
-            raise BackendUnavailable(f"io_uring: {exc}") from None
+            raise BackendUnavailable("io_uring", str(exc)) from None
         self.inflight_max = self._ring.cq_entries
         self.overflow_max = overflow_max
         self._ops: dict[int, Op] = {}          # user_data -> op, for every op in the kernel
