@@ -24,8 +24,7 @@ import socket
 from dataclasses import dataclass
 
 from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, Cancelled,
-                      ClosedError, LoomError, LoomInternalError, Op,
-                      take_pushback as _take_pushback)
+                      ClosedError, LoomError, LoomInternalError, Op)
 from greenlet import getcurrent
 
 from .fiber import IMMEDIATE_RUN_MAX, current_fiber, end_turn, suspend, yield_now
@@ -106,7 +105,7 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
         state = loop._last_state
     else:
         state = _state(loop, sock)
-    if state.in_hint:                            # False while io_uring pushback is pending
+    if state.in_hint:                            # False while io_uring holds leftovers
         try:
             n = sock.recv_into(buf, nbytes)
         except BlockingIOError:
@@ -118,12 +117,10 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
             if loop._budget <= 0:
                 end_turn(loop._current)
             return n
-    if loop._backend.hints_from_poll:           # (pushback is io_uring's alone)
+    if loop._backend.edge_hints:
         n = _recv_wait_inline(loop, state, sock, buf, nbytes)
         if n is not None:
             return n
-    elif state.pushback:
-        return _take_pushback(state, buf, nbytes)
     return _wait_op(loop._current, state, RECV, buf, nbytes)
 
 
@@ -235,9 +232,7 @@ def accept(sock):
     """Accept one connection: `(conn, addr)`, conn already non-blocking."""
     fiber = current_fiber()
     state = fiber.loop.state_for(sock)
-    if state.pushback_accept:
-        return state.pushback_accept.pop(0)
-    if state.in_hint:
+    if state.in_hint:                            # False while io_uring holds leftovers
         try:
             conn, addr = sock.accept()
         except BlockingIOError:
@@ -272,9 +267,7 @@ def read(fd: int, buf) -> int:
     state = fiber.loop.state_for(fd)
     if state.sock is not None:
         return recv_into(state.sock, buf)
-    if state.pushback:
-        return _take_pushback(state, buf, 0)
-    if state.in_hint:
+    if state.in_hint:                            # False while io_uring holds leftovers
         n = state.file.readinto(buf)
         if n is not None:
             _immediate(fiber)
