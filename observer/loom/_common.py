@@ -31,8 +31,6 @@ KIND_NAMES = {RECV: "recv", SEND: "send", ACCEPT: "accept", CONNECT: "connect", 
               WRITE: "write", POLL_IN: "wait_readable", POLL_OUT: "wait_writable"}
 READ_KINDS = frozenset((RECV, ACCEPT, READ, POLL_IN))
 
-FDS_MAX = 65536              # fds one loop tracks at once; past it registration is an error
-
 
 class LoomError(Exception):
     """Misuse of loom: calling a fiber function outside a fiber, two readers on one fd, ..."""

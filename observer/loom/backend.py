@@ -77,7 +77,7 @@ class Backend(abc.ABC):
     name: str                # "io_uring", "epoll", "kqueue"
     # True when a poll sets an fd's `in_hint` on an IN edge even with no op parked there
     # (readiness backends), so a fiber may wait for an edge by polling, no op parked
-    # (calls._recv_wait_inline); io_uring only reports completions of ops it was given.
+    # (`Loop.poll_inline` with an `edge`); io_uring only reports completions of ops it was given.
     edge_hints: bool
     pending: int
 
