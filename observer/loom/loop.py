@@ -23,19 +23,13 @@ began (ones woken during it wait for the next pass, so a busy fiber cannot starv
 
 The shortcut, in one place (`poll_inline`): when a fiber would switch to the loop only for the
 loop to poll and switch straight back (nobody else is ready), it runs phase 1 on its own
-greenlet instead, and goes on as a new turn if that woke nobody but itself and no timer is due;
-otherwise it switches to the loop, which expires timers and runs the woken in order as usual.
-Each use saves two greenlet switches and a pass of bookkeeping, about a microsecond. Three
-callers: a fiber that waits (`fiber.suspend`); one whose turn budget ran out (`fiber.end_turn`:
-a zero-timeout poll, no switch when nobody else can run); and a `recv_into` that would block,
-which on a readiness backend waits for its fd's edge with no op parked. That last one is the
-hottest wait: the general wait (park an op, suspend, poll, perform it in the backend, call back,
-queue the fiber, take it off the queue) costs about 2 µs of Python, the gap to uvloop in
-ping-pong; epoll and kqueue report edges on every registered fd, parked op or not
-(`Backend.edge_hints`), so the fiber polls, an IN edge only sets its fd's hint, and it calls
-recv itself. Whenever the loop says no, the op path takes over and the edge stays in the hint;
-io_uring reports completions of ops only, so there it says no at once. Every turn, resumed by
-the loop or going on after such a poll, begins in `begin_turn`.
+greenlet, and goes on as a new turn if that woke nobody but itself and no timer is due; else it
+switches to the loop as usual. That saves two switches and a pass, about a microsecond, for a
+fiber that waits (`fiber.suspend`), one whose turn budget ran out (`fiber.end_turn`), and a
+`recv_into` that would block: on epoll and kqueue, which report edges on every registered fd
+(`Backend.edge_hints`), it waits for its fd's edge with no op parked and calls recv itself,
+skipping the ~2 µs of Python of the op path (park, perform, call back, queue, dequeue).
+Every turn, resumed by the loop or going on after such a poll, begins in `begin_turn`.
 
 Loop bugs are fatal (`LoomInternalError` closes the loop and propagates); fiber bugs are
 contained (stored on the fiber, logged with its name, re-raised by `join()`).
