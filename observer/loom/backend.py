@@ -147,11 +147,12 @@ def make_backend(name: str | None = None) -> Backend:
 
 
 def unavailable_reason(name: str) -> str | None:
-    """Why `name` cannot run here, or None when it can."""
+    """Why `name` cannot run here ("kqueue: this OS has no select.kqueue"), or None when it
+    can."""
     try:
         backend = _load(name)()
     except BackendUnavailable as exc:
-        return exc.reason
+        return f"{exc.backend}: {exc.reason}"
     except OSError as exc:
         return str(exc)
     backend.close()
