@@ -37,7 +37,7 @@ log = logging.getLogger("observer.loom")
 
 
 def _spend(loop) -> None:
-    """A call completed at once: one of the turn's budget; the turn ends at zero."""
+    """A call completed at once: it spends one of the turn's budget; at zero the turn ends."""
     loop.budget -= 1
     if loop.budget <= 0:
         end_turn(loop.current)
