@@ -131,10 +131,10 @@ def _check_here(config: cfg.ObserverConfig) -> None:
 
 
 def _check_backend(name: str) -> None:
-    from observer.loom.backend import FALLBACK, available_backends, unavailable_reason
+    from observer.loom.backend import available_backends, unavailable_reason
 
     reason = unavailable_reason(name)
-    if reason is not None and name not in FALLBACK:      # a refused io_uring runs on epoll
+    if reason is not None:            # asked for by name: it runs, or it is a clear error
         raise cfg.ConfigError(f"backend {name}: not available on this machine ({reason}); "
                               f"available: {', '.join(available_backends())}")
 

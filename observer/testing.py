@@ -155,11 +155,20 @@ def wait_until(predicate, timeout_s: float, what: str):
         time.sleep(POLL_S)
 
 
-# Python source for a child process (run with `python -c`): its first lines forbid
-# io_uring_setup (syscall 425 on x86-64) with a seccomp filter returning EPERM, as a container
-# runtime's profile does. x86-64 only; tests that use it skip elsewhere. It also gives the child
-# `keep_log(name, level)`, which collects that logger's messages into `records`.
-NO_IO_URING_PRELUDE = r"""
+SYS_IO_URING_SETUP = 425          # x86-64 syscall numbers the preludes below may refuse
+SYS_EPOLL_CREATE = 213
+SYS_EPOLL_CREATE1 = 291
+
+
+def refusing_prelude(*syscalls: int) -> str:
+    """Python source for a child process (run with `python -c`): its first lines forbid the
+    given x86-64 syscalls with a seccomp filter returning EPERM, as a container runtime's
+    profile does. x86-64 only; tests that use it skip elsewhere. It also gives the child
+    `keep_log(name, level)`, which collects that logger's messages into `records`."""
+    return _REFUSING_PRELUDE.replace("SYSCALLS", repr(list(syscalls)))
+
+
+_REFUSING_PRELUDE = r"""
 import ctypes
 class Filter(ctypes.Structure):
     _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
@@ -167,14 +176,16 @@ class Filter(ctypes.Structure):
 class Prog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
 LD_ABS, JEQ, RET = 0x20, 0x15, 0x06
-program = (Filter * 6)(
-    Filter(LD_ABS, 0, 0, 4), Filter(JEQ, 0, 3, 0xC000003E),      # x86-64 only
-    Filter(LD_ABS, 0, 0, 0), Filter(JEQ, 0, 1, 425),             # io_uring_setup
-    Filter(RET, 0, 0, 0x00050000 | 1),                           # -> EPERM
-    Filter(RET, 0, 0, 0x7FFF0000))                               # everything else: allow
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+code = [Filter(LD_ABS, 0, 0, 4), Filter(JEQ, 1, 0, 0xC000003E),  # x86-64 only, else allow
+        Filter(RET, 0, 0, ALLOW), Filter(LD_ABS, 0, 0, 0)]        # the syscall number
+for number in SYSCALLS:
+    code += [Filter(JEQ, 0, 1, number), Filter(RET, 0, 0, EPERM)]
+code.append(Filter(RET, 0, 0, ALLOW))                            # everything else: allow
+program = (Filter * len(code))(*code)
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(38, 1, 0, 0, 0) == 0                           # PR_SET_NO_NEW_PRIVS
-prog = Prog(6, program)
+prog = Prog(len(code), program)
 assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
 
 import logging
@@ -187,3 +198,4 @@ def keep_log(name, level=logging.NOTSET):
     logger.addHandler(Keep())
     logger.setLevel(level)
 """
+NO_IO_URING_PRELUDE = refusing_prelude(SYS_IO_URING_SETUP)

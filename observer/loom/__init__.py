@@ -13,7 +13,7 @@ back; the backend decides how. See loop.py for the design and docs/SEAMS.md for 
 """
 
 from ._common import Cancelled, ClosedError, LoomError, LoomInternalError
-from .backend import PROBE_ORDER, available_backends
+from .backend import PROBE_ORDER, BackendUnavailable, available_backends
 from .calls import (JoinReport, accept, cancel_and_join, close, connect, join_all, read, recv,
                     recv_into, run_in_thread, sendall, sleep, timeout, wait_readable,
                     wait_writable, write)
@@ -24,9 +24,10 @@ from .sync import Event, Queue, QueueEmpty, QueueFull
 from .watchdog import WatchdogReport
 
 __all__ = [
-    "Cancelled", "ClosedError", "Event", "Fiber", "JoinReport", "Loop", "LoopStats", "LoomError",
-    "LoomInternalError", "PROBE_ORDER", "Queue", "QueueEmpty", "QueueFull", "TimerHandle",
-    "WatchdogReport", "accept", "allowed_cores", "available_backends", "cancel_and_join", "close",
-    "connect", "current_fiber", "join_all", "pin", "read", "recv", "recv_into", "run_in_thread",
-    "sendall", "sleep", "timeout", "wait_readable", "wait_writable", "write",
+    "BackendUnavailable", "Cancelled", "ClosedError", "Event", "Fiber", "JoinReport", "Loop",
+    "LoopStats", "LoomError", "LoomInternalError", "PROBE_ORDER", "Queue", "QueueEmpty",
+    "QueueFull", "TimerHandle", "WatchdogReport", "accept", "allowed_cores", "available_backends",
+    "cancel_and_join", "close", "connect", "current_fiber", "join_all", "pin", "read", "recv",
+    "recv_into", "run_in_thread", "sendall", "sleep", "timeout", "wait_readable",
+    "wait_writable", "write",
 ]

@@ -2,17 +2,18 @@
 
 Each fd gets a read and a write filter, added once with `EV_CLEAR` (kqueue's edge trigger),
 so an event means "something changed" and the parked call runs until EAGAIN, exactly as with
-epoll's `EPOLLET`. Parking and performing are shared with epoll (`_common.ReadinessBackend`).
-The contract suite runs against it wherever `select.kqueue` exists; on Linux it cannot run.
+epoll's `EPOLLET`. Its events are translated into the shared `EV_*` bits and dispatched by
+_readiness.py, as epoll's are. The contract suite runs against it wherever `select.kqueue`
+exists; on Linux it cannot run.
 """
 
 from __future__ import annotations
 
 import select
 
-from ._common import FdState, LoomError, ReadinessBackend
-
-EVENTS_MAX = 256        # events taken per poll; the rest wait for the next pass
+from ._common import LoomError
+from ._readiness import EV_IN, EV_OUT, EV_RDHUP, ReadinessBackend
+from .backend import BackendUnavailable
 
 
 class KqueueBackend(ReadinessBackend):
@@ -20,11 +21,12 @@ class KqueueBackend(ReadinessBackend):
 
     def __init__(self):
         if not hasattr(select, "kqueue"):
-            from .backend import BackendUnavailable
-            raise BackendUnavailable("kqueue: this OS has no select.kqueue")
+            raise BackendUnavailable("kqueue", "this OS has no select.kqueue")
+        try:
+            self._kq = select.kqueue()
+        except OSError as exc:
+            raise BackendUnavailable("kqueue", f"kqueue: {exc.strerror}") from None
         super().__init__()
-        self._kq = select.kqueue()
-        self._fds: dict[int, FdState] = {}
 
     def _change(self, fd: int, flags: int) -> None:
         """Apply `flags` to both filters; one may be refused (some fds have no write side),
@@ -38,48 +40,29 @@ class KqueueBackend(ReadinessBackend):
         if len(errors) == 2:
             raise errors[0]
 
-    def register(self, state: FdState) -> None:
+    def _watch(self, fd: int) -> None:
         try:
-            self._change(state.fd, select.KQ_EV_ADD | select.KQ_EV_CLEAR)
+            self._change(fd, select.KQ_EV_ADD | select.KQ_EV_CLEAR)
         except OSError as exc:
-            raise LoomError(f"fd {state.fd} cannot be watched by kqueue: {exc}") from None
-        self._fds[state.fd] = state
-        state.registered = True
+            raise LoomError(f"fd {fd} cannot be watched by kqueue: {exc}") from None
 
-    def unregister(self, state: FdState) -> None:
-        if self._fds.get(state.fd) is state:
-            del self._fds[state.fd]
-            try:
-                self._change(state.fd, select.KQ_EV_DELETE)
-            except OSError:
-                pass                   # already closed: the kernel dropped the filters
-        state.registered = False
+    def _unwatch(self, fd: int) -> None:
+        try:
+            self._change(fd, select.KQ_EV_DELETE)
+        except OSError:
+            pass                       # already closed: the kernel dropped the filters
 
-    def poll(self, timeout_s: float | None) -> int:
-        """Wait up to `timeout_s` (None: forever) for events; perform and deliver what is ready."""
-        done = 0
-        if self._runnable:
-            done = self._run_runnable()
-            timeout_s = 0.0
-        self.polls += 1
-        events = self._kq.control(None, EVENTS_MAX, timeout_s)
-        fds = self._fds
-        for event in events:
-            state = fds.get(event.ident)
-            if state is None:
-                continue
+    def _wait(self, timeout_s: float | None, events_max: int) -> list:
+        """kevents as (fd, EV_* bits): a read filter is IN (with RDHUP at EOF), a write
+        filter is OUT."""
+        events = []
+        for event in self._kq.control(None, events_max, timeout_s):
             if event.filter == select.KQ_FILTER_READ:
-                if event.flags & select.KQ_EV_EOF:
-                    state.short_drains = False     # EOF pending: a short read is not "empty"
-                state.in_hint = True
-                if state.reader is not None:
-                    done += self._attempt(state.reader)
+                eof = event.flags & select.KQ_EV_EOF
+                events.append((event.ident, EV_IN | EV_RDHUP if eof else EV_IN))
             elif event.filter == select.KQ_FILTER_WRITE:
-                state.out_hint = True
-                if state.writer is not None:
-                    done += self._attempt(state.writer)
-        return done
+                events.append((event.ident, EV_OUT))
+        return events
 
-    def close(self) -> None:
+    def _close_poller(self) -> None:
         self._kq.close()
-        self._fds.clear()

@@ -20,7 +20,10 @@ Cancellation: an op not yet handed to the kernel becomes a NOP (its entry's user
 EOF); one in the kernel gets an ASYNC_CANCEL. If it completed anyway (the race is real: data
 can arrive first), nothing is lost: received bytes are kept on the fd (`pushback`) and returned
 by the next recv, and an accepted connection is kept for the next accept. Either way its
-callback is never called once it was cancelled.
+callback is never called once it was cancelled. What a cancelled op left behind, and the
+cancelled op still in the kernel per direction, live in the fd's `backend_extra` (a
+`_Leftovers`, None for every fd that has none): the next op on that fd takes the bytes or the
+connection at the next poll, or waits behind the cancelled op so bytes keep their order.
 """
 
 from __future__ import annotations
@@ -30,13 +33,11 @@ import ctypes
 import logging
 import os
 import socket
-from dataclasses import dataclass
 
 from . import _uring_ring as ur
 from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, READ_KINDS, RECV, SEND, WRITE,
-                      FdState, LoomError, Op, connect_result, deliver, WOULD_BLOCK,
-                      take_pushback as _take_pushback)
-from .backend import BackendUnavailable
+                      FdState, LoomError, Op, connect_result, deliver)
+from .backend import Backend, BackendStats, BackendUnavailable
 
 log = logging.getLogger("observer.loom")
 
@@ -53,33 +54,38 @@ CLOSE_DRAIN_POLLS = 100            # at close, wait up to this many 10 ms polls 
 _SOCK_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
-@dataclass(frozen=True)
-class UringStats:
-    backend: str
-    submitted: int
-    completed: int
-    polls: int
-    pending: int
-    overflow_high_water: int
-    enters: int
+class _Leftovers:
+    """What cancelled ops left on one fd (its `backend_extra`), kept only while non-empty."""
+
+    __slots__ = ("pushback", "accepted", "zombie_in", "zombie_out")
+
+    def __init__(self):
+        self.pushback = bytearray()      # bytes a cancelled read got, for the next read
+        self.accepted: list = []         # connections a cancelled accept got, for the next
+        self.zombie_in: Op | None = None     # a cancelled op still in the kernel, per
+        self.zombie_out: Op | None = None    # direction: the next one waits behind it
+
+    def empty(self) -> bool:
+        return not (self.pushback or self.accepted or self.zombie_in or self.zombie_out)
 
 
-class UringBackend:
+class UringBackend(Backend):
     name = "io_uring"
-    hints_from_poll = False     # completions, not readiness: a fiber's wait is an op here
+    edge_hints = False          # completions, not readiness: a fiber's wait is an op here
 
     def __init__(self, sq_entries: int = SQ_ENTRIES, cq_entries: int = CQ_ENTRIES,
                  overflow_max: int = OVERFLOW_MAX):
         try:
             self._ring = ur.Ring(sq_entries, cq_entries)
         except (OSError, ValueError) as exc:
-            raise BackendUnavailable(f"io_uring: {exc}") from None
+            raise BackendUnavailable("io_uring", str(exc)) from None
         self.inflight_max = self._ring.cq_entries
         self.overflow_max = overflow_max
         self._ops: dict[int, Op] = {}          # user_data -> op, for every op in the kernel
         self._unsubmitted = 0                  # SQEs written since the last enter
         self._unsent: dict[int, int] = {}      # user_data -> SQ slot, for NOP-ing on cancel
         self._overflow: collections.deque[Op] = collections.deque()
+        self._now: list[Op] = []               # ops served from leftovers at the next poll
         self._next_key = 1
         self.pending = 0
         self.submitted = 0
@@ -101,7 +107,8 @@ class UringBackend:
 
     def submit(self, op: Op) -> None:
         state = op.state
-        if op.kind in READ_KINDS:
+        reads = op.kind in READ_KINDS
+        if reads:
             if state.reader is not None:
                 raise LoomError(f"fd {state.fd} already has a waiting reader ({state.reader})")
             state.reader = op
@@ -113,10 +120,15 @@ class UringBackend:
         op.cancelled = False
         self.pending += 1
         self.submitted += 1
-        zombie = state.zombie_in if op.kind in READ_KINDS else state.zombie_out
-        if zombie is not None:                  # one op per direction in the kernel
-            zombie.successor = op
-            return
+        left = state.backend_extra
+        if left is not None:
+            zombie = left.zombie_in if reads else left.zombie_out
+            if zombie is not None:              # one op per direction in the kernel
+                zombie.successor = op
+                return
+            if _serves(left, op.kind):          # what a cancelled op got comes first
+                self._now.append(op)
+                return
         self._enqueue(op)
 
     def _enqueue(self, op: Op) -> None:
@@ -170,11 +182,17 @@ class UringBackend:
         op.cancelled = True
         self._unpark(op)
         state = op.state
-        for zombie in (state.zombie_in, state.zombie_out):
-            if zombie is not None and zombie.successor is op:   # held, never submitted
-                zombie.successor = None
-                self._finish(op)
-                return
+        left = state.backend_extra
+        if left is not None:
+            for zombie in (left.zombie_in, left.zombie_out):
+                if zombie is not None and zombie.successor is op:   # held, never submitted
+                    zombie.successor = None
+                    self._finish(op)
+                    return
+        if op in self._now:
+            self._now.remove(op)
+            self._finish(op)
+            return
         if op in self._overflow:
             self._overflow.remove(op)
             self._finish(op)
@@ -195,25 +213,42 @@ class UringBackend:
             self._unsubmitted += 1
         # The op stays in flight (its buffer pinned) until the kernel posts its CQE, and
         # later ops in its direction wait for that (see _on_cqe), so bytes keep their order.
+        left = _leftovers(state)
         if op.kind in READ_KINDS:
-            state.zombie_in = op
+            left.zombie_in = op
             state.in_hint = False
         else:
-            state.zombie_out = op
+            left.zombie_out = op
 
     def has_runnable(self) -> bool:
-        return self._unsubmitted > 0 or self._ring.completions_waiting()
+        return self._unsubmitted > 0 or bool(self._now) or self._ring.completions_waiting()
 
     def poll(self, timeout_s: float | None) -> int:
         """One enter: submit this pass's entries and wait (unless timeout 0); then reap."""
         self.polls += 1
+        done = 0
+        if self._now:
+            done = self._serve_leftovers()
+            timeout_s = 0.0
         ring = self._ring
         wait = timeout_s != 0.0 and not ring.completions_waiting()
         if self._unsubmitted or wait:
             self._enter(wait, timeout_s)
-        done = ring.reap(self._handle)
+        done += ring.reap(self._handle)
         while self._overflow and self._room():
             self._push(self._overflow.popleft())
+        return done
+
+    def _serve_leftovers(self) -> int:
+        """Complete the ops submitted while their fd held what a cancelled op got. One at a
+        time off the list, so that a callback cancelling a later one finds it there."""
+        done = 0
+        while self._now:
+            op = self._now.pop(0)
+            result = _take_leftover(op)
+            assert result is not None           # one reader per fd: nobody took it meanwhile
+            self._complete_now(op, result)
+            done += 1
         return done
 
     def _enter(self, wait: bool, timeout_s: float | None) -> None:
@@ -247,7 +282,7 @@ class UringBackend:
         result = self._result(op, res)
         self._unpark(op)
         self._finish(op)
-        if result is WOULD_BLOCK:               # a spurious CONNECT poll: wait again
+        if result is None:                      # a spurious CONNECT poll: wait again
             self.submitted -= 1
             self.submit(op)
             return
@@ -261,11 +296,11 @@ class UringBackend:
         state = op.state
         if kind == RECV:
             # A short stream read drained the socket: submit next time instead of trying.
-            state.in_hint = (not state.pushback
-                             and (not state.short_drains or res >= (op.nbytes or len(op.buf))))
+            state.in_hint = ((not state.short_drains or res >= (op.nbytes or len(op.buf)))
+                             and not _holds_bytes(state))
             return res
         if kind == READ:
-            state.in_hint = not state.pushback
+            state.in_hint = not _holds_bytes(state)
             return res
         if kind == SEND or kind == WRITE:
             state.out_hint = True
@@ -281,20 +316,21 @@ class UringBackend:
     def _bury(self, zombie: Op) -> None:
         """A cancelled op has left the kernel: release the op held behind it."""
         state = zombie.state
-        if state.zombie_in is zombie:
-            state.zombie_in = None
-        elif state.zombie_out is zombie:
-            state.zombie_out = None
-        else:
+        left = state.backend_extra
+        if left is None:
             return                      # cancelled before it reached the kernel
-        op, zombie.successor = zombie.successor, None
-        if op is None:
-            return
-        if op.kind in (RECV, READ) and state.pushback:
-            self._complete_now(op, _take_pushback(state, op.buf, op.nbytes))
-        elif op.kind == ACCEPT and state.pushback_accept:
-            self._complete_now(op, state.pushback_accept.pop(0))
+        if left.zombie_in is zombie:
+            left.zombie_in = None
+        elif left.zombie_out is zombie:
+            left.zombie_out = None
         else:
+            return
+        op, zombie.successor = zombie.successor, None
+        result = None if op is None else _take_leftover(op)
+        _tidy(state)
+        if result is not None:
+            self._complete_now(op, result)
+        elif op is not None:
             self._enqueue(op)
 
     def _complete_now(self, op: Op, result) -> None:
@@ -312,10 +348,11 @@ class UringBackend:
         if res < 0:
             return                               # -ECANCELED, or an error nobody waits for
         if op.kind in (RECV, READ) and res > 0:
-            op.state.pushback += bytes(memoryview(op.buf).cast("B")[:res])
+            _leftovers(op.state).pushback += bytes(memoryview(op.buf).cast("B")[:res])
             op.state.in_hint = False             # the fast path must not read past it
         elif op.kind == ACCEPT:
-            op.state.pushback_accept.append(_accepted(res))
+            _leftovers(op.state).accepted.append(_accepted(res))
+            op.state.in_hint = False             # nor accept past it
 
     def _unpark(self, op: Op) -> None:
         state = op.state
@@ -329,9 +366,9 @@ class UringBackend:
         self.pending -= 1
         assert self.pending >= 0
 
-    def statistics(self) -> UringStats:
-        return UringStats("io_uring", self.submitted, self.completed, self.polls, self.pending,
-                          self.overflow_high_water, self.enters)
+    def statistics(self) -> BackendStats:
+        return BackendStats("io_uring", self.submitted, self.completed, self.polls, self.pending,
+                            self.overflow_high_water, self.enters)
 
     def close(self) -> None:
         """Cancel what is in the kernel and wait for it, so no buffer is written after we
@@ -351,6 +388,50 @@ class UringBackend:
 
 def _ignore(result) -> None:
     pass
+
+
+def _leftovers(state: FdState) -> _Leftovers:
+    left = state.backend_extra
+    if left is None:
+        left = state.backend_extra = _Leftovers()
+    return left
+
+
+def _tidy(state: FdState) -> None:
+    """Drop an emptied record, so that `backend_extra` is None on every fd without leftovers
+    (the only test the hot path makes)."""
+    left = state.backend_extra
+    if left is not None and left.empty():
+        state.backend_extra = None
+
+
+def _holds_bytes(state: FdState) -> bool:
+    left = state.backend_extra
+    return left is not None and bool(left.pushback)
+
+
+def _serves(left: _Leftovers, kind: int) -> bool:
+    """Whether an op of `kind` completes from these leftovers without the kernel."""
+    if kind == RECV or kind == READ:
+        return bool(left.pushback)
+    return kind == ACCEPT and bool(left.accepted)
+
+
+def _take_leftover(op: Op):
+    """The result `op` gets from what a cancelled op left on its fd, or None if nothing."""
+    state = op.state
+    left = state.backend_extra
+    if left is None or not _serves(left, op.kind):
+        return None
+    if op.kind == ACCEPT:
+        result = left.accepted.pop(0)
+    else:
+        view = memoryview(op.buf).cast("B")
+        result = min(len(left.pushback), op.nbytes or len(view))
+        view[:result] = left.pushback[:result]
+        del left.pushback[:result]
+    _tidy(state)
+    return result
 
 
 def _accepted(fd: int):

@@ -4,13 +4,15 @@ Each is a few lines over `fiber.suspend()`. I/O calls try the non-blocking call 
 fd's hint says it may succeed (glommio's pattern, and what makes a read with data waiting cost
 one syscall and no switch); only what would block becomes an operation for the backend, and the
 fiber waits for its completion. Whether io_uring ran the call in the kernel or epoll waited for
-an edge and ran it here is invisible from this side. One shortcut for the hottest wait: a
-`recv_into` on a readiness backend with nobody else ready polls on its own greenlet and then
-calls recv itself, no op parked (`_recv_wait_inline`).
+an edge and ran it here is invisible from this side, and nothing here asks which backend runs:
+a `recv_into` that would block first asks the loop to wait for its fd's edge with no op parked
+(`Loop.poll_inline`, the hottest wait; the loop says no where that cannot work), then parks an
+op.
 
 Fairness: a fiber whose calls keep completing at once would never yield, so each turn has a
-budget of `fiber.IMMEDIATE_RUN_MAX` such calls, after which it ends its turn (`fiber.end_turn`:
-a yield when another fiber is ready or a timer is due, else a zero-timeout poll and no switch).
+budget of `IMMEDIATE_RUN_MAX` (loop.py) such calls (`loop.budget`, spent here and refilled by
+the loop at each turn), after which it ends its turn (`fiber.end_turn`: a yield when another fiber
+is ready or a timer is due, else a zero-timeout poll and no switch).
 
 Stopping other fibers: `cancel_and_join(fibers, timeout_s=...)` is the one way; see its notes.
 """
@@ -23,35 +25,22 @@ import os
 import socket
 from dataclasses import dataclass
 
-from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, Cancelled,
-                      ClosedError, LoomError, LoomInternalError, Op,
-                      take_pushback as _take_pushback)
 from greenlet import getcurrent
 
-from .fiber import IMMEDIATE_RUN_MAX, current_fiber, end_turn, suspend, yield_now
+from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, Cancelled,
+                      LoomError, Op)
+from .fiber import current_fiber, end_turn, suspend, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
 
 log = logging.getLogger("observer.loom")
 
 
-def _immediate(fiber) -> None:
-    loop = fiber.loop
-    loop._budget -= 1
-    if loop._budget <= 0:
-        end_turn(fiber)
-
-
-def _state(loop, obj):
-    """The fd state of `obj`: the last one used (most calls), else the loop's table."""
-    if obj is loop._last_obj:
-        return loop._last_state
-    state = loop._fds.get(obj.fileno())
-    if state is None or state.obj is not obj:
-        state = loop.state_for(obj)
-    loop._last_obj = obj
-    loop._last_state = state
-    return state
+def _spend(loop) -> None:
+    """A call completed at once: it spends one of the turn's budget; at zero the turn ends."""
+    loop.budget -= 1
+    if loop.budget <= 0:
+        end_turn(loop.current)
 
 
 def _outside() -> LoomError:
@@ -70,9 +59,9 @@ def _wait_op(fiber, state, kind, buf=None, nbytes=0, data=None):
     op.nbytes = nbytes
     op.data = data
     loop = fiber.loop
-    loop._backend.submit(op)
+    loop.submit(op)
     try:
-        return suspend(fiber, loop._cancel_op, op)
+        return suspend(fiber, loop.abandon_op, op)
     finally:
         if not op.in_flight:             # io_uring: an abandoned op keeps its buffer
             op.buf = None
@@ -86,27 +75,23 @@ def sleep(delay_s: float) -> None:
         yield_now(fiber)
         return
     loop = fiber.loop
-    entry = loop._timers.arm(loop._clock() + delay_s, loop._wake_fiber, fiber)
-    suspend(fiber, loop._cancel_timer, entry)
+    suspend(fiber, loop.cancel_timer, loop.arm_timer(delay_s, loop.reschedule, fiber))
 
 
 def recv_into(sock, buf, nbytes: int = 0) -> int:
     """Receive into `buf` (at most `nbytes`, 0 = all of it); returns the count, 0 at EOF.
 
     Discussion: this is the hottest call in observer, so the common case is inlined: the
-    running fiber straight from the greenlet, the fd state straight from the loop's table
-    (the slow path `state_for` registers and handles a reused fd number; `loom.close` and a
-    re-registration clear the one-entry cache), one recv, and the fairness budget.
+    loop straight from the greenlet, the fd state from the loop's one-entry cache (the slow
+    path `state_for` registers and handles a reused fd number), one recv, and the
+    fairness budget. The recv after an edge wait spends none: a new turn began there.
     """
     try:
         loop = getcurrent().loop
     except AttributeError:
         raise _outside() from None
-    if sock is loop._last_obj:
-        state = loop._last_state
-    else:
-        state = _state(loop, sock)
-    if state.in_hint:                            # False while io_uring pushback is pending
+    state = loop.last_state if sock is loop.last_obj else loop.state_for(sock)
+    if state.in_hint:                            # False while io_uring holds leftovers
         try:
             n = sock.recv_into(buf, nbytes)
         except BlockingIOError:
@@ -114,64 +99,11 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
         else:
             if n < (nbytes or len(buf)) and n and state.short_drains:   # full reads: 1 test
                 state.in_hint = False            # a short stream read drained the socket
-            loop._budget -= 1
-            if loop._budget <= 0:
-                end_turn(loop._current)
+            loop.budget -= 1
+            if loop.budget <= 0:
+                end_turn(loop.current)
             return n
-    if loop._backend.hints_from_poll:           # (pushback is io_uring's alone)
-        n = _recv_wait_inline(loop, state, sock, buf, nbytes)
-        if n is not None:
-            return n
-    elif state.pushback:
-        return _take_pushback(state, buf, nbytes)
-    return _wait_op(loop._current, state, RECV, buf, nbytes)
-
-
-def _recv_wait_inline(loop, state, sock, buf, nbytes: int):
-    """Readiness backends: wait for our fd's edge by polling here, then recv; None if the
-    general path must take over.
-
-    Discussion: the general wait (park an Op, suspend, poll, perform it in the backend, call
-    back, queue the fiber, take it off the queue) is about 2 µs of Python per wait, the gap
-    to uvloop in ping-pong. When nothing else is ready, a cancel is not pending and no other
-    reader waits on this fd, the fiber can instead poll the backend itself (no switch): every
-    other fd's events are dispatched there as usual, and an IN edge on ours only sets its
-    hint, since no op is parked. Then it calls recv itself. Whenever the poll woke another
-    fiber, a timer fell due or the loop stopped inlining, it returns None and the general
-    path parks an op as before (the edge, if any, is kept in the hint, so nothing is lost).
-    A `loom.close()` from a callback during the poll unregisters the fd: ClosedError, as
-    for a parked reader.
-    """
-    fiber = loop._current
-    poll = loop._backend.poll
-    timers = loop._timers
-    ready = loop._ready
-    if sock.fileno() < 0:
-        return None                              # closed behind loom's back: _wait_op says so
-    while (loop._inline_ok and not ready and fiber.deferred is None
-           and state.reader is None):
-        if timers.live:
-            timeout_s = timers.next_deadline_s() - loop._clock()
-            if timeout_s <= 0.0:
-                return None                      # the loop fires due timers first
-        else:
-            timeout_s = None                     # our edge (or another op's) wakes us
-        loop._current = None                     # blocked in a poll is not running (watchdog)
-        try:
-            poll(timeout_s)
-        except LoomInternalError as exc:
-            loop._current = fiber
-            loop._internal_error = exc           # resume() raises it from the loop greenlet
-            yield_now(fiber)
-            return None
-        loop._current = fiber
-        if not state.registered:
-            raise ClosedError(f"fd {state.fd}")
-        if ready or not state.in_hint:
-            continue                             # the loop condition decides
-        loop._switches += 1                      # a new turn, as after any wait
-        loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
-        loop._budget = IMMEDIATE_RUN_MAX
+    while loop.poll_inline(loop.current, True, state):      # the fd's edge came
         try:
             n = sock.recv_into(buf, nbytes)
         except BlockingIOError:
@@ -180,7 +112,7 @@ def _recv_wait_inline(loop, state, sock, buf, nbytes: int):
         if n < (nbytes or len(buf)) and n and state.short_drains:
             state.in_hint = False
         return n
-    return None
+    return _wait_op(loop.current, state, RECV, buf, nbytes)
 
 
 def recv(sock, n: int) -> bytes:
@@ -197,10 +129,7 @@ def sendall(sock, data) -> None:
         loop = getcurrent().loop
     except AttributeError:
         raise _outside() from None
-    if sock is loop._last_obj:
-        state = loop._last_state
-    else:
-        state = _state(loop, sock)
+    state = loop.last_state if sock is loop.last_obj else loop.state_for(sock)
     kind = type(data)
     view = None
     if kind is bytes or kind is bytearray:
@@ -219,14 +148,14 @@ def sendall(sock, data) -> None:
             state.out_hint = False
         else:
             if sent == total:
-                loop._budget -= 1
-                if loop._budget <= 0:
-                    end_turn(loop._current)
+                loop.budget -= 1
+                if loop.budget <= 0:
+                    end_turn(loop.current)
                 return
             state.out_hint = False               # a short send filled the buffer
     if view is None:
         view = memoryview(data)
-    fiber = loop._current
+    fiber = loop.current
     while sent < total:
         sent += _wait_op(fiber, state, SEND, data=view[sent:])
 
@@ -235,8 +164,6 @@ def accept(sock):
     """Accept one connection: `(conn, addr)`, conn already non-blocking."""
     fiber = current_fiber()
     state = fiber.loop.state_for(sock)
-    if state.pushback_accept:
-        return state.pushback_accept.pop(0)
     if state.in_hint:
         try:
             conn, addr = sock.accept()
@@ -244,7 +171,7 @@ def accept(sock):
             state.in_hint = False
         else:
             conn.setblocking(False)
-            _immediate(fiber)
+            _spend(fiber.loop)
             return conn, addr
     return _wait_op(fiber, state, ACCEPT)
 
@@ -272,12 +199,10 @@ def read(fd: int, buf) -> int:
     state = fiber.loop.state_for(fd)
     if state.sock is not None:
         return recv_into(state.sock, buf)
-    if state.pushback:
-        return _take_pushback(state, buf, 0)
-    if state.in_hint:
+    if state.in_hint:                            # False while io_uring holds leftovers
         n = state.file.readinto(buf)
         if n is not None:
-            _immediate(fiber)
+            _spend(fiber.loop)
             return n
         state.in_hint = False
     return _wait_op(fiber, state, READ, buf)
@@ -292,7 +217,7 @@ def write(fd: int, data) -> int:
     if state.out_hint:
         n = state.file.write(data)
         if n is not None:
-            _immediate(fiber)
+            _spend(fiber.loop)
             return n
         state.out_hint = False
     return _wait_op(fiber, state, WRITE, data=data)
@@ -304,7 +229,7 @@ def _send_some(fiber, state, data) -> int:
     except BlockingIOError:
         state.out_hint = False
         return _wait_op(fiber, state, SEND, data=data)
-    _immediate(fiber)
+    _spend(fiber.loop)
     return n
 
 
@@ -333,7 +258,7 @@ def close(obj) -> None:
 def run_in_thread(fn, *args):
     """Run a blocking `fn(*args)` on the loop's thread pool; return its result or raise."""
     fiber = current_fiber()
-    pool = fiber.loop._threads
+    pool = fiber.loop.threads
     job = pool.submit(fiber, fn, args)
     return suspend(fiber, pool.abandon, job)
 
@@ -433,7 +358,7 @@ def _running_fiber():
     """The fiber running now, or None on the loop greenlet, outside any loop, or in a loop
     callback (which may run on a fiber's greenlet during its inline poll: not that fiber)."""
     fiber = getattr(getcurrent(), "fiber", None)
-    if fiber is None or fiber.loop._current is not fiber:
+    if fiber is None or fiber.loop.current is not fiber:
         return None
     return fiber
 
@@ -456,13 +381,12 @@ class timeout:
     def __enter__(self):
         if self.delay_s is not None:
             fiber = self.fiber = current_fiber()
-            loop = fiber.loop
-            self.entry = loop._timers.arm(loop._clock() + self.delay_s, _fire_timeout, self)
+            self.entry = fiber.loop.arm_timer(self.delay_s, _fire_timeout, self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.entry is not None:
-            self.fiber.loop._timers.cancel(self.entry)
+            self.fiber.loop.cancel_timer(self.entry)
             self.entry = None
         if self.error is not None and self.fiber.deferred is self.error:
             self.fiber.deferred = None

@@ -3,15 +3,17 @@
 A `Fiber` is one spawned call (`fn(*args)`) with a name, a state and an outcome. It runs on a
 pooled greenlet (a "runner"): creating a greenlet costs 8–10 µs here while handing work to a
 parked one costs about 0.4 µs, so runners are kept after their fiber finishes, up to
-`RUNNERS_POOLED_MAX`, and reused.
+`RUNNERS_POOLED_MAX`, and reused (`RunnerPool`, one per loop).
 
 Two functions move control, and nothing else in loom calls `greenlet.switch`:
 - `suspend(fiber, abandon_fn, abandon_arg)`: the fiber parks itself and switches to the loop
-  (or, when nothing else is ready, runs the poll phase on its own greenlet: `_poll_inline`).
+  (or, when nothing else is ready, runs the poll phase on its own greenlet: `Loop.poll_inline`).
   It returns the value the waker passed, or raises the exception it passed. `abandon_fn(arg)`
   undoes the wait (unparks the op, cancels the timer, leaves the waiters list) when a cancel or
   timeout wakes the fiber instead of the thing it waited for.
 - `resume(loop, fiber)`: the loop switches into a fiber taken from its ready queue.
+`yield_now` (to the back of the queue) and `end_turn` (the turn budget ran out) are the two
+ways a running fiber gives up its turn without waiting for anything.
 
 Exactly one wake per wait: `Loop.reschedule` asserts the fiber is WAITING and moves it to READY,
 so a second wake is a loop bug and fails loudly. A cancel or timeout that arrives while the
@@ -21,6 +23,8 @@ handed over (a queue item, a byte count) is never lost.
 
 from __future__ import annotations
 
+import functools
+
 import greenlet
 
 from ._common import Cancelled, LoomError, LoomInternalError
@@ -28,7 +32,6 @@ from ._common import Cancelled, LoomError, LoomInternalError
 NEW, READY, RUNNING, WAITING, DONE = range(5)
 STATE_NAMES = ("new", "ready", "running", "waiting", "done")
 RUNNERS_POOLED_MAX = 256       # idle runner greenlets kept for reuse
-IMMEDIATE_RUN_MAX = 64         # calls completing at once before a fiber yields its turn
 
 
 class Runner(greenlet.greenlet):
@@ -38,9 +41,38 @@ class Runner(greenlet.greenlet):
     __slots__ = ("fiber", "loop")
 
     def __init__(self, loop):
-        super().__init__(run=_runner_main, parent=loop._loop_greenlet)
+        super().__init__(run=_runner_main, parent=loop.greenlet)
         self.fiber: Fiber | None = None
         self.loop = loop                 # the fast paths in calls.py start from here
+
+
+class RunnerPool:
+    """The idle runners of one loop."""
+
+    __slots__ = ("_loop", "_idle")
+
+    def __init__(self, loop):
+        self._loop = loop
+        self._idle: list[Runner] = []
+
+    def take(self, fiber: Fiber) -> Runner:
+        """A runner for a new fiber: a parked one, else a new greenlet."""
+        runner = self._idle.pop() if self._idle else Runner(self._loop)
+        runner.fiber = fiber
+        fiber.runner = runner
+        return runner
+
+    def park(self, runner: Runner) -> bool:
+        """Keep a runner whose fiber finished; False when the pool is full (it ends)."""
+        if len(self._idle) >= RUNNERS_POOLED_MAX:
+            return False
+        self._idle.append(runner)
+        return True
+
+    def close(self) -> None:
+        for runner in self._idle:
+            kill_runner(runner)
+        self._idle.clear()
 
 
 class Fiber:
@@ -64,7 +96,8 @@ class Fiber:
         self.abandon_arg = None
         self.joiners: list | None = None
         self.op = None             # the fiber's reusable Op, made on first I/O wait
-        self.on_op_done = self._on_op_done   # bound once: I/O completions allocate nothing
+        # The callback of that Op, made once: I/O completions allocate nothing.
+        self.on_op_done = functools.partial(loop.complete, self)
 
     def __repr__(self) -> str:
         return f"<Fiber {self.name!r} {STATE_NAMES[self.state]}>"
@@ -72,20 +105,6 @@ class Fiber:
     @property
     def done(self) -> bool:
         return self.state == DONE
-
-    def _on_op_done(self, result) -> None:
-        """Completion callback of this fiber's Op: make it ready with the result or the error.
-
-        Discussion: `Loop.reschedule` inlined, since every I/O wait ends here.
-        """
-        if self.state != WAITING:
-            raise LoomInternalError(f"completion for {self!r}, which is not waiting")
-        self.state = READY
-        if type(result) is int or not isinstance(result, BaseException):
-            self.value = result
-        else:
-            self.throw = result
-        self.loop._ready.append(self)
 
     def cancel(self) -> None:
         """Raise `Cancelled` at the fiber's current (or next) wait point."""
@@ -121,8 +140,8 @@ def suspend(fiber: Fiber, abandon_fn, abandon_arg):
     fiber.abandon_fn = abandon_fn
     fiber.abandon_arg = abandon_arg
     loop = fiber.loop
-    if not (loop._inline_ok and not loop._ready and _poll_inline(loop, fiber)):
-        loop._loop_greenlet.switch()
+    if not loop.poll_inline(fiber, True):
+        loop.greenlet.switch()
     throw = fiber.throw
     if throw is not None:
         fiber.throw = None
@@ -132,77 +151,17 @@ def suspend(fiber: Fiber, abandon_fn, abandon_arg):
     return value
 
 
-def _poll_inline(loop, fiber: Fiber) -> bool:
-    """Run the loop's poll phase on this fiber's own greenlet; True if it woke only us.
-
-    Discussion: when the waiting fiber is the only thing that could run next (nothing is
-    ready; only I/O or a timer can wake anyone), switching to the loop greenlet just to
-    poll and switch straight back costs two switches and a pass of bookkeeping per wait,
-    about a microsecond. So the fiber polls itself (until the next timer's deadline at most),
-    and if the completion it gets is its own and nobody else's and no timer is due, it carries
-    on as a new turn. Otherwise it switches to the loop, which expires timers and runs the
-    woken fibers in order as usual. Not done while the loop is stopping or its main
-    fiber has finished (`_inline_ok`), so run() still returns promptly. A loop bug raised
-    during the poll is handed to the loop greenlet, which raises it from run().
-    """
-    timers = loop._timers
-    if timers.live:
-        timeout_s = max(0.0, timers.next_deadline_s() - loop._clock())
-    elif loop._backend.pending:
-        timeout_s = None
-    else:
-        return False                     # nothing can wake anyone: the loop says deadlock
-    loop._current = None                 # the watchdog must not count a blocked poll
-    try:
-        loop._backend.poll(timeout_s)
-    except LoomInternalError as exc:
-        loop._internal_error = exc
-        return False
-    ready = loop._ready
-    if len(ready) != 1 or ready[0] is not fiber:
-        return False
-    if timers.live and timers.next_deadline_s() <= loop._clock():
-        return False                     # the loop fires due timers first
-    ready.popleft()
-    fiber.state = RUNNING
-    loop._current = fiber
-    loop._switches += 1
-    loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
-    loop._budget = IMMEDIATE_RUN_MAX
-    return True
-
-
 def end_turn(fiber: Fiber) -> None:
-    """The fairness budget ran out: give the others their turn, cheaply when there are none.
+    """The turn budget ran out: give the others their turn, cheaply when there are none.
 
     Discussion: a fiber whose calls keep completing at once (a stream read faster than it
-    arrives) ends its turn every `IMMEDIATE_RUN_MAX` calls. Switching to the loop for a pass
-    that finds nobody else to run costs two switches and a poll, about 0.1 µs per call at 64.
-    So when nothing else is ready and no timer is due, the fiber polls (timeout 0) on its own
-    greenlet, only if an operation is pending at all, and carries on as a new turn if that
-    woke nobody. Otherwise it yields as before; a pending cancel is raised there.
+    arrives) ends its turn every `loop.IMMEDIATE_RUN_MAX` calls. Switching to the loop for a
+    pass that finds nobody else to run costs two switches and a poll, about 0.1 µs per call
+    at 64. So it polls without blocking on its own greenlet (`Loop.poll_inline`) and goes on
+    as a new turn if that woke nobody; otherwise it yields (a pending cancel is raised there).
     """
-    loop = fiber.loop
-    if loop._ready or not loop._inline_ok or fiber.deferred is not None:
+    if not fiber.loop.poll_inline(fiber, False):
         yield_now(fiber)
-        return
-    timers = loop._timers
-    if timers.live and timers.next_deadline_s() <= loop._clock():
-        yield_now(fiber)                 # the loop fires due timers first
-        return
-    if loop._backend.pending:            # nothing pending: no poll can wake anyone
-        try:
-            loop._backend.poll(0.0)
-        except LoomInternalError as exc:
-            loop._internal_error = exc   # resume() raises it from the loop greenlet
-            yield_now(fiber)
-            return
-        if loop._ready or fiber.deferred is not None:   # the poll woke someone: their turn
-            yield_now(fiber)
-            return
-    loop._switches += 1                  # a turn boundary, as the watchdog counts them
-    loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
-    loop._budget = IMMEDIATE_RUN_MAX
 
 
 def yield_now(fiber: Fiber) -> None:
@@ -212,9 +171,8 @@ def yield_now(fiber: Fiber) -> None:
         fiber.deferred = None
         raise deferred
     loop = fiber.loop
-    fiber.state = READY
-    loop._ready.append(fiber)
-    loop._loop_greenlet.switch()
+    loop.requeue(fiber)
+    loop.greenlet.switch()
     throw = fiber.throw
     if throw is not None:
         fiber.throw = None
@@ -223,24 +181,14 @@ def yield_now(fiber: Fiber) -> None:
 
 def resume(loop, fiber: Fiber) -> None:
     """Run one ready fiber until it waits again or finishes (called on the loop greenlet)."""
-    if loop._current is not None:       # a fiber runs: we are not on the loop greenlet
-        raise LoomInternalError(f"resume of {fiber!r} called from fiber {loop._current!r}")
+    if loop.current is not None:        # a fiber runs: we are not on the loop greenlet
+        raise LoomInternalError(f"resume of {fiber!r} called from fiber {loop.current!r}")
     if fiber.state == NEW:
-        runner = loop._runners.pop() if loop._runners else Runner(loop)
-        runner.fiber = fiber
-        fiber.runner = runner
+        loop.runners.take(fiber)
     elif fiber.state != READY:
         raise LoomInternalError(f"resume of {fiber!r}, which is not ready")
-    fiber.state = RUNNING               # (abandon_fn is only read while WAITING)
-    loop._current = fiber
-    loop._switches += 1
-    loop._budget = IMMEDIATE_RUN_MAX             # the fairness budget restarts per turn
-    fiber.runner.switch()
-    loop._immediate += IMMEDIATE_RUN_MAX - loop._budget
-    loop._current = None
-    if loop._internal_error is not None:       # raised during a fiber's inline poll
-        error, loop._internal_error = loop._internal_error, None
-        raise error
+    loop.begin_turn(fiber)
+    fiber.runner.switch()               # back when it waits, yields or ends
 
 
 def kill_runner(runner: Runner) -> None:
@@ -255,20 +203,19 @@ def _runner_main() -> None:
         fiber = runner.fiber
         loop = fiber.loop
         if fiber.deferred is not None and isinstance(fiber.deferred, Cancelled):
-            loop._fiber_finished(fiber, None, fiber.deferred)   # cancelled before it started
+            loop.fiber_finished(fiber, None, fiber.deferred)   # cancelled before it started
         else:
             try:
                 result = fiber.fn(*fiber.args)
             except greenlet.GreenletExit:
                 raise
             except BaseException as exc:         # contained: stored, logged, re-raised by join
-                loop._fiber_finished(fiber, None, exc)
+                loop.fiber_finished(fiber, None, exc)
             else:
-                loop._fiber_finished(fiber, result, None)
+                loop.fiber_finished(fiber, result, None)
         runner.fiber = None
         fiber.runner = None
         fiber = result = None                    # a parked runner keeps no fiber alive
-        if len(loop._runners) >= RUNNERS_POOLED_MAX:
+        if not loop.runners.park(runner):
             return                               # the greenlet ends; control goes to the loop
-        loop._runners.append(runner)
-        loop._loop_greenlet.switch()             # parked until resume hands it a new fiber
+        loop.greenlet.switch()                   # parked until resume hands it a new fiber

@@ -85,8 +85,8 @@ class Watchdog:
         seen_cpu_s = 0.0
         reported_switches = -1
         while not self._stop.wait(interval_s):
-            fiber = self._loop._current
-            switches = self._loop._switches
+            fiber = self._loop.current
+            switches = self._loop.switches
             now = time.monotonic()
             if fiber is None:
                 seen_switches = -1

@@ -430,84 +430,122 @@ def test_a_read_cancelled_by_an_earlier_callback_never_runs(loop, closing):
 
 
 def _ready_target(kind, closing):
-    """An fd on which an operation of `kind` can complete at once, the Op fields it needs,
-    and a fiber function checking afterwards that a cancelled op took nothing away."""
+    """An fd on which an operation of `kind` can complete at once, the Op fields it needs, and
+    what a second op of that kind on that fd must get if the first was cancelled (None: no
+    check), as a function of its result."""
     from observer.loom import _common as c
 
     if kind in (c.RECV, c.SEND, c.POLL_IN, c.POLL_OUT):
         a, b = closing(*socket.socketpair())
         a.send(b"data")
         fields = {c.RECV: {"buf": bytearray(8)}, c.SEND: {"data": b"x"}}.get(kind, {})
-        check = (lambda: loom.recv(b, 8) == b"data") if kind == c.RECV else None
-        return b, fields, check
+        return b, fields, (lambda n, op: op.buf[:n] == b"data") if kind == c.RECV else None
     if kind in (c.READ, c.WRITE):
         r, w = closing(*os.pipe())
         os.write(w, b"data")
         if kind == c.READ:
-            return r, {"buf": bytearray(8)}, lambda: loom.read(r, bytearray(8)) == 4
+            return r, {"buf": bytearray(8)}, lambda n, op: op.buf[:n] == b"data"
         return w, {"data": b"x"}, None
     listener = closing(socket.create_server(("127.0.0.1", 0)))
     client = closing(socket.socket())
     if kind == c.ACCEPT:
         client.connect(listener.getsockname())      # waits in the backlog, accepted by nobody
 
-        def check():
-            conn, _ = loom.accept(listener)
-            closing(conn)
+        def accepted_it(result, op):
+            conn, _ = closing(result[0]), result[1]
             return conn.getpeername() == client.getsockname()
 
-        return listener, {}, check
+        return listener, {}, accepted_it
     assert kind == c.CONNECT
     client.setblocking(False)
     assert client.connect_ex(listener.getsockname()) in (0, errno.EINPROGRESS)
     return client, {}, None
 
 
+def _registered(backend, obj):
+    """An fd as the loop's fd table hands it to a backend: non-blocking, registered."""
+    from observer.loom import _common as c
+
+    state = c.FdState(obj, c.fd_of(obj))
+    c.make_nonblocking(state)
+    backend.register(state)
+    return state
+
+
+def _op(kind, state, callback, fields):
+    from observer.loom import _common as c
+
+    op = c.Op(callback)
+    op.kind = kind
+    op.state = state
+    op.buf = fields.get("buf")
+    op.data = fields.get("data")
+    return op
+
+
+def _poll_until(backend, condition, polls_max=200):
+    """Poll (10 ms at most each) until `condition()`; fails after `polls_max` polls."""
+    for _ in range(polls_max):
+        if condition():
+            return
+        backend.poll(0.01)
+    assert condition(), f"not reached after {polls_max} polls"
+
+
 @pytest.mark.parametrize("when", ["before_the_poll", "from_an_earlier_callback"])
 @pytest.mark.parametrize("kind_name", ["recv", "send", "accept", "connect", "read", "write",
                                        "wait_readable", "wait_writable"])
-def test_a_cancelled_operation_never_completes(loop, closing, kind_name, when):
+def test_a_cancelled_operation_never_completes(backend, closing, kind_name, when):
     """Whatever the kind and whenever the cancel comes (before the backend has seen the op, or
-    from another completion's callback in the pass that would complete it), its callback is
-    never called afterwards, the pending count returns to 0 (run() returns) and what it would
-    have taken (bytes, a connection) is still there for the next caller."""
+    from another completion's callback in the poll that would complete it), its callback is
+    never called afterwards, `pending` returns to 0, and what it would have taken (bytes, a
+    connection) goes to the next op of its kind on that fd. Driven through the Backend
+    protocol alone: register, submit, cancel, poll, pending."""
     from observer.loom import _common as c
+    from observer.loom.backend import Backend, make_backend
 
     kind = next(k for k, name in c.KIND_NAMES.items() if name == kind_name)
-    obj, fields, check = _ready_target(kind, closing)
-    after_cancel = []
-    cancelled = []
-    op = c.Op(lambda result: after_cancel.append(result) if cancelled else None)
-    op.kind = kind
-    op.state = loop.state_for(obj)
-    op.buf = fields.get("buf")
-    op.data = fields.get("data")
-    witness_a, witness_b = closing(*socket.socketpair())
-    witness_a.send(b"w")
-    witnessed = []
+    obj, fields, expected = _ready_target(kind, closing)
+    impl = make_backend(backend)
+    assert isinstance(impl, Backend)
+    try:
+        state = _registered(impl, obj)
+        after_cancel, cancelled, witnessed = [], [], []
+        op = _op(kind, state, lambda result: after_cancel.append(result) if cancelled else None,
+                 fields)
+        witness_a, witness_b = closing(*socket.socketpair())
+        witness_a.send(b"w")
 
-    def cancel():
-        cancelled.append(True)
-        loop.cancel(op)
+        def cancel():
+            cancelled.append(True)
+            impl.cancel(op)
 
-    def on_witness(result):
-        witnessed.append(result)
+        def on_witness(result):
+            witnessed.append(result)
+            if when == "from_an_earlier_callback":
+                cancel()
+
+        witness = _op(c.RECV, _registered(impl, witness_b), on_witness, {"buf": bytearray(4)})
         if when == "from_an_earlier_callback":
+            impl.submit(witness)                    # first in line
+            impl.submit(op)
+        else:
+            impl.submit(op)
             cancel()
-
-    if when == "from_an_earlier_callback":
-        loop.read(witness_b, bytearray(4), on_witness)      # first in line
-        loop._backend.submit(op)
-    else:
-        loop._backend.submit(op)
-        cancel()
-        loop.read(witness_b, bytearray(4), on_witness)      # so that run() polls
-    loop.run()                                 # hangs if the pending count went wrong
-    assert witnessed == [1]
-    assert after_cancel == []
-    assert loop._backend.pending == 0
-    if check is not None:
-        assert loop.run(check) is True
+            impl.submit(witness)
+        _poll_until(impl, lambda: witnessed and impl.pending == 0)
+        assert witnessed == [1]
+        assert after_cancel == []
+        assert not op.in_flight
+        if expected is not None:
+            results = []
+            second = _op(kind, state, results.append, fields)
+            impl.submit(second)
+            _poll_until(impl, lambda: results)
+            assert expected(results[0], second) is True
+        assert impl.pending == 0
+    finally:
+        impl.close()
 
 
 @pytest.mark.skipif("io_uring" not in loom.available_backends(),

@@ -187,3 +187,34 @@ def test_from_a_loop_callback_it_only_cancels_even_during_a_fibers_inline_poll(l
     assert loop.run(main) is True
     assert len(reports) == 1
     assert [fiber.name for fiber in reports[0].late] == ["target"]   # cancelled, not waited for
+
+
+def test_from_a_loop_callback_it_only_cancels_even_during_a_turn_end_poll(loop, closing):
+    """A fiber whose reads keep completing at once polls without blocking, on its own greenlet,
+    each time its turn budget runs out; a completion callback run by that poll must not act
+    as that fiber either (it waited on the streamer's behalf, inside the poll)."""
+    import socket
+
+    a, b = closing(*socket.socketpair())
+    a.sendall(b"x" * 1000)                  # every 1-byte read completes at once
+    c, d = closing(*socket.socketpair())
+    reports = []
+
+    def main():
+        target = loop.spawn(sleeper, name="target")
+        loom.sleep(0)
+
+        def on_read(result):
+            reports.append(loom.cancel_and_join([target], timeout_s=10.0))
+
+        loop.read(d, bytearray(4), on_read)
+        c.send(b"x")                        # ready now: the first turn-end poll delivers it
+        buf = bytearray(1)
+        for _ in range(1000):
+            loom.recv_into(b, buf)
+        loom.sleep(0)
+        return target.done
+
+    assert loop.run(main) is True
+    assert len(reports) == 1
+    assert [fiber.name for fiber in reports[0].late] == ["target"]   # cancelled, not waited for

@@ -62,12 +62,18 @@ def test_stall_rule_tells_a_descheduled_process_from_a_blocking_fiber():
     assert is_stall(0.08, None, None, bound_s)             # no evidence available: wall time
 
 
+COMPUTE_CPU_S = 0.3    # six times the bound, in CPU time of the loop's thread
+
+
 def test_watchdog_reports_a_computing_fiber(backend):
+    """The fiber computes until the loop thread has spent COMPUTE_CPU_S of CPU, not of wall
+    time: on a loaded machine a wall-clock busy loop may get less CPU than the stall rule asks
+    for (half the bound), and the watchdog rightly stays quiet about a descheduled process."""
     loop = loom.Loop(backend, watchdog_s=0.05)
 
     def computes_too_long():
-        deadline = time.monotonic() + 0.3
-        while time.monotonic() < deadline:
+        cpu_end_s = time.thread_time() + COMPUTE_CPU_S
+        while time.thread_time() < cpu_end_s:
             pass
 
     try:
