@@ -14,9 +14,11 @@ peer gets one DENIED error and is closed. Past `clients_max` a new client gets B
 closed, so fds stay bounded, and a connection that has not said hello within `hello_timeout_s`
 is closed, so idle peers cannot hold every slot.
 
-fd passing: the reply to `hello` carries the segment's read-only fd and the shard eventfds as
-SCM_RIGHTS on its first byte (sendmsg). The fds are the supervisor's; the kernel duplicates them
-into the client, so nothing here closes or reopens them per client.
+fd passing: the reply to `hello` carries, as SCM_RIGHTS on its first byte (sendmsg), fds the
+catalog made for this client alone: a read-only fd on the segment and one private wake fd per
+shard (observer/shm/segment.py says why never the shard eventfds). The kernel gives the client
+its own copies, so the server closes its copies once the frame is sent, or when the client goes
+first (`Outbound.release`).
 
 The socket path is ours only while we live: `ControlServer.bind` refuses a path where a live
 server answers, replaces a stale socket file (a killed observer's), and `close` unlinks it.
@@ -266,7 +268,10 @@ class _Client:
             while True:
                 while proto.outbound:
                     out = proto.pop_outbound()
-                    self._send(out.data, out.fds)
+                    try:
+                        self._send(out.data, out.fds)
+                    finally:
+                        out.release()
                 if proto.closing:
                     return
                 batch = proto.take_updates()
@@ -313,6 +318,7 @@ class _Client:
             if fiber is not None and fiber is not current and not fiber.done:
                 fiber.cancel()
         self.server.clients.pop(self.proto.conn_id, None)
+        self.proto.release_outbound()          # fds made for this client and never sent
         self.server.loop.forget(self.conn)
         self.conn.close()
         # once per client, with who it was and why it went

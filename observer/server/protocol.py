@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from dataclasses import dataclass
 
 from proto import framing
@@ -38,10 +39,19 @@ SUBSCRIPTIONS_MAX = m.NAMES_MAX
 
 @dataclass(slots=True)
 class Outbound:
-    """One frame to send, with the fds that ride on its first byte (SCM_RIGHTS)."""
+    """One frame to send, with the fds that ride on its first byte (SCM_RIGHTS).
+
+    The fds belong to the frame (the catalog made them for this client): whoever takes the
+    frame calls `release()` once it is sent or dropped, so none outlives its frame.
+    """
 
     data: bytes
     fds: tuple = ()
+
+    def release(self) -> None:
+        fds, self.fds = self.fds, ()
+        for fd in fds:
+            os.close(fd)
 
 
 class ServerConnection:
@@ -132,12 +142,12 @@ class ServerConnection:
         self.version = version
         self.client_name = req.client_name
         info = self.catalog.hello_info()
-        fds = tuple(self.catalog.handout_fds()) if req.want_fds else ()
         welcome = m.Welcome(req.req_id, version, info["server_name"], info["pid"],
                             info["generation"], info["segment_bytes"], info["layout_version"],
-                            info["layout_hash"], info["n_eventfds"], bool(fds),
+                            info["layout_hash"], info["n_eventfds"], bool(req.want_fds),
                             float(info["heartbeat_period_s"]))
-        self.reply(welcome, fds)
+        # New fds for this client alone (the catalog makes them); the frame owns them from here
+        self.reply(welcome, tuple(self.catalog.handout_fds()) if req.want_fds else ())
 
     def _on_list(self, req: m.ListBooks) -> None:
         self.reply(m.BookList(req.req_id, self.catalog.book_infos()))
@@ -179,16 +189,22 @@ class ServerConnection:
     # --- output -------------------------------------------------------------------------------
 
     def reply(self, msg, fds: tuple = ()) -> None:
-        """Queue one reply; a client that lets replies pile up past the limit is closed."""
-        if len(self.outbound) >= self.outbound_frames_max:
-            self.close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
-            return
-        if self.outbound_bytes >= OUTBOUND_BYTES_MAX:
-            self.close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
-            return
-        data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
-        self.outbound_bytes += len(data)
-        self.outbound.append(Outbound(data, fds))
+        """Queue one reply (owning `fds`); a client that lets replies pile up past the limit is
+        closed."""
+        out = Outbound(b"", fds)
+        try:
+            if len(self.outbound) >= self.outbound_frames_max:
+                self.close(f"outbound_frames_max={self.outbound_frames_max}: client does not read")
+                return
+            if self.outbound_bytes >= OUTBOUND_BYTES_MAX:
+                self.close(f"outbound_bytes_max={OUTBOUND_BYTES_MAX}: client does not read")
+                return
+            out.data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
+        finally:
+            if not out.data:               # refused, or encoding raised: no frame owns the fds
+                out.release()
+        self.outbound_bytes += len(out.data)
+        self.outbound.append(out)
 
     def pop_outbound(self) -> Outbound:
         """The next frame to send (the transport calls this, never outbound.popleft)."""
@@ -196,6 +212,11 @@ class ServerConnection:
         self.outbound_bytes -= len(out.data)
         assert self.outbound_bytes >= 0
         return out
+
+    def release_outbound(self) -> None:
+        """Drop every unsent frame and close the fds they carried (the transport, on abort)."""
+        while self.outbound:
+            self.pop_outbound().release()
 
     def push_update(self, record: tuple) -> None:
         """Called by the fan-out for a subscribed book: never blocks, drops (counted) when full."""

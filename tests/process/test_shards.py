@@ -168,9 +168,9 @@ def test_a_core_this_machine_lacks_is_a_clear_error_and_leaves_nothing(tmp_path)
     lock.release()
 
 
-# A parent that has imported the observer once and forks one supervisor per cycle (the shard
-# processes it starts are fresh interpreters, as in production).
-ZYGOTE = """
+# A parent that has imported the observer once and forks one supervisor per cycle (the zygote
+# each supervisor starts is a fresh interpreter, and its shards are its forks, as in production).
+FORKER = """
 import os, signal, sys
 import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed supervisors
@@ -189,19 +189,19 @@ LIVE_EVERY = 10          # every 10th cycle waits until the shards serve before 
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")
-    shard_marker = f"observer.shardproc --name {name} "
+    shard_marker = f"observer.zygote --name {name} "
     log = open(tmp_path / "observer.log", "wb")
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
          "synthetic:SOLUSD", "--rate", "50", "--cores", TWO_CORES, "--name", name,
          "--socket", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         for cycle in range(KILL_CYCLES):
-            zygote.stdin.write("go\n")
-            zygote.stdin.flush()
-            pid = int(zygote.stdout.readline())
-            wait_until(lambda: len(processes_with(shard_marker)) == 2, WAIT_S,
+            forker.stdin.write("go\n")
+            forker.stdin.flush()
+            pid = int(forker.stdout.readline())
+            wait_until(lambda: len(processes_with(shard_marker, "ob-shard")) == 2, WAIT_S,
                        f"two shard processes (cycle {cycle})")
             if cycle % LIVE_EVERY == LIVE_EVERY - 1:
                 wait_until(lambda: _books_live(path), WAIT_S, f"live books (cycle {cycle})")
@@ -209,9 +209,9 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
             wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket removed after kill -9 (cycle {cycle})")
             wait_until(lambda: not processes_with(shard_marker), WAIT_S,
-                       f"the shards to die with their supervisor (cycle {cycle})")
-        zygote.stdin.close()
-        assert zygote.wait(WAIT_S) == 0
+                       f"the zygote and shards to die with their supervisor (cycle {cycle})")
+        forker.stdin.close()
+        assert forker.wait(WAIT_S) == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
@@ -220,8 +220,8 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
                              extra_args=["--cores", TWO_CORES]) as again:   # all free
             again.wait_ready().close()
     finally:
-        zygote.kill()
-        zygote.wait()
+        forker.kill()
+        forker.wait()
         log.close()
 
 
@@ -247,7 +247,7 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
                                os.path.join(obs.workdir, "twin.sock")],
                               capture_output=True, text=True, timeout=WAIT_S)
         assert twin.returncode == 3 and "already running" in twin.stderr
-        assert len(processes_with(f"observer.shardproc --name {obs.name} ")) == 2
+        assert len(processes_with(f"observer.zygote --name {obs.name} ", "ob-shard")) == 2
         os.kill(pids[0], signal.SIGSTOP)
         assert obs.stop(signal.SIGTERM) == 0
         assert not os.path.exists(obs.socket_path)
@@ -255,3 +255,4 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
         text = obs.log_text()
         assert text.count("shard_kill") == 1 and "shard=0" in text.split("shard_kill", 1)[1]
         assert "Traceback" not in text
+

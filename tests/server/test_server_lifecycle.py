@@ -20,7 +20,7 @@ def test_signal_stops_cleanly_and_removes_socket_and_segment(signum):
     with ObserverProcess() as obs:
         obs.wait_ready().close()
         assert os.path.exists(obs.socket_path)
-        assert shm_entries(obs.name) == []          # the name is unlinked at start-up
+        assert shm_entries(obs.name) == []          # the segment is a memfd: never named
         assert obs.stop(signum) == 0
         assert not os.path.exists(obs.socket_path)
         wait_until(lambda: not processes_with(obs.name), WAIT_S, "the reaper to exit")
@@ -86,7 +86,7 @@ def test_bad_command_lines_are_one_line_errors():
 
 # A parent that has imported the observer once and forks one real observer process per cycle,
 # so 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports on a busy machine.
-ZYGOTE = """
+FORKER = """
 import os, signal, sys
 import observer.cli, observer.supervisor, observer.shard, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
@@ -113,22 +113,22 @@ def test_kill_9_cycles_leave_nothing_behind(tmp_path):
     name = unique_name("k")
     path = str(tmp_path / "observer.sock")
     log = open(tmp_path / "observer.log", "wb")
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
          "--name", name, "--socket", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         for cycle in range(KILL_CYCLES):
-            zygote.stdin.write("go\n")
-            zygote.stdin.flush()
-            pid = int(zygote.stdout.readline())
+            forker.stdin.write("go\n")
+            forker.stdin.flush()
+            pid = int(forker.stdout.readline())
             wait_until(lambda: _connectable(path), WAIT_S, f"observer up (cycle {cycle})")
             assert shm_entries(name) == [], cycle
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket to be removed after kill -9 (cycle {cycle})")
-        zygote.stdin.close()
-        assert zygote.wait(WAIT_S) == 0
+        forker.stdin.close()
+        assert forker.wait(WAIT_S) == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process to be gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
@@ -136,8 +136,8 @@ def test_kill_9_cycles_leave_nothing_behind(tmp_path):
         with ObserverProcess(name=name, socket_path=path) as again:   # name and path free
             again.wait_ready().close()
     finally:
-        zygote.kill()
-        zygote.wait()
+        forker.kill()
+        forker.wait()
         log.close()
 
 
