@@ -256,3 +256,30 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
         assert text.count("shard_kill") == 1 and "shard=0" in text.split("shard_kill", 1)[1]
         assert "Traceback" not in text
 
+
+@needs_two_cores
+def test_a_dead_zygote_stops_the_observer_with_an_error_and_leaves_nothing():
+    """No process can map the sealed segment writable once the zygote is gone, so no shard
+    could ever restart: the observer says so once and exits 1, for a service manager to start
+    the next generation."""
+    obs = ObserverProcess(extra_args=[*FEEDS, "--cores", TWO_CORES, "--log-format", "json"])
+    with obs:
+        client = obs.wait_ready()
+        shard_pids = [s["pid"] for s in client.stats().observer["shard_list"]]
+        assert not client.snapshot("BTCUSD", 0).stale
+        zygotes = processes_with(f"observer.zygote --name {obs.name} ", "ob-zygote")
+        assert len(zygotes) == 1
+        os.kill(zygotes[0], signal.SIGKILL)
+        assert obs.proc.wait(WAIT_S) == 1
+        wait_until(lambda: not processes_with(obs.name), WAIT_S, "every observer process gone")
+        assert all(_zombie_or_gone(pid) for pid in shard_pids)
+        assert not os.path.exists(obs.socket_path)
+        assert shm_entries(obs.name) == []
+        wait_until(lambda: client.snapshot("BTCUSD", 0).stale, WAIT_S, "the client to see it")
+        client.close()
+        text = obs.log_text()
+        exits = [e for e in _json_events(text) if e["event"] == "zygote_exit"]
+        assert len(exits) == 1, text
+        assert exits[0]["zygote_pid"] == zygotes[0] and exits[0]["reason"] == "killed by SIGKILL"
+        assert "observer: stopped: zygote exited (killed by SIGKILL)" in text
+        assert "Traceback" not in text
