@@ -165,3 +165,62 @@ def test_unusable_socket_directory_is_a_one_line_error(tmp_path):
     assert done.returncode == 2
     assert f"cannot bind control socket {missing}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _start_and_die_after_bind(path: str) -> int:
+    """Fork a real supervisor (one shard, nothing else) that SIGKILLs itself the moment its
+    control socket is bound and listening: the window the reaper must cover. Its pid."""
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    try:
+        from observer import loom
+        from observer.server.control import ControlServer
+        from observer.supervisor import Supervisor
+        from proto.layout import BookDesc
+
+        bind = ControlServer.start
+
+        def bind_then_die(server):
+            bind(server)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        ControlServer.start = bind_then_die
+        Supervisor(loom.Loop(), name=unique_name("b"), book_descs=[BookDesc("x", "Y", "y", 0)],
+                   shards_n=1, depth_max=4, socket_path=path).start()
+    finally:
+        os._exit(1)                            # not reached: killed above
+
+
+def test_a_kill_9_right_after_bind_leaves_no_socket_file(tmp_path):
+    path = str(tmp_path / "observer.sock")
+    pid = _start_and_die_after_bind(path)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    wait_until(lambda: not os.path.exists(path), WAIT_S, "the reaper to remove the socket file")
+
+
+def test_a_reaper_told_nothing_leaves_what_is_not_a_dead_socket(tmp_path):
+    """Without the socket's identity (its observer died before binding, or while binding), the
+    reaper removes only a socket nobody listens on: never a file that is not a socket, never
+    a socket a live server answers on."""
+    from observer.reaper import Reaper
+
+    not_socket = tmp_path / "plain"
+    not_socket.write_text("precious")
+    live_path = str(tmp_path / "live.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(live_path)
+    live.listen(1)
+    dead_path = str(tmp_path / "dead.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(dead_path)
+    dead.close()
+    try:
+        for path in (str(not_socket), live_path, dead_path):
+            Reaper(path).stop()                 # EOF with no identity; stop() reaps it
+        assert not_socket.read_text() == "precious"
+        assert os.path.exists(live_path)
+        assert not os.path.exists(dead_path)
+    finally:
+        live.close()
