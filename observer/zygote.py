@@ -4,8 +4,9 @@ Why it exists. The segment is a sealed memfd (observer/shm/segment.py): after th
 process can map it writable, not even ours, so a shard started afterwards could never write its
 books. With --cores, the supervisor therefore starts this small, clean interpreter BEFORE the
 seal (`python -m observer.zygote`): it inherits the read-write memfd and the shard eventfds,
-maps the segment read-write, imports what a shard needs, closes the memfd (keeping the mapping)
-and says ready. Only then does the supervisor seal. Every shard process, the first ones and
+maps the segment read-write, closes the memfd (keeping the mapping) and says ready. Only then
+does the supervisor seal; meanwhile the zygote imports what a shard needs, so the observer's
+start-up does not wait for those imports (a SPAWN waits in the socket until they are done). Every shard process, the first ones and
 every restart, is a fork of the zygote: it inherits the mapping and the eventfds, and runs
 `observer.shardproc.run` on them.
 
@@ -340,22 +341,27 @@ def main(argv=None) -> int:
     prctl.die_with_parent(args.parent_pid, EXIT_ORPHANED)
     prctl.forbid_inspection()
     prctl.set_name("ob-zygote")
-    import importlib
-
-    for module in WARM_MODULES:
-        importlib.import_module(module)
     from observer.shm import Segment
 
     segment = Segment.attach_fd(args.segment_fd, eventfds)
     os.close(args.segment_fd)
     segment.close_fd()                  # the mapping stays; nothing forked from here holds an fd
     control = socket.socket(fileno=args.control_fd)
-    assert len(os.listdir("/proc/self/task")) == 1, "the zygote must be single-threaded to fork"
     try:
         control.sendall(_pack(KIND_READY, os.getpid()))
     except (BrokenPipeError, ConnectionResetError):
         return 0                        # the supervisor died; PR_SET_PDEATHSIG is on its way
+    _warm()                             # while the supervisor seals and serves: SPAWNs wait
     return _serve(control, segment)
+
+
+def _warm() -> None:
+    """Import what a shard needs once, here, so that every fork starts with it loaded."""
+    import importlib
+
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+    assert len(os.listdir("/proc/self/task")) == 1, "the zygote must be single-threaded to fork"
 
 
 def _serve(control: socket.socket, segment) -> int:

@@ -181,8 +181,11 @@ for line in sys.stdin:
         os._exit(observer.cli.main(sys.argv[1:]))
     print(pid, flush=True)
 """
-KILL_CYCLES = 50
-LIVE_EVERY = 10          # every 10th cycle waits until the shards serve before the kill
+# 25 cycles, each one until both shards run (forks of a zygote that has mapped the segment and
+# imported a shard's modules: a whole start-up); kills from the first instant of start-up on are
+# tests/process/test_startup_kills.py's.
+KILL_CYCLES = 25
+LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before the kill
 
 
 @needs_two_cores
