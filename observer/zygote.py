@@ -41,7 +41,6 @@ import argparse
 import errno
 import logging
 import os
-import pickle
 import select
 import signal
 import socket
@@ -420,6 +419,9 @@ def _spawn(spec_fd: int, shard_index: int, segment, control, children, poller) -
 def _child(spec, segment, control, children, zygote_pid: int) -> None:
     code = SHARD_EXIT_FAILED
     try:
+        # The zygote ignores SIGTERM; a shard stops on it (run() installs its handler), and a
+        # SIGTERM that comes before that must end it as it would a fresh process.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         control.close()                 # the supervisor must see EOF when the ZYGOTE dies
         _close_all(children)            # siblings' pidfds
         prctl.die_with_parent(zygote_pid, EXIT_ORPHANED)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from observer.testing import ObserverProcess, wait_until
+from observer.testing import ObserverProcess
 from proto import layout
 
 PEERS = Path(__file__).resolve().parent / "isolation_peers.py"
