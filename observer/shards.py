@@ -86,10 +86,14 @@ class ShardManager:
     # -- lifetime ------------------------------------------------------------------------------
 
     def start(self, loop=None) -> None:
-        """Start every shard and its watcher (the same call shape as an in-process Shard)."""
+        """Start every shard and its watcher (the same call shape as an in-process Shard). A
+        shard whose first start fails is started again by its watcher, as after a death."""
         assert loop is None or loop is self.loop
         for child in self.children:
-            self._spawn(child)
+            try:
+                self._spawn(child)
+            except OSError as exc:
+                self._start_failed(child, exc)
             child.watcher = self.loop.spawn(self._watch, child, name=f"shard{child.index}-watch")
 
     def _spawn(self, child: ShardChild) -> None:
@@ -97,6 +101,8 @@ class ShardManager:
         child.started_s = time.monotonic()
 
     def _watch(self, child: ShardChild) -> None:
+        if child.proc is None:                 # its first start failed
+            self._restart(child)
         while not self.stopping:
             loom.wait_readable(child.proc.pidfd)
             code = child.proc.wait()
@@ -116,15 +122,18 @@ class ShardManager:
             try:
                 self._spawn(child)
             except OSError as exc:
-                child.deaths_in_row += 1
-                log_event(log, "shard_start_failed", level=logging.ERROR, shard=child.index,
-                          reason=str(exc))
+                self._start_failed(child, exc)
                 continue
             child.restarts += 1
             log_event(log, "shard_restart", level=logging.WARNING, shard=child.index,
                       pid=child.proc.pid, restarts=child.restarts,
                       reason=exit_reason(child.last_exit), books=",".join(child.book_names))
             return
+
+    def _start_failed(self, child: ShardChild, exc: OSError) -> None:
+        child.deaths_in_row += 1
+        log_event(log, "shard_start_failed", level=logging.ERROR, shard=child.index,
+                  reason=str(exc))
 
     def _died(self, child: ShardChild, code: int) -> None:
         lived_s = time.monotonic() - child.started_s

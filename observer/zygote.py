@@ -53,7 +53,7 @@ from observer import prctl
 log = logging.getLogger("observer.supervisor")
 
 READY_TIMEOUT_S = 60.0       # a fresh interpreter importing a shard's modules on a busy host
-SPAWN_TIMEOUT_S = 30.0       # a fork and a reply; far more means the zygote is stuck
+SPAWN_TIMEOUT_S = 60.0       # a fork and a reply, after the zygote's imports the first time
 STOP_S = 5.0                 # for the zygote to exit after its socket closed
 EXIT_BAD_START = 2
 EXIT_ORPHANED = 4
