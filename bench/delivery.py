@@ -15,6 +15,10 @@ arrives, which is the case blocking delivery is about):
                           while the shard says a publish is on its way)
   observer no wake-ahead  the same without wake_ahead: the flush's write is the only wake-up
   observer io_uring wake  with wake-ahead, the eventfd writes done by an io_uring worker
+  observer blocking+hostile  `observer blocking` while a hostile client of the same segment
+                          attacks its own wake fd in a loop (reads, saturating writes, blocking
+                          mode, epoll_wait, its own eventfd added and written): the victim's
+                          p50/p99 beside the row without it
   observer busy-poll      the same writer, wake-ahead off -> UpdateFollower.spin_next (no
                           syscalls)
   pyzmq ipc PUB/SUB       the record packed with struct, blocking recv
@@ -24,7 +28,8 @@ Then the busy-poll contenders again on a hot feed (`--hot-interval-us` apart, th
 between messages, as a shard does at tens of thousands of updates/s: nothing goes cold, which is
 the case a pinned busy-polling client is for). Then publishes/s back to back (writer side, one reader draining), and the writer's cost per
 message (wake_ahead, publish, flush) with 1, 10 and 100 reader processes attached and waiting
-on the eventfd, for each wake mode (observer/shm/wake.py; `--cost-rounds` interleaved passes,
+on their own wake fds (an epoll each on the shard's eventfd, as clients get them), for each wake
+mode (observer/shm/wake.py; `--cost-rounds` interleaved passes,
 medians).
 
 The raw contenders hold one value, so a reader that wakes late sees only the newest one; a
@@ -54,7 +59,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from delivery_peers import (TOKEN, Iox, IoxSpin, Observer, ObserverFlushOnly,  # noqa: E402
-                            ObserverSpin, ObserverUring, Raw, RawSpin, TopBook, Zmq, pin)
+                            ObserverSpin, ObserverUnderAttack, ObserverUring, Raw, RawSpin,
+                            TopBook, Zmq, pin)
 from delivery_peers import BookDesc, Segment, SegmentReader  # noqa: E402
 
 SEED = 20261122
@@ -218,10 +224,14 @@ def run_throughput(contender, messages_n: int) -> float:
 # -- the writer's cost with many readers -----------------------------------------------------
 
 
-def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int, wake: str):
-    """Median ns of publish() and of flush() with `readers_n` reader processes waiting."""
-    segment = Segment.create(f"/obbench-cost-{TOKEN}-{readers_n}",
+def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int, wake: str,
+                     waits_on: str = "wake_fd"):
+    """Median ns of publish() and of flush() with `readers_n` reader processes waiting, each on
+    its own wake fd (as clients are handed) or, `waits_on="eventfd"`, on the shard's eventfd
+    itself (how clients waited before wake fds: the comparison)."""
+    segment = Segment.create(f"obbench-cost-{TOKEN}-{readers_n}",
                              [BookDesc("bench", "BTCUSD", "x", 0)], 1, 8, 4096)
+    segment.seal()
     fd = segment.reader_fd()
     ready_r, ready_w = os.pipe()
     pids = []
@@ -230,7 +240,7 @@ def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int, wake: s
             pid = os.fork()
             if pid == 0:
                 os.close(ready_r)
-                _waiting_reader(fd, segment.eventfds, ready_w)
+                _waiting_reader(fd, segment, ready_w, waits_on)
             pids.append(pid)
         os.close(ready_w)
         ready_w = -1
@@ -254,14 +264,14 @@ def run_publish_cost(readers_n: int, publishes_n: int, interval_us: int, wake: s
             os.close(ready_w)
         os.close(fd)
         segment.close()
-        segment.unlink()
 
 
-def _waiting_reader(fd: int, eventfds, ready_w: int) -> None:
+def _waiting_reader(fd: int, segment, ready_w: int, waits_on: str) -> None:
     code = 1
     try:
         pin(1)
-        reader = SegmentReader(fd, eventfds)
+        waits = [segment.wake_fd(0)] if waits_on == "wake_fd" else segment.eventfds
+        reader = SegmentReader(fd, waits)
         follower = reader.follow()
         os.write(ready_w, b"r")
         while not reader.closed:
@@ -311,16 +321,22 @@ def _burst_cpu_ns(writer, book, publishes_n: int = BURST_N) -> float:
 
 
 WAKES = ("auto", "eventfd", "io_uring")
+DIRECT = "eventfd*"   # wake eventfd, readers waiting on the eventfd itself (the old hand-out)
 
 
 def measure_costs(readers: list[int], args) -> dict[tuple[str, int], tuple]:
-    """Writer cost per (wake mode, reader count): interleaved passes, the median of each."""
+    """Writer cost per (wake mode, reader count): interleaved passes, the median of each. With
+    `--cost-eventfd`, also per reader count with readers on the eventfd itself, wake eventfd
+    (keyed "eventfd*"): the kernel's fan-out before and after wake fds, side by side."""
     keys = [(wake, n) for wake in WAKES for n in readers]
+    if args.cost_eventfd:
+        keys += [(DIRECT, n) for n in readers]
     passes: dict[tuple[str, int], list] = {key: [] for key in keys}
     for _ in range(args.cost_rounds):
         for wake, n in keys:
+            waits_on, mode = ("eventfd", "eventfd") if wake == DIRECT else ("wake_fd", wake)
             passes[wake, n].append(run_publish_cost(n, args.cost_publishes,
-                                                    args.cost_interval_us, wake))
+                                                    args.cost_interval_us, mode, waits_on))
     return {key: tuple(float(v) for v in np.median(np.array(runs), axis=0))
             for key, runs in passes.items()}
 
@@ -370,12 +386,16 @@ def main() -> None:
     parser.add_argument("--readers", default="1,10,100")
     parser.add_argument("--cost-rounds", type=int, default=3,
                         help="interleaved passes over the reader counts; medians of passes")
+    parser.add_argument("--cost-eventfd", action="store_true",
+                        help="also time the writer with readers on the eventfd itself (the "
+                             "hand-out before wake fds), wake eventfd, keyed 'eventfd*'")
     parser.add_argument("--only", default="", help="comma-separated contender names (debugging)")
     args = parser.parse_args()
     rng = random.Random(SEED)
     args.load_at_start = os.getloadavg()[0]
-    contenders = [c for c in (Raw(), RawSpin(), Observer(), ObserverFlushOnly(), ObserverUring(),
-                              ObserverSpin(), Zmq(), Iox(), IoxSpin())
+    contenders = [c for c in (Raw(), RawSpin(), Observer(), ObserverUnderAttack(),
+                              ObserverFlushOnly(), ObserverUring(), ObserverSpin(), Zmq(), Iox(),
+                              IoxSpin())
                   if available(c) is None
                   and (not args.only or c.name in args.only.split(",") or c.name == Raw.name)]
     skipped = [c for c in (Zmq(), Iox()) if available(c) is not None]
@@ -394,10 +414,10 @@ def main() -> None:
     rates = {c.name: run_throughput(c, args.throughput_messages) for c in contenders}
     costs = measure_costs([int(n) for n in args.readers.split(",")], args)
     cleanup_iceoryx2()
-    p50, p50_visible = report(args, contenders, lat, after, missing, rates, skipped)
+    p50, p50_visible, p99 = report(args, contenders, lat, after, missing, rates, skipped)
     hot_p50 = report_hot(args, hot)
     report_costs(costs, args.cost_interval_us)
-    report_targets(p50, p50_visible, costs, hot_p50)
+    report_targets(p50, p50_visible, p99, costs, hot_p50)
 
 
 HOT_NAMES = (RawSpin.name, ObserverSpin.name, IoxSpin.name)
@@ -434,18 +454,19 @@ def report_hot(args, hot) -> dict:
 
 
 def report(args, contenders, lat, after, missing, rates, skipped):
-    """Print a line per contender; return the p50s from the publish call and from visible."""
+    """Print a line per contender; return the p50s from the publish call and from visible,
+    and the p99s from the publish call."""
     print(f"# delivery, one run: {args.messages} paced messages per contender "
           f"({args.interval_us} us apart +-50%), {args.rounds} interleaved rounds, seed {SEED}, "
           f"load average {args.load_at_start:.2f} at start; one-way latency in us, from the writer's "
           f"clock before its publish call; 'visible': from its clock when that call returned "
           f"(the data readable, before any wake-up signal; pyzmq and the raw rows have no "
           f"separate step, so the same)")
-    p50s, p50s_visible = {}, {}
+    p50s, p50s_visible, p99s = {}, {}, {}
     raw_p50 = percentiles_us(np.concatenate(lat[Raw.name]))[0]
     for c in contenders:
         p50, p99, p999 = percentiles_us(np.concatenate(lat[c.name]))
-        p50s[c.name] = p50
+        p50s[c.name], p99s[c.name] = p50, p99
         visible = percentiles_us(np.concatenate(after[c.name] or lat[c.name]))
         p50s_visible[c.name] = visible[0]
         print(f"{c.name:<22} p50 {p50:8.2f}  p99 {p99:8.2f}  p99.9 {p999:8.2f}  "
@@ -454,13 +475,14 @@ def report(args, contenders, lat, after, missing, rates, skipped):
               f"publishes/s {rates[c.name]:9,.0f}  missing {missing[c.name]}")
     for c in skipped:
         print(f"{c.name:<22} skipped: {available(c)}")
-    return p50s, p50s_visible
+    return p50s, p50s_visible, p99s
 
 
 def report_costs(costs, interval_us: int) -> None:
     print(f"# writer cost per message: medians of {interval_us} us paced wake_ahead(), publish() "
           f"and flush() calls (cold; 'message' is their sum), and CPU per publish in a "
-          f"{BURST_N}-publish burst (warm); per wake mode, ratios against 1 reader")
+          f"{BURST_N}-publish burst (warm); per wake mode, ratios against 1 reader; readers "
+          f"wait on their own wake fds, or for 'eventfd*' on the shard's eventfd itself")
     for (wake, readers_n), cost in costs.items():
         base = costs[wake, min(n for w, n in costs if w == wake)]
         for label, k in (("wall", 0), ("cpu", 3)):
@@ -474,11 +496,16 @@ def report_costs(costs, interval_us: int) -> None:
                      if label == "cpu" else ""))
 
 
-def report_targets(p50, p50_visible, costs, hot_p50) -> None:
+def report_targets(p50, p50_visible, p99, costs, hot_p50) -> None:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
     raw = p50[Raw.name]
+    if Observer.name in p99 and ObserverUnderAttack.name in p99:
+        extra_us = p99[ObserverUnderAttack.name] - p99[Observer.name]
+        print(f"target victim p99 with a hostile client <= 1 ms beyond without: "
+              f"{p99[ObserverUnderAttack.name]:.2f} vs {p99[Observer.name]:.2f} us "
+              f"(+{extra_us:.2f}) {verdict(extra_us <= 1000.0)}")
     for label, table in (("from the publish call", p50), ("from visible", p50_visible)):
         block = table.get(Observer.name)
         if block is not None:

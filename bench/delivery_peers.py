@@ -9,10 +9,12 @@ writer's clock when the record became visible, where that differs from the send 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import secrets
 import select
+import signal
 import struct
 import sys
 import tempfile
@@ -28,6 +30,10 @@ from proto.layout import BookDesc  # noqa: E402
 
 BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"
+ALL_CPUS = os.sched_getaffinity(0)      # before anything pins this process
+SATURATED = 2**64 - 2
+HOSTILE_SPAM_WRITES = 10
+HOSTILE_PAUSE_S = 100e-6
 
 
 class TopBook:
@@ -143,13 +149,14 @@ class Observer:
     ahead = True
 
     def prepare(self):
-        self.segment = Segment.create(f"/obbench-{TOKEN}", [BookDesc("bench", "BTCUSD", "x", 0)],
+        self.segment = Segment.create(f"obbench-{TOKEN}", [BookDesc("bench", "BTCUSD", "x", 0)],
                                       1, 8, 4096)
-        self.fd = self.segment.reader_fd()
+        self.segment.seal()
+        self.fds = self.segment.client_fds()   # what the control server hands a client
         self.book = TopBook()
 
     def reader_open(self):
-        self.reader = SegmentReader(self.fd, self.segment.eventfds)
+        self.reader = SegmentReader(self.fds[0], self.fds[1:])   # the wake fd, as a client
         self.follower = self.reader.follow()
 
     def receive(self, timeout_s):
@@ -177,9 +184,57 @@ class Observer:
         return visible_ns
 
     def close(self):
-        os.close(self.fd)
+        for fd in self.fds:
+            os.close(fd)
         self.segment.close()
-        self.segment.unlink()
+
+
+class ObserverUnderAttack(Observer):
+    """`Observer`, with a hostile client of the same segment attacking its own wake fd in a
+    loop for the whole pass (what tests/server/test_server_isolation.py checks for facts):
+    read and saturating writes (EINVAL), O_NONBLOCK cleared, epoll_wait on it, its own eventfd
+    added to it and written 10 times a round. Unpinned, so it may run on either CPU, and paced
+    (HOSTILE_PAUSE_S between rounds, thousands of rounds a second): what the row measures is
+    what the attacks do to the victim's wake-ups, not the CPU any busy process, client or not,
+    can take from it on a 2-CPU machine."""
+    name = "observer blocking+hostile"
+
+    def prepare(self):
+        super().prepare()
+        hostile_fds = self.segment.client_fds()
+        self.hostile_pid = os.fork()
+        if self.hostile_pid == 0:
+            _hostile_loop(hostile_fds[1:])     # never returns
+        for fd in hostile_fds:
+            os.close(fd)
+
+    def close(self):
+        os.kill(self.hostile_pid, signal.SIGKILL)
+        os.waitpid(self.hostile_pid, 0)
+        super().close()
+
+
+def _hostile_loop(wake_fds: list[int]) -> None:
+    try:
+        os.sched_setaffinity(0, ALL_CPUS)
+        own = os.eventfd(0, os.EFD_NONBLOCK)
+        inners = [select.epoll.fromfd(os.dup(fd)) for fd in wake_fds]
+        for fd, inner in zip(wake_fds, inners):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            inner.register(own, select.EPOLLIN)
+        while True:
+            for fd, inner in zip(wake_fds, inners):
+                for attempt in (lambda: os.read(fd, 8), lambda: os.eventfd_write(fd, SATURATED)):
+                    try:
+                        attempt()
+                    except OSError:
+                        pass                   # EINVAL: a wake fd is neither read nor written
+                inner.poll(0)
+            for _ in range(HOSTILE_SPAM_WRITES):
+                os.eventfd_write(own, 1)
+            time.sleep(HOSTILE_PAUSE_S)
+    finally:
+        os._exit(1)
 
 
 class ObserverSpin(Observer):

@@ -1,11 +1,11 @@
 """The client a strategy links: connect to the observer, read its books, follow their updates.
 
 Why this shape. The control socket is only the way in: one `hello` returns the segment's
-read-only fd and the shard eventfds (SCM_RIGHTS), and from then on books are read from shared
+read-only fd and one wake fd per shard (SCM_RIGHTS), and from then on books are read from shared
 memory (`SegmentReader`) and updates followed on the rings, with no round trip to the observer.
 The socket stays open for one more job: it is how a dead observer is seen at once (C6, C9). The
 client keeps its own epoll, stable for its whole life (so `fileno()` can go to asyncio's
-`add_reader` once), holding the eventfds with EPOLLET (never read) and the control socket.
+`add_reader` once), holding the wake fds with EPOLLET (never read) and the control socket.
 
 Liveness and reattach (C9). The observer is considered gone when the control socket hangs up,
 the segment is marked closed, or the header heartbeat is older than `stale_after_s`. The client
@@ -209,7 +209,7 @@ class Client:
         except BaseException:
             sock.close()
             raise
-        for fd in self._att.reader.eventfds:
+        for fd in self._att.reader.wake_fds:
             self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
         self.attaches += 1
@@ -254,7 +254,7 @@ class Client:
         att, self._att = self._att, None
         if att is None:
             return
-        for fd in (*att.reader.eventfds, att.sock.fileno()):
+        for fd in (*att.reader.wake_fds, att.sock.fileno()):
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):

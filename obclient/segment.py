@@ -1,15 +1,19 @@
 """The segment reader: maps observer's segment read-only and takes consistent copies.
 
 Why this module. A strategy gets two things from the observer's control socket: an `O_RDONLY`
-fd on the shared-memory segment and one eventfd per shard. `SegmentReader` maps the fd with
-`PROT_READ` (writing through any view raises; the fd itself cannot be mapped writable, C8),
-refuses a segment whose magic, version or layout hash it does not know (C2), and then reads:
+fd on the shared-memory segment (a sealed memfd) and one wake fd per shard. `SegmentReader`
+maps the fd with `PROT_READ` (writing through any view raises; the fd cannot be mapped
+writable, and the segment's seals refuse every other way to write it, C8), refuses a segment
+whose magic, version or layout hash it does not know (C2), and then reads:
 
 - `snapshot(book_index, depth)`: a consistent copy of a book through the two-copy latch (C4);
   the load order lives in proto/latch.py.
 - `follow(...)` (obclient/updates.py): ring cursors over the shards' update rings (C5).
-- `wait(timeout_s)`: one epoll, EPOLLET on every shard eventfd, never `read()` (C6), plus any
-  fd the caller registers (the control socket, so a dead observer wakes the wait at once).
+- `wait(timeout_s)`: one epoll, EPOLLET on every wake fd, never `read()` (C6), plus any fd the
+  caller registers (the control socket, so a dead observer wakes the wait at once). A wake fd
+  is pollable and nothing more: the observer passes a private epoll instance per shard that
+  watches the shard's eventfd (a read of it would fail anyway); inside the observer, its own
+  reader is given the eventfds themselves. Either way, one edge per shard flush.
 - liveness: generation, state, header and shard heartbeats (C9); per-book stats for `obctl`.
 
 It never writes to shared memory and never blocks the writer. It imports only `proto` and
@@ -57,10 +61,11 @@ class BookInfo(NamedTuple):
 class SegmentReader:
     """A read-only view of one observer segment. Not thread-safe; one per thread is cheap."""
 
-    def __init__(self, shm_fd: int, eventfds=(), *, own_fds: bool = False):
-        """Map `shm_fd` read-only. With `own_fds`, close() also closes shm_fd and eventfds."""
+    def __init__(self, shm_fd: int, wake_fds=(), *, own_fds: bool = False):
+        """Map `shm_fd` read-only and wait on `wake_fds` (one per shard, or none). With
+        `own_fds`, close() also closes shm_fd and wake_fds."""
         latch.require_tso()
-        self._fds_owned = ([shm_fd, *eventfds] if own_fds else [])
+        self._fds_owned = ([shm_fd, *wake_fds] if own_fds else [])
         size_bytes = os.fstat(shm_fd).st_size
         if size_bytes < layout.HEADER.itemsize:
             raise LayoutError(f"segment is {size_bytes} bytes, smaller than its header: "
@@ -76,26 +81,14 @@ class SegmentReader:
         self._copy_bytes = layout.copy_dtype(self.geometry.depth_max).itemsize
         self._words = self._mv.cast("Q")
         self._swords = self._mv.cast("q")
-        self.eventfds = list(eventfds)
+        self.wake_fds = list(wake_fds)
         self._books = self._read_descs()
         self._views: dict[int, tuple] = {}  # book_index -> per copy (bid_px, bid_sz, ...)
         self.epoll = select.epoll()
-        for fd in self.eventfds:
-            # Edge-triggered and never read: every eventfd write queues one edge for every
+        for fd in self.wake_fds:
+            # Edge-triggered and never read: every shard flush queues one edge in every
             # client's epoll, so no client can consume another's wake-up (C6).
             self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
-
-    @classmethod
-    def open(cls, name: str, eventfds=()) -> "SegmentReader":
-        """Open a segment by name, read-only (tools and tests; clients get fds via the socket)."""
-        import posix_ipc  # only this convenience needs it; clients receive fds instead
-
-        shm = posix_ipc.SharedMemory(name if name.startswith("/") else "/" + name, 0,
-                                     read_only=True)
-        try:
-            return cls(shm.fd, eventfds)
-        finally:
-            shm.close_fd()  # the mapping keeps its own reference
 
     def _read_descs(self) -> list[BookInfo]:
         g = self.geometry
@@ -212,7 +205,7 @@ class SegmentReader:
         self.epoll.register(fd, events)
 
     def wait(self, timeout_s: float | None) -> list[tuple[int, int]]:
-        """Block until an eventfd edge or a registered fd is ready; [] after timeout_s.
+        """Block until a wake fd edge or a registered fd is ready; [] after timeout_s.
 
         A wake-up is a hint: callers recheck shared memory before and after (see
         UpdateFollower.wait, which does check, poll, check).

@@ -8,7 +8,7 @@ calls: a fresh follower would start at the ring heads and miss what woke the cal
 `poll()` has three branches: detached (report every followed book stale once, try to reattach),
 attached to a new generation (resolve names, make a follower, report a resync per book), and
 attached (take the records of the followed books). `wait()` is the blocking half: epoll on the
-eventfds and the control socket, or busy-polling the ring heads; it never waits longer than
+wake fds and the control socket, or busy-polling the ring heads; it never waits longer than
 `LIVENESS_CHECK_S`, so the heartbeat and the socket are looked at even when no shard signals.
 A wake-up is a hint (C6): the caller always polls again after waiting.
 """

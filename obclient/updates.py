@@ -12,7 +12,7 @@ still ahead in the ring); `book_seq` orders them: callers that care drop a recor
 `book_seq` is not above the last one they saw for that book.
 
 Waiting (C6): `wait` checks the rings, blocks in the reader's epoll, then checks again, so an
-update that lands between the check and the sleep is never missed (its eventfd edge is queued
+update that lands between the check and the sleep is never missed (its wake-up edge is queued
 in the epoll already). `spin` busy-polls the heads with loads only, for pinned clients.
 """
 

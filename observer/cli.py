@@ -9,11 +9,12 @@ flags), the long-lived objects are `Supervisor` and `Shard` (or `ShardManager`),
 only wires them on one loom loop and turns signals into a clean stop. Signals arrive through
 `signal.set_wakeup_fd` on a socketpair that a fiber reads, so the stop runs as ordinary fiber
 code (no work inside a signal handler, no interrupted loop internals). A clean stop removes the
-socket file and closes the segment, whose name was already unlinked at start-up.
+socket file and closes the segment (a memfd, which never had a name).
 
 Process model (C1). With `--cores LIST` (or `cores = [...]`) every listed core gets one shard
-process (observer/shardproc.py), pinned to it, started and restarted by `ShardManager`
-(observer/shards.py); feeds are partitioned across them (observer/shardplan.py). The cores are
+process (observer/shardproc.py, forked by the zygote, observer/zygote.py), pinned to it,
+started and restarted by `ShardManager` (observer/shards.py); feeds are partitioned across
+them (observer/shardplan.py). The cores are
 checked against the ones this process may use before anything is created, so a bad list leaves
 nothing behind. Without --cores there is one shard, unpinned, in the supervisor's own process
 and loop. Why not a child there too: with no core to isolate, a second process would buy only
@@ -33,9 +34,11 @@ carried to the loop by the wakeup fd and served once start-up is complete, so th
 always the orderly one, and a second signal during it is only recorded.
 
 Exit codes: 0 after a clean stop by SIGTERM, 130 after a clean stop by SIGINT (Ctrl-C; 128 +
-SIGINT, what shells report), 2 for a bad command line or configuration (one line on stderr; a
-core that does not exist or is not allowed names the allowed ones), 3 when another observer
-already holds the name or the socket.
+SIGINT, what shells report), 1 after a stop forced by the loss of a part that cannot be
+replaced (the zygote, observer/zygote.py: a service manager should start a new generation), 2
+for a bad command line or configuration (one line on stderr; a core that does not exist or is
+not allowed names the allowed ones), 3 when another observer already holds the name or the
+socket.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import sys
 from observer.stopsignals import Interrupted, StopSignals
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_RUNNING = 3
 
@@ -98,7 +102,9 @@ def run(config, stop: StopSignals) -> int:
             supervisor = Supervisor(loop, name=config.name, book_descs=descs, shards_n=shards_n,
                                     depth_max=config.depth, socket_path=socket_path,
                                     allow_uids=config.allow_uids, allow_gids=config.allow_gids,
-                                    client_limits=config.client_limits)
+                                    client_limits=config.client_limits,
+                                    shard_processes=config.cores is not None)
+            supervisor.on_fatal = stop.request_stop   # stop as for a signal; `failure` says why
             if stop.signum is not None:         # stopped before anything was made: done
                 return stop.exit_code(EXIT_OK)
             supervisor.start()
@@ -118,6 +124,9 @@ def run(config, stop: StopSignals) -> int:
             supervisor.stop()
         if loop is not None:
             loop.close()
+    if supervisor.failure:
+        print(f"observer: stopped: {supervisor.failure}", file=sys.stderr)
+        return EXIT_FAILED
     return stop.exit_code(EXIT_OK)
 
 
@@ -135,14 +144,11 @@ def _shard_manager(loop, supervisor, config, descs, index_of, shard_of):
         mine = tuple(f for f, s in zip(config.feeds, shard_of) if s == i)
         books = {key: b for key, b in index_of.items() if descs[b].shard_index == i}
         specs.append(ShardSpec(name=config.name, shard_index=i, core=core,
-                               config=config.with_overrides(feeds=mine), book_index_of=books,
-                               shm_fd=supervisor.segment.fd,
-                               eventfds=tuple(supervisor.segment.eventfds),
-                               parent_pid=os.getpid()))
+                               config=config.with_overrides(feeds=mine), book_index_of=books))
         if not mine:
             log_event(log, "shard_idle", level=logging.WARNING, shard=i, core=core,
                       reason="more cores than feeds")
-    return ShardManager(loop, supervisor, specs)
+    return ShardManager(loop, supervisor, supervisor.zygote, specs)
 
 
 def _serve(loop, supervisor, shard, stop: StopSignals, socket_path) -> None:

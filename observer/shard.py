@@ -2,8 +2,9 @@
 
 Why an object of its own: C1 puts one shard process per core, each the only writer of its books
 and its ring. Without --cores the observer runs one shard inside the supervisor's process and
-loop; with --cores each `Shard` runs in a pinned child process (observer/shardproc.py) with its
-own `Loop` and a writer from `Segment.attach_fd`, and nothing here differs. A shard knows its writer, its feeds and which
+loop; with --cores each `Shard` runs in a pinned child process (observer/shardproc.py, a fork of
+the zygote) with its own `Loop` and a writer on the mapping it was forked with, and nothing here
+differs. A shard knows its writer, its feeds and which
 segment book index each of their symbols has; it does not know about clients or the socket.
 
 One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next

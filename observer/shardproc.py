@@ -1,57 +1,48 @@
-"""A shard process: `python -m observer.shardproc`, started by the supervisor, one per core.
+"""A shard process: one per core, forked by the zygote (observer/zygote.py) for the supervisor.
 
-Why a fresh interpreter and not fork: the supervisor runs a loom loop, a thread pool and a
-control server; a forked copy of that would inherit fibers, epoll registrations and locks held
-by threads that do not exist in the child. A clean exec starts from nothing and receives exactly
-what it needs (C1):
+Why forked from the zygote and not exec'd: the segment is sealed once the observer is up, so
+no process started afterwards can map it writable (observer/shm/segment.py); a shard must be
+born with a writable mapping, which only a fork of the zygote (which mapped it before the seal)
+gives. Why not a fork of the supervisor: see the zygote's essay. What a shard receives (C1):
 
-- its spec on stdin, a sealed-size memfd holding one pickle (`ShardSpec`): the shard's slice
-  of the config (its feeds only), its shard index and core, the segment book index of each of
-  its books, the fd numbers below and the supervisor's pid. A memfd and not a pipe, so the
-  supervisor never blocks writing it, whatever the size;
-- the segment's read-write fd and every shard eventfd, inherited by number (`pass_fds`).
+- its spec, a `ShardSpec`: the shard's slice of the config (its feeds only), its shard index
+  and core, and the segment book index of each of its books. The supervisor pickles it into a
+  sealed-size memfd (`write_spec`) and passes the memfd to the zygote, so it never blocks
+  writing it, whatever the size; the zygote reads it (`read_spec`) before it forks;
+- the zygote's read-write mapping of the segment and the shard eventfds, by inheritance.
 
-What it does: dies with the supervisor (PR_SET_PDEATHSIG, set before anything else and then
-checked against the parent pid, which closes the race of a parent dying first), pins itself
-(`loom.pin`), attaches the segment by fd, takes the writer of its own books and ring (the only
-writer of them), and runs its feeds on its own loom loop until SIGTERM. SIGINT is ignored: a
-Ctrl-C reaches the whole process group, and the supervisor decides the order of the stop. A
-clean stop leaves the books stale-free as they are; the supervisor marks them stale if the
-shard dies instead.
+What it does (`run`): dies with the zygote (the zygote sets that up), makes itself
+non-dumpable (observer/prctl.py), pins itself (`loom.pin`), takes the writer of its own books
+and ring (the only writer of them), and runs its feeds on its own loom loop until SIGTERM.
+SIGINT is ignored: a Ctrl-C reaches the whole process group, and the supervisor decides the
+order of the stop. A clean stop leaves the books stale-free as they are; the supervisor marks
+them stale if the shard dies instead.
 
-Exit codes: 0 after SIGTERM, 4 when the supervisor was already gone at start-up, 2 for a spec
-it cannot use (a bug, reported with its reason).
+Exit codes: 0 after SIGTERM, 4 when the zygote was already gone at start-up, 1 when `run`
+raised (the traceback is on stderr).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
-import sys
 from dataclasses import dataclass
 
-PR_SET_PDEATHSIG = 1
-EXIT_ORPHANED = 4
-EXIT_BAD_SPEC = 2
 SPEC_BYTES_MAX = 16 << 20
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    name: str                     # the observer's instance name (logs, ps)
+    name: str                     # the observer's instance name (logs)
     shard_index: int
     core: int | None              # None: unpinned
     config: object                # ObserverConfig holding this shard's feeds only
     book_index_of: dict           # {(exchange, symbol): segment book index}
-    shm_fd: int                   # read-write segment fd, inherited
-    eventfds: tuple               # every shard's eventfd, inherited (the writer uses its own)
-    parent_pid: int
 
 
 def write_spec(spec: ShardSpec) -> int:
-    """A memfd holding the pickled spec, positioned at 0, for the child's stdin."""
+    """A memfd holding the pickled spec, positioned at 0; the caller closes it."""
     data = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
     if len(data) > SPEC_BYTES_MAX:
         raise ValueError(f"shard spec of {len(data)} bytes exceeds spec_bytes_max={SPEC_BYTES_MAX}")
@@ -67,51 +58,39 @@ def write_spec(spec: ShardSpec) -> int:
     return fd
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent_pid:       # the supervisor died before prctl took effect
-        os._exit(EXIT_ORPHANED)
-
-
-def _read_spec() -> ShardSpec:
-    data = sys.stdin.buffer.read(SPEC_BYTES_MAX + 1)
-    spec = pickle.loads(data)
-    from observer.shardproc import ShardSpec as Spec   # run as __main__, the class is there
-    if not isinstance(spec, Spec):
-        raise TypeError(f"stdin holds a {type(spec).__name__}, not a ShardSpec")
+def read_spec(fd: int) -> ShardSpec:
+    """The spec in a memfd made by `write_spec` (read from its start; fd left open)."""
+    chunks, total = [], 0
+    while total <= SPEC_BYTES_MAX:
+        chunk = os.pread(fd, SPEC_BYTES_MAX + 1 - total, total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > SPEC_BYTES_MAX:
+        raise ValueError(f"shard spec exceeds spec_bytes_max={SPEC_BYTES_MAX}")
+    spec = pickle.loads(b"".join(chunks))
+    if not isinstance(spec, ShardSpec):
+        raise TypeError(f"the spec memfd holds a {type(spec).__name__}, not a ShardSpec")
     return spec
 
 
-def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        spec = _read_spec()
-    except Exception as exc:                  # started by hand, or a supervisor bug
-        print(f"observer shard: unusable spec on stdin: {exc}", file=sys.stderr)
-        return EXIT_BAD_SPEC
-    _die_with_parent(spec.parent_pid)
-    return run(spec)
-
-
-def run(spec: ShardSpec) -> int:
+def run(spec: ShardSpec, segment) -> int:
+    """The shard's life, on `segment` (the zygote's read-write mapping, inherited by fork)."""
     import logging
     import socket
 
-    from observer import logs, loom
+    from observer import logs, loom, prctl
     from observer.feedplan import plan as feed_plan
     from observer.logs import log_event
     from observer.shard import Shard
-    from observer.shm import Segment
 
+    prctl.forbid_inspection()                 # inherited from the zygote; said again here
     config = spec.config
     logs.setup(config.log_format, config.log_level, fields={"shard": spec.shard_index})
     log = logging.getLogger(f"observer.shard{spec.shard_index}")
     if spec.core is not None:
         loom.pin(spec.core)
-    segment = Segment.attach_fd(spec.shm_fd, list(spec.eventfds))
-    os.close(spec.shm_fd)                     # attach_fd keeps its own dup
     loop = loom.Loop(backend=config.backend)
     wake_r, wake_w = socket.socketpair()
     wake_w.setblocking(False)
@@ -143,7 +122,3 @@ def _serve(loop, shard, wake_r) -> None:
     loom.recv(wake_r, 1)                      # SIGTERM
     shard.stop()
     loop.stop()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

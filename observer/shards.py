@@ -1,9 +1,11 @@
 """The shard processes of one observer: start, watch, restart with backoff, stop (C1, C9).
 
-Why in the supervisor's loop: watching a child is waiting for an fd. Each shard gets a pidfd
-(`os.pidfd_open`), which becomes readable when the process ends, however it ends; one fiber per
-shard waits on it with `loom.wait_readable`, so a death is seen at once, with no SIGCHLD
-handler, no polling and no thread.
+Why in the supervisor's loop: watching a child is waiting for an fd. Each shard process is
+forked by the zygote (observer/zygote.py), which passes back a pidfd that becomes readable when
+the process ends, however it ends; one fiber per shard waits on it with `loom.wait_readable`, so
+a death is seen at once, with no SIGCHLD handler, no polling and no thread. The exit status
+comes from the zygote (it is the shard's parent, so only it can reap), and signals go through
+the pidfd, so no pid reuse can make us signal a stranger.
 
 When a shard dies unasked:
 1. its books are republished as stale by the supervisor, through a `ShardWriter` made for the
@@ -12,28 +14,27 @@ When a shard dies unasked:
    flag on their next read and a KIND_STALE record in the ring;
 2. the death is logged once (`shard_exit`, with the exit status) and counted;
 3. after a backoff (`restart_backoff_s`, doubling per death in a row up to
-   `restart_backoff_max_s`, reset once a shard has run `healthy_after_s`) a new process starts
-   with the same spec. Its writer resumes from the sequence words in the segment, its feeds
-   resync, and each book turns live on its first publish. Clients never reconnect: the segment,
-   its eventfds and the control socket belong to the supervisor and did not change.
+   `restart_backoff_max_s`, reset once a shard has run `healthy_after_s`) the zygote forks a
+   new process with the same spec. Its writer resumes from the sequence words in the segment,
+   its feeds resync, and each book turns live on its first publish. Clients never reconnect:
+   the segment, its eventfds and the control socket belong to the supervisor and did not
+   change.
 
 Stopping (`stop`): SIGTERM to every shard, then SIGKILL to any still alive after `stop_s`; the
-watchers see the exits and return instead of restarting. A shard whose supervisor is killed
-with SIGKILL dies by PR_SET_PDEATHSIG (observer/shardproc.py).
+watchers see the exits and return instead of restarting. A shard whose zygote is killed (with
+the supervisor, or alone) dies by PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 
 from observer import loom
 from observer.logs import log_event
-from observer.shardproc import ShardSpec, write_spec
+from observer.shardproc import ShardSpec
+from observer.zygote import ShardProcess
 
 log = logging.getLogger("observer.supervisor")
 
@@ -51,8 +52,7 @@ class ShardChild:
         self.spec = spec
         self.index = spec.shard_index
         self.book_names = book_names
-        self.proc: subprocess.Popen | None = None
-        self.pidfd = -1
+        self.proc: ShardProcess | None = None
         self.started_s = 0.0
         self.restarts = 0
         self.deaths_in_row = 0
@@ -65,7 +65,7 @@ class ShardChild:
 
 
 class ShardManager:
-    def __init__(self, loop, supervisor, specs: list[ShardSpec], *,
+    def __init__(self, loop, supervisor, zygote, specs: list[ShardSpec], *,
                  restart_backoff_s: float = RESTART_BACKOFF_S,
                  restart_backoff_max_s: float = RESTART_BACKOFF_MAX_S,
                  healthy_after_s: float = HEALTHY_AFTER_S, stop_s: float = STOP_S):
@@ -73,6 +73,7 @@ class ShardManager:
         assert restart_backoff_max_s >= restart_backoff_s
         self.loop = loop
         self.supervisor = supervisor
+        self.zygote = zygote
         names = [f"{d.exchange}:{d.symbol}" for d in supervisor.book_descs]
         self.children = [ShardChild(s, [names[i] for i in sorted(s.book_index_of.values())])
                          for s in specs]
@@ -85,39 +86,27 @@ class ShardManager:
     # -- lifetime ------------------------------------------------------------------------------
 
     def start(self, loop=None) -> None:
-        """Start every shard and its watcher (the same call shape as an in-process Shard)."""
+        """Start every shard and its watcher (the same call shape as an in-process Shard). A
+        shard whose first start fails is started again by its watcher, as after a death."""
         assert loop is None or loop is self.loop
         for child in self.children:
-            self._spawn(child)
+            try:
+                self._spawn(child)
+            except OSError as exc:
+                self._start_failed(child, exc)
             child.watcher = self.loop.spawn(self._watch, child, name=f"shard{child.index}-watch")
 
     def _spawn(self, child: ShardChild) -> None:
-        # Discussion: PR_SET_PDEATHSIG fires when the THREAD that forked the child ends, not
-        # the process. Spawning from the loop's thread (fibers run there) keeps "the shard dies
-        # with the supervisor" true; never move this into loom.run_in_thread.
-        spec_fd = write_spec(child.spec)
-        fds = (child.spec.shm_fd, *child.spec.eventfds)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "observer.shardproc", "--name", child.spec.name,
-                 "--shard", str(child.index)],
-                stdin=spec_fd, pass_fds=fds, close_fds=True)
-        finally:
-            os.close(spec_fd)
-        child.proc = proc
-        try:
-            child.pidfd = os.pidfd_open(proc.pid)
-        except OSError:
-            proc.kill()                       # unwatchable: it must not run unsupervised
-            proc.wait()
-            raise
+        child.proc = self.zygote.spawn(child.spec)
         child.started_s = time.monotonic()
 
     def _watch(self, child: ShardChild) -> None:
+        if child.proc is None:                 # its first start failed
+            self._restart(child)
         while not self.stopping:
-            loom.wait_readable(child.pidfd)
+            loom.wait_readable(child.proc.pidfd)
             code = child.proc.wait()
-            self._close_pidfd(child)
+            self._close_proc(child)
             if self.stopping:
                 return
             self._died(child, code)
@@ -133,22 +122,25 @@ class ShardManager:
             try:
                 self._spawn(child)
             except OSError as exc:
-                child.deaths_in_row += 1
-                log_event(log, "shard_start_failed", level=logging.ERROR, shard=child.index,
-                          reason=str(exc))
+                self._start_failed(child, exc)
                 continue
             child.restarts += 1
             log_event(log, "shard_restart", level=logging.WARNING, shard=child.index,
                       pid=child.proc.pid, restarts=child.restarts,
-                      reason=_exit_reason(child.last_exit), books=",".join(child.book_names))
+                      reason=exit_reason(child.last_exit), books=",".join(child.book_names))
             return
+
+    def _start_failed(self, child: ShardChild, exc: OSError) -> None:
+        child.deaths_in_row += 1
+        log_event(log, "shard_start_failed", level=logging.ERROR, shard=child.index,
+                  reason=str(exc))
 
     def _died(self, child: ShardChild, code: int) -> None:
         lived_s = time.monotonic() - child.started_s
         child.deaths_in_row = 1 if lived_s >= self.healthy_after_s else child.deaths_in_row + 1
         child.last_exit = code
         log_event(log, "shard_exit", level=logging.ERROR, shard=child.index,
-                  reason=_exit_reason(code), lived_s=round(lived_s, 3),
+                  reason=exit_reason(code), lived_s=round(lived_s, 3),
                   books=",".join(child.book_names))
         self.supervisor.mark_shard_stale(child.index)
 
@@ -182,34 +174,30 @@ class ShardManager:
         """Last resort, from plain code too: no shard outlives the supervisor. Idempotent."""
         self.stopping = True
         for child in self.children:
-            if child.proc is not None and child.proc.returncode is None:
+            if child.alive:
                 _signal(child, signal.SIGKILL)
-                child.proc.wait()
-            self._close_pidfd(child)
+                child.proc.wait_gone(KILL_WAIT_S)
+            self._close_proc(child)
 
-    def _close_pidfd(self, child: ShardChild) -> None:
-        if child.pidfd >= 0:
-            self.loop.forget(child.pidfd)
-            os.close(child.pidfd)
-            child.pidfd = -1
+    def _close_proc(self, child: ShardChild) -> None:
+        if child.proc is not None and child.proc.pidfd >= 0:
+            self.loop.forget(child.proc.pidfd)
+            child.proc.close()
 
     # -- stats ---------------------------------------------------------------------------------
 
     def stats(self) -> list[dict]:
         return [{"shard": c.index, "core": c.spec.core, "pid": c.proc.pid if c.alive else None,
                  "alive": c.alive, "restarts": c.restarts, "books": len(c.book_names),
-                 "last_exit": _exit_reason(c.last_exit) if c.last_exit is not None else None}
+                 "last_exit": exit_reason(c.last_exit) if c.last_exit is not None else None}
                 for c in self.children]
 
 
 def _signal(child: ShardChild, signum: int) -> None:
-    try:
-        child.proc.send_signal(signum)      # Popen checks it was not reaped already
-    except ProcessLookupError:
-        pass
+    child.proc.send_signal(signum)          # through its pidfd; a no-op once it has ended
 
 
-def _exit_reason(code: int | None) -> str:
+def exit_reason(code: int | None) -> str:
     if code is None:
         return "unknown"
     if code < 0:

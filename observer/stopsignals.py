@@ -93,6 +93,14 @@ class StopSignals:
             self.holding = True
             raise Interrupted(self.signum)
 
+    def request_stop(self) -> None:
+        """Stop as for a signal, from inside the process (a part that cannot be replaced is
+        gone): the loop reads a 0 byte where a signal would write its number."""
+        try:
+            self._writer.send(b"\0")
+        except BlockingIOError:
+            pass                            # the pair is full of wake-ups: a stop is coming
+
     def exit_code(self, default: int) -> int:
         """The status for a stop by the first signal, or `default` when none came."""
         return default if self.signum is None else EXIT_CODES[self.signum]

@@ -3,42 +3,55 @@
 Why this split (C1): the supervisor creates everything that outlives a shard (the segment, the
 eventfds, the control socket), and shards only write. Without --cores one shard runs in the
 supervisor's loop; with --cores each shard is a pinned child process that `ShardManager`
-(observer/shards.py) starts, watches and restarts, and that calls `mark_shard_stale` here for a
-shard that died (the one time this process writes a book).
+(observer/shards.py) starts (through the zygote, observer/zygote.py), watches and restarts, and
+that calls `mark_shard_stale` here for a shard that died (the one time this process writes a
+book).
 
 Start-up order, and why:
-1. Take the instance lock (observer/instance.py): a second observer with the same name refuses
-   to start while the first lives, and nothing of the first is touched.
-2. Create the segment under a name unique to this process and generation, open one `O_RDONLY`
-   fd on it for clients, then unlink the name at once. From then on the segment exists only
-   through fds (ours, the shards', the clients'), so kill -9 of the observer leaves nothing in
-   /dev/shm: the kernel frees the memory when the last fd or mapping goes (C9).
-3. Bind the control socket (replacing a stale one left by a killed observer, refusing a live
-   one) and serve the catalog below; fork the reaper (observer/reaper.py), which removes the
-   socket file if we die without doing it ourselves.
+1. Make this process non-dumpable (observer/prctl.py): it holds the shard eventfds and a
+   writable mapping, which no other process of our uid may reach through ptrace,
+   /proc/PID/mem, /proc/PID/fd or pidfd_getfd. Then take the instance lock
+   (observer/instance.py): a second observer with the same name refuses to start while the
+   first lives, and nothing of the first is touched.
+2. Fork the reaper (observer/reaper.py) before anything is named, so that a kill -9 at any
+   later instant has someone to remove the socket file.
+3. Create the segment, a memfd: it never has a name, so nothing of it can be opened by another
+   process or survive a kill -9 (C9). With --cores, start the zygote, which maps it read-write
+   before the seal (the only way a shard process can write it later). Then seal it: from here
+   no process can map or write it writable, whatever fd it holds (observer/shm/segment.py).
+4. Bind the control socket (replacing a stale one left by a killed observer, refusing a live
+   one), tell the reaper which file is ours, and serve the catalog below.
 
-The catalog is what the control server asks (protocol.py): the handshake facts, the fds to pass,
-book descriptions, consistent snapshots (read like any client, through a read-only
-`SegmentReader`) and stats. The supervisor also follows every shard's ring and fans records out
-to clients that subscribed over the socket; it wakes on the shard eventfds (EPOLLET, through the
-reader's epoll) and never makes a shard wait.
+The catalog is what the control server asks (protocol.py): the handshake facts, the fds to pass
+(new ones per client: a read-only reopen of the segment and a private wake fd per shard; the
+shard eventfds never leave our processes), book descriptions, consistent snapshots (read like
+any client, through a read-only `SegmentReader`) and stats. The supervisor also follows every
+shard's ring and fans records out to clients that subscribed over the socket; it wakes on the
+shard eventfds themselves (EPOLLET, through the reader's epoll) and never makes a shard wait.
+
+A zygote that dies while we serve cannot be replaced (nothing can map the segment writable any
+more): `zygote_exit` is logged once and `on_fatal` asks the command to stop, with a non-zero
+exit, for a service manager to start the next generation (clients reattach, C9).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 
 from obclient.segment import SegmentReader
 from observer import loom
+from observer import prctl
 from observer.config import ClientLimits
 from observer.instance import InstanceLock
+from observer.logs import log_event
 from observer.reaper import Reaper
 from observer.server.control import ControlServer
 from observer.shard import STOP_JOIN_S
+from observer.shards import exit_reason
 from observer.shm import Segment
+from observer.zygote import Zygote
 from proto import layout
 from proto import messages as m
 from proto.layout import BookDesc
@@ -55,8 +68,9 @@ class Supervisor:
     def __init__(self, loop, *, name: str, book_descs: list[BookDesc], shards_n: int,
                  depth_max: int, socket_path: str, allow_uids=(), allow_gids=(),
                  client_limits: ClientLimits = ClientLimits(),
-                 heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
+                 heartbeat_period_s: float = HEARTBEAT_PERIOD_S, shard_processes: bool = False):
         self.loop = loop
+        self.shard_processes = shard_processes  # --cores: shards are forks of the zygote
         self.name = name
         self.book_descs = list(book_descs)
         self.shards_n = shards_n
@@ -68,6 +82,9 @@ class Supervisor:
         self.reader: SegmentReader | None = None
         self.reader_fd = -1
         self.reaper: Reaper | None = None
+        self.zygote: Zygote | None = None
+        self.on_fatal = None                    # called once if the instance cannot go on
+        self.failure = ""                       # why, when it could not
         self._books: list = []                  # BookInfo per index, fixed at start-up
         self._book_keys: list = []
         self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
@@ -77,26 +94,31 @@ class Supervisor:
         self.shard_manager = None               # observer/shards.py, when shards are processes
 
     def start(self) -> None:
-        """Lock the name, create the segment, serve the socket. Undoes itself on failure."""
+        """Lock the name, create and seal the segment, serve the socket (the order is the
+        module essay's). Undoes itself on failure."""
+        prctl.forbid_inspection()
         self.lock.acquire()
         try:
+            self.reaper = Reaper(self.socket_path)
             self._create_segment()
             self.server.start()
-            self.reaper = Reaper(self.socket_path)
+            self.reaper.watch()
         except BaseException:
             self.stop()
             raise
         self._fibers.append(self.loop.spawn(self._heartbeat))
         self._fibers.append(self.loop.spawn(self._fanout))
+        if self.zygote is not None:
+            self.zygote.serve(self.loop, self._zygote_exited)
 
     def _create_segment(self) -> None:
-        shm_name = f"observer-{self.name}-{os.getpid()}-{secrets.token_hex(4)}"
-        self.segment = Segment.create(shm_name, self.book_descs, self.shards_n, self.depth_max,
-                                      RING_RECORDS, heartbeat_period_s=self.heartbeat_period_s)
-        try:
-            self.reader_fd = self.segment.reader_fd()
-        finally:
-            self.segment.unlink()
+        self.segment = Segment.create(f"observer-{self.name}", self.book_descs, self.shards_n,
+                                      self.depth_max, RING_RECORDS,
+                                      heartbeat_period_s=self.heartbeat_period_s)
+        if self.shard_processes:               # before the seal: see the module essay
+            self.zygote = Zygote(self.name, self.segment.fd, self.segment.eventfds)
+        self.segment.seal()
+        self.reader_fd = self.segment.reader_fd()
         self.reader = SegmentReader(self.reader_fd, self.segment.eventfds)   # EPOLLET on each
         self._books = self.reader.books()
         self._book_keys = [[b.book_index, b.exchange, b.symbol] for b in self._books]
@@ -105,6 +127,9 @@ class Supervisor:
         """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
         loom.cancel_and_join(self._fibers, timeout_s=STOP_JOIN_S)
         self._fibers.clear()
+        if self.zygote is not None:
+            self.zygote.stop()                  # after the shards: it reports their exits
+            self.zygote = None
         self.server.close()
         if self.reaper is not None:
             self.reaper.stop()
@@ -138,6 +163,14 @@ class Supervisor:
             writer.flush()
         finally:
             writer.release()
+
+    def _zygote_exited(self, returncode: int | None) -> None:
+        """The zygote died under us: fatal for the instance (module essay)."""
+        self.failure = f"zygote exited ({exit_reason(returncode)}): no shard can be restarted"
+        log_event(log, "zygote_exit", level=logging.CRITICAL, zygote_pid=self.zygote.pid,
+                  reason=exit_reason(returncode), action="stopping the observer")
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     # -- fibers ------------------------------------------------------------------------------
 
@@ -184,7 +217,9 @@ class Supervisor:
                 "heartbeat_period_s": self.heartbeat_period_s}
 
     def handout_fds(self) -> list[int]:
-        return [self.reader_fd, *self.segment.eventfds]
+        """New fds for one client (Segment.client_fds); the control server closes them once
+        sent."""
+        return self.segment.client_fds()
 
     def book_keys(self) -> list[list]:
         """[index, exchange, symbol] per book, for name resolution (fixed at start-up)."""

@@ -33,7 +33,7 @@ def unique_name(prefix: str = "t") -> str:
 class ObserverProcess:
     def __init__(self, feed: str | None = "synthetic:BTCUSD,ETHUSD", *, rate: float = 200.0,
                  seed: int = 1, name: str | None = None, socket_path: str | None = None,
-                 extra_args=(), env=None, workdir: str | None = None):
+                 extra_args=(), env=None, workdir: str | None = None, launcher=()):
         self.workdir = workdir or tempfile.mkdtemp(prefix="obs-")
         self._own_workdir = workdir is None
         self.name = name or unique_name()
@@ -41,8 +41,9 @@ class ObserverProcess:
         self.log_path = os.path.join(self.workdir, f"{self.name}.log")
         # feed=None: the feeds come from extra_args (e.g. --config FILE written for obsim)
         feed_args = ["--feed", feed, "--rate", str(rate), "--seed", str(seed)] if feed else []
-        self.args = [sys.executable, "-m", "observer.cli", *feed_args, "--name", self.name,
-                     "--socket", self.socket_path, *extra_args]
+        # launcher: a command prefix, e.g. setpriv dropping every capability
+        self.args = [*launcher, sys.executable, "-m", "observer.cli", *feed_args, "--name",
+                     self.name, "--socket", self.socket_path, *extra_args]
         self.env = dict(os.environ if env is None else env)
         self.env.pop("OBSERVER_SOCKET", None)
         self.proc: subprocess.Popen | None = None
@@ -118,15 +119,18 @@ class ObserverProcess:
 
 
 def shm_entries(name: str) -> list[str]:
-    """Shared-memory objects whose name contains `name` (Linux: /dev/shm)."""
+    """Shared-memory objects whose name contains `name` (Linux: /dev/shm). The observer makes
+    none (its segment is a memfd); tests assert that it stays so."""
     try:
         return [e for e in os.listdir("/dev/shm") if name in e]
     except FileNotFoundError:
         return []
 
 
-def processes_with(text: str) -> list[int]:
-    """Pids of live processes whose command line contains `text` (Linux /proc)."""
+def processes_with(text: str, comm_prefix: str = "") -> list[int]:
+    """Pids of live processes whose command line contains `text` and whose kernel name starts
+    with `comm_prefix` (Linux /proc). Shards share their zygote's command line
+    (`observer.zygote --name NAME`); their names are `ob-shardN`, the zygote's `ob-zygote`."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -136,9 +140,12 @@ def processes_with(text: str) -> list[int]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{entry}/stat", "rb") as f:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
         except OSError:
             continue
-        if text in cmdline and state != b"Z" and int(entry) != os.getpid():
+        if (text in cmdline and comm.startswith(comm_prefix) and state != b"Z"
+                and int(entry) != os.getpid()):
             pids.append(int(entry))
     return pids
 

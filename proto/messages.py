@@ -167,7 +167,9 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """Reply to hello. When `fds_passed`, the frame carrying it also carries, by SCM_RIGHTS,
-    the segment fd (read-only) followed by one eventfd per shard (`n_eventfds`)."""
+    the segment fd (read-only) followed by one wake fd per shard (`n_eventfds`, a name kept
+    from when these were the shard eventfds: they are now pollable fds that must never be
+    read, see PROTOCOL.md, Wake-ups)."""
 
     TYPE: ClassVar[str] = "welcome"
     req_id: int

@@ -20,9 +20,11 @@ why; at shutdown that is SHUTTING_DOWN.
 One codec (a msgpack packer and its buffer) serves every connection: encoding is synchronous
 and copies out, and a packer per connection was most of a connection's memory.
 
-fd passing: the reply to `hello` carries the segment's read-only fd and the shard eventfds as
-SCM_RIGHTS on its first byte (sendmsg). The fds are the supervisor's; the kernel duplicates them
-into the client, so nothing here closes or reopens them per client.
+fd passing: the reply to `hello` carries, as SCM_RIGHTS on its first byte (sendmsg), fds the
+catalog made for this client alone: a read-only fd on the segment and one private wake fd per
+shard (observer/shm/segment.py says why never the shard eventfds). The kernel gives the client
+its own copies, so the server closes its copies once the frame is sent, or when the client goes
+first (`Outbound.release`).
 
 The socket path is ours only while we live: `ControlServer.bind` refuses a path where a live
 server answers, replaces a stale socket file (a killed observer's), and `close` unlinks it.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from dataclasses import dataclass
 
 from proto import framing
@@ -53,10 +54,19 @@ SUBSCRIPTIONS_MAX = m.NAMES_MAX
 
 @dataclass(slots=True)
 class Outbound:
-    """One frame to send, with the fds that ride on its first byte (SCM_RIGHTS)."""
+    """One frame to send, with the fds that ride on its first byte (SCM_RIGHTS).
+
+    The fds belong to the frame (the catalog made them for this client): whoever takes the
+    frame calls `release()` once it is sent or dropped, so none outlives its frame.
+    """
 
     data: bytes
     fds: tuple = ()
+
+    def release(self) -> None:
+        fds, self.fds = self.fds, ()
+        for fd in fds:
+            os.close(fd)
 
 
 class ServerConnection:
@@ -176,7 +186,7 @@ class ServerConnection:
                             info["generation"], info["segment_bytes"], info["layout_version"],
                             info["layout_hash"], info["n_eventfds"], bool(fds),
                             float(info["heartbeat_period_s"]), float(self.idle_s))
-        self.reply(welcome, fds)
+        self.reply(welcome, fds)     # the fds were made for this client alone: the frame owns them
 
     def _on_list(self, req: m.ListBooks) -> None:
         self.reply(m.BookList(req.req_id, self.catalog.book_infos()))
@@ -221,10 +231,16 @@ class ServerConnection:
     # --- output -------------------------------------------------------------------------------
 
     def reply(self, msg, fds: tuple = ()) -> None:
-        """Queue one reply; past the high-water mark, pause decoding (see the essay)."""
-        data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
-        self.outbound_bytes += len(data)
-        self.outbound.append(Outbound(data, fds))
+        """Queue one reply, owning `fds`; past the high-water mark, pause decoding (see the
+        essay)."""
+        out = Outbound(b"", fds)
+        try:
+            out.data = framing.encode_frame(self._codec.encode(msg), m.REPLY_BYTES_MAX)
+        finally:
+            if not out.data:               # encoding raised: no frame owns the fds
+                out.release()
+        self.outbound_bytes += len(out.data)
+        self.outbound.append(out)
         assert self.outbound_bytes <= OUTBOUND_BYTES_MAX
         if self.outbound_bytes >= OUTBOUND_BYTES_HIGH or len(self.outbound) >= OUTBOUND_FRAMES_HIGH:
             self.paused = True
@@ -239,6 +255,11 @@ class ServerConnection:
                 and len(self.outbound) <= OUTBOUND_FRAMES_LOW):
             self.paused = False
         return out
+
+    def release_outbound(self) -> None:
+        """Drop every unsent frame and close the fds they carried (the transport, on abort)."""
+        while self.outbound:
+            self.pop_outbound().release()
 
     def push_update(self, record: tuple) -> None:
         """Called by the fan-out for a subscribed book: never blocks, drops (counted) when full."""
@@ -295,7 +316,7 @@ class ServerConnection:
         """The connection is gone: drop what it buffered now, not when the collector runs."""
         self.close(self.close_reason or "released")
         self._decoder = framing.FrameDecoder(1)
-        self.outbound.clear()
+        self.release_outbound()                # fds made for this client and never sent
         self.outbound_bytes = 0
         self.updates.clear()
         self.subscribed = set()

@@ -209,7 +209,10 @@ class ClientTransport:
         if not proto.paused:
             self.drained.post()       # the reader may go on while this send waits
         if out.fds:
-            self._send_with_fds(data, out.fds)
+            try:
+                self._send_with_fds(data, out.fds)
+            finally:
+                out.release()         # sent (the client has its copies) or failed: ours go
         else:
             self._sendall(data)
 

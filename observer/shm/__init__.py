@@ -1,6 +1,6 @@
 """observer.shm: the segment writer (C2, C4, C5, C6, C9).
 
-`Segment.create(...)` makes the POSIX shared-memory segment and one eventfd per shard;
+`Segment.create(...)` makes the segment (a memfd, sealed by `seal()`) and one eventfd per shard;
 `segment.writer(shard_index)` returns the `ShardWriter` that publishes that shard's books.
 The layout lives in `proto.layout`, the store ordering in `proto.latch`.
 """

@@ -1,39 +1,73 @@
-"""The segment: one POSIX shared-memory object per observer instance, plus one eventfd per shard.
+"""The segment: one sealed memfd per observer instance, plus one eventfd per shard.
 
 Why this module. The supervisor creates the segment once at start-up, sized from the book list
 and the limits in `proto.layout`, and never resizes it (a shrinking mapping kills readers with
 SIGBUS, C9). It writes the header and book descriptors, then hands each shard a `ShardWriter`
-(observer/shm/writer.py) for its own books and ring. Clients receive a read-only fd
-(`reader_fd()`: `O_RDONLY`, so it cannot be mapped writable, C8) and the shard eventfds.
+(observer/shm/writer.py) for its own books and ring.
 
-Process model (C1). A shard process either inherits the Segment object across `fork` (the
-mapping stays shared) and calls `segment.writer(i)`, or attaches afresh with
-`Segment.attach(name, eventfds)` (by name) or `Segment.attach_fd(shm_fd, eventfds)` (by an
-inherited or passed read-write fd), which validate the header like a reader does.
+Why a memfd and not a POSIX shm name. `os.memfd_create` makes an anonymous file: it never has a
+name in /dev/shm, so no other process can open it by name at any instant (not even in the
+moment between creating and unlinking a name), and a kill -9 at any instant leaves nothing: the
+kernel frees it with the last fd or mapping (C9).
 
-Eventfds are created non-blocking, so a writer can never block on one; nobody reads them
-(clients wait with EPOLLET, C6), so their counters only grow, by one per batch: 2**64 batches
-is out of reach.
+Why sealed (C8). Once every process that writes holds its read-write mapping, `seal()` adds
+F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_FUTURE_WRITE and F_SEAL_SEAL. From then on the mappings that
+exist keep writing, and nothing else can: a writable shared mmap through any fd (an O_RDWR
+reopen of /proc/self/fd/N included), write/pwrite, ftruncate, fallocate and mprotect to
+PROT_WRITE are refused by the kernel, for root as well; the seals cannot be removed. A process
+started after the seal can therefore never write the segment: shard processes are forked from
+a zygote that mapped it before (observer/zygote.py). The file mode is `mode` (0o400 by
+default: nobody has a reason to reopen it writable, even before the seal).
+
+What a client gets (`client_fds()`, all new fds the caller closes once passed):
+- an `O_RDONLY` reopen of the memfd (`reader_fd()`), its own open file description, which can
+  only be mapped PROT_READ;
+- per shard, a private epoll instance watching that shard's eventfd, level-triggered
+  (`wake_fd()`). The eventfds themselves never leave the observer's processes: a client holding
+  one could saturate it (2**64 - 2, so the shard's write fails and nobody wakes), read it in a
+  loop, or clear O_NONBLOCK on its shared description so the shard's write blocks. Its epoll
+  gives it the same edges (every eventfd write wakes every epoll watching it, and a client that
+  registers the epoll fd in its own epoll with EPOLLET sees one edge per write), while read and
+  write on an epoll fd are EINVAL, reopening it through /proc is refused, waiting on it consumes
+  nothing (level-triggered), and whatever the client adds to it wakes only that client. The
+  kernel frees it, and its watch on the eventfd, when the client's last copy goes.
+
+Process model (C1). A process that inherited the read-write fd before the seal attaches with
+`Segment.attach_fd(shm_fd, eventfds)`, which validates the header like a reader does; a forked
+process simply keeps the parent's mapping.
+
+Eventfds are created non-blocking, so a writer can never block on one, and no process outside
+the observer holds them; nobody reads them (the observer's own reader waits with EPOLLET, C6),
+so their counters only grow, by one per batch: 2**64 batches is out of reach.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import select
 import time
 
 import numpy as np
-import posix_ipc
 
 from proto import latch, layout
 from proto.layout import BookDesc, Geometry, LayoutError
 
 HEARTBEAT_PERIOD_S_DEFAULT = 0.1
-SEGMENT_MODE_DEFAULT = 0o600
+SEGMENT_MODE_DEFAULT = 0o400
+# fcntl's module lacks F_SEAL_FUTURE_WRITE (Linux 5.1); the values are the kernel's ABI.
+F_ADD_SEALS = 1033
+F_GET_SEALS = 1034
+F_SEAL_SEAL = 0x1
+F_SEAL_SHRINK = 0x2
+F_SEAL_GROW = 0x4
+F_SEAL_FUTURE_WRITE = 0x10
+SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL
 
 
 class Segment:
-    """A mapped segment (read-write) and its eventfds. Create with `create` or `attach*`."""
+    """A mapped segment (read-write) and its eventfds. Create with `create` or `attach_fd`."""
 
     def __init__(self, name: str | None, shm_fd: int, eventfds: list[int], owner: bool):
         latch.require_tso()
@@ -55,41 +89,34 @@ class Segment:
                ring_records: int, *, generation: int | None = None,
                heartbeat_period_s: float = HEARTBEAT_PERIOD_S_DEFAULT,
                mode: int = SEGMENT_MODE_DEFAULT) -> "Segment":
-        """Create the named segment (failing if it exists) and one eventfd per shard."""
+        """Create the segment (a memfd; `name` is only its label in /proc) and one eventfd per
+        shard. It is not sealed yet: call `seal()` once every writer has mapped it."""
         geometry = layout.plan_geometry(len(book_descs), shards_n, depth_max, ring_records)
         _check_descs(book_descs, shards_n)
-        shm = posix_ipc.SharedMemory(_posix_name(name), posix_ipc.O_CREX, mode=mode,
-                                     size=geometry.segment_bytes)
+        shm_fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         eventfds: list[int] = []
         try:
+            os.fchmod(shm_fd, mode)
+            os.ftruncate(shm_fd, geometry.segment_bytes)
             eventfds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(shards_n)]
-            segment = cls(name, shm.fd, eventfds, owner=True)
+            segment = cls(name, shm_fd, eventfds, owner=True)
         except BaseException:
             for fd in eventfds:
                 os.close(fd)
-            shm.close_fd()
-            posix_ipc.unlink_shared_memory(_posix_name(name))
+            os.close(shm_fd)
             raise
         segment._init_header(geometry, book_descs, generation, heartbeat_period_s)
         return segment
 
     @classmethod
-    def attach(cls, name: str, eventfds: list[int]) -> "Segment":
-        """Map an existing segment read-write by name (a shard in another process)."""
-        shm = posix_ipc.SharedMemory(_posix_name(name), 0)
-        return cls._attached(name, shm.fd, eventfds)
-
-    @classmethod
     def attach_fd(cls, shm_fd: int, eventfds: list[int]) -> "Segment":
-        """Map an existing segment read-write from an inherited or passed fd (kept open)."""
-        return cls._attached(None, os.dup(shm_fd), eventfds)
-
-    @classmethod
-    def _attached(cls, name: str | None, shm_fd: int, eventfds: list[int]) -> "Segment":
+        """Map an existing, not yet sealed segment read-write from an inherited fd (kept open:
+        this takes its own dup)."""
+        dup_fd = fcntl.fcntl(shm_fd, fcntl.F_DUPFD_CLOEXEC, 0)
         try:
-            segment = cls(name, shm_fd, eventfds, owner=False)
+            segment = cls(None, dup_fd, eventfds, owner=False)
         except BaseException:
-            os.close(shm_fd)
+            os.close(dup_fd)
             raise
         try:
             segment.geometry = layout.check_header(segment.map, len(segment.map))
@@ -123,6 +150,52 @@ class Segment:
         head["layout_hash"] = layout.LAYOUT_HASH
         head["layout_version"] = layout.LAYOUT_VERSION
         head["magic"] = layout.MAGIC  # last: a reader that sees the magic sees the rest
+
+    # -- sealing and what clients get ----------------------------------------------------------
+
+    def seal(self) -> None:
+        """Refuse every new way to write, resize or reseal the segment (module essay). Mappings
+        made before keep writing. Once only, by the creator."""
+        assert self._owner
+        assert not self.sealed
+        fcntl.fcntl(self.fd, F_ADD_SEALS, SEALS)
+        assert self.sealed
+
+    @property
+    def sealed(self) -> bool:
+        return self.fd >= 0 and fcntl.fcntl(self.fd, F_GET_SEALS) & SEALS == SEALS
+
+    def reader_fd(self) -> int:
+        """A new O_RDONLY fd on the sealed segment, its own open file description (C8).
+
+        Sealed first: an fd handed out before the seal could be reopened O_RDWR through
+        /proc/self/fd and mapped writable for good."""
+        if not self.sealed:
+            raise ValueError("reader_fd before seal(): a client could map the segment writable")
+        return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def wake_fd(self, shard_index: int) -> int:
+        """A new epoll fd watching shard `shard_index`'s eventfd, level-triggered (module
+        essay): what a client waits on instead of the eventfd itself."""
+        watch = select.epoll(1, select.EPOLL_CLOEXEC)
+        try:
+            watch.register(self.eventfds[shard_index], select.EPOLLIN)
+            return fcntl.fcntl(watch.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
+        finally:
+            watch.close()          # the dup keeps the instance
+
+    def client_fds(self) -> list[int]:
+        """Everything one client is handed: `reader_fd()`, then one `wake_fd` per shard, shard
+        0 first. All new; the caller closes them once passed (the client has its own copies)."""
+        fds = [self.reader_fd()]
+        try:
+            for shard_index in range(len(self.eventfds)):
+                fds.append(self.wake_fd(shard_index))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     # -- use ---------------------------------------------------------------------------------
 
@@ -161,12 +234,12 @@ class Segment:
         writers in wake mode auto choose how to wake them from it."""
         self.header[0]["clients_n"] = clients_n
 
-    def reader_fd(self) -> int:
-        """A new O_RDONLY fd on the segment for a client (C8); the caller closes it."""
-        if self.name is None:
-            raise ValueError("reader_fd needs the segment name; this segment was attached by fd")
-        shm = posix_ipc.SharedMemory(_posix_name(self.name), 0, read_only=True)
-        return shm.fd
+    def close_fd(self) -> None:
+        """Close the segment fd and keep the mapping: a process that writes through what it
+        mapped and must hand nothing on (the zygote, before it forks shards)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def mark_closed(self) -> None:
         """Tell readers the observer shut down cleanly (they reattach to the next segment)."""
@@ -183,33 +256,17 @@ class Segment:
                 self.map.close()
             except BufferError:
                 pass  # a caller still holds a view; the mapping goes when that view does
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close_fd()
         if self._owner:
             for fd in self.eventfds:
                 os.close(fd)
         self.eventfds = []
-
-    def unlink(self) -> None:
-        """Remove the name; mappings already made stay valid until unmapped."""
-        if self.name is not None:
-            try:
-                posix_ipc.unlink_shared_memory(_posix_name(self.name))
-            except posix_ipc.ExistentialError:
-                pass
 
     def __enter__(self) -> "Segment":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-        if self._owner:
-            self.unlink()
-
-
-def _posix_name(name: str) -> str:
-    return name if name.startswith("/") else "/" + name
 
 
 def _check_descs(book_descs: list[BookDesc], shards_n: int) -> None:

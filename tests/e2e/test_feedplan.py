@@ -82,8 +82,9 @@ def wired():
     config = config_of({"exchange": "binance", "symbols": ["BTCUSDT", "ETHUSDT"]}, depth=5,
                        lag_bound_ms=100)
     descs, (feed,), index_of = plan(config)
-    name = f"/obtest-feed-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"obtest-feed-{os.getpid()}-{secrets.token_hex(4)}"
     segment = Segment.create(name, descs, 1, 5, 64)
+    segment.seal()
     writer = segment.writer(0)
     feed.attach(writer, index_of)
     fd = segment.reader_fd()
@@ -95,7 +96,6 @@ def wired():
         os.close(fd)
         writer.release()
         segment.close()
-        segment.unlink()
 
 
 def load(feed, symbol, exch_ts_ns):

@@ -427,7 +427,7 @@ def test_a_shard_stopper_cancelled_midway_stops_every_feed_then_raises(sim):
              for symbol, native in feed.natives()]
     index_of = {(desc.exchange, desc.symbol): i for i, desc in enumerate(descs)}
     segment = Segment.create(f"/obtest-stop-{os.getpid()}-{secrets.token_hex(4)}", descs, 1, 10, 64)
-    segment.unlink()                                # nothing named outlives the test
+    segment.seal()                                  # a memfd: nothing named, ever
     shard = Shard(0, segment.writer(0), feeds, index_of)
     loop = loom.Loop()
 

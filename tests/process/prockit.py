@@ -1,7 +1,9 @@
-"""Helpers shared by the process tests: the cores to pin to, and a reader thread that watches
-books through its own client for the whole of a test."""
+"""Helpers shared by the process tests: the cores to pin to, a reader thread that watches books
+through its own client for the whole of a test, and a watcher of /dev/shm."""
 
+import ctypes
 import os
+import struct
 import threading
 import time
 
@@ -44,3 +46,44 @@ class Watcher(threading.Thread):
         self.done.set()
         self.join(WATCH_JOIN_S)
         self.client.close()
+
+
+class ShmWatcher:
+    """Every name created in /dev/shm while it runs (inotify: nothing is missed, however short
+    its life), so a test can assert that none of ours ever existed, not only that none is left.
+    `names_with(text)` after `close()`."""
+
+    IN_CREATE = 0x100
+    IN_MOVED_TO = 0x80
+    IN_NONBLOCK = 0o4000
+    _EVENT = struct.Struct("iIII")
+
+    def __init__(self, directory: str = "/dev/shm"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(self.IN_NONBLOCK)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        watch = libc.inotify_add_watch(self.fd, directory.encode(),
+                                       self.IN_CREATE | self.IN_MOVED_TO)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+        self.names: list[str] = []
+
+    def drain(self) -> None:
+        """Read the events queued so far (call often enough that the queue never overflows)."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = self._EVENT.unpack_from(data, offset)
+                name = data[offset + self._EVENT.size:offset + self._EVENT.size + length]
+                self.names.append(name.rstrip(b"\0").decode(errors="replace"))
+                offset += self._EVENT.size + length
+
+    def close(self) -> None:
+        self.drain()
+        os.close(self.fd)
+
+    def names_with(self, text: str) -> list[str]:
+        return [n for n in self.names if text in n]

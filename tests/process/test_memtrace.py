@@ -32,7 +32,7 @@ def run_shard(until) -> Shard:
     descs, feeds, index_of = plan(config)
     segment = Segment.create(f"/obtest-memtrace-{os.getpid()}-{secrets.token_hex(4)}", descs,
                              1, 8, 64)
-    segment.unlink()
+    segment.seal()
     loop = loom.Loop()
     shard = Shard(0, segment.writer(0), feeds, index_of)
 

@@ -168,9 +168,9 @@ def test_a_core_this_machine_lacks_is_a_clear_error_and_leaves_nothing(tmp_path)
     lock.release()
 
 
-# A parent that has imported the observer once and forks one supervisor per cycle (the shard
-# processes it starts are fresh interpreters, as in production).
-ZYGOTE = """
+# A parent that has imported the observer once and forks one supervisor per cycle (the zygote
+# each supervisor starts is a fresh interpreter, and its shards are its forks, as in production).
+FORKER = """
 import os, signal, sys
 import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed supervisors
@@ -181,27 +181,30 @@ for line in sys.stdin:
         os._exit(observer.cli.main(sys.argv[1:]))
     print(pid, flush=True)
 """
-KILL_CYCLES = 50
-LIVE_EVERY = 10          # every 10th cycle waits until the shards serve before the kill
+# 25 cycles, each one until both shards run (forks of a zygote that has mapped the segment and
+# imported a shard's modules: a whole start-up); kills from the first instant of start-up on are
+# tests/process/test_startup_kills.py's.
+KILL_CYCLES = 25
+LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before the kill
 
 
 @needs_two_cores
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")
-    shard_marker = f"observer.shardproc --name {name} "
+    shard_marker = f"observer.zygote --name {name} "
     log = open(tmp_path / "observer.log", "wb")
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
          "synthetic:SOLUSD", "--rate", "50", "--cores", TWO_CORES, "--name", name,
          "--socket", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         for cycle in range(KILL_CYCLES):
-            zygote.stdin.write("go\n")
-            zygote.stdin.flush()
-            pid = int(zygote.stdout.readline())
-            wait_until(lambda: len(processes_with(shard_marker)) == 2, WAIT_S,
+            forker.stdin.write("go\n")
+            forker.stdin.flush()
+            pid = int(forker.stdout.readline())
+            wait_until(lambda: len(processes_with(shard_marker, "ob-shard")) == 2, WAIT_S,
                        f"two shard processes (cycle {cycle})")
             if cycle % LIVE_EVERY == LIVE_EVERY - 1:
                 wait_until(lambda: _books_live(path), WAIT_S, f"live books (cycle {cycle})")
@@ -209,9 +212,9 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
             wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket removed after kill -9 (cycle {cycle})")
             wait_until(lambda: not processes_with(shard_marker), WAIT_S,
-                       f"the shards to die with their supervisor (cycle {cycle})")
-        zygote.stdin.close()
-        assert zygote.wait(WAIT_S) == 0
+                       f"the zygote and shards to die with their supervisor (cycle {cycle})")
+        forker.stdin.close()
+        assert forker.wait(WAIT_S) == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
@@ -220,8 +223,8 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
                              extra_args=["--cores", TWO_CORES]) as again:   # all free
             again.wait_ready().close()
     finally:
-        zygote.kill()
-        zygote.wait()
+        forker.kill()
+        forker.wait()
         log.close()
 
 
@@ -247,11 +250,39 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
                                os.path.join(obs.workdir, "twin.sock")],
                               capture_output=True, text=True, timeout=WAIT_S)
         assert twin.returncode == 3 and "already running" in twin.stderr
-        assert len(processes_with(f"observer.shardproc --name {obs.name} ")) == 2
+        assert len(processes_with(f"observer.zygote --name {obs.name} ", "ob-shard")) == 2
         os.kill(pids[0], signal.SIGSTOP)
         assert obs.stop(signal.SIGTERM) == 0
         assert not os.path.exists(obs.socket_path)
         assert all(_zombie_or_gone(pid) for pid in pids)
         text = obs.log_text()
         assert text.count("shard_kill") == 1 and "shard=0" in text.split("shard_kill", 1)[1]
+        assert "Traceback" not in text
+
+
+@needs_two_cores
+def test_a_dead_zygote_stops_the_observer_with_an_error_and_leaves_nothing():
+    """No process can map the sealed segment writable once the zygote is gone, so no shard
+    could ever restart: the observer says so once and exits 1, for a service manager to start
+    the next generation."""
+    obs = ObserverProcess(extra_args=[*FEEDS, "--cores", TWO_CORES, "--log-format", "json"])
+    with obs:
+        client = obs.wait_ready()
+        shard_pids = [s["pid"] for s in client.stats().observer["shard_list"]]
+        assert not client.snapshot("BTCUSD", 0).stale
+        zygotes = processes_with(f"observer.zygote --name {obs.name} ", "ob-zygote")
+        assert len(zygotes) == 1
+        os.kill(zygotes[0], signal.SIGKILL)
+        assert obs.proc.wait(WAIT_S) == 1
+        wait_until(lambda: not processes_with(obs.name), WAIT_S, "every observer process gone")
+        assert all(_zombie_or_gone(pid) for pid in shard_pids)
+        assert not os.path.exists(obs.socket_path)
+        assert shm_entries(obs.name) == []
+        wait_until(lambda: client.snapshot("BTCUSD", 0).stale, WAIT_S, "the client to see it")
+        client.close()
+        text = obs.log_text()
+        exits = [e for e in _json_events(text) if e["event"] == "zygote_exit"]
+        assert len(exits) == 1, text
+        assert exits[0]["zygote_pid"] == zygotes[0] and exits[0]["reason"] == "killed by SIGKILL"
+        assert "observer: stopped: zygote exited (killed by SIGKILL)" in text
         assert "Traceback" not in text

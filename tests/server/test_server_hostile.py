@@ -85,14 +85,17 @@ def test_socket_file_mode_is_0660(observer):
     assert stat.S_ISSOCK(os.stat(observer.socket_path).st_mode)
 
 
-def test_handshake_passes_readonly_segment_fd_and_eventfds(observer):
+def test_handshake_passes_readonly_segment_fd_and_wake_fds(observer):
     sock, proto, fds = raw_connect(observer.socket_path), ClientProtocol("t"), []
     try:
         welcome = hello(sock, proto, fds)
         assert type(welcome) is m.Welcome
         assert welcome.fds_passed
         assert len(fds) == 1 + welcome.n_eventfds
+        for wake_fd in fds[1:]:              # a private epoll each, never a shard's eventfd
+            assert os.readlink(f"/proc/self/fd/{wake_fd}") == "anon_inode:[eventpoll]"
         seg_fd = fds[0]
+        assert os.readlink(f"/proc/self/fd/{seg_fd}").startswith("/memfd:")   # no name
         assert fcntl.fcntl(seg_fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         assert os.fstat(seg_fd).st_size == welcome.segment_bytes
         with pytest.raises(PermissionError):

@@ -20,7 +20,7 @@ def test_signal_stops_cleanly_and_removes_socket_and_segment(signum):
     with ObserverProcess() as obs:
         obs.wait_ready().close()
         assert os.path.exists(obs.socket_path)
-        assert shm_entries(obs.name) == []          # the name is unlinked at start-up
+        assert shm_entries(obs.name) == []          # the segment is a memfd: never named
         assert obs.stop(signum) == (130 if signum == signal.SIGINT else 0)   # cli.py essay
         assert not os.path.exists(obs.socket_path)
         wait_until(lambda: not processes_with(obs.name), WAIT_S, "the reaper to exit")
@@ -86,7 +86,7 @@ def test_bad_command_lines_are_one_line_errors():
 
 # A parent that has imported the observer once and forks one real observer process per cycle,
 # so 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports on a busy machine.
-ZYGOTE = """
+FORKER = """
 import os, signal, sys
 import observer.cli, observer.supervisor, observer.shard, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
@@ -113,22 +113,22 @@ def test_kill_9_cycles_leave_nothing_behind(tmp_path):
     name = unique_name("k")
     path = str(tmp_path / "observer.sock")
     log = open(tmp_path / "observer.log", "wb")
-    zygote = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
+    forker = subprocess.Popen(
+        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
          "--name", name, "--socket", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         for cycle in range(KILL_CYCLES):
-            zygote.stdin.write("go\n")
-            zygote.stdin.flush()
-            pid = int(zygote.stdout.readline())
+            forker.stdin.write("go\n")
+            forker.stdin.flush()
+            pid = int(forker.stdout.readline())
             wait_until(lambda: _connectable(path), WAIT_S, f"observer up (cycle {cycle})")
             assert shm_entries(name) == [], cycle
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket to be removed after kill -9 (cycle {cycle})")
-        zygote.stdin.close()
-        assert zygote.wait(WAIT_S) == 0
+        forker.stdin.close()
+        assert forker.wait(WAIT_S) == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process to be gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
@@ -136,8 +136,8 @@ def test_kill_9_cycles_leave_nothing_behind(tmp_path):
         with ObserverProcess(name=name, socket_path=path) as again:   # name and path free
             again.wait_ready().close()
     finally:
-        zygote.kill()
-        zygote.wait()
+        forker.kill()
+        forker.wait()
         log.close()
 
 
@@ -165,3 +165,62 @@ def test_unusable_socket_directory_is_a_one_line_error(tmp_path):
     assert done.returncode == 2
     assert f"cannot bind control socket {missing}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _start_and_die_after_bind(path: str) -> int:
+    """Fork a real supervisor (one shard, nothing else) that SIGKILLs itself the moment its
+    control socket is bound and listening: the window the reaper must cover. Its pid."""
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    try:
+        from observer import loom
+        from observer.server.control import ControlServer
+        from observer.supervisor import Supervisor
+        from proto.layout import BookDesc
+
+        bind = ControlServer.start
+
+        def bind_then_die(server):
+            bind(server)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        ControlServer.start = bind_then_die
+        Supervisor(loom.Loop(), name=unique_name("b"), book_descs=[BookDesc("x", "Y", "y", 0)],
+                   shards_n=1, depth_max=4, socket_path=path).start()
+    finally:
+        os._exit(1)                            # not reached: killed above
+
+
+def test_a_kill_9_right_after_bind_leaves_no_socket_file(tmp_path):
+    path = str(tmp_path / "observer.sock")
+    pid = _start_and_die_after_bind(path)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    wait_until(lambda: not os.path.exists(path), WAIT_S, "the reaper to remove the socket file")
+
+
+def test_a_reaper_told_nothing_leaves_what_is_not_a_dead_socket(tmp_path):
+    """Without the socket's identity (its observer died before binding, or while binding), the
+    reaper removes only a socket nobody listens on: never a file that is not a socket, never
+    a socket a live server answers on."""
+    from observer.reaper import Reaper
+
+    not_socket = tmp_path / "plain"
+    not_socket.write_text("precious")
+    live_path = str(tmp_path / "live.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(live_path)
+    live.listen(1)
+    dead_path = str(tmp_path / "dead.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(dead_path)
+    dead.close()
+    try:
+        for path in (str(not_socket), live_path, dead_path):
+            Reaper(path).stop()                 # EOF with no identity; stop() reaps it
+        assert not_socket.read_text() == "precious"
+        assert os.path.exists(live_path)
+        assert not os.path.exists(dead_path)
+    finally:
+        live.close()

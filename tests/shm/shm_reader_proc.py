@@ -1,14 +1,14 @@
 """A reader process for the multi-process shm tests: `python shm_reader_proc.py MODE ...`.
 
-It receives the segment as an inherited O_RDONLY fd and the shard eventfds (never a name), as a
-client does, and reports one JSON line (or a line per round) on stdout.
+It receives the segment as an inherited O_RDONLY fd and a wake fd (never a name), as a client
+does, and reports one JSON line (or a line per round) on stdout.
 
 Modes:
   torn SHM_FD DEPTH DURATION_S TORN_STOP   snapshot book 0 in a loop, count copies that mix
                                            two publications (see shm_doubles.RampBook)
-  follow SHM_FD EFD FINAL_ID               follow the ring until update_id FINAL_ID is seen;
+  follow SHM_FD WAKE_FD FINAL_ID           follow the ring until update_id FINAL_ID is seen;
                                            report overruns and ordering
-  wakes SHM_FD EFD ROUNDS                  per round: wait in epoll, then print the ids read and
+  wakes SHM_FD WAKE_FD ROUNDS              per round: wait in epoll, then print the ids read and
                                            whether the wait returned an event
 """
 
@@ -47,8 +47,8 @@ def torn(shm_fd: int, depth: int, duration_s: float, torn_stop: int) -> dict:
     return {"reads": reads, "torn": torn_n, "distinct": len(ids)}
 
 
-def follow(shm_fd: int, eventfd: int, final_id: int) -> dict:
-    reader = SegmentReader(shm_fd, [eventfd])
+def follow(shm_fd: int, wake_fd: int, final_id: int) -> dict:
+    reader = SegmentReader(shm_fd, [wake_fd])
     follower = reader.follow([0])
     print("ready", flush=True)
     last_id = 0
@@ -69,8 +69,8 @@ def follow(shm_fd: int, eventfd: int, final_id: int) -> dict:
             "resyncs": resyncs, "resync_ids": resync_ids, "records": follower.records}
 
 
-def wakes(shm_fd: int, eventfd: int, rounds: int) -> None:
-    reader = SegmentReader(shm_fd, [eventfd])
+def wakes(shm_fd: int, wake_fd: int, rounds: int) -> None:
+    reader = SegmentReader(shm_fd, [wake_fd])
     follower = reader.follow([0])
     print("ready", flush=True)
     for _ in range(rounds):

@@ -57,6 +57,20 @@ def reader_fd_of():
         os.close(fd)
 
 
+@pytest.fixture
+def wake_fd_of():
+    """A client's wake fd for shard 0 (Segment.wake_fd), closed after the test."""
+    fds = []
+
+    def make(segment):
+        fds.append(segment.wake_fd(0))
+        return fds[-1]
+
+    yield make
+    for fd in fds:
+        os.close(fd)
+
+
 def publish_until_done(writer, book, procs) -> int:
     """Publish as fast as possible until every reader process has exited."""
     deadline = time.monotonic() + DEADLINE_S
@@ -142,17 +156,17 @@ def wait_state(pid: int, state: str) -> None:
         time.sleep(0.005)
 
 
-def test_stopped_reader_never_slows_writer_and_resyncs(make_segment, reader_fd_of):
+def test_stopped_reader_never_slows_writer_and_resyncs(make_segment, reader_fd_of, wake_fd_of):
     from shm_doubles import BookDouble
 
     ring_records = 64
     segment = make_segment(ring_records=ring_records)
     fd = reader_fd_of(segment)
-    efd = segment.eventfds[0]
+    wake_fd = wake_fd_of(segment)
     writer = segment.writer(0)
     book = BookDouble()
     final_id = 20 * ring_records
-    proc = spawn("follow", fd, efd, final_id, fds=[fd, efd])
+    proc = spawn("follow", fd, wake_fd, final_id, fds=[fd, wake_fd])
     try:
         assert read_line(proc).strip() == "ready"
         for i in range(1, 11):
@@ -179,16 +193,18 @@ def test_stopped_reader_never_slows_writer_and_resyncs(make_segment, reader_fd_o
     assert result["records"] < final_id  # it skipped what it could not keep, by design
 
 
-def test_every_reader_gets_every_wakeup(make_segment, reader_fd_of):
+def test_every_reader_gets_every_wakeup(make_segment, reader_fd_of, wake_fd_of):
+    """Each reader waits on its own wake fd, as clients do (one epoll per client watching the
+    shard's eventfd): one flush wakes all of them, every round."""
     from shm_doubles import BookDouble
 
     segment = make_segment()
     fd = reader_fd_of(segment)
-    efd = segment.eventfds[0]
     writer = segment.writer(0)
     book = BookDouble()
     rounds = 15
-    procs = [spawn("wakes", fd, efd, rounds, fds=[fd, efd]) for _ in range(3)]
+    wake_fds = [wake_fd_of(segment) for _ in range(3)]
+    procs = [spawn("wakes", fd, w, rounds, fds=[fd, w]) for w in wake_fds]
     try:
         for p in procs:
             assert read_line(p).strip() == "ready"

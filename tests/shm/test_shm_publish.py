@@ -228,7 +228,7 @@ def test_wait_checks_before_sleeping(seg, reader):
 
 def test_heartbeats_and_generation(make_segment):
     seg = make_segment(generation=7)
-    reader = SegmentReader.open(seg.name)
+    reader = SegmentReader(seg.reader_fd(), own_fds=True)
     try:
         assert reader.generation == 7
         seg.heartbeat(now_ns=123)
@@ -244,21 +244,32 @@ def test_heartbeats_and_generation(make_segment):
 
 
 def test_attach_in_forked_process_writes_visible(make_segment):
-    seg = make_segment()
+    seg = make_segment(sealed=False)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the shard: attach by name, publish, exit
+    if pid == 0:  # the shard: attach by the inherited fd before the seal, publish after it
         code = 1
         try:
-            shard = Segment.attach(seg.name, seg.eventfds)
+            shard = Segment.attach_fd(seg.fd, seg.eventfds)
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)
             shard.writer(0).publish(0, book_with([(42, 1)], [(43, 1)], update_id=5))
             shard.writer(0).flush()
             shard.close()
             code = 0
         finally:
             os._exit(code)
+    for fd in (ready_w, go_r):
+        os.close(fd)
+    assert os.read(ready_r, 1) == b"r"
+    seg.seal()
+    os.write(go_w, b"g")
     _, status = os.waitpid(pid, 0)
+    for fd in (ready_r, go_w):
+        os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
-    with SegmentReader.open(seg.name) as reader:
+    with SegmentReader(seg.reader_fd(), own_fds=True) as reader:
         snap = reader.snapshot(0)
         assert (snap.update_id, int(snap.bid_px[0])) == (5, 42)
         assert reader.shard_stats(0)["writer_pid"] == pid
@@ -290,31 +301,34 @@ def test_publish_allocates_nothing_once_warm(seg):
 
 
 def test_segment_refuses_bad_descriptors(segment_name):
+    fds_before = sorted(os.listdir("/proc/self/fd"))
     with pytest.raises(layout.LayoutError, match="shard 3"):
         Segment.create(segment_name, [BookDesc("x", "Y", "y", 3)], 2, 4, 16)
     with pytest.raises(layout.LayoutError, match="power of two"):
         Segment.create(segment_name, DESCS, 2, 4, 100)
     with pytest.raises(layout.LayoutError, match="symbol"):
         Segment.create(segment_name, [BookDesc("x", "Y" * 60, "y", 0)], 1, 4, 16)
-    assert not os.path.exists("/dev/shm" + segment_name)
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before  # nothing made, nothing left
 
 
-def test_second_create_with_same_name_fails(make_segment, segment_name):
-    make_segment()
-    with pytest.raises(Exception, match="exists"):
-        Segment.create(segment_name, DESCS[:1], 1, 4, 16)
+def test_segments_are_unnamed_so_two_with_one_label_coexist(make_segment, segment_name):
+    first, second = make_segment(), make_segment()
+    assert first.fd != second.fd
+    assert os.readlink(f"/proc/self/fd/{first.fd}").startswith("/memfd:" + segment_name)
+    assert not [e for e in os.listdir("/dev/shm") if segment_name in e]
     assert np.dtype(layout.RING_RECORD).itemsize == 96
 
 
 def test_restarted_shard_writer_resumes_sequences(make_segment):
     """A shard restarted on the same segment continues the slot and ring sequences."""
-    seg = make_segment()
+    seg = make_segment(sealed=False)
     first = seg.writer(0)
     for i in range(1, 4):
         first.publish(0, book_with([(100 + i, 1)], [(200, 1)], update_id=i))
     shard = Segment.attach_fd(seg.fd, seg.eventfds)  # the restarted shard's own mapping
+    seg.seal()
     try:
-        with SegmentReader.open(seg.name) as reader:
+        with SegmentReader(seg.reader_fd(), own_fds=True) as reader:
             follower = reader.follow([0])
             seq = shard.writer(0).publish(0, book_with([(104, 1)], [(200, 1)], update_id=4))
             assert seq == 4

@@ -30,10 +30,10 @@ WAIT_S = 10.0
 READERS_N = 3
 
 
-def _reader_child(fd: int, eventfds, ready_w: int, out_w: int) -> None:
+def _reader_child(fd: int, wake_fds, ready_w: int, out_w: int) -> None:
     code = 1
     try:
-        reader = SegmentReader(fd, eventfds)
+        reader = SegmentReader(fd, wake_fds)
         follower = reader.follow()
         os.write(ready_w, b"r")
         woke = follower.wait(WAIT_S)  # blocks in epoll until the flush's wake-up
@@ -56,7 +56,7 @@ def test_a_flush_wakes_every_sleeping_reader_process(make_segment, wake):
         for _ in range(READERS_N):
             pid = os.fork()
             if pid == 0:
-                _reader_child(fd, seg.eventfds, ready_w, out_w)
+                _reader_child(fd, [seg.wake_fd(0)], ready_w, out_w)   # as a client gets it
             pids.append(pid)
         got = b""
         while got.count(b"r") < READERS_N:
@@ -191,8 +191,8 @@ def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch, me
     second eventfd write (the writer here never flushes)."""
     monkeypatch.setattr(updates, "WAKE_AHEAD_SPIN_MAX_NS", int(WAIT_S * 1e9))
     seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
-    fd = seg.reader_fd()
-    reader = SegmentReader(fd, seg.eventfds)
+    fds = seg.client_fds()
+    reader = SegmentReader(fds[0], fds[1:], own_fds=True)
     follower = reader.follow()
     pid = os.fork()
     if pid == 0:
@@ -214,15 +214,14 @@ def test_a_reader_woken_ahead_spins_for_the_record(make_segment, monkeypatch, me
     finally:
         os.waitpid(pid, 0)
         reader.close()
-        os.close(fd)
     assert os.eventfd_read(seg.eventfds[0]) == 1  # only the early write happened
 
 
 def test_a_stale_wake_up_or_an_abandoned_wake_ahead_ends_the_wait(make_segment, monkeypatch):
     monkeypatch.setattr(updates, "WAKE_AHEAD_SPIN_MAX_NS", 20_000_000)
     seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
-    fd = seg.reader_fd()
-    reader = SegmentReader(fd, seg.eventfds)
+    fds = seg.client_fds()
+    reader = SegmentReader(fds[0], fds[1:], own_fds=True)
     follower = reader.follow()
     words = np.frombuffer(seg.map, np.uint64)
     try:
@@ -233,7 +232,6 @@ def test_a_stale_wake_up_or_an_abandoned_wake_ahead_ends_the_wait(make_segment, 
         assert follower.wait(WAIT_S) is False  # gave up after the spin bound
     finally:
         reader.close()
-        os.close(fd)
 
 
 def test_wake_ahead_can_be_turned_off(make_segment):
