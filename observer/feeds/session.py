@@ -14,8 +14,15 @@ feeds it what happened. Per feed it runs:
   blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin.
 
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
-into the segment and flushes once per call); `Send`, `FetchSnapshot` and `Reconnect` are done
-here. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
+into the segment); `Send`, `FetchSnapshot` and `Reconnect` are done here.
+
+Batches and wake-ups. The messages of one read from the network are one batch: `on_frame` (the
+shard's `writer.wake_ahead`) runs before the first of them is parsed, and `after_frame` (its
+`writer.flush`: one eventfd write) when the batch ends, just before the connection reads again
+and may wait (the stream's `before_read` hook) or when it closes. Actions from anything else
+(open, close, a tick, a REST snapshot) are followed by `after_frame` at once. So a busy feed
+costs two eventfd writes per read (of up to 64 KiB of messages), not two per message, and
+nothing published waits on the network for its wake-up. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
 connection, to keep a garbage flood from flooding the log), and `adapter.drain()` collects
 what the adapter queued before failing. Any other exception is a bug: it is logged with its
 traceback and counted (`internal_errors`), and it ends only that connection, which reconnects. A reconnect requested from another fiber cancels the
@@ -80,12 +87,13 @@ class Session:
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
         self.http_timeout_s = http_timeout_s
-        # Called around each message's parse and delivery: the shard's writer.wake_ahead and
-        # writer.flush, so clients' wake-ups start while the message is parsed.
+        # Called around each batch of messages (one read's): the shard's writer.wake_ahead and
+        # writer.flush, so clients' wake-ups start while the first message is parsed.
         self.on_frame = on_frame or _nothing
         self.after_frame = after_frame or _nothing
         self.rng = random.Random(seed)
         self.stats = SessionStats()
+        self.batch_open = False  # on_frame ran for messages whose after_frame is still due
         self.sockets = {}  # conn_id -> open WebSocket
         self.conn_fibers = {}  # conn_id -> the fiber running that connection
         self.reconnect_reasons = {}  # conn_id -> why a reconnect was asked for
@@ -187,12 +195,14 @@ class Session:
         self.reconnect_reasons.pop(conn_id, None)
         delivered = False
         reason = "closed"
+        ws.before_read = self.end_batch
+        stats = self.stats
         try:
             self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
             while conn_id not in self.reconnect_reasons:
                 message = ws.recv()
                 delivered = True
-                self.stats.messages += 1
+                stats.messages += 1
                 self.deliver(conn_id, message.data)
             reason = self.reconnect_reasons[conn_id]
         except NetError as exc:
@@ -207,6 +217,8 @@ class Session:
             reason = f"internal error: {type(exc).__name__}"
             delivered = False  # back off as for a failure: a bug must not spin
         finally:
+            ws.before_read = None
+            self.end_batch()
             del self.sockets[conn_id]
             if self.stopping:
                 ws.stream.close()
@@ -220,17 +232,24 @@ class Session:
         return delivered
 
     def deliver(self, conn_id, data):
+        """One message of the current batch (module essay: batches and wake-ups)."""
+        if not self.batch_open:
+            self.batch_open = True
+            self.on_frame()
         recv_ns = time.time_ns()
-        self.on_frame()
         try:
             actions = self.adapter.on_message(conn_id, data, recv_ns)
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
             self.log_once(conn_id, str(exc)[:40], f"bad message: {exc}")
             actions = self.adapter.drain()
-        try:
-            self.perform(actions, recv_ns)
-        finally:
+        if actions:
+            self.perform(actions, recv_ns, in_batch=True)
+
+    def end_batch(self):
+        """The batch's after_frame: before the connection reads again, and when it closes."""
+        if self.batch_open:
+            self.batch_open = False
             self.after_frame()
 
     def run_ticker(self):
@@ -244,8 +263,19 @@ class Session:
 
     # ------------------------------------------------------------------------- actions
 
-    def perform(self, actions, recv_ns):
+    def perform(self, actions, recv_ns, in_batch=False):
+        """Do the adapter's actions; publishes go to the sink, followed by after_frame unless
+        they belong to a batch of messages (whose after_frame is due before the next read)."""
         if not actions:
+            return
+        for action in actions:  # the common case, a message's publishes: the list as it is
+            kind = type(action)
+            if kind is not Publish and kind is not Stale:
+                break
+        else:
+            self.sink(actions, recv_ns or time.time_ns())
+            if not in_batch:
+                self.after_frame()
             return
         published = []
         for action in actions:
@@ -264,6 +294,8 @@ class Session:
                 raise TypeError(f"unknown action {action!r}")
         if published:
             self.sink(published, recv_ns or time.time_ns())
+            if not in_batch:
+                self.after_frame()
 
     def send(self, action):
         ws = self.sockets.get(action.conn_id)
