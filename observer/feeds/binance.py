@@ -25,9 +25,12 @@ from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
 from observer.feeds.scheduler import SnapshotScheduler
-from observer.feeds.sync import Kind, State
+from observer.feeds.sync import TRANSITIONS, Kind, State
 
 NS_PER_MS = 1_000_000
+
+# A delta leaves a live book live: on_depth skips the table lookup for that one pair.
+assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE
 
 
 class BinanceAdapter(Adapter):
@@ -109,12 +112,13 @@ class BinanceAdapter(Adapter):
         check_event(event)
         if sync.conn_id != conn_id:
             raise FeedProtocolError(f"binance: {sync.symbol} arrived on connection {conn_id}")
+        if sync.state is State.LIVE:  # (LIVE, DELTA) -> LIVE: the hot path, no transition
+            self.apply_event(sync, event)
+            self.publish(sync)
+            return
         sync.on(Kind.DELTA)
         if sync.state is State.AWAITING_SNAPSHOT:
             self.buffer(sync, event)
-        elif sync.state is State.LIVE:
-            self.apply_event(sync, event)
-            self.publish(sync)
 
     def buffer(self, sync, event):
         if len(sync.buffer) >= self.buffer_events_max:
@@ -140,7 +144,7 @@ class BinanceAdapter(Adapter):
             sync.buffer.append(event)
             return
         update = BookUpdate(False, event["b"], event["a"], event["u"], event["E"] * NS_PER_MS)
-        if self.apply(sync, update):
+        if self.apply(sync, update, book):
             sync.bridged = True
             if sync.vouched is not None and self.too_thin(book, sync.vouched):
                 self.resync(sync, "thin")
