@@ -14,7 +14,8 @@ CPU time per message (thread time, best of REPEATS) is printed:
   export     Book.export_top into one slot's four views (depth 10)
   latch      ShardWriter.publish, minus export: copy head, latch flip, ring record
   wake       eventfd writes per message (counted in the glue run) x one write's cost
-  glue       Session.deliver (+ ExchangeFeed.sink) minus adapter, publish and wake
+  glue       Session.deliver (+ ExchangeFeed.sink), each obsim tick's messages one batch (one
+             read), minus adapter, publish and wake
   total      tls + websocket + Session.deliver
 
 Not here: the loop (epoll, fiber switches, timers) and the kernel's receive path; the live
@@ -324,8 +325,14 @@ def stage_deliver(stream: Stream, shard: Shard) -> tuple[int, float]:
 
     def run(session):
         deliver = session.deliver
-        for payload in payloads:
-            deliver(0, payload)
+        end_batch = getattr(session, "end_batch", None)   # a read's batch ends before the next
+        pos = 0
+        for n in stream.ticks:             # one obsim write each: about one read here
+            for payload in payloads[pos:pos + n]:
+                deliver(0, payload)
+            pos += n
+            if end_batch is not None:
+                end_batch()
 
     shard.count_wakes()
     ns = best_of(run, setup)
