@@ -127,20 +127,34 @@ class Book:
         if update.is_snapshot:
             self.load_side(BID, update.bids)
             self.load_side(ASK, update.asks)
+        elif COMPILED and type(update.bids) is list and type(update.asks) is list:
+            # apply_side's compiled path for both sides, with one frame fewer each (per message)
+            bids, asks = update.bids, update.asks
+            done = _book_c.set_levels(self._keys[BID], self._sizes[BID], bids, 0, False,
+                                      -self.price_exp, -self.size_exp)
+            if done < len(bids):
+                self.apply_side(BID, bids, done)
+            done = _book_c.set_levels(self._keys[ASK], self._sizes[ASK], asks, 0, True,
+                                      -self.price_exp, -self.size_exp)
+            if done < len(asks):
+                self.apply_side(ASK, asks, done)
         else:
             self.apply_side(BID, update.bids)
             self.apply_side(ASK, update.asks)
         self.end_update(update.update_id, update.exch_ts_ns)
 
-    def apply_side(self, side, levels):
-        """Set each level in wire order (a price may repeat in one message: last wins)."""
+    def apply_side(self, side, levels, done=0):
+        """Set each level in wire order (a price may repeat in one message: last wins);
+        `done`: levels already applied by the compiled loop, which stopped at `levels[done]`."""
         if not COMPILED or type(levels) is not list and type(levels) is not tuple:
             self.apply_levels(side, levels)
             return
         keys = self._keys[side]
         sizes = self._sizes[side]
         negate = side == ASK
-        done = _book_c.set_levels(keys, sizes, levels, 0, negate, -self.price_exp, -self.size_exp)
+        if not done:
+            done = _book_c.set_levels(keys, sizes, levels, 0, negate, -self.price_exp,
+                                      -self.size_exp)
         while done < len(levels):  # a level the C does not take: apply it here, then go on
             self.apply_levels(side, levels[done : done + 1])
             done = _book_c.set_levels(keys, sizes, levels, done + 1, negate, -self.price_exp,

@@ -21,6 +21,8 @@ and spaced by the scheduler. Binance pings below the WebSocket layer, which net 
 adapter has no silence deadline of its own.
 """
 
+from orjson import JSONDecodeError, loads
+
 from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
@@ -90,7 +92,10 @@ class BinanceAdapter(Adapter):
     # ------------------------------------------------------------------------ messages
 
     def handle(self, conn_id, data, recv_ns):
-        msg = self.loads(data)
+        try:
+            msg = loads(data)  # self.loads, without its frame: once per message
+        except JSONDecodeError as exc:
+            raise FeedProtocolError(f"binance: not JSON: {exc}"[:200]) from None
         if not isinstance(msg, dict):
             raise FeedProtocolError("binance: message is not an object")
         payload = msg["data"] if "stream" in msg else msg
@@ -239,9 +244,9 @@ def vouched_range_of(book, n_bids, n_asks, limit):
 
 def check_event(event):
     """Types of the fields the sync rule reads; anything else is malformed."""
-    for key in ("U", "u", "E"):
-        if type(event[key]) is not int:
-            raise FeedProtocolError(f"binance: field {key} is not an integer")
+    if type(event["U"]) is not int or type(event["u"]) is not int or type(event["E"]) is not int:
+        key = next(k for k in ("U", "u", "E") if type(event[k]) is not int)
+        raise FeedProtocolError(f"binance: field {key} is not an integer")
     if event["U"] > event["u"]:
         raise FeedProtocolError("binance: U > u")
     if not isinstance(event["b"], list) or not isinstance(event["a"], list):

@@ -48,6 +48,7 @@ from observer.net import http as net_http
 from observer.net import websocket
 
 log = logging.getLogger("observer.feeds.session")
+time_ns = time.time_ns
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
 HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
@@ -236,7 +237,7 @@ class Session:
         if not self.batch_open:
             self.batch_open = True
             self.on_frame()
-        recv_ns = time.time_ns()
+        recv_ns = time_ns()
         try:
             actions = self.adapter.on_message(conn_id, data, recv_ns)
         except FeedProtocolError as exc:
