@@ -1,4 +1,4 @@
-"""The cryptofeed half of bench/ingest.py: one run against obsim, one JSON line of results.
+"""The cryptofeed half of bench/ingest.py: one run against obsim, its results in a JSON file.
 
 Run by ingest.py in an interpreter that has cryptofeed 2.4.1 (this project never depends on it:
 `pip install cryptofeed==2.4.1` in any venv, then `ingest.py --cryptofeed-python PATH`). It
@@ -14,11 +14,16 @@ snapshot and publishes wrong tops (MEASUREMENTS.md).
 Measured per L2_BOOK callback for `measure_s`, after a warm-up that ends at the first callback
 less than `caught_up_s` behind (after `warmup_min_s`, at the latest at `warmup_max_s`): the
 count, and the latency `time.time() - book.timestamp` (obsim stamps its send time into
-Binance's `E`, in ms).
+Binance's `E`, in ms), and the window itself in CLOCK_MONOTONIC seconds (the parent reads
+obsim's sent count over it).
+
+The results go to `result_path`, a plain file written and closed before the process exits, not
+to stdout: a pipe's end is not ours to trust here (a run once lost the tail of a 720,896-byte
+result line, the exit racing a partial write), and a file has no such limit.
 
     ingest_cryptofeed.py '{"ws_url":..., "rest_url":..., "ca_file":..., "symbols":[...],
                           "warmup_min_s":1, "warmup_max_s":10, "caught_up_s":0.05,
-                          "measure_s":3, "core":0}'
+                          "measure_s":3, "core":0, "result_path":...}'
 """
 
 import asyncio
@@ -53,6 +58,7 @@ def main():
     state = {"measure_end_s": None}
 
     def start_measuring(now_s):
+        state["measure_start_s"] = now_s
         state["measure_end_s"] = now_s + params["measure_s"]
 
     async def on_book(book, receipt_timestamp):
@@ -91,8 +97,13 @@ def main():
     loop.create_task(watch())
     handler.run(install_signal_handlers=False)
     lat = sorted(result["latencies_s"])
-    print(json.dumps({"count": result["count"], "measure_s": params["measure_s"],
-                      "latencies_s": lat[:: max(1, len(lat) // 20000)]}), flush=True)
+    out = {"count": result["count"], "measure_s": params["measure_s"],
+           "window_s": [state["measure_start_s"], state["measure_end_s"]],
+           "latencies_s": lat[:: max(1, len(lat) // 20000)]}
+    partial = params["result_path"] + ".partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    os.replace(partial, params["result_path"])    # whole or absent, never cut
     os._exit(0)    # cryptofeed's connections and tasks need not unwind: the numbers are out
 
 

@@ -8,7 +8,8 @@ is the sink between them and the shard's `ShardWriter`:
   adapter's rule), so a book is live in the segment exactly when it is synced. `Stale` ->
   `writer.mark_stale`: the visible copy is republished with the stale flag. Every book starts
   stale (an unpublished slot reads as stale), so nothing is live before its first sync.
-- One `flush()` per sink call: one eventfd write per batch of actions (C6).
+- No flush here: the session calls `writer.flush()` (its `after_frame`) once per batch, the
+  messages of one read from the network, or after any other call that published (C6).
 - Lag (C11): each publish measures local receive time minus the exchange's event time of the
   last applied change. Past `lag_bound_ms` the book is published with the lagging flag, the
   condition is logged once and counted (`lagging_count`), and it clears when a publish is back
@@ -53,16 +54,20 @@ STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "c
 
 
 class BookSlot:
-    """What the sink keeps per book: its segment index, its stats record and its lag state."""
+    """What the sink keeps per book: its segment index, its stats record and its lag state,
+    and its writer's hot path located once (`publish`, `flags`, the `lag_ns` word)."""
 
     __slots__ = ("index", "book", "sync", "stats", "lagging", "lag_max_ns", "live", "name",
-                 "stale_reason", "base")
+                 "stale_reason", "base", "publish", "flags", "words", "lag_word")
 
-    def __init__(self, index, book, sync, stats, name):
+    def __init__(self, index, book, sync, stats, name, writer):
         self.index = index
         self.book = book
         self.sync = sync
         self.stats = stats
+        self.publish = writer.publisher(index)
+        self.flags = writer.flags()
+        self.words, self.lag_word = stats.word("lag_ns")
         self.lagging = False
         self.lag_max_ns = 0
         self.live = False              # published live since the last Stale (for the log)
@@ -106,7 +111,8 @@ class ExchangeFeed:
         for symbol, book in self.adapter.books.items():
             index = book_index_of[(self.exchange, symbol)]
             self.slots[symbol] = BookSlot(index, book, self.adapter.syncs[symbol],
-                                          writer.book_stats(index), f"{self.exchange}:{symbol}")
+                                          writer.book_stats(index), f"{self.exchange}:{symbol}",
+                                          writer)
 
     def run_session(self, loop, writer, book_index_of) -> None:
         self.attach(writer, book_index_of)
@@ -133,22 +139,26 @@ class ExchangeFeed:
     # -- the sink (hot path) ------------------------------------------------------------------
 
     def sink(self, actions, recv_ns) -> None:
-        writer = self.writer
+        """Publish or mark stale what the adapter asked for (the session flushes after)."""
+        slots = self.slots
         for action in actions:
-            slot = self.slots[action.symbol]
+            slot = slots[action.symbol]
             if type(action) is Publish:
-                exch_ts_ns = slot.book.exch_ts_ns
+                book = slot.book
+                exch_ts_ns = book.exch_ts_ns
                 if exch_ts_ns:
-                    self.measure_lag(slot, recv_ns - exch_ts_ns)
-                writer.publish(slot.index, slot.book, lagging=slot.lagging, recv_ts_ns=recv_ns)
+                    lag_ns = recv_ns - exch_ts_ns
+                    slot.words[slot.lag_word] = lag_ns  # stats.lag_ns, one word store
+                    if lag_ns > slot.lag_max_ns or lag_ns > self.catch_up_ns or slot.lagging:
+                        self.measure_lag(slot, lag_ns)
+                slot.publish(book, slot.flags, recv_ns)
                 if not slot.live:
                     self.went_live(slot)
             else:
-                writer.mark_stale(slot.index)
+                self.writer.mark_stale(slot.index)
                 self.copy_stats(slot)
                 if slot.live:
                     self.went_stale(slot, action.reason)
-        writer.flush()
 
     def went_live(self, slot) -> None:
         """Logged once per sync: the first after start, then each resync after a Stale."""
@@ -164,7 +174,8 @@ class ExchangeFeed:
         log_event(log, "book_stale", level=logging.WARNING, book=slot.name, reason=reason)
 
     def measure_lag(self, slot, lag_ns) -> None:
-        slot.stats.lag_ns = lag_ns
+        """The lag's maximum and the lagging flag; the sink calls it only when one of them
+        may change (a new maximum, or a lag past half the bound, or while lagging)."""
         if lag_ns > slot.lag_max_ns:
             slot.lag_max_ns = lag_ns
             slot.stats.lag_max_ns = lag_ns
@@ -175,6 +186,7 @@ class ExchangeFeed:
 
     def lag_changed(self, slot, lagging, lag_ns) -> None:
         slot.lagging = lagging
+        slot.flags = self.writer.flags(lagging=lagging)
         name = f"{self.exchange}:{slot.sync.symbol}"
         if lagging:
             slot.stats.lagging_count += 1

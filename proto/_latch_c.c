@@ -9,7 +9,9 @@ in the same order, without the interpreter in between.
 The contract is proto/latch.py's (book_publisher, ring_reader's take, UpdateFollower's head
 spin): that module is the reference, picks this one when it is built, and falls back to its own
 code otherwise (or with OBSERVER_PURE_PYTHON=1). tests/shm/test_latch_c.py checks that both
-leave the same bytes in a segment and read the same records.
+leave the same bytes in a segment and read the same records. One step is done differently
+for the same bytes: the book's levels go into the idle copy straight from its `top_lists`
+(observer.book.Book), where the reference calls `book.export_top` on numpy views.
 
 Ordering. Sequence words are stored with release semantics and loaded with acquire semantics
 (plain `mov` on x86-64, whose TSO proto/latch.py requires anyway); data is copied in between,
@@ -64,7 +66,8 @@ static int64_t clock_ns(clockid_t clock) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static PyObject *str_export_top, *str_price_exp, *str_size_exp, *str_update_id, *str_exch_ts_ns;
+static PyObject *str_export_top, *str_top_lists, *str_price_exp, *str_size_exp, *str_update_id,
+    *str_exch_ts_ns;
 
 /* ---------------------------------------------------------------------------- Publisher */
 
@@ -172,6 +175,102 @@ static int book_int(PyObject *book, PyObject *name, long long lo, long long hi, 
     return 0;
 }
 
+/* An int of the book's lists as int64; -1 with an exception if it is not one. CPython 3.11
+   keeps an int as 30-bit digits with the sign in ob_size: one or two digits (below 2**60, every
+   price and size in practice) are read here directly, about 10 instructions against 200 for
+   PyLong_AsLongLong, which takes everything else (and every other CPython version). */
+static int int64_of(PyObject *item, int64_t *out) {
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    if (PyLong_CheckExact(item)) {
+        Py_ssize_t size = Py_SIZE(item);
+        const digit *d = ((PyLongObject *)item)->ob_digit;
+        if (size >= -2 && size <= 2) {
+            int64_t magnitude = size == 0 ? 0 : (int64_t)d[0];
+            if (size == 2 || size == -2)
+                magnitude |= (int64_t)d[1] << PyLong_SHIFT;
+            *out = size < 0 ? -magnitude : magnitude;
+            return 0;
+        }
+    }
+#endif
+    long long v = PyLong_AsLongLong(item);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* One side of `book.top_lists` (ascending towards the best level at the end) into a copy's
+   price and size arrays, best first, prices negated for asks: what Book.export_top does with
+   numpy. Only the first n entries are written, as there. -1 with an exception if an item is
+   not an int64 (the book's invariants rule that out). */
+static int export_side(PyObject *keys, PyObject *sizes, int negate, char *px, char *sz,
+                       long long depth_max, int64_t *n_out) {
+    Py_ssize_t len = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(sizes) != len) {
+        PyErr_SetString(PyExc_AssertionError, "book.top_lists: keys and sizes differ in length");
+        return -1;
+    }
+    Py_ssize_t n = len < depth_max ? len : (Py_ssize_t)depth_max;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t key, size;
+        if (int64_of(PyList_GET_ITEM(keys, len - 1 - i), &key) < 0
+            || int64_of(PyList_GET_ITEM(sizes, len - 1 - i), &size) < 0)
+            return -1;
+        if (negate && key == INT64_MIN) {
+            PyErr_SetString(PyExc_OverflowError, "book.top_lists: a key past int64 negated");
+            return -1;
+        }
+        store_word(px + 8 * i, negate ? -key : key);
+        store_word(sz + 8 * i, size);
+    }
+    *n_out = n;
+    return 0;
+}
+
+/* Step 0 of a publish: the book's best levels into the idle copy `copy`. From the book's
+   `top_lists` (four lists, observer.book.Book) without the interpreter; a book without them
+   (a test double) is asked to `export_top(*views)` instead, the reference. */
+static int export_levels(Publisher *self, PyObject *book, char *map, int copy, int64_t *n_bids,
+                         int64_t *n_asks) {
+    PyObject *lists = PyObject_GetAttr(book, str_top_lists);
+    if (lists != NULL) {
+        int ok = PyTuple_Check(lists) && PyTuple_GET_SIZE(lists) == 4;
+        for (int k = 0; ok && k < 4; k++)
+            ok = PyList_Check(PyTuple_GET_ITEM(lists, k));
+        int failed = !ok;
+        if (!ok)
+            PyErr_SetString(PyExc_TypeError, "book.top_lists must be a tuple of four lists");
+        failed = failed
+                 || export_side(PyTuple_GET_ITEM(lists, 0), PyTuple_GET_ITEM(lists, 1), 0,
+                                map + self->bid_off[copy], map + self->bid_off[copy] + self->sizes_off,
+                                self->depth_max, n_bids) < 0
+                 || export_side(PyTuple_GET_ITEM(lists, 2), PyTuple_GET_ITEM(lists, 3), 1,
+                                map + self->ask_off[copy], map + self->ask_off[copy] + self->sizes_off,
+                                self->depth_max, n_asks) < 0;
+        Py_DECREF(lists);
+        return failed ? -1 : 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+        return -1;
+    PyErr_Clear();
+    PyObject *call[6] = {NULL, book, self->views[copy][0], self->views[copy][1],
+                         self->views[copy][2], self->views[copy][3]};
+    PyObject *counts = PyObject_VectorcallMethod(
+        str_export_top, call + 1, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (counts == NULL)
+        return -1;
+    *n_bids = *n_asks = -1;
+    if (PyTuple_Check(counts) && PyTuple_GET_SIZE(counts) == 2) {
+        *n_bids = PyLong_AsLongLong(PyTuple_GET_ITEM(counts, 0));
+        *n_asks = PyLong_AsLongLong(PyTuple_GET_ITEM(counts, 1));
+    } else {
+        PyErr_SetString(PyExc_TypeError, "export_top must return (n_bids, n_asks)");
+    }
+    Py_DECREF(counts);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* What a publish reads from its arguments and the book, before it stores anything. */
 typedef struct {
     uint64_t seq, pos, flags, update_id;
@@ -180,7 +279,7 @@ typedef struct {
 
 /* Export the book's top into the idle copy `in->seq & 1` and read its scalars; -1 with an
    exception (and nothing visible to readers: the copy is idle) if anything is wrong. */
-static int publish_inputs(Publisher *self, PyObject *const *args, PublishInputs *in) {
+static int publish_inputs(Publisher *self, PyObject *const *args, char *map, PublishInputs *in) {
     PyObject *book = args[0];
     in->flags = PyLong_AsUnsignedLongLong(args[1]);
     in->recv_ts_ns = PyLong_AsLongLong(args[2]);
@@ -194,21 +293,7 @@ static int publish_inputs(Publisher *self, PyObject *const *args, PublishInputs 
         return -1;
     }
     int copy = in->seq & 1; /* the idle copy: no reader of the current sequence uses it */
-    PyObject *call[6] = {NULL, book, self->views[copy][0], self->views[copy][1],
-                         self->views[copy][2], self->views[copy][3]};
-    PyObject *counts = PyObject_VectorcallMethod(
-        str_export_top, call + 1, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (counts == NULL)
-        return -1;
-    in->n_bids = in->n_asks = -1;
-    if (PyTuple_Check(counts) && PyTuple_GET_SIZE(counts) == 2) {
-        in->n_bids = PyLong_AsLongLong(PyTuple_GET_ITEM(counts, 0));
-        in->n_asks = PyLong_AsLongLong(PyTuple_GET_ITEM(counts, 1));
-    } else {
-        PyErr_SetString(PyExc_TypeError, "export_top must return (n_bids, n_asks)");
-    }
-    Py_DECREF(counts);
-    if (PyErr_Occurred())
+    if (export_levels(self, book, map, copy, &in->n_bids, &in->n_asks) < 0)
         return -1;
     if (!(0 <= in->n_bids && in->n_bids <= self->depth_max && 0 <= in->n_asks
           && in->n_asks <= self->depth_max)) {
@@ -272,7 +357,7 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
         return NULL;
     PublishInputs in;
     PyObject *seq = NULL, *pos = NULL;
-    if (publish_inputs(self, args, &in) == 0) {
+    if (publish_inputs(self, args, view.buf, &in) == 0) {
         seq = PyLong_FromUnsignedLongLong(in.seq);
         pos = PyLong_FromUnsignedLongLong(in.pos + 1);
     }
@@ -501,11 +586,12 @@ PyMODINIT_FUNC PyInit__latch_c(void) {
     if (PyType_Ready(&PublisherType) < 0 || PyType_Ready(&RingTakerType) < 0)
         return NULL;
     str_export_top = PyUnicode_InternFromString("export_top");
+    str_top_lists = PyUnicode_InternFromString("top_lists");
     str_price_exp = PyUnicode_InternFromString("price_exp");
     str_size_exp = PyUnicode_InternFromString("size_exp");
     str_update_id = PyUnicode_InternFromString("update_id");
     str_exch_ts_ns = PyUnicode_InternFromString("exch_ts_ns");
-    if (!str_export_top || !str_price_exp || !str_size_exp || !str_update_id || !str_exch_ts_ns)
+    if (!str_export_top || !str_top_lists || !str_price_exp || !str_size_exp || !str_update_id || !str_exch_ts_ns)
         return NULL;
     PyObject *m = PyModule_Create(&latch_module);
     if (m == NULL)

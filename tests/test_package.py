@@ -7,13 +7,15 @@ def test_packages_import():
 
 
 def test_the_compiled_hot_paths_are_built_where_they_can_be():
-    """proto/_latch_c is optional only for machines that cannot build it: with a C compiler and
-    the Python headers present, a missing module is a broken build, not a reason to skip the
-    tests that compare it with proto/latch.py (tests/shm/test_latch_c.py)."""
+    """proto/_latch_c and observer/book/_book_c are optional only for machines that cannot
+    build them: with a C compiler and the Python headers present, a missing module is a broken
+    build, not a reason to skip the tests that compare them with their Python references
+    (tests/shm/test_latch_c.py, tests/book/test_book_c.py)."""
     import os
     import shutil
     import sysconfig
 
+    from observer.book import book
     from proto import latch
 
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
@@ -23,3 +25,7 @@ def test_the_compiled_hot_paths_are_built_where_they_can_be():
             f"{compiler} and {headers} exist but proto._latch_c did not build: "
             f"rerun `pip install -e .` and read its build output")
         assert latch.COMPILED or os.environ.get("OBSERVER_PURE_PYTHON")
+        assert book._book_c is not None, (
+            f"{compiler} and {headers} exist but observer.book._book_c did not build: "
+            f"rerun `pip install -e .` and read its build output")
+        assert book.COMPILED or os.environ.get("OBSERVER_PURE_PYTHON")

@@ -163,9 +163,12 @@ class Adapter(abc.ABC):
             self.resync_conn(conn_id)
             raise
         finally:
-            self.flush_sends(conn_id)
+            if self.limiter.queues.get(conn_id):  # flush_sends' own first test, without a call
+                self.flush_sends(conn_id)
             self.pump()
-        return self.drain()
+        actions = self.queue  # drain(), inline: once per message
+        self.queue = []
+        return actions
 
     def on_snapshot(self, symbol, status, headers, body, recv_ns):
         raise FeedProtocolError(f"{self.exchange}: takes no REST snapshots")
@@ -269,10 +272,12 @@ class Adapter(abc.ABC):
         except orjson.JSONDecodeError as exc:
             raise FeedProtocolError(f"{self.exchange}: not JSON: {exc}"[:200]) from None
 
-    def apply(self, sync, update):
-        """Apply one update to a book. A crossed result resyncs the book and returns False;
-        an unreadable level resyncs it and raises FeedProtocolError."""
-        book = self.books[sync.symbol]
+    def apply(self, sync, update, book=None):
+        """Apply one update to a book (`book`: the caller has it already). A crossed result
+        resyncs the book and returns False; an unreadable level resyncs it and raises
+        FeedProtocolError."""
+        if book is None:
+            book = self.books[sync.symbol]
         if len(update.bids) + len(update.asks) > self.message_levels_max:
             raise FeedProtocolError(f"{book.name}: more than message_levels_max="
                                     f"{self.message_levels_max} levels in one message")

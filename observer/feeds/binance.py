@@ -21,13 +21,18 @@ and spaced by the scheduler. Binance pings below the WebSocket layer, which net 
 adapter has no silence deadline of its own.
 """
 
+from orjson import JSONDecodeError, loads
+
 from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
 from observer.feeds.scheduler import SnapshotScheduler
-from observer.feeds.sync import Kind, State
+from observer.feeds.sync import TRANSITIONS, Kind, State
 
 NS_PER_MS = 1_000_000
+
+# A delta leaves a live book live: on_depth skips the table lookup for that one pair.
+assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE
 
 
 class BinanceAdapter(Adapter):
@@ -87,7 +92,10 @@ class BinanceAdapter(Adapter):
     # ------------------------------------------------------------------------ messages
 
     def handle(self, conn_id, data, recv_ns):
-        msg = self.loads(data)
+        try:
+            msg = loads(data)  # self.loads, without its frame: once per message
+        except JSONDecodeError as exc:
+            raise FeedProtocolError(f"binance: not JSON: {exc}"[:200]) from None
         if not isinstance(msg, dict):
             raise FeedProtocolError("binance: message is not an object")
         payload = msg["data"] if "stream" in msg else msg
@@ -109,12 +117,13 @@ class BinanceAdapter(Adapter):
         check_event(event)
         if sync.conn_id != conn_id:
             raise FeedProtocolError(f"binance: {sync.symbol} arrived on connection {conn_id}")
+        if sync.state is State.LIVE:  # (LIVE, DELTA) -> LIVE: the hot path, no transition
+            self.apply_event(sync, event)
+            self.publish(sync)
+            return
         sync.on(Kind.DELTA)
         if sync.state is State.AWAITING_SNAPSHOT:
             self.buffer(sync, event)
-        elif sync.state is State.LIVE:
-            self.apply_event(sync, event)
-            self.publish(sync)
 
     def buffer(self, sync, event):
         if len(sync.buffer) >= self.buffer_events_max:
@@ -140,7 +149,7 @@ class BinanceAdapter(Adapter):
             sync.buffer.append(event)
             return
         update = BookUpdate(False, event["b"], event["a"], event["u"], event["E"] * NS_PER_MS)
-        if self.apply(sync, update):
+        if self.apply(sync, update, book):
             sync.bridged = True
             if sync.vouched is not None and self.too_thin(book, sync.vouched):
                 self.resync(sync, "thin")
@@ -235,9 +244,9 @@ def vouched_range_of(book, n_bids, n_asks, limit):
 
 def check_event(event):
     """Types of the fields the sync rule reads; anything else is malformed."""
-    for key in ("U", "u", "E"):
-        if type(event[key]) is not int:
-            raise FeedProtocolError(f"binance: field {key} is not an integer")
+    if type(event["U"]) is not int or type(event["u"]) is not int or type(event["E"]) is not int:
+        key = next(k for k in ("U", "u", "E") if type(event[k]) is not int)
+        raise FeedProtocolError(f"binance: field {key} is not an integer")
     if event["U"] > event["u"]:
         raise FeedProtocolError("binance: U > u")
     if not isinstance(event["b"], list) or not isinstance(event["a"], list):

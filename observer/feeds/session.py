@@ -14,18 +14,26 @@ feeds it what happened. Per feed it runs:
   blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin.
 
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
-into the segment and flushes once per call); `Send`, `FetchSnapshot` and `Reconnect` are done
-here. A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
+into the segment); `Send`, `FetchSnapshot` and `Reconnect` are done here.
+
+Batches and wake-ups. The messages of one read from the network are one batch: `on_frame` (the
+shard's `writer.wake_ahead`) runs before the first of them is parsed, and `after_frame` (its
+`writer.flush`: one eventfd write) when the batch ends, just before the connection reads again
+and may wait (the stream's `before_read` hook) or when it closes, whatever happened in between.
+Actions from anything else (open, close, a tick, a REST snapshot) are followed by `after_frame`
+at once. So a busy feed costs two eventfd writes per read (of up to 64 KiB of messages), not two
+per message, and nothing published waits on the network for its wake-up.
+
+A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
 connection, to keep a garbage flood from flooding the log; past `ERRORS_LOGGED_MAX` kinds new
 ones are only counted, `errors_suppressed`, with one line per `SUPPRESSED_LOG_EVERY`), and
 `adapter.drain()` collects what the adapter queued before failing. Any other exception from
 `on_message` is a bug in the adapter: it is counted (`internal_errors`) and logged once per
 kind with its traceback, the adapter has resynced the books of that connection (feeds/base.py),
-and the connection goes on, as after a bad message. `after_frame` runs after every message,
-whatever happened in it. Any other failure of a connection's fiber is a bug too: logged with
-its traceback, counted, and it ends only that connection, which reconnects. A reconnect
-requested from another fiber cancels the connection fiber's current wait (loom
-`Fiber.cancel`), which closes that socket.
+and the connection goes on, as after a bad message. Any other failure of a connection's fiber
+is a bug too: logged with its traceback, counted, and it ends only that connection, which
+reconnects. A reconnect requested from another fiber cancels the connection fiber's current
+wait (loom `Fiber.cancel`), which closes that socket.
 
 Backoff: after n consecutive failures the next attempt waits between d/2 and d, d =
 min(backoff_max_s, backoff_initial_s * 2**n) (equal jitter: never zero, never in lock-step
@@ -47,6 +55,7 @@ from observer.net import http as net_http
 from observer.net import websocket
 
 log = logging.getLogger("observer.feeds.session")
+time_ns = time.time_ns
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
 HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
@@ -88,12 +97,13 @@ class Session:
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
         self.http_timeout_s = http_timeout_s
-        # Called around each message's parse and delivery: the shard's writer.wake_ahead and
-        # writer.flush, so clients' wake-ups start while the message is parsed.
+        # Called around each batch of messages (one read's): the shard's writer.wake_ahead and
+        # writer.flush, so clients' wake-ups start while the first message is parsed.
         self.on_frame = on_frame or _nothing
         self.after_frame = after_frame or _nothing
         self.rng = random.Random(seed)
         self.stats = SessionStats()
+        self.batch_open = False  # on_frame ran for messages whose after_frame is still due
         self.sockets = {}  # conn_id -> open WebSocket
         self.conn_fibers = {}  # conn_id -> the fiber running that connection
         self.reconnect_reasons = {}  # conn_id -> why a reconnect was asked for
@@ -186,12 +196,14 @@ class Session:
         self.reconnect_reasons.pop(conn_id, None)
         delivered = False
         reason = "closed"
+        ws.before_read = self.end_batch
+        stats = self.stats
         try:
             self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
             while conn_id not in self.reconnect_reasons:
                 message = ws.recv()
                 delivered = True
-                self.stats.messages += 1
+                stats.messages += 1
                 self.deliver(conn_id, message.data)
             reason = self.reconnect_reasons[conn_id]
         except NetError as exc:
@@ -206,6 +218,8 @@ class Session:
             reason = f"internal error: {type(exc).__name__}"
             delivered = False  # back off as for a failure: a bug must not spin
         finally:
+            ws.before_read = None
+            self.end_batch()
             del self.sockets[conn_id]
             if self.stopping:
                 ws.stream.close()
@@ -219,14 +233,14 @@ class Session:
         return delivered
 
     def deliver(self, conn_id, data):
-        """One message: parse it and perform its actions between `on_frame` and `after_frame`
-        (the shard's wake-ahead and flush: a wake-ahead left set would have clients spin)."""
-        recv_ns = time.time_ns()
-        self.on_frame()
-        try:
-            self.perform(self.parse(conn_id, data, recv_ns), recv_ns)
-        finally:
-            self.after_frame()
+        """One message of the current batch (module essay: batches and wake-ups)."""
+        if not self.batch_open:
+            self.batch_open = True
+            self.on_frame()
+        recv_ns = time_ns()
+        actions = self.parse(conn_id, data, recv_ns)
+        if actions:
+            self.perform(actions, recv_ns, in_batch=True)
 
     def parse(self, conn_id, data, recv_ns):
         """The adapter's actions for one message; a bad message, or a bug in the adapter, is
@@ -244,6 +258,12 @@ class Session:
                           level=logging.ERROR)
         return self.adapter.drain()
 
+    def end_batch(self):
+        """The batch's after_frame: before the connection reads again, and when it closes."""
+        if self.batch_open:
+            self.batch_open = False
+            self.after_frame()
+
     def run_ticker(self):
         while not self.stopping:
             loom.sleep(self.tick_s)
@@ -255,8 +275,19 @@ class Session:
 
     # ------------------------------------------------------------------------- actions
 
-    def perform(self, actions, recv_ns):
+    def perform(self, actions, recv_ns, in_batch=False):
+        """Do the adapter's actions; publishes go to the sink, followed by after_frame unless
+        they belong to a batch of messages (whose after_frame is due before the next read)."""
         if not actions:
+            return
+        for action in actions:  # the common case, a message's publishes: the list as it is
+            kind = type(action)
+            if kind is not Publish and kind is not Stale:
+                break
+        else:
+            self.sink(actions, recv_ns or time.time_ns())
+            if not in_batch:
+                self.after_frame()
             return
         published = []
         for action in actions:
@@ -275,6 +306,8 @@ class Session:
                 raise TypeError(f"unknown action {action!r}")
         if published:
             self.sink(published, recv_ns or time.time_ns())
+            if not in_batch:
+                self.after_frame()
 
     def send(self, action):
         ws = self.sockets.get(action.conn_id)

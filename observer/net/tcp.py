@@ -13,6 +13,10 @@ that goes silent ends in `NetTimeout`, never a hang. A reset or broken pipe beco
 `ConnectionClosed(1006)`, the code RFC 6455 gives a connection that ended without a close.
 Sends have a deadline too (`SEND_TIMEOUT_S`), for a peer that stops reading.
 
+`before_read`, when set, is called before every read from the socket (a read may wait there):
+a caller that batches work per read, like the shard's one eventfd write after the messages of
+a read, finishes it first, so nothing it holds back waits on the network.
+
 Sends are serialised: loom lets one fiber read while another writes, but two fibers writing the
 same socket could interleave partial sends. A fiber that finds a send in progress queues its
 bytes, and the sending fiber sends them next, in order (at most `SEND_QUEUE_BYTES_MAX`).
@@ -99,6 +103,7 @@ class TcpStream:
         self._send_queue: list[bytes] = []
         self._send_queue_bytes = 0
         self._inq = array.array("i", [0])   # FIONREAD result, reused: sampling allocates nothing
+        self.before_read = None             # called before each read (module essay)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -120,6 +125,8 @@ class TcpStream:
         """Read at most len(view) bytes; 0 means the peer closed. Raises NetTimeout."""
         if self.closed:
             raise ConnectionClosed(1006, "stream is closed")
+        if self.before_read is not None:
+            self.before_read()
         limit_s = timeout_s if timeout_s is not None else self.read_timeout_s
         try:
             if limit_s is None:

@@ -14,7 +14,9 @@ cached per CA file (`shared_context`): building one loads the trust store, far t
 on the loop for every reconnect.
 
 The raw receive buffer is allocated once (`RAW_BYTES_MAX`); `recv_into` allocates nothing per
-record beyond what the ssl module does inside.
+record beyond what the ssl module does inside. When neither BIO nor OpenSSL holds anything to
+decrypt, `recv_into` reads the socket first instead of letting `read` raise SSLWantReadError:
+at low rates that exception, about 2 µs, came once per message.
 """
 
 from __future__ import annotations
@@ -115,6 +117,15 @@ class TlsStream:
     def read_timeout_s(self, value: float | None) -> None:
         self.stream.read_timeout_s = value
 
+    @property
+    def before_read(self):
+        """The TCP stream's hook, called before each read of ciphertext (tcp.py)."""
+        return self.stream.before_read
+
+    @before_read.setter
+    def before_read(self, hook) -> None:
+        self.stream.before_read = hook
+
     def fileno(self) -> int:
         return self.stream.fileno()
 
@@ -143,6 +154,10 @@ class TlsStream:
 
     def recv_into(self, view: memoryview, timeout_s: float | None = None) -> int:
         """Decrypt into `view`; 0 at EOF (close_notify or the peer closing TCP)."""
+        if not self._incoming.pending and not self._obj.pending() and not self._eof:
+            if self._outgoing.pending:
+                self._flush()
+            self._fill(timeout_s, during="read")  # nothing to decrypt yet: no exception for it
         while True:
             try:
                 return self._obj.read(len(view), view)

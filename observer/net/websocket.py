@@ -119,6 +119,15 @@ class WebSocket:
     def close_code(self) -> int | None:
         return self.conn.close_code
 
+    @property
+    def before_read(self):
+        """Called before each read from the network (observer/net/tcp.py); None by default."""
+        return self.stream.before_read
+
+    @before_read.setter
+    def before_read(self, hook) -> None:
+        self.stream.before_read = hook
+
     def unread_bytes(self) -> int:
         """Bytes received from the server that no `recv()` has returned yet: the stream's
         (kernel queue, TLS buffers) plus the frame reader's unparsed bytes. Cheap enough for a

@@ -8,10 +8,13 @@ the stats and the ring. A publish is then `export_top`, one `struct.pack_into` f
 head, the latch flip, one `pack_into` for the ring record and a few word stores: no array, list
 or dict is created once warm (tests/shm/test_writer.py checks this with tracemalloc).
 
-Batching (C6): publishes only mark the writer dirty; `flush()` writes the shard's eventfd once,
-however many books changed and however many clients wait. The feed driver calls it once per
-loop pass that published. `wake_ahead()` writes it once more when a message arrives, before it
-is parsed, so that waking sleeping clients overlaps parsing and publishing (PROTOCOL.md).
+Batching (C6): publishes only append records; `flush()` writes the shard's eventfd once if any
+was appended since the last flush (the writer compares the ring position with the one it
+flushed at, so a publish does no bookkeeping of its own), however many books changed and
+however many clients wait. The feed driver calls it once per read from the network, before it
+may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once more when the
+first message of such a batch arrives, before it is parsed, so that waking sleeping clients
+overlaps parsing and publishing (PROTOCOL.md).
 
 The order of stores that makes readers safe is in proto/latch.py; this module only says what
 goes into a copy and a record.
@@ -62,8 +65,8 @@ class ShardWriter:
         self._locate_slots(segment, g)
         self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
                              for i in range(g.books_n)]
-        self._dirty = False
         self._locate_ring(g)
+        self._flushed_pos = self._ring_pos[0]  # records appended at the last flush
         self._publish = [self._publisher(i) if mine else None for i, mine in enumerate(self._owned)]
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
@@ -134,8 +137,21 @@ class ShardWriter:
         publish = self._publish[book_index]
         if publish is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
-        self._dirty = True
         return publish(book, _FLAGS[stale + 2 * lagging], recv_ts_ns)
+
+    def publisher(self, book_index: int):
+        """Book `book_index`'s hot path itself: `publish(book, flags, recv_ts_ns) -> seq`, the
+        same as `publish` without its Python frame (flags from `flags()`), for a caller that
+        publishes per message (observer/exchangefeed.py)."""
+        publish = self._publish[book_index]
+        if publish is None:
+            raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
+        return publish
+
+    @staticmethod
+    def flags(stale: bool = False, lagging: bool = False) -> int:
+        """The copy flags a publish sets (always FLAG_PUBLISHED)."""
+        return _FLAGS[stale + 2 * lagging]
 
     def mark_stale(self, book_index: int) -> int:
         """Republish the visible copy with the stale flag, and append a STALE record."""
@@ -170,24 +186,23 @@ class ShardWriter:
                              _RECORD_BODY, record, self._head_index, pos)
         self._seq[book_index] = seq_next
         self._ring_pos[0] = pos + 1
-        self._dirty = True
 
     def wake_ahead(self) -> None:
-        """A message arrived and a publish may follow: start waking clients now.
+        """Messages arrived and publishes may follow: start waking clients now.
 
         Waking a sleeping client takes about as long here as parsing and publishing (tens of
-        µs, mostly bringing an idle vCPU back), so the shard calls this before it parses, and
-        the two overlap. `wake_ahead` = 1 tells a client woken early to spin for the record
-        (PROTOCOL.md, Wake-ups); the flush after the batch clears it and wakes anyone who went
-        back to sleep. Skipped while a batch is already being published (its flush is due),
-        and when turned off (`wake_ahead=False`: only busy-polling clients, which it would
-        only delay by a system call).
+        µs, mostly bringing an idle vCPU back), so the shard calls this before it parses the
+        first message of a read, and the two overlap. `wake_ahead` = 1 tells a client woken
+        early to spin for the record (PROTOCOL.md, Wake-ups); the flush after the batch clears
+        it and wakes anyone who went back to sleep. One write per batch: skipped while a
+        wake-ahead is already out or a batch is being published (its flush is due), and when
+        turned off (`wake_ahead=False`: only busy-polling clients, which it would only delay
+        by a system call).
         """
-        if self._dirty or not self._ahead_enabled:
+        if self._ahead or self._ring_pos[0] != self._flushed_pos or not self._ahead_enabled:
             return
-        if not self._ahead:
-            self._ahead = True
-            self._words[self._ahead_index] = 1  # before the write: a woken client sees it
+        self._ahead = True
+        self._words[self._ahead_index] = 1  # before the write: a woken client sees it
         try:
             self._wake()
         except BlockingIOError:
@@ -199,9 +214,10 @@ class ShardWriter:
         if self._ahead:
             self._ahead = False
             self._words[self._ahead_index] = 0
-        if not self._dirty:
+        pos = self._ring_pos[0]
+        if pos == self._flushed_pos:
             return False
-        self._dirty = False
+        self._flushed_pos = pos
         try:
             self._wake()
         except BlockingIOError:
@@ -248,6 +264,11 @@ class BookStats:
     def as_dict(self) -> dict[str, int]:
         return {name: self._words[self._word0 + i]
                 for i, name in enumerate(layout.BOOK_STATS_FIELDS)}
+
+    def word(self, name: str) -> tuple[memoryview, int]:
+        """(words, index) of one counter, for a per-message store `words[index] = value`
+        without the property's two calls (one aligned word store: proto/latch.store_word)."""
+        return self._words, self._word0 + _STAT_WORD[name]
 
 
 def _stat_property(word: int) -> property:

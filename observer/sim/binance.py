@@ -68,7 +68,8 @@ class BinanceSpot(Venue):
     def instrument(self, symbol: str) -> Instrument:
         if self.futures:
             return Instrument(price_decimals=2, size_decimals=3, tick_int=10)
-        return Instrument(price_decimals=8, size_decimals=8, tick_int=10 ** 6)
+        # BTCUSDT's filters: tick 0.01, lot 0.00001, both sent with 8 decimals
+        return Instrument(price_decimals=8, size_decimals=8, tick_int=10 ** 6, lot_int=10 ** 3)
 
     def init_market(self, market: Market) -> None:
         market.state["u"] = 1_000_000
@@ -331,8 +332,9 @@ class BinanceSpot(Venue):
                 "filters": [{"filterType": "PRICE_FILTER", "minPrice": inst.price_text(inst.tick_int),
                              "maxPrice": inst.price_text(10 ** (inst.price_decimals + 7)),
                              "tickSize": inst.price_text(inst.tick_int)},
-                            {"filterType": "LOT_SIZE", "minQty": inst.size_text(1),
-                             "maxQty": inst.size_text(10 ** (inst.size_decimals + 5)), "stepSize": inst.size_text(1)}]}
+                            {"filterType": "LOT_SIZE", "minQty": inst.size_text(inst.lot_int),
+                             "maxQty": inst.size_text(10 ** (inst.size_decimals + 5)),
+                             "stepSize": inst.size_text(inst.lot_int)}]}
         if self.futures:
             info.update(contractType="PERPETUAL", contractStatus="TRADING", pricePrecision=inst.price_decimals,
                         quantityPrecision=inst.size_decimals)

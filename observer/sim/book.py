@@ -54,21 +54,25 @@ class TextCache:
 class Instrument:
     """How one symbol's integers become wire text (the exchange's precision)."""
 
-    __slots__ = ("price_decimals", "size_decimals", "tick_int", "price_text", "size_text")
+    __slots__ = ("price_decimals", "size_decimals", "tick_int", "lot_int", "price_text",
+                 "size_text")
 
     def __init__(self, price_decimals: int, size_decimals: int, tick_int: int = 1,
-                 minimal_text: bool = False) -> None:
+                 minimal_text: bool = False, lot_int: int = 1) -> None:
         assert 0 <= price_decimals <= 12
         assert 0 <= size_decimals <= 12
         assert tick_int >= 1                  # the random walk moves prices in steps of this
+        assert lot_int >= 1                   # and sizes in multiples of this
         self.price_decimals = price_decimals
         self.size_decimals = size_decimals
         self.tick_int = tick_int
+        self.lot_int = lot_int
         self.price_text = TextCache(price_decimals, minimal=minimal_text)
         self.size_text = TextCache(size_decimals, minimal=minimal_text)
 
     def __repr__(self) -> str:
-        return f"Instrument({self.price_decimals}, {self.size_decimals}, tick_int={self.tick_int})"
+        return (f"Instrument({self.price_decimals}, {self.size_decimals}, tick_int={self.tick_int}, "
+                f"lot_int={self.lot_int})")
 
 
 def scaled_text(value_int: int, decimals: int) -> str:

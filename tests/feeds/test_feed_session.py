@@ -247,8 +247,9 @@ def test_stop_closes_every_socket(sim):
 
 
 def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
-    """on_frame runs before a message is parsed, after_frame once its actions are performed
-    (the shard's writer.wake_ahead and writer.flush); each publish falls between the two."""
+    """on_frame runs before the first message of a read is parsed, after_frame once the
+    read's messages are done (the shard's writer.wake_ahead and writer.flush); each publish
+    of a message falls between the two."""
     adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
     events = []
     recorder = Recorder(adapter)
@@ -270,12 +271,14 @@ def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
     loop.run(main)
     loop.close()
     frames = events.count("frame")
-    assert frames >= session.stats.messages > 0
+    assert 0 < frames <= session.stats.messages
     text = "".join(e[0] for e in events)  # f(rame), p(ublish), a(fter)
     assert "fp" in text  # some messages published
-    # Every frame is closed by its after_frame, with its publishes in between; the publishes
-    # left are REST snapshots and the Stale of the closing connection, outside any frame.
-    assert set(re.sub(r"fp*a", "", text)) <= {"p"}, text[:200]
+    # Every batch is closed by its after_frame, with its publishes in between; what is left
+    # are REST snapshots and the Stale of the closing connection, each followed by its own
+    # after_frame, outside any batch.
+    assert set(re.sub(r"fp*a", "", text)) <= {"p", "a"}, text[:200]
+    assert "pp" not in re.sub(r"fp*a", "", text), text[:200]
 
 
 # -- faults inside the driver: an adapter bug, a log flood, a stopper cancelled ------------------
@@ -349,7 +352,9 @@ def test_a_bug_in_on_message_is_contained_like_a_bad_message(sim, caplog):
     assert recorder.unsynced == []
     assert {stale.reason for stale in recorder.stales} >= {"bad_message"}
     text = "".join(e[0] for e in events)  # f(rame), p(ublish), a(fter)
-    assert set(re.sub(r"fp*a", "", text)) <= {"p"}, "a frame was left open"
+    left = re.sub(r"fp*a", "", text)      # outside batches: snapshots and stales, each flushed
+    assert "f" not in left, "a batch was left open"
+    assert "pp" not in left, text[:200]
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is InjectedBug]
     assert len(logged) == 1
     assert logged[0].levelno == logging.ERROR
@@ -450,3 +455,58 @@ def test_a_shard_stopper_cancelled_midway_stops_every_feed_then_raises(sim):
         loop.close()
     finally:
         segment.close()
+
+
+def test_a_read_of_many_messages_costs_two_eventfd_writes_not_two_per_message(tmp_path):
+    """Messages that arrive in one read are one batch: one wake-ahead before the first is
+    parsed and one flush after the last, so a burst of a hundred diffs wakes clients twice,
+    and every record is in the ring when the flush wakes them."""
+    from observer.exchangefeed import ExchangeFeed
+    from observer.shm.segment import Segment
+    from observer.testing import unique_name
+    from proto.layout import BookDesc
+
+    args = ["--exchanges", "binance", "--start-paused", "--depth", "50", "--seed", "5",
+            "--changes-per-event", "10", "--binance-rest-weight-max", "100000"]
+    with Obsim(args) as paused:
+        symbols = paused.info["exchanges"]["binance"]["symbols"]
+        adapter = make_adapter("binance", symbols, ws_url=paused.ws_url("binance"),
+                               rest_url=paused.rest_url("binance"))
+        segment = Segment.create(unique_name("/batch"), [BookDesc("binance", s, s, 0) for s in symbols],
+                                 1, 10, 1 << 12)
+        try:
+            writer = segment.writer(0, wake="eventfd")
+            writes = []
+            wake = writer._wake
+            writer._wake = lambda: (writes.append(writer._ring_pos[0]), wake())
+            feed = ExchangeFeed(adapter, book_exchange="binance", lag_bound_ms=60_000)
+            feed.attach(writer, {("binance", s): i for i, s in enumerate(symbols)})
+            session = Session(adapter, feed.sink, ca_file=paused.ca_file, seed=5,
+                              on_frame=writer.wake_ahead, after_frame=writer.flush)
+            loop = loom.Loop()
+            burst = 50
+
+            def main():
+                session.start(loop)
+                wait(lambda: all_live(adapter), "binance live")
+                loom.sleep(0.3)                    # the snapshots' own flushes are done
+                before = (session.stats.messages, len(writes), writer._ring_pos[0])
+                paused.step("binance", count=burst)          # one write of 2 x 50 diffs
+                wait(lambda: session.stats.messages >= before[0] + burst * len(symbols),
+                     "the burst received")
+                wait(lambda: len(writes) > before[1] and writes[-1] == writer._ring_pos[0],
+                     "the burst flushed")
+                received = session.stats.messages - before[0]
+                published = writer._ring_pos[0] - before[2]
+                burst_writes = writes[before[1]:]
+                session.stop()
+                assert received == published == burst * len(symbols)
+                # Two per read (a wake-ahead, then the flush after the read's messages): a
+                # burst of 100 messages fits in a few reads, never one write per message.
+                assert len(burst_writes) <= received // 10, burst_writes
+                assert burst_writes[-1] == before[2] + published   # the last write follows all
+
+            loop.run(main)
+            loop.close()
+        finally:
+            segment.close()                 # a memfd: nothing named to remove

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from obclient.segment import SegmentReader
+from observer.book import ASK, BID, Book, BookUpdate
 from proto import latch, layout
 from proto.layout import BookDesc
 from shm_doubles import BookDouble
@@ -81,6 +82,67 @@ def test_both_paths_leave_the_same_bytes(make_segment, compiled):
         writer.release()
     differ = np.flatnonzero(images[0] != images[1])
     assert differ.size == 0, f"first differing byte offsets: {differ[:16]}"
+
+
+def real_book(rng: random.Random) -> Book:
+    """An observer.book.Book (whose `top_lists` the compiled publisher reads) at random depth,
+    exponents and values, up to the int64 edge."""
+    book = Book("t:X")
+    mid = rng.randint(2 * DEPTH + 2, 2**62)
+    top = rng.choice((10, 2**62 - mid))
+    book.apply(BookUpdate(True, [(str(mid - 1 - k), str(rng.randint(1, 2**62)))
+                                 for k in range(rng.randint(0, DEPTH + 2))],
+                          [(str(mid + k), str(rng.randint(1, 2**62)))
+                           for k in range(rng.randint(0, min(DEPTH + 2, top)))],
+                          rng.randint(0, 2**64 - 1)))
+    book.exch_ts_ns = rng.randint(-2**63, 2**63 - 1)
+    book.price_exp, book.size_exp = rng.randint(-10, 0), rng.randint(-12, 0)
+    return book
+
+
+def test_the_compiled_export_leaves_the_numpy_export_top_bytes(make_segment, compiled):
+    """The compiled publisher copies a Book's top from `top_lists`; the Python path calls
+    Book.export_top (numpy): the segments must be byte for byte the same."""
+    rng = random.Random(20261206)
+    books = [real_book(rng) for _ in range(3 * RING)]
+    assert any(book.depth(BID) > DEPTH for book in books)      # full and partial copies
+    assert any(book.depth(ASK) < DEPTH for book in books)
+    images = []
+    for on, suffix in ((True, "-c"), (False, "-py")):
+        compiled(on)
+        segment = make_segment(DESCS, depth_max=DEPTH, ring_records=RING, suffix=suffix)
+        writer = segment.writer(0)
+        for i, book in enumerate(books):
+            writer.publish(i % 2, book, recv_ts_ns=i)
+        images.append(without_publish_times(segment))
+        writer.release()
+    differ = np.flatnonzero(images[0] != images[1])
+    assert differ.size == 0, f"first differing byte offsets: {differ[:16]}"
+
+
+@pytest.mark.parametrize("bad, error", [("not_a_tuple", TypeError), ("three", TypeError),
+                                        ("uneven", AssertionError), ("big", OverflowError),
+                                        ("not_int", TypeError)])
+def test_a_bad_top_lists_publishes_nothing(make_segment, compiled, bad, error):
+    compiled(True)
+    segment = make_segment(DESCS, depth_max=DEPTH, ring_records=RING)
+    writer = segment.writer(0)
+    writer.publish(0, real_book(random.Random(7)))
+    before = bytes(segment.map)
+    book = real_book(random.Random(8))
+    bids, bid_sizes, asks, ask_sizes = book.top_lists
+    book.top_lists = {"not_a_tuple": [bids, bid_sizes, asks, ask_sizes],
+                      "three": (bids, bid_sizes, asks),
+                      "uneven": (bids, bid_sizes[:-1], asks, ask_sizes),
+                      "big": (bids[:-1] + [2**64], bid_sizes, asks, ask_sizes),
+                      "not_int": (bids, bid_sizes[:-1] + ["1"], asks, ask_sizes)}[bad]
+    with pytest.raises(error):
+        writer.publish(0, book)
+    g = segment.geometry
+    words, was = np.frombuffer(segment.map, np.uint64), np.frombuffer(before, np.uint64)
+    for word in (g.slots_offset // 8, g.shards_offset // 8):      # seq and head unchanged
+        assert words[word] == was[word]
+    writer.release()
 
 
 def test_publish_stamps_the_realtime_clock(make_segment):
