@@ -1,13 +1,14 @@
 /* obreader: an observer client in C11 and libc only, written from docs/PROTOCOL.md.
  *
  *   obreader [--socket PATH] [--stale-after S] snapshot NAME [--depth N] [--count K]
- *   obreader [--socket PATH] [--stale-after S] follow NAME [--count N]
+ *   obreader [--socket PATH] [--stale-after S] follow NAME [--count N] [--with-snapshot]
  *   obreader layout
  *
  * snapshot prints the book as one JSON line, byte for byte what `obctl snapshot NAME --json
  * --depth N` prints for the same `seq`; with --count K it prints K lines, one per new `seq`
  * (waiting on the wake fds between them). follow prints one JSON line per ring record of the
- * book from the ring head on (N records, or until the observer goes). layout prints the layout
+ * book from the ring head on (N records, or until the observer goes); --with-snapshot prints
+ * the book first, read after the head, and then only the records newer than that copy. layout prints the layout
  * constants compiled in, for a test to compare with the spec.
  *
  * What it does, in the order of PROTOCOL.md: connect to the control socket, send `hello`
@@ -757,35 +758,51 @@ static void wait_and_check(Session *ss) {
 
 /* ------------------------------------------------------------------ commands */
 
-static void cmd_snapshot(Session *ss, const BookDesc *b, int64_t depth, long count) {
+/* A snapshot with room for depth_max levels a side (freed at exit). */
+static Snapshot snapshot_buffer(const Segment *s) {
     Snapshot snap = {0};
-    size_t d = ss->seg->depth_max;
+    size_t d = s->depth_max;
     int64_t *levels = calloc(4 * d, sizeof *levels);
     if (!levels) die(EXIT_GONE, "out of memory");
     snap.bid_px = levels, snap.bid_sz = levels + d, snap.ask_px = levels + 2 * d;
     snap.ask_sz = levels + 3 * d;
-    depth = depth > (int64_t)d ? (int64_t)d : depth;
-    uint64_t last_seq = 0;
-    for (long printed = 0; printed < count;) {
-        latch_read(ss->seg, b->index, depth, &snap);
-        if (printed && snap.seq == last_seq) {
-            wait_and_check(ss);
-            continue;
-        }
-        const char *broken = check_book(&snap);
-        if (broken) die(EXIT_INCOMPATIBLE, "%s at seq %" PRIu64 ": %s", b->name, snap.seq, broken);
-        put_snapshot(b, &snap);
-        last_seq = snap.seq;
-        printed++;
-    }
-    free(levels);
+    return snap;
 }
 
-/* Records of book b from the ring head on; count 0: until the observer goes. */
-static void cmd_follow(Session *ss, const BookDesc *b, long count) {
+/* Read book b to `depth` levels, check it if it is live, print it as obctl does. */
+static uint64_t print_book(const Segment *s, const BookDesc *b, int64_t depth, Snapshot *snap) {
+    latch_read(s, b->index, depth > (int64_t)s->depth_max ? (int64_t)s->depth_max : depth, snap);
+    uint64_t flags = snap->head[C_FLAGS];  /* a stale copy is not promised to be sane */
+    int live = (flags & FLAG_PUBLISHED) && !(flags & FLAG_STALE);
+    const char *broken = live ? check_book(snap) : NULL;
+    if (broken) die(EXIT_INCOMPATIBLE, "%s at seq %" PRIu64 ": %s", b->name, snap->seq, broken);
+    put_snapshot(b, snap);
+    return snap->seq;
+}
+
+static void cmd_snapshot(Session *ss, const BookDesc *b, int64_t depth, long count) {
+    Snapshot snap = snapshot_buffer(ss->seg);
+    uint64_t last_seq = print_book(ss->seg, b, depth, &snap);
+    for (long printed = 1; printed < count;) {
+        wait_and_check(ss);
+        latch_read(ss->seg, b->index, 0, &snap);    /* only its seq: new or not */
+        if (snap.seq == last_seq) continue;
+        last_seq = print_book(ss->seg, b, depth, &snap);
+        printed++;
+    }
+}
+
+/* Records of book b from the ring head on; count 0: until the observer goes. With
+   `snapshot_depth`, first the book itself, read after the head (the spec's start order), and
+   then only the records after that copy: a whole view with no change missed or repeated. */
+static void cmd_follow(Session *ss, const BookDesc *b, long count, int64_t snapshot_depth) {
     const Segment *s = ss->seg;
     const char *head = s->map + s->shards_offset + (size_t)b->shard * SHARD_BYTES + S_HEAD;
     uint64_t pos = load_acquire(head), last_book_seq = 0;
+    if (snapshot_depth > 0) {
+        Snapshot book = snapshot_buffer(s);
+        last_book_seq = print_book(s, b, snapshot_depth, &book);
+    }
     Snapshot snap = {0};
     int64_t best[4];
     snap.bid_px = best, snap.bid_sz = best + 1, snap.ask_px = best + 2, snap.ask_sz = best + 3;
@@ -830,7 +847,8 @@ static void cmd_layout(void) {
 static void usage(void) {
     die(EXIT_USAGE, "usage: obreader [--socket PATH] [--stale-after S] snapshot NAME "
                     "[--depth N] [--count K]\n"
-                    "       obreader [--socket PATH] [--stale-after S] follow NAME [--count N]\n"
+                    "       obreader [--socket PATH] [--stale-after S] follow NAME [--count N] "
+                    "[--with-snapshot [--depth N]]\n"
                     "       obreader layout");
 }
 
@@ -847,6 +865,7 @@ int main(int argc, char **argv) {
     char path[4096] = "";
     const char *command = NULL, *name = NULL;
     long depth = DEPTH_DEFAULT, count = -1;
+    int with_snapshot = 0;
     double stale_after_s = STALE_AFTER_S;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -855,6 +874,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--count") && i + 1 < argc) count = number(argv[++i], "--count", 0);
         else if (!strcmp(a, "--stale-after") && i + 1 < argc)
             stale_after_s = (double)number(argv[++i], "--stale-after", 1);
+        else if (!strcmp(a, "--with-snapshot")) with_snapshot = 1;
         else if (a[0] == '-') usage();
         else if (!command) command = a;
         else if (!name) name = a;
@@ -890,6 +910,6 @@ int main(int argc, char **argv) {
 
     BookDesc b = resolve(&seg, name);
     if (is_snapshot) cmd_snapshot(&ss, &b, depth, count < 0 ? 1 : count);
-    else cmd_follow(&ss, &b, count < 0 ? 0 : count);
+    else cmd_follow(&ss, &b, count < 0 ? 0 : count, with_snapshot ? depth : 0);
     return EXIT_OK;
 }

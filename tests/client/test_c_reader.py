@@ -194,6 +194,21 @@ def test_follow_prints_the_records_the_python_follower_takes(obreader, live_obse
     assert got == expected[first:first + count]
 
 
+def test_follow_from_a_snapshot_misses_and_repeats_nothing(obreader, live_observer):
+    """The spec's start order (the ring head, then the book, then the records newer than the
+    copy): every publish of a book makes the next seq and one ring record, so the records that
+    follow a snapshot of seq S are S + 1, S + 2, ... without a hole."""
+    count = 30
+    done = run(obreader, "--socket", live_observer.socket_path, "--stale-after", PATIENT_S,
+               "follow", "ETHUSD", "--with-snapshot", "--depth", "3", "--count", str(count))
+    assert done.returncode == 0, done.stderr
+    first, *lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert first["book"] == "synthetic:ETHUSD" and len(first["bids"]) == 3
+    assert [r["book_seq"] for r in lines] == list(range(first["seq"] + 1,
+                                                        first["seq"] + 1 + count))
+    assert all(r["kind"] == layout.KIND_UPDATE for r in lines)
+
+
 # -- seeing the observer go -------------------------------------------------------------------
 
 def _follow_until_gone(obreader, obs, stale_after, act):
