@@ -379,3 +379,30 @@ def test_no_observer_is_one_line(obreader, tmp_path):
     done = run(obreader, "--socket", str(tmp_path / "nobody.sock"), "snapshot", "BTCUSD")
     assert done.returncode == 1
     assert done.stderr.startswith("obreader: no observer at ") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("env", [
+    {"OBSERVER_SOCKET": "{tmp}/explicit.sock", "XDG_RUNTIME_DIR": "{tmp}/xdg"},
+    {"XDG_RUNTIME_DIR": "{tmp}/xdg", "TMPDIR": "{tmp}/tmpdir"},
+    {"XDG_RUNTIME_DIR": "{tmp}/missing", "TMPDIR": "{tmp}/tmpdir"},
+    {"TMPDIR": "{tmp}/tmpdir"},
+])
+def test_the_default_socket_path_is_the_same_in_c_and_python(obreader, tmp_path, env):
+    """Without --socket both find the observer by the spec's rule: where Python's default path
+    says, a peer answers (BUSY, at once), and the C reader reaches it."""
+    for sub in ("xdg", "tmpdir"):
+        (tmp_path / sub).mkdir()
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OBSERVER_SOCKET", "XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP")}
+    env = {**base, **{k: v.format(tmp=tmp_path) for k, v in env.items()}}
+    where = subprocess.run([sys.executable, "-c", "from proto.messages import "
+                            "default_socket_path as d; print(d())"],
+                           capture_output=True, text=True, env=env, timeout=WAIT_S)
+    path = where.stdout.strip()
+    assert path.startswith(str(tmp_path)), where.stderr
+    peer = CraftedPeer(path, None, refuse=(m.ErrorCode.BUSY, "here"))
+    done = subprocess.run([obreader, "snapshot", "BTCUSD"], capture_output=True, text=True,
+                          env=env, timeout=WAIT_S)
+    peer.close()
+    assert done.stderr == "obreader: refused by the observer: BUSY: here\n"
+
