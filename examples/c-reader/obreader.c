@@ -17,7 +17,8 @@
  * read a book through the latch, follow the shard's ring waiting on the wake fd in its own
  * epoll (EPOLLET, never read), and see the observer go (socket hang-up, segment closed,
  * heartbeat too old). Exit codes: 0 done, 1 no observer, 2 bad command line or book,
- * 3 refused by the observer, 4 the observer went away, 5 segment or protocol not understood.
+ * 3 refused by the observer, 4 the observer went away, 5 segment or protocol not understood,
+ * 6 a book could not be read (no stable copy within the latch retry bound, out of memory).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,7 +40,8 @@
 
 #include "layout.h"
 
-enum { EXIT_OK, EXIT_NO_OBSERVER, EXIT_USAGE, EXIT_REFUSED, EXIT_GONE, EXIT_INCOMPATIBLE };
+enum { EXIT_OK, EXIT_NO_OBSERVER, EXIT_USAGE, EXIT_REFUSED, EXIT_GONE, EXIT_INCOMPATIBLE,
+       EXIT_FAILED };
 
 #define DEPTH_DEFAULT 10
 #define LIVENESS_CHECK_MS 250     /* a wait never sleeps longer: socket, state, heartbeat */
@@ -558,7 +560,7 @@ static void latch_read(const Segment *s, uint32_t book, int64_t depth, Snapshot 
         snap->seq = seq, snap->n_bids = n_bids, snap->n_asks = n_asks;
         return;
     }
-    die(EXIT_GONE, "book %u: no stable copy after %d tries", book, LATCH_RETRIES_MAX);
+    die(EXIT_FAILED, "book %u: no stable copy after %d tries", book, LATCH_RETRIES_MAX);
 }
 
 /* Bids strictly falling, asks strictly rising, sizes positive, not crossed. */
@@ -758,12 +760,12 @@ static void wait_and_check(Session *ss) {
 
 /* ------------------------------------------------------------------ commands */
 
-/* A snapshot with room for depth_max levels a side (freed at exit). */
+/* A snapshot with room for depth_max levels a side; free(snap.bid_px) releases it. */
 static Snapshot snapshot_buffer(const Segment *s) {
     Snapshot snap = {0};
     size_t d = s->depth_max;
     int64_t *levels = calloc(4 * d, sizeof *levels);
-    if (!levels) die(EXIT_GONE, "out of memory");
+    if (!levels) die(EXIT_FAILED, "out of memory");
     snap.bid_px = levels, snap.bid_sz = levels + d, snap.ask_px = levels + 2 * d;
     snap.ask_sz = levels + 3 * d;
     return snap;
@@ -790,6 +792,7 @@ static void cmd_snapshot(Session *ss, const BookDesc *b, int64_t depth, long cou
         last_seq = print_book(ss->seg, b, depth, &snap);
         printed++;
     }
+    free(snap.bid_px);
 }
 
 /* Records of book b from the ring head on; count 0: until the observer goes. With
@@ -802,6 +805,7 @@ static void cmd_follow(Session *ss, const BookDesc *b, long count, int64_t snaps
     if (snapshot_depth > 0) {
         Snapshot book = snapshot_buffer(s);
         last_book_seq = print_book(s, b, snapshot_depth, &book);
+        free(book.bid_px);
     }
     Snapshot snap = {0};
     int64_t best[4];

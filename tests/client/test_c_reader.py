@@ -32,6 +32,7 @@ SOURCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "c-
 WAIT_S = 60.0               # a bound, never a timing assertion (the machine may be very busy)
 PATIENT_S = "600"           # heartbeat threshold for runs that must not see a starved observer
 SAME_SEQ_TRIES_MAX = 20
+STRICT_CFLAGS = "-std=c11 -O2 -Wall -Wextra -Wpedantic -Werror"
 EXIT_REFUSED, EXIT_GONE, EXIT_INCOMPATIBLE = 3, 4, 5
 
 
@@ -41,8 +42,9 @@ def obreader(tmp_path_factory):
     if shutil.which(cc) is None:
         pytest.skip(f"no C compiler ({cc}) on this machine to build examples/c-reader")
     out = tmp_path_factory.mktemp("c-reader")
+    cflags = os.environ.get("CFLAGS", STRICT_CFLAGS)   # e.g. add -fsanitize=address,undefined
     build = subprocess.run(["make", "-s", "-C", SOURCE_DIR, f"OUT={out}", f"CC={cc}",
-                            "CFLAGS=-std=c11 -O2 -Wall -Wextra -Wpedantic -Werror"],
+                            f"CFLAGS={cflags}"],
                            capture_output=True, text=True, timeout=WAIT_S)
     assert build.returncode == 0, build.stderr + build.stdout
     return str(out / "obreader")
