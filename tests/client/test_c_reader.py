@@ -24,6 +24,7 @@ import pytest
 
 import obclient
 from obclient.obctl import snapshot_json
+from observer.supervisor import RING_RECORDS
 from observer.testing import ObserverProcess, unique_name
 from proto import framing, latch, layout
 from proto import messages as m
@@ -209,6 +210,59 @@ def test_follow_from_a_snapshot_misses_and_repeats_nothing(obreader, live_observ
     assert [r["book_seq"] for r in lines] == list(range(first["seq"] + 1,
                                                         first["seq"] + 1 + count))
     assert all(r["kind"] == layout.KIND_UPDATE for r in lines)
+
+
+def test_a_lapped_reader_resyncs_from_the_slot_and_goes_on_without_a_hole(obreader):
+    """Stopped while the shard writes more than a ring, the reader finds its next record
+    overwritten: it jumps to the head, prints the book's slot as a KIND_RESYNC record of seq
+    S, then the records S + 1, S + 2, ... (none older, none missing)."""
+    with ObserverProcess(rate=4000, name=unique_name("crlap")) as obs:
+        obs.wait_ready().close()
+        lines: list[str] = []
+        proc = subprocess.Popen([obreader, "--socket", obs.socket_path, "--stale-after",
+                                 PATIENT_S, "follow", "BTCUSD"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        try:
+            with obclient.connect(obs.socket_path, stale_after_s=float(PATIENT_S)) as client:
+                def head():
+                    return client.stats().observer["shard_list"][0]["records"]
+
+                _wait_for(lambda: lines, "the reader's first record")
+                proc.send_signal(signal.SIGSTOP)
+                lapped_at = head() + 2 * RING_RECORDS
+                _wait_for(lambda: head() > lapped_at, "the shard to write two rings")
+                proc.send_signal(signal.SIGCONT)
+                _wait_for(lambda: _after_resync(lines, 20), "20 records after a resync")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+            reader.join(WAIT_S)
+    got = _after_resync(lines, 20)
+    assert got[0]["kind"] == layout.KIND_RESYNC
+    assert [r["book_seq"] for r in got] == list(range(got[0]["book_seq"],
+                                                      got[0]["book_seq"] + len(got)))
+    assert all(r["kind"] == layout.KIND_UPDATE for r in got[1:])
+
+
+def _after_resync(lines, count):
+    """The resync record and up to `count` records after it, or [] before the resync."""
+    records = [json.loads(line) for line in list(lines)]
+    kinds = [r["kind"] for r in records]
+    if layout.KIND_RESYNC not in kinds:
+        return []
+    start = kinds.index(layout.KIND_RESYNC)
+    after = records[start:start + 1 + count]
+    return after if len(after) == 1 + count else []
+
+
+def _wait_for(predicate, what):
+    deadline_s = time.monotonic() + 2 * WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline_s, f"not within {2 * WAIT_S} s: {what}"
+        time.sleep(0.02)
 
 
 # -- seeing the observer go -------------------------------------------------------------------
