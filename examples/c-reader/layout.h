@@ -1,6 +1,7 @@
 /* The observer segment layout and protocol constants, copied from docs/PROTOCOL.md (the spec).
  * A reader hard-codes the (layout_version, layout_hash) pair it implements and refuses any
- * other; tests/client/test_c_reader.py compares these values with the spec's tables. */
+ * other. tests/client/test_c_reader.py compares these values (`obreader layout`) with the
+ * implementation's, and tests/shm/test_protocol_doc_facts.py the spec's with the same. */
 #ifndef OBREADER_LAYOUT_H
 #define OBREADER_LAYOUT_H
 
