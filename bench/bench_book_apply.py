@@ -9,7 +9,7 @@ Contenders (all fed the same decimal text):
 - observer.book.Book: exact ints, bisect lists, export_top into int64 views.
 - order-book (cryptofeed's C SortedDict book) with Decimal keys, as cryptofeed uses it.
 - sortedcontainers.SortedDict with Decimal keys: the usual pure-Python sorted book.
-- dict + sort on read: the re-sort that makes cryptofeed fall behind (MEASUREMENTS.md).
+- dict + sort on read: the re-sort that makes cryptofeed fall behind (docs/FIGURES.md section 1).
 
 Prints one line per contender: µs per message and the ratio to ours (>1 = slower than ours);
 then one line per leaf of the book (ns per call).
