@@ -156,7 +156,8 @@ def main():
 
 
 def bench_leaves(bids, asks):
-    """The book's leaves on their own (STYLE 10), on the same 1000-level book."""
+    """The book's leaves on their own (arrays and scalars in, values out), on the same
+    1000-level book."""
     from observer.book.book import side_export, side_set
     from observer.book.fixed import parse_decimal
 

@@ -9,8 +9,8 @@ Two exchange limits bite a long-running book server (docs/EXCHANGES.md sections 
 - Inbound message limits on a connection (Binance 5/s, Coinbase 8/s per IP): `SendLimiter` is
   a token bucket per connection; texts wait in a bounded queue until a token is free.
 
-Both take `now_ns` from the caller and never read a clock (STYLE 5), so tests drive them with
-plain integers.
+Both take `now_ns` from the caller and never read a clock (time is passed in, as in loom's
+timers), so tests drive them with plain integers.
 """
 
 from collections import deque
