@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
 import types
 from pathlib import Path
@@ -29,7 +30,7 @@ ARCHITECTURE = DOCS / "ARCHITECTURE.md"
 THIS_FILE = Path(__file__).resolve()
 
 SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache",
-             "node_modules", "fixtures"}
+             ".mypy_cache", ".ruff_cache", ".tox", "node_modules", "fixtures"}
 TEXT_SUFFIXES = {".py", ".c", ".h", ".md", ".toml", ".service", ".txt", ".cfg", ".ini", ".sh"}
 TEXT_NAMES = {"Makefile", "run"}
 
@@ -49,21 +50,46 @@ SECTION = re.compile(r"\b([A-Z][\w-]*\.md),?\s+sections?\s+"
                      r"(\d+[a-z]?(?:(?:,\s*|\s+and\s+)\d+[a-z]?)*)")
 
 
+def candidate(path: Path) -> bool:
+    name = path.name
+    return not (name in SKIP_DIRS or name.startswith(".") or name.endswith(".egg-info")
+                or name in ("tests", "bench"))
+
+
+def package_root_dirs() -> dict[str, Path]:
+    """The importable top-level packages of the repository, by name: a directory with an
+    `__init__.py` whose parent has none, at the top or one level down (a distribution's folder),
+    outside tests/ and bench/. Derived, so a moved, renamed or new package counts."""
+    roots = {}
+    for base in [ROOT, *sorted(p for p in ROOT.iterdir() if p.is_dir())]:
+        if base != ROOT and (not candidate(base) or (base / "__init__.py").exists()):
+            continue
+        for path in sorted(base.iterdir()):
+            if path.is_dir() and candidate(path) and (path / "__init__.py").exists():
+                roots.setdefault(path.name, path)
+    return roots
+
+
 def package_roots() -> list[str]:
-    """The importable top-level packages of the repository (derived, so a new one counts)."""
-    return sorted(p.name for p in ROOT.iterdir()
-                  if p.is_dir() and (p / "__init__.py").exists() and p.name != "tests")
+    return sorted(package_root_dirs())
+
+
+def path_bases() -> list[Path]:
+    """Where a path in the docs may start: the repository, or a package's parent folder."""
+    return [ROOT, *sorted({p.parent for p in package_root_dirs().values()} - {ROOT})]
 
 
 def text_files():
-    for path in sorted(ROOT.rglob("*")):
-        rel = path.relative_to(ROOT)
-        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts[:-1]):
-            continue
-        if not path.is_file() or path.resolve() == THIS_FILE:
-            continue
-        if path.suffix in TEXT_SUFFIXES or path.name in TEXT_NAMES:
-            yield path
+    """Every text file of the tree, without walking into virtual environments or builds."""
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.resolve() == THIS_FILE:
+                continue
+            if path.suffix in TEXT_SUFFIXES or name in TEXT_NAMES:
+                yield path
 
 
 def sections(markdown: str) -> dict[str, str]:
@@ -145,13 +171,13 @@ def test_every_name_in_the_module_map_imports():
 def test_the_module_map_lists_every_package_and_module():
     listed = set(dotted_names(arch_section("Module map")))
     missing = []
-    for root in package_roots():
-        for path in sorted((ROOT / root).rglob("*.py")):
-            rel = path.relative_to(ROOT).with_suffix("")
+    for root_dir in package_root_dirs().values():
+        for path in sorted(root_dir.rglob("*.py")):
+            rel = path.relative_to(root_dir.parent).with_suffix("")
             if any(part in SKIP_DIRS for part in rel.parts) or rel.name == "__main__":
                 continue
             parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-            if not (ROOT.joinpath(*parts[:-1]) / "__init__.py").exists() and len(parts) > 1:
+            if not (path.parent / "__init__.py").exists():
                 continue  # a script beside a package, not importable as a module of it
             name = ".".join(parts)
             if name not in listed:
@@ -283,17 +309,20 @@ def test_code_paths_in_docs_exist(doc):
     """`observer/shm/writer.py`, `tests/shm/`, or `observer/shard.Shard` (a name in a module)."""
     path = ROOT / doc if doc == "README.md" else DOCS / doc
     text = path.read_text()
-    dirs = "|".join(map(re.escape, [*package_roots(), "tests", "bench", "examples"]))
+    top = [p.name for p in ROOT.iterdir() if p.is_dir() and (candidate(p) or p.name in
+                                                             ("tests", "bench"))]
+    dirs = "|".join(map(re.escape, sorted({*top, *package_roots()})))
+    bases = path_bases()
     bad = []
     for match in re.finditer(rf"(?<![\w/.~$-])((?:{dirs})/[\w./-]*\w)(?![\w<{{*])", text):
         target = match.group(1)
-        if (ROOT / target).exists():
+        if any((base / target).exists() for base in bases):
             continue
         module, _, attr = target.rpartition(".")
-        if module and (ROOT / f"{module}.py").exists():
-            if hasattr(resolve(module.replace("/", ".")), attr):
-                continue
-        if (ROOT / f"{target}.c").exists():
+        found = any(module and (base / f"{module}.py").exists() for base in bases)
+        if found and hasattr(resolve(module.replace("/", ".")), attr):
+            continue
+        if any((base / f"{target}.c").exists() for base in bases):
             continue  # a compiled module named by its import name (proto/_latch_c)
         bad.append(f"{doc}:{line_of(text, match.start())}: {target}")
     assert not bad, "paths in the docs that do not exist:\n" + "\n".join(bad)
