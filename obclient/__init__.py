@@ -13,13 +13,14 @@ reference is docs/CLIENT.md.
         ...
 """
 
-from obclient.client import (AmbiguousBook, Book, BookNotFound, Client, IncompatibleObserver,
-                             ObserverUnavailable, RequestFailed, ServerRefused, connect)
+from obclient.client import (LIVENESS_CHECK_S, AmbiguousBook, Book, BookNotFound, Client,
+                             IncompatibleObserver, ObserverUnavailable, RequestFailed,
+                             ServerRefused, connect)
 from obclient.segment import BookInfo, SegmentReader
 from obclient.snapshot import (KIND_RESYNC, KIND_STALE, KIND_UPDATE, BookSnapshot, Kind, Update,
                                check_depth)
 
 __all__ = ["AmbiguousBook", "Book", "BookInfo", "BookNotFound", "BookSnapshot", "Client",
-           "IncompatibleObserver", "KIND_RESYNC", "KIND_STALE", "KIND_UPDATE", "Kind",
+           "IncompatibleObserver", "KIND_RESYNC", "LIVENESS_CHECK_S", "KIND_STALE", "KIND_UPDATE", "Kind",
            "ObserverUnavailable", "RequestFailed", "SegmentReader", "ServerRefused", "Update",
            "check_depth", "connect"]
