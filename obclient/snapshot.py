@@ -7,6 +7,7 @@ by an exact power of ten, which rounds each value once, correctly. `Decimal` val
 from __future__ import annotations
 
 import enum
+import functools
 import operator
 from decimal import Decimal
 from typing import NamedTuple
@@ -188,5 +189,11 @@ class Update(NamedTuple):
 
 def named_update_type(names) -> type:
     """An `Update` subclass whose records know their book's name: `names[book_index]`. Same
-    layout as a tuple (no slots), so the compiled ring reader makes its records directly."""
-    return type("Update", (Update,), {"__slots__": (), "_book_names": tuple(names)})
+    layout as a tuple (no slots), so the compiled ring reader makes its records directly. One
+    class per list of names (readers of one observer share it; a reattach makes no new one)."""
+    return _named_update_type(tuple(names))
+
+
+@functools.lru_cache(maxsize=16)
+def _named_update_type(names: tuple) -> type:
+    return type("Update", (Update,), {"__slots__": (), "_book_names": names})
