@@ -186,6 +186,10 @@ class Update(NamedTuple):
         fields = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self))
         return f"Update(name={self.name!r}, {fields})"
 
+    def __reduce__(self):
+        """Pickled (a multiprocessing queue) with its name; the class is made again on load."""
+        return _unpickled_update, (tuple(self), self.name)
+
 
 def named_update_type(names) -> type:
     """An `Update` subclass whose records know their book's name: `names[book_index]`. Same
@@ -197,3 +201,9 @@ def named_update_type(names) -> type:
 @functools.lru_cache(maxsize=16)
 def _named_update_type(names: tuple) -> type:
     return type("Update", (Update,), {"__slots__": (), "_book_names": names})
+
+
+def _unpickled_update(fields: tuple, name: str) -> Update:
+    names = [""] * (fields[0] + 1)
+    names[fields[0]] = name
+    return named_update_type(names)(*fields)

@@ -3,6 +3,7 @@ any case, bare symbols when one venue has them; ambiguous and unknown names are 
 the same in Python and in obctl. Against a real observer fed by obsim (Kraken and Coinbase)."""
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -98,7 +99,11 @@ def test_updates_carry_the_book_name(observer):
         assert {u.name for u in got} == {"kraken:BTCUSD", "coinbase:BTCUSD"}
         assert all(u.kind == obclient.KIND_UPDATE for u in got)
         assert all((u.book_index == index) == (u.name == "kraken:BTCUSD") for u in got)
-        assert "name='kraken:BTCUSD'" in repr(next(u for u in got if u.book_index == index))
+        kraken = next(u for u in got if u.book_index == index)
+        assert "name='kraken:BTCUSD'" in repr(kraken)
+        again = pickle.loads(pickle.dumps(kraken))           # e.g. through a multiprocessing queue
+        assert again == kraken and again.name == "kraken:BTCUSD"
+        assert isinstance(again, obclient.Update)
 
 
 def obctl(socket_path, *args):
