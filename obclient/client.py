@@ -5,7 +5,9 @@ read-only fd and one wake fd per shard (SCM_RIGHTS), and from then on books are 
 memory (`SegmentReader`) and updates followed on the rings, with no round trip to the observer.
 The socket stays open for one more job: it is how a dead observer is seen at once (C6, C9). The
 client keeps its own epoll, stable for its whole life (so `fileno()` can go to asyncio's
-`add_reader` once), holding the wake fds with EPOLLET (never read) and the control socket.
+`add_reader` once), holding the wake fds with EPOLLET (never read) and the control socket. An
+event loop watches that epoll level-triggered, so its reader must take the edges off
+(`take_wakeups()`, an `epoll_wait` with timeout 0) or be called again at once (obclient/aio.py).
 
 Liveness and reattach (C9). The observer is considered gone when the control socket hangs up,
 the segment is marked closed, or the header heartbeat is older than `stale_after_s`. The client
@@ -460,8 +462,8 @@ class Client:
 
     def take_wakeups(self) -> int:
         """Consume the wake-ups pending on `fileno()`, without blocking, so that it stops being
-        readable until the next one; returns how many. A control-socket event makes the next
-        poll check the observer at once."""
+        readable until the next one; returns how many. A control-socket event is read at once
+        (a hang-up detaches: the next poll reports the books stale)."""
         taken = 0
         sock_fd = self._att.sock.fileno() if self._att is not None else -1
         sock_fired = False
