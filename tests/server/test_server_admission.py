@@ -2,6 +2,7 @@
 the admission rules (SO_PEERCRED allow-list, clients_max, per-uid and per-pid limits) that a
 full observer cannot vary, and what a refused client is told."""
 
+import errno
 import os
 import socket
 import stat
@@ -165,6 +166,15 @@ def test_a_regular_file_is_never_replaced(path):
     with pytest.raises(SocketInUse, match="not a socket"):
         bind_socket(path)
     assert open(path).read() == "precious"
+
+
+def test_an_over_long_path_is_a_clear_error(tmp_path):
+    """bind's own OSError for a path past sun_path has no errno ("[Errno None]")."""
+    long_path = str(tmp_path / ("s" * 120))
+    with pytest.raises(OSError, match=r"path is \d+ bytes, at most 107") as caught:
+        bind_socket(long_path)
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert not os.path.exists(long_path)
 
 
 def _as_nobody(path) -> str:
