@@ -176,10 +176,6 @@ class Book:
                 size = self.text_int(level[1], False)
             side_set(keys, sizes, sign * price, size)
 
-    def set_level(self, side, price_text, size_text):
-        """One level (feeds whose messages mix sides, e.g. Coinbase); end with end_update."""
-        self.apply_side(side, ((price_text, size_text),))
-
     def load_side(self, side, levels):
         """Replace one side from a snapshot, in bulk and sorting once; later duplicates win."""
         price_m, price_d = parse_column(level[0] for level in levels)
