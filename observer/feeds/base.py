@@ -233,6 +233,25 @@ class Adapter(abc.ABC):
         self.queue = [action for action in self.queue
                       if type(action) is not Publish or action.symbol not in resynced]
 
+    def resync_symbol(self, symbol):
+        """A bug interrupted `on_snapshot` for `symbol`: the book is started afresh, and
+        not published from what the snapshot queued (as `resync_conn` for a message)."""
+        sync = self.syncs.get(symbol)
+        if sync is not None and sync.state is not State.DOWN and sync.conn_id in self.open_conns:
+            self.resync(sync, "bad_message")
+            self.queue = [action for action in self.queue
+                          if type(action) is not Publish or action.symbol != symbol]
+
+    def abandon_conn(self, conn_id):
+        """A bug interrupted `on_close`: whatever state its books were left in, the connection
+        is gone; each book is emptied (stale if it was live) and `on_open` starts it afresh."""
+        self.open_conns.discard(conn_id)
+        for sync in self.conn_syncs(conn_id):
+            if sync.state is State.LIVE:
+                self.mark_stale(sync, "disconnect")
+            self.books[sync.symbol].clear()
+        self.queue = [action for action in self.queue if type(action) is not Publish]
+
     def sync_for_native(self, native):
         symbol = self.by_native.get(native)
         if symbol is None:

@@ -30,7 +30,10 @@ ones are only counted, `errors_suppressed`, with one line per `SUPPRESSED_LOG_EV
 `adapter.drain()` collects what the adapter queued before failing. Any other exception from
 `on_message` is a bug in the adapter: it is counted (`internal_errors`) and logged once per
 kind with its traceback, the adapter has resynced the books of that connection (feeds/base.py),
-and the connection goes on, as after a bad message. Any other failure of a connection's fiber
+and the connection goes on, as after a bad message. `on_open`, `on_close` and `on_snapshot`
+are contained the same way (`adapter_input`): the books they may have left half-done are
+resynced (for `on_close`, emptied until the next `on_open`), and the connection, the ticker and
+the process go on. Any other failure of a connection's fiber
 is a bug too: logged with its traceback, counted, and it ends only that connection, which
 reconnects. A reconnect requested from another fiber cancels the connection fiber's current
 wait (loom `Fiber.cancel`), which closes that socket.
@@ -199,7 +202,8 @@ class Session:
         ws.before_read = self.end_batch
         stats = self.stats
         try:
-            self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
+            self.perform(self.adapter_input("on_open", conn_id, self.adapter.resync_conn,
+                                            self.adapter.on_open, conn_id, time.time_ns()), 0)
             while conn_id not in self.reconnect_reasons:
                 message = ws.recv()
                 delivered = True
@@ -229,7 +233,8 @@ class Session:
                           exchange=self.adapter.exchange, conn=conn_id, reason=reason,
                           books=",".join(spec.symbols))
                 ws.close(timeout_s=0.5)
-            self.perform(self.adapter.on_close(conn_id, reason), 0)
+            self.perform(self.adapter_input("on_close", conn_id, self.adapter.abandon_conn,
+                                            self.adapter.on_close, conn_id, reason), 0)
         return delivered
 
     def deliver(self, conn_id, data):
@@ -256,6 +261,25 @@ class Session:
             self.log_once(conn_id, f"internal {type(exc).__name__}",
                           f"internal error in on_message on conn {conn_id}", exc_info=exc,
                           level=logging.ERROR)
+        return self.adapter.drain()
+
+    def adapter_input(self, where, conn_id, recover, call, *args):
+        """`call(*args)` (an adapter input other than a message), contained as `parse` contains
+        on_message: a FeedProtocolError is counted and logged once per kind; any other
+        exception is a bug, counted and logged once per kind with its traceback, after which
+        `recover(conn_id)` starts afresh the books the input may have left half-done. What the
+        adapter queued is returned either way."""
+        try:
+            return call(*args)
+        except FeedProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self.log_once(conn_id, f"{where} {str(exc)[:40]}", f"bad input in {where}: {exc}")
+        except Exception as exc:  # a bug in the adapter: loud, but the feed goes on
+            self.stats.internal_errors += 1
+            self.log_once(conn_id, f"internal {where} {type(exc).__name__}",
+                          f"internal error in {where} on conn {conn_id}", exc_info=exc,
+                          level=logging.ERROR)
+            recover(conn_id)
         return self.adapter.drain()
 
     def end_batch(self):
@@ -353,12 +377,10 @@ class Session:
         elif client is not None:
             client.close()
         recv_ns = time.time_ns()
-        try:
-            actions = self.adapter.on_snapshot(action.symbol, status, headers, body, recv_ns)
-        except FeedProtocolError as exc:
-            self.stats.protocol_errors += 1
-            self.log_once(-1, "snapshot-body", f"bad snapshot: {exc}")
-            actions = self.adapter.drain()
+        symbol = action.symbol
+        actions = self.adapter_input("on_snapshot", -1, lambda _: self.adapter.resync_symbol(symbol),
+                                     self.adapter.on_snapshot, symbol, status, headers, body,
+                                     recv_ns)
         self.perform(actions, recv_ns)
 
     def log_once(self, conn_id, kind, text, exc_info=None, level=logging.WARNING):
