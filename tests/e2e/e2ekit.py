@@ -12,6 +12,7 @@ import time
 from decimal import Decimal
 
 import obclient
+from observer.testing import wait_until
 from proto import symbols as symbol_names
 
 DEADLINE_S = 30.0
@@ -24,14 +25,7 @@ RECORDS_PER_BOOK_MAX = 200_000  # the recorder's own limit; a run produces far f
 
 def wait(predicate, what, timeout_s=DEADLINE_S):
     """A deadline for something to happen, never a timing assertion."""
-    deadline_s = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(POLL_S)
+    return wait_until(predicate, timeout_s, what, poll_s=POLL_S)
 
 
 class RingRecorder:

@@ -27,15 +27,13 @@ from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.session import Session
 from observer.sim.harness import Obsim
+from observer.testing import wait_until
 
 FAULTS_N = int(sys.argv[1])
 DEADLINE_S = 60.0
 
 def wait(predicate, what):
-    deadline_s = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline_s, what
-        loom.sleep(0.02)
+    wait_until(predicate, DEADLINE_S, what, sleep=loom.sleep)
 
 with Obsim(["--exchanges", "binance", "--rate", "50", "--seed", "5",
             "--binance-rest-weight-max", "100000", "--binance-connects-max", "0"]) as sim:
