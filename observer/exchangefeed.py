@@ -37,6 +37,7 @@ import logging
 
 from observer import loom
 from observer.feeds.actions import Publish
+from observer.feeds.clock import NS_PER_MS
 from observer.logs import log_event
 from observer.feeds.session import Session
 
@@ -46,7 +47,6 @@ STATS_PERIOD_S = 0.2
 STATS_STOP_S = 2.0           # a stop waits this long for the stats fiber to end
 LAG_BOUND_MS_DEFAULT = 1000.0
 CATCH_UP_FRACTION = 0.5      # lagging clears once a publish is within half the bound
-NS_PER_MS = 1_000_000
 
 # segment stat <- adapter SymbolStats field (copied by the stats fiber)
 STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "checksum_errors"),
