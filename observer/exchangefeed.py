@@ -50,7 +50,7 @@ CATCH_UP_FRACTION = 0.5      # lagging clears once a publish is within half the 
 
 # segment stat <- adapter SymbolStats field (copied by the stats fiber)
 STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "checksum_errors"),
-                ("reconnects", "reconnects"), ("snapshots", "snapshots"), ("messages", "updates"))
+                ("reconnects", "reconnects"), ("snapshots", "snapshots"), ("messages", "messages"))
 
 
 class BookSlot:

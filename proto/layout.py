@@ -117,7 +117,7 @@ BOOK_STATS_FIELDS = (
     "resyncs",  # times the book was rebuilt from a snapshot after being stale
     "checksum_errors",
     "reconnects",
-    "snapshots",  # REST snapshots applied
+    "snapshots",  # snapshots applied: REST (Binance) or the exchange's WebSocket snapshot
     "stale_marks",  # times the book was marked stale
     "lag_ns",  # last measured local receive time minus exchange event time
     "lag_max_ns",
@@ -125,7 +125,7 @@ BOOK_STATS_FIELDS = (
     "last_update_ns",  # local wall-clock time of the last publish
     "last_recv_ns",  # local receive time of the last applied message
     "last_exch_ts_ns",
-    "messages",  # feed messages applied to this book
+    "messages",  # feed messages applied to this book (a snapshot counts as one)
     "unread_bytes",  # bytes received but not yet parsed: kernel queue + TLS + WebSocket (C11)
     "reserved_1",
 )

@@ -322,7 +322,7 @@ class Adapter(abc.ABC):
         except MESSAGE_ERRORS as exc:
             self.resync(sync, "bad_message")
             raise FeedProtocolError(f"{book.name}: bad level: {exc}"[:300]) from exc
-        sync.stats.updates += 1
+        sync.stats.messages += 1
         return True
 
     def publish(self, sync):

@@ -26,8 +26,9 @@ shard (observer/shm/segment.py says why never the shard eventfds). The kernel gi
 its own copies, so the server closes its copies once the frame is sent, or when the client goes
 first (`Outbound.release`).
 
-The socket path is ours only while we live: `ControlServer.bind` refuses a path where a live
-server answers, replaces a stale socket file (a killed observer's), and `close` unlinks it.
+The socket path is ours only while we live: `bind_socket` refuses a path where a live server
+answers, replaces a stale socket file (a killed observer's), and `ControlServer.close` unlinks
+it.
 """
 
 from __future__ import annotations
