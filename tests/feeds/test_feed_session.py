@@ -19,7 +19,7 @@ from observer import loom
 from observer.book import ASK, BID
 from observer.feeds import make_adapter
 from observer.feeds.actions import Publish, Stale
-from observer.feeds.session import Session
+from observer.feeds.session import Session, SessionLimits
 from observer.feeds.sync import State
 from observer.sim.harness import Obsim
 from observer.testing import wait_until
@@ -29,6 +29,7 @@ DEADLINE_S = 30.0
 STALL_S = 3 * DEADLINE_S       # a Kraken stall outlasting the waits of the test that makes it
 QUIET_PASSES = 25              # checks (each after a loop pass) that saw no Kraken publish
 COMPARE_DEPTH = {"kraken": 10, "bybit": 50}
+FAST_BACKOFF = SessionLimits(backoff_initial_s=0.05, backoff_max_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +142,7 @@ def test_session_survives_faults_and_matches_the_true_book(sim, exchange):
     adapter = make_adapter(exchange, symbols, ws_url=sim.ws_url(exchange), rest_url=sim.rest_url(exchange),
                            depth=COMPARE_DEPTH.get(exchange, 50), paranoid=True, **OPTIONS.get(exchange, {}))
     recorder = Recorder(adapter)
-    session = Session(adapter, recorder, ca_file=sim.ca_file, backoff_initial_s=0.05, backoff_max_s=0.5,
-                      seed=1)
+    session = Session(adapter, recorder, ca_file=sim.ca_file, limits=FAST_BACKOFF, seed=1)
     loop = loom.Loop()
 
     def main():
@@ -396,8 +396,7 @@ def test_a_bug_in_on_open_on_close_or_on_snapshot_is_contained_like_one_in_on_me
     its fetch with the book left waiting); the books end equal to the true books."""
     adapter = hooks_bug_adapter(sim)
     recorder = Recorder(adapter)
-    session = Session(adapter, recorder, ca_file=sim.ca_file, backoff_initial_s=0.05,
-                      backoff_max_s=0.5, seed=8)
+    session = Session(adapter, recorder, ca_file=sim.ca_file, limits=FAST_BACKOFF, seed=8)
     loop = loom.Loop()
 
     def main():
