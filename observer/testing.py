@@ -30,6 +30,15 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def log_text(path) -> str:
+    """A process's log so far ("" before it made one); undecodable bytes replaced."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 class ObserverProcess:
     def __init__(self, feed: str | None = "synthetic:BTCUSD,ETHUSD", *, rate: float = 200.0,
                  seed: int = 1, name: str | None = None, socket_path: str | None = None,
@@ -59,11 +68,7 @@ class ObserverProcess:
         return self
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log_path)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, *, books_live: bool = True):
         """Block until the observer serves (and its books are published); returns a client."""

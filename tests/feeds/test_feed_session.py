@@ -64,6 +64,21 @@ def wait(predicate, what, timeout_s=DEADLINE_S):
     return wait_until(predicate, timeout_s, what, sleep=loom.sleep)
 
 
+def bracketed_session(sim, adapter, recorder, seed):
+    """A session whose sink and frame hooks also log "publish", "frame" and "after" in order
+    (the returned list), to check that every batch's publishes fall inside its frame."""
+    events = []
+
+    def sink(actions, recv_ns):
+        events.append("publish")
+        recorder(actions, recv_ns)
+
+    session = Session(adapter, sink, ca_file=sim.ca_file, seed=seed,
+                      on_frame=lambda: events.append("frame"),
+                      after_frame=lambda: events.append("after"))
+    return events, session
+
+
 def all_live(adapter):
     return all(sync.state is State.LIVE for sync in adapter.syncs.values())
 
@@ -248,16 +263,8 @@ def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
     read's messages are done (the shard's writer.wake_ahead and writer.flush); each publish
     of a message falls between the two."""
     adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
-    events = []
     recorder = Recorder(adapter)
-
-    def sink(actions, recv_ns):
-        events.append("publish")
-        recorder(actions, recv_ns)
-
-    session = Session(adapter, sink, ca_file=sim.ca_file, seed=4,
-                      on_frame=lambda: events.append("frame"),
-                      after_frame=lambda: events.append("after"))
+    events, session = bracketed_session(sim, adapter, recorder, seed=4)
     loop = loom.Loop()
 
     def main():
@@ -312,15 +319,7 @@ def test_a_bug_in_on_message_is_contained_like_a_bad_message(sim, caplog):
     exchange = "bybit"
     adapter = buggy_adapter(exchange, sim, COMPARE_DEPTH[exchange])
     recorder = Recorder(adapter)
-    events = []
-
-    def sink(actions, recv_ns):
-        events.append("publish")
-        recorder(actions, recv_ns)
-
-    session = Session(adapter, sink, ca_file=sim.ca_file, seed=5,
-                      on_frame=lambda: events.append("frame"),
-                      after_frame=lambda: events.append("after"))
+    events, session = bracketed_session(sim, adapter, recorder, seed=5)
     loop = loom.Loop()
 
     def main():
