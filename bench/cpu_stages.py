@@ -273,7 +273,6 @@ class Shard:
 
     def close(self) -> None:
         self.segment.close()
-        self.segment.unlink()
 
 
 def stage_export(stream: Stream, shard: Shard) -> int:

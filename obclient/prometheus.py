@@ -53,7 +53,7 @@ BOOK_METRICS = (
     ("checksum_errors", "observer_book_checksum_errors_total", "counter",
      "Exchange checksum mismatches."),
     ("reconnects", "observer_book_reconnects_total", "counter", "Reconnects of the book's feed."),
-    ("snapshots", "observer_book_snapshots_total", "counter", "REST snapshots applied."),
+    ("snapshots", "observer_book_snapshots_total", "counter", "Snapshots applied (REST or WebSocket)."),
     ("stale_marks", "observer_book_stale_marks_total", "counter", "Times marked stale."),
     ("lagging_count", "observer_book_lagging_total", "counter", "Times the lag crossed its bound."),
     ("stale", "observer_book_stale", "gauge", "1 while the book is stale."),

@@ -80,7 +80,8 @@ def build_config(args) -> cfg.ObserverConfig:
     config = config.with_overrides(**overrides, wake_ahead=args.wake_ahead,
                                    feeds=_feeds(args, config))
     cfg.validate(config, where="command line")
-    _check_here(config)
+    cores_from = "--cores" if "cores" in overrides else f"{args.config}: cores"
+    _check_here(config, cores_from)
     return config
 
 
@@ -111,8 +112,9 @@ def _feeds(args, config: cfg.ObserverConfig) -> tuple[cfg.FeedConfig, ...]:
     return tuple(feeds)
 
 
-def _check_here(config: cfg.ObserverConfig) -> None:
-    """What depends on this machine: feeds, cores, backend, socket path. Nothing is created."""
+def _check_here(config: cfg.ObserverConfig, cores_from: str) -> None:
+    """What depends on this machine: feeds, cores, backend, socket path. Nothing is created.
+    `cores_from` names where the cores were given, for the error."""
     if not config.feeds:
         raise cfg.ConfigError("no feeds: give --feed EXCHANGE:SYMBOLS or a --config file with "
                               "[[feed]] tables")
@@ -120,7 +122,7 @@ def _check_here(config: cfg.ObserverConfig) -> None:
         from observer.loom.pin import allowed_cores
         from observer.shardplan import check_cores, partition
 
-        check_cores(config.cores, allowed_cores())
+        check_cores(config.cores, allowed_cores(), cores_from)
         partition(config.feeds, len(config.cores))
     elif any(f.shard not in (None, 0) for f in config.feeds):
         raise cfg.ConfigError("a feed names a shard other than 0, but without --cores (or "

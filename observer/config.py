@@ -28,7 +28,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ SEED_MAX = 2**63 - 1
 
 BYBIT_CATEGORIES = ("spot", "linear")
 BACKENDS = ("io_uring", "epoll", "kqueue")
-WAKE_MODES = ("auto", "eventfd", "io_uring")        # observer/shm/wake.py
+WAKE_MODES = ("auto", "eventfd", "io_uring")        # observer/shm/wake.py uses this list
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -189,7 +189,6 @@ class ObserverConfig:
     clients_per_uid_max: int = CLIENTS_PER_UID_MAX
     clients_per_pid_max: int = CLIENTS_PER_PID_MAX
     client_idle_s: float = CLIENT_IDLE_S
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def client_limits(self) -> ClientLimits:
@@ -208,7 +207,7 @@ def _assert_table_matches(keys, cls, not_keys) -> None:
         assert key.default is REQUIRED or key.default == fields[key.name].default, key.name
 
 
-_assert_table_matches(OBSERVER_KEYS, ObserverConfig, ("feeds", "extra"))
+_assert_table_matches(OBSERVER_KEYS, ObserverConfig, ("feeds",))
 _assert_table_matches(FEED_KEYS, FeedConfig, ())
 
 

@@ -37,8 +37,9 @@ import logging
 
 from observer import loom
 from observer.feeds.actions import Publish
+from observer.feeds.clock import NS_PER_MS
 from observer.logs import log_event
-from observer.feeds.session import Session
+from observer.feeds.session import Session, SessionLimits
 
 log = logging.getLogger("observer.feeds")
 
@@ -46,11 +47,10 @@ STATS_PERIOD_S = 0.2
 STATS_STOP_S = 2.0           # a stop waits this long for the stats fiber to end
 LAG_BOUND_MS_DEFAULT = 1000.0
 CATCH_UP_FRACTION = 0.5      # lagging clears once a publish is within half the bound
-NS_PER_MS = 1_000_000
 
 # segment stat <- adapter SymbolStats field (copied by the stats fiber)
 STATS_COPIED = (("gaps", "gaps"), ("resyncs", "resyncs"), ("checksum_errors", "checksum_errors"),
-                ("reconnects", "reconnects"), ("snapshots", "snapshots"), ("messages", "updates"))
+                ("reconnects", "reconnects"), ("snapshots", "snapshots"), ("messages", "messages"))
 
 
 class BookSlot:
@@ -83,7 +83,7 @@ class ExchangeFeed:
     `run_session(loop, writer, book_index_of)` and, to stop, `stop_session()`."""
 
     def __init__(self, adapter, *, book_exchange, ca_file=None, lag_bound_ms=LAG_BOUND_MS_DEFAULT,
-                 session_options=None, stats_period_s=STATS_PERIOD_S):
+                 session_limits=None, stats_period_s=STATS_PERIOD_S):
         assert lag_bound_ms > 0
         self.adapter = adapter
         self.exchange = book_exchange      # the `exchange` part of the book names (bybit-linear)
@@ -91,7 +91,7 @@ class ExchangeFeed:
         self.ca_file = ca_file
         self.lag_bound_ns = int(lag_bound_ms * NS_PER_MS)
         self.catch_up_ns = int(self.lag_bound_ns * CATCH_UP_FRACTION)
-        self.session_options = dict(session_options or {})
+        self.session_limits = session_limits or SessionLimits()
         self.stats_period_s = stats_period_s
         self.writer = None
         self.slots: dict[str, BookSlot] = {}
@@ -118,7 +118,7 @@ class ExchangeFeed:
         self.attach(writer, book_index_of)
         self.session = Session(self.adapter, self.sink, ca_file=self.ca_file,
                                on_frame=writer.wake_ahead, after_frame=writer.flush,
-                               **self.session_options)
+                               limits=self.session_limits)
         self.session.start(loop)
         self._stats_fiber = loop.spawn(self._copy_stats_forever, name=f"{self.exchange}-stats")
 

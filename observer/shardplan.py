@@ -60,16 +60,17 @@ def partition(feeds, shards_n: int) -> list[int]:
     return [int(s) for s in shard_of]
 
 
-def check_cores(cores, allowed) -> None:
-    """A core that does not exist or is not allowed: a ConfigError naming the allowed ones."""
+def check_cores(cores, allowed, where: str = "--cores") -> None:
+    """A core that does not exist or is not allowed: a ConfigError naming the allowed ones.
+    `where` names the place the cores came from (the flag, or the config file's key)."""
     allowed = sorted(allowed)
     bad = sorted(set(cores) - set(allowed))
     if bad:
-        raise cfg.ConfigError(f"--cores: core(s) {','.join(map(str, bad))} do not exist or are "
+        raise cfg.ConfigError(f"{where}: core(s) {','.join(map(str, bad))} do not exist or are "
                               f"not allowed for this process; allowed cores: "
                               f"{','.join(map(str, allowed))}")
     if len(cores) > SHARDS_MAX:
-        raise cfg.ConfigError(f"--cores: {len(cores)} cores, more than shards_max={SHARDS_MAX}")
+        raise cfg.ConfigError(f"{where}: {len(cores)} cores, more than shards_max={SHARDS_MAX}")
 
 
 def assign(descs, feeds, index_of, shard_of) -> list:

@@ -30,6 +30,15 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def log_text(path) -> str:
+    """A process's log so far ("" before it made one); undecodable bytes replaced."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 class ObserverProcess:
     def __init__(self, feed: str | None = "synthetic:BTCUSD,ETHUSD", *, rate: float = 200.0,
                  seed: int = 1, name: str | None = None, socket_path: str | None = None,
@@ -59,11 +68,7 @@ class ObserverProcess:
         return self
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log_path)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, *, books_live: bool = True):
         """Block until the observer serves (and its books are published); returns a client."""
@@ -118,6 +123,62 @@ class ObserverProcess:
         self.close()
 
 
+# A parent that has imported the observer once and forks one observer per line on its stdin,
+# printing each pid: N start-ups cost N forks, not N interpreter and numpy imports on a busy
+# machine. Each fork dies with the forker (PR_SET_PDEATHSIG), so killing the forker ends every
+# observer it started, even one a failed test never got to kill.
+_FORKER = """
+import os, signal, sys
+import observer.cli, observer.prctl, observer.supervisor, observer.feeds.synthetic
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
+forker_pid = os.getpid()
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        observer.prctl.die_with_parent(forker_pid, 1)
+        os._exit(observer.cli.main(sys.argv[1:]))
+    print(pid, flush=True)
+"""
+
+
+class ObserverForker:
+    """Starts observers (`observer` command-line `args`) by forking a parent that imported it
+    once; `start()` returns the new observer's pid. Their stderr goes to `log_path`. `close()`
+    ends the forker after its last observer and returns its exit code; leaving the `with`
+    kills it, and with it every observer it started that is still alive."""
+
+    def __init__(self, args, log_path):
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORKER, *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True)
+
+    def start(self) -> int:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        self.proc.stdin.close()
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+        self.proc.stdout.close()
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self._log.close()
+
+    def __enter__(self) -> "ObserverForker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
 def shm_entries(name: str) -> list[str]:
     """Shared-memory objects whose name contains `name` (Linux: /dev/shm). The observer makes
     none (its segment is a memfd); tests assert that it stays so."""
@@ -150,8 +211,9 @@ def processes_with(text: str, comm_prefix: str = "") -> list[int]:
     return pids
 
 
-def wait_until(predicate, timeout_s: float, what: str):
-    """Poll `predicate` until it returns a true value; TimeoutError naming `what`."""
+def wait_until(predicate, timeout_s: float, what: str, *, sleep=time.sleep, poll_s=POLL_S):
+    """Poll `predicate` until it returns a true value (returned); TimeoutError naming `what`.
+    `sleep`: `loom.sleep` inside a fiber, so the loop runs meanwhile."""
     deadline_s = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -159,7 +221,7 @@ def wait_until(predicate, timeout_s: float, what: str):
             return value
         if time.monotonic() > deadline_s:
             raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_S)
+        sleep(poll_s)
 
 
 SYS_IO_URING_SETUP = 425          # x86-64 syscall numbers the preludes below may refuse

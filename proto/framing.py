@@ -40,16 +40,6 @@ def encode_frame(payload: bytes, frame_bytes_max: int) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def encode_frame_into(buf: bytearray, payload: bytes, frame_bytes_max: int) -> None:
-    """Append one frame to `buf` (batching several frames into one send)."""
-    if len(payload) > frame_bytes_max:
-        raise FrameError(
-            f"frame of {len(payload)} bytes exceeds frame_bytes_max={frame_bytes_max}", fatal=False
-        )
-    buf += HEADER.pack(len(payload))
-    buf += payload
-
-
 class FrameDecoder:
     """Bytes in, complete payloads out; bounded by `frame_bytes_max`."""
 

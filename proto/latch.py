@@ -55,6 +55,7 @@ import platform
 import struct
 import time
 from functools import partial
+from typing import NamedTuple
 
 from proto.layout import (COPY_HEAD_FORMAT, KIND_UPDATE, RECORD_BODY_FORMAT, RECORD_BODY_OFFSET,
                           RING_RECORD)
@@ -118,19 +119,45 @@ def publish_commit(words, buf, seq_index: int, seq_next: int, copy_head, copy_he
     words[head_index] = pos + 1
 
 
-def book_publisher(words, swords, buf, book_index: int, seq_index: int, copies: tuple, depth_max: int,
-                   ring: tuple, seqs: list, ring_pos: list, stats: tuple):
+class CopyPlace(NamedTuple):
+    """Where one of a slot's two copies lies: its head's byte offset, its level views, and
+    the word indexes of its bid_px[0] and ask_px[0]."""
+
+    head_offset: int
+    views: tuple          # (bid_px, bid_sz, ask_px, ask_sz) int64 views
+    bid0_word: int
+    ask0_word: int
+
+
+class RingPlace(NamedTuple):
+    """A shard's ring: its first word, the position mask, and the shard head's word."""
+
+    word0: int
+    mask: int
+    head_index: int
+
+
+class StatPlaces(NamedTuple):
+    """A book's counters: the word of the first, and the timestamps' offsets from it."""
+
+    word0: int
+    last_update: int
+    last_recv: int
+    last_exch: int
+
+
+def book_publisher(*, words, swords, buf, book_index: int, seq_index: int,
+                   copies: tuple[CopyPlace, CopyPlace], depth_max: int, ring: RingPlace,
+                   seqs: list, ring_pos: list, stats: StatPlaces):
     """The hot path of one book: `publish(book, flags, recv_ts_ns) -> seq`, stores in the order
     of `publish_commit`, with everything located once (it runs per book change). `words` and
     `swords` are the mapping cast to u64 and i64 (levels are signed).
 
-    `copies`: per copy `(head_offset, (bid_px, bid_sz, ask_px, ask_sz) int64 views, bid0_word,
-    ask0_word)`; `ring`: `(ring_word0, ring_mask, head_index)`; `seqs[book_index]` and
+    Keyword arguments, places named (CopyPlace, RingPlace, StatPlaces). `seqs[book_index]` and
     `ring_pos[0]` are the writer's own copies of the slot sequence and the shard's head (shared
     with its other books and with the cold path), updated here. `book.export_top` fills the
-    idle copy's levels (step 0); the record's best levels are read back from them. `stats`:
-    `(word0, last_update, last_recv, last_exch)`, the book's counters (word index of the
-    first, offsets of the timestamps), stored after the record is visible, one aligned word
+    idle copy's levels (step 0); the record's best levels are read back from them. The book's
+    counters (`stats`) are stored after the record is visible, one aligned word
     store each (`pack_into` zero-fills first, so a reader could see a counter pass through 0).
     Why a closure: its locals are cell loads, not attribute lookups, and no argument tuple is
     built; this is about half the cost of the general path, and the latency a busy-polling
@@ -139,10 +166,12 @@ def book_publisher(words, swords, buf, book_index: int, seq_index: int, copies: 
     """
     if COMPILED:
         return _latch_c.Publisher(
-            buf, book_index, seq_index * 8, tuple(c[0] for c in copies),
-            tuple(c[2] * 8 for c in copies), tuple(c[3] * 8 for c in copies), depth_max * 8,
-            tuple(c[1] for c in copies), depth_max, ring[0] * 8, ring[1], ring[2] * 8, seqs,
-            ring_pos, tuple((stats[0] + k) * 8 for k in (0, *stats[1:]))).publish
+            buf, book_index, seq_index * 8, tuple(c.head_offset for c in copies),
+            tuple(c.bid0_word * 8 for c in copies), tuple(c.ask0_word * 8 for c in copies),
+            depth_max * 8, tuple(c.views for c in copies), depth_max, ring.word0 * 8, ring.mask,
+            ring.head_index * 8, seqs, ring_pos,
+            tuple((stats.word0 + k) * 8
+                  for k in (0, stats.last_update, stats.last_recv, stats.last_exch))).publish
     (head_0, views_0, bid_0, ask_0), (head_1, views_1, bid_1, ask_1) = copies
     heads, views, bids, asks = (head_0, head_1), (views_0, views_1), (bid_0, bid_1), (ask_0, ask_1)
     ring_word0, ring_mask, head_index = ring

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections import namedtuple
 from typing import NamedTuple
 
 import numpy as np
@@ -117,7 +118,7 @@ BOOK_STATS_FIELDS = (
     "resyncs",  # times the book was rebuilt from a snapshot after being stale
     "checksum_errors",
     "reconnects",
-    "snapshots",  # REST snapshots applied
+    "snapshots",  # snapshots applied: REST (Binance) or the exchange's WebSocket snapshot
     "stale_marks",  # times the book was marked stale
     "lag_ns",  # last measured local receive time minus exchange event time
     "lag_max_ns",
@@ -125,7 +126,7 @@ BOOK_STATS_FIELDS = (
     "last_update_ns",  # local wall-clock time of the last publish
     "last_recv_ns",  # local receive time of the last applied message
     "last_exch_ts_ns",
-    "messages",  # feed messages applied to this book
+    "messages",  # feed messages applied to this book (a snapshot counts as one)
     "unread_bytes",  # bytes received but not yet parsed: kernel queue + TLS + WebSocket (C11)
     "reserved_1",
 )
@@ -164,7 +165,6 @@ COPY_HEAD = np.dtype(
     ]
 )
 assert COPY_HEAD.itemsize == 128
-COPY_HEAD_FORMAT = "<QqqqqQQqqq"  # struct format of the first ten words, in order
 assert COPY_HEAD.fields["publish_ts_ns"][1] == 72
 
 RING_RECORD = np.dtype(
@@ -190,8 +190,33 @@ RING_RECORD = np.dtype(
 assert RING_RECORD.itemsize == 96
 assert RING_RECORD.fields["book_index"][1] == 8
 assert RING_RECORD.fields["bid_px"][1] == 56
-RECORD_BODY_FORMAT = "<IBBbbQQqqqqqqq"  # the record after its seq word, up to ask_sz
-RECORD_BODY_OFFSET = 8
+
+# Named locations: the words a writer packs and a reader unpacks, by field name and in dtype
+# order, with their struct formats derived from the dtypes (proto/_latch_c.c checks at import
+# that its C structs match these formats).
+_STRUCT_CODES = {"<u8": "Q", "<i8": "q", "<u4": "I", "|u1": "B", "|i1": "b"}
+
+
+def struct_format(dtype: np.dtype, names: tuple) -> str:
+    """The little-endian struct format of `names`, consecutive fields of `dtype` in order."""
+    offset = dtype.fields[names[0]][1]
+    codes = []
+    for name in names:
+        field, field_offset = dtype.fields[name][:2]
+        assert field_offset == offset, f"{name}: not right after the field before it"
+        codes.append(_STRUCT_CODES[field.str])
+        offset += field.itemsize
+    return "<" + "".join(codes)
+
+
+COPY_HEAD_FIELDS = COPY_HEAD.names[: COPY_HEAD.names.index("publish_ts_ns") + 1]
+COPY_HEAD_FORMAT = struct_format(COPY_HEAD, COPY_HEAD_FIELDS)   # "<QqqqqQQqqq"
+CopyHead = namedtuple("CopyHead", COPY_HEAD_FIELDS)
+# The record after its seq word, up to ask_sz (the seq word is stored on its own, last).
+RECORD_BODY_FIELDS = RING_RECORD.names[1 : RING_RECORD.names.index("ask_sz") + 1]
+RECORD_BODY_FORMAT = struct_format(RING_RECORD, RECORD_BODY_FIELDS)   # "<IBBbbQQqqqqqqq"
+RECORD_BODY_OFFSET = RING_RECORD.fields[RECORD_BODY_FIELDS[0]][1]
+RecordBody = namedtuple("RecordBody", RECORD_BODY_FIELDS)
 
 
 def copy_dtype(depth_max: int) -> np.dtype:

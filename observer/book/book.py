@@ -39,7 +39,8 @@ after every message. A compiled publisher reads the top of the book from `top_li
 
 import os
 from bisect import bisect_left
-from operator import neg
+from itertools import islice
+from operator import lt, neg
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -175,10 +176,6 @@ class Book:
             if size is None:
                 size = self.text_int(level[1], False)
             side_set(keys, sizes, sign * price, size)
-
-    def set_level(self, side, price_text, size_text):
-        """One level (feeds whose messages mix sides, e.g. Coinbase); end with end_update."""
-        self.apply_side(side, ((price_text, size_text),))
 
     def load_side(self, side, levels):
         """Replace one side from a snapshot, in bulk and sorting once; later duplicates win."""
@@ -341,12 +338,14 @@ class Book:
             self.check()
 
     def check(self):
-        """Full O(levels) check: strictly sorted sides, no zero or negative sizes, depth."""
+        """Full O(levels) check: strictly sorted sides, no zero or negative sizes, depth.
+        Iterated in C (map, min): per message on a 12,000-level book (Coinbase's) the
+        generator form cost 4 ms, enough to make a paranoid session fall behind its feed."""
         for side in (BID, ASK):
             keys = self._keys[side]
             sizes = self._sizes[side]
-            assert all(a < b for a, b in zip(keys, keys[1:])), f"{self.name}: side {side} unsorted"
-            assert all(size > 0 for size in sizes), f"{self.name}: side {side} has a zero size"
+            assert all(map(lt, keys, islice(keys, 1, None))), f"{self.name}: side {side} unsorted"
+            assert not sizes or min(sizes) > 0, f"{self.name}: side {side} has a zero size"
             assert not self.depth_max or len(keys) <= self.depth_max
             assert len(keys) <= self.levels_max
 

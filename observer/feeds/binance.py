@@ -26,10 +26,10 @@ from orjson import JSONDecodeError, loads
 from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
+from observer.feeds.clock import NS_PER_MS
 from observer.feeds.scheduler import SnapshotScheduler
 from observer.feeds.sync import TRANSITIONS, Kind, State
 
-NS_PER_MS = 1_000_000
 
 # A delta leaves a live book live: on_depth skips the table lookup for that one pair.
 assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE

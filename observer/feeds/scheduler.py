@@ -15,7 +15,7 @@ timers), so tests drive them with plain integers.
 
 from collections import deque
 
-NS_PER_S = 1_000_000_000
+from observer.feeds.clock import NS_PER_S
 
 
 class SnapshotScheduler:

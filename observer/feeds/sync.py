@@ -74,10 +74,12 @@ del S, K
 
 
 class SymbolStats:
-    """Counters for one book. Plain ints; the driver copies them into the segment."""
+    """Counters for one book. Plain ints; the driver copies them into the segment.
+    `messages`: updates applied to the book (a snapshot counts as one); `snapshots`: snapshots
+    applied, from REST (Binance) or the exchange's WebSocket (the others)."""
 
     __slots__ = (
-        "updates", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
+        "messages", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
         "checksums_ok", "crossed", "resets", "bad_messages", "overflows", "disconnects",
         "stale_dropped", "keepalives", "reconnects", "thin", "sync_timeouts",
     )

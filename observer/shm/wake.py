@@ -22,7 +22,8 @@ import functools
 import logging
 import os
 
-WAKE_MODES = ("auto", "eventfd", "io_uring")
+from observer.config import WAKE_MODES  # one list: the config key's choices are these modes
+
 AUTO_URING_CLIENTS = 16  # auto: from this many attached clients, wake through io_uring
 RING_ENTRIES = 16  # writes in flight at most; more means the worker is behind: write directly
 _IOSQE_ASYNC = 1 << 4  # always punt to an io-wq worker, never complete inline in the enter

@@ -76,8 +76,3 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(cert_path, key_path)
     return ctx
 
-
-def client_context(ca_path: Path | str) -> ssl.SSLContext:
-    """What a client of obsim uses: trust the printed CA file and nothing else."""
-    ctx = ssl.create_default_context(cafile=str(ca_path))
-    return ctx

@@ -125,7 +125,7 @@ CASES = [
     obs("cores", '"0-1"', "got '0-1'"),
     toml("observer-unknown-key", "[observer]\ndepht = 5\n" + SYN, ":2: [observer] depht: unknown key"),
     toml("observer-cores-missing", f"[observer]\ncores = [{ALLOWED[-1] + 1}]\n" + SYN,
-         f"allowed cores: {ALLOWED_TEXT}"),
+         f".toml: cores: core(s) {ALLOWED[-1] + 1} do not exist"),   # the file's key, not --cores
     toml("observer-backend-kqueue", '[observer]\nbackend = "kqueue"\n' + SYN,
          "backend kqueue: not available on this machine"),
     # -- [[feed]] --------------------------------------------------------------------------------

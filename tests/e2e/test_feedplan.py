@@ -17,9 +17,9 @@ from observer.book import BookUpdate
 from observer.exchangefeed import ExchangeFeed
 from observer.feedplan import plan
 from observer.feeds.actions import Publish, Stale
+from observer.feeds.clock import NS_PER_MS
 from observer.shm import Segment
 
-NS_PER_MS = 1_000_000
 
 
 def config_of(*feeds, **top):
