@@ -230,8 +230,13 @@ def _depth(text: str) -> int:
     digits = text.strip()
     if not (digits.isascii() and digits.isdigit() and len(digits) <= 9):
         raise argparse.ArgumentTypeError(f"depth must be an integer >= 0 (0: all levels), "
-                                         f"got {text!r}")
+                                         f"got {_shown(text)}")
     return int(digits)
+
+
+def _shown(text: str, chars_max: int = 40) -> str:
+    """A user's text for an error line: repr, cut so a pasted blob stays one readable line."""
+    return repr(text) if len(text) <= chars_max else repr(text[:chars_max]) + f"... ({len(text)} chars)"
 
 
 def _socket_path(text: str) -> str:

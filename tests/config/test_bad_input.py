@@ -366,14 +366,14 @@ def test_bad_input_as_real_processes(tmp_path):
 # -- obctl and obsim: the same class of mistakes, the same one line and exit 2 ------------------
 
 OBCTL_CASES = [
-    (("snapshot", "BTCUSD", "--depth", "x"), "--depth: must be an integer from 1, got 'x'"),
-    (("snapshot", "BTCUSD", "--depth", "0"), "--depth: must be an integer from 1, got '0'"),
-    (("snapshot", "BTCUSD", "--depth", "9" * 5000), "--depth: must be an integer from 1"),
+    (("snapshot", "BTCUSD", "--depth", "x"), "--depth: depth must be an integer >= 0 (0: all levels), got 'x'"),
+    (("snapshot", "BTCUSD", "--depth", "-1"), "--depth: depth must be an integer >= 0 (0: all levels), got '-1'"),
+    (("snapshot", "BTCUSD", "--depth", "9" * 5000), "(5000 chars)"),
     (("--socket", "", "list"), "--socket: must be a unix socket path, got ''"),
     (("--socket", "/" + "s" * 120, "list"), "is 121 bytes; a unix socket path holds at most 107"),
     (("bogus",), "invalid choice: 'bogus'"),
     ((), "the following arguments are required: command"),
-    (("snapshot",), "the following arguments are required: symbol"),
+    (("snapshot",), "the following arguments are required: BOOK"),
     (("stats", "--json", "--prometheus"), "not allowed with argument --json"),
     (("list", "--sock", "x"), "unrecognized arguments: --sock x"),
 ]
