@@ -31,10 +31,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from observer.sim.book import ASK, BID, Instrument
-from observer.sim.source import stable_seed
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, base_asset, body_response, json_response, pad_json
-from observer.sim.wire import Conn, text_frame
+from obsim.book import ASK, BID, Instrument
+from obsim.source import stable_seed
+from obsim.venue import COMMON_FAULTS, Market, Venue, base_asset, body_response, json_response, pad_json
+from obsim.wire import Conn, text_frame
 
 HISTORY_LEN = 10                  # snapshots kept for the "snapshot older than the stream" fault
 HISTORY_EVERY_S = 0.5

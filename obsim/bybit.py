@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from observer.sim.book import ASK, BID, Instrument, window, window_diff
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, json_response, pad_json
-from observer.sim.wire import Conn
+from obsim.book import ASK, BID, Instrument, window, window_diff
+from obsim.venue import COMMON_FAULTS, Market, Venue, json_response, pad_json
+from obsim.wire import Conn
 
 DEPTHS = (1, 50, 200, 1000)
 FULL = "full"                         # orderbook.full.{symbol}: spot, delta-only, REST-initialised

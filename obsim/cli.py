@@ -32,15 +32,15 @@ from pathlib import Path
 
 import orjson
 
-from observer.sim import replay as replay_mod
-from observer.sim.binance import BinanceFutures, BinanceSpot
-from observer.sim.bybit import BybitLinear, BybitSpot
-from observer.sim.coinbase import Coinbase
-from observer.sim.kraken import Kraken
-from observer.sim.okx import Okx
-from observer.sim.server import Sim
-from observer.sim.tls import make_certificates, server_context
-from observer.sim.wire import SEND_BYTES_MAX_DEFAULT
+from obsim import replay as replay_mod
+from obsim.binance import BinanceFutures, BinanceSpot
+from obsim.bybit import BybitLinear, BybitSpot
+from obsim.coinbase import Coinbase
+from obsim.kraken import Kraken
+from obsim.okx import Okx
+from obsim.server import Sim
+from obsim.tls import make_certificates, server_context
+from obsim.wire import SEND_BYTES_MAX_DEFAULT
 
 VENUES = {
     "binance": BinanceSpot, "binance-futures": BinanceFutures, "coinbase": Coinbase,

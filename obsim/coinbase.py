@@ -22,10 +22,10 @@ import time
 
 import orjson
 
-from observer.sim.book import ASK, BID
-from observer.sim.kraken import rfc3339_now
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
-from observer.sim.wire import Conn
+from obsim.book import ASK, BID
+from obsim.kraken import rfc3339_now
+from obsim.venue import COMMON_FAULTS, Market, Venue, pad_json
+from obsim.wire import Conn
 
 SIDE_NAMES = {BID: "bid", ASK: "offer"}
 TOO_MANY = "too many L2 streams requested in a single session"

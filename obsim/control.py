@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from observer.sim.venue import FaultError, json_response
+from obsim.venue import FaultError, json_response
 
 DEPTH_DEFAULT = 50
 STEP_COUNT_MAX = 100_000

@@ -12,7 +12,7 @@ What it does, in order:
 4. stops the observer (SIGTERM) and obsim, and checks that nothing is left: the socket file,
    the config file and the temp directories are removed.
 
-Ctrl-C at any instant is a clean stop (observer/stopsignals.py). Every child runs in a process
+Ctrl-C at any instant is a clean stop (observer/process/stopsignals.py). Every child runs in a process
 group of its own, so the terminal's SIGINT reaches this driver only (never a child still
 importing, which would print a traceback), and the driver stops them in order: the step it was
 waiting on is abandoned, the observer gets SIGTERM and is waited for, obsim is stopped, the
@@ -27,10 +27,10 @@ import os
 import subprocess
 import sys
 
-from observer.sim.harness import Obsim
-from observer.simconfig import write_config
-from observer.stopsignals import Interrupted, StopSignals
-from observer.testing import ObserverProcess, unique_name
+from obsim.harness import Obsim
+from obsim.simconfig import write_config
+from observer.process.stopsignals import Interrupted, StopSignals
+from obsim.observerproc import ObserverProcess, unique_name
 
 FEEDS = (("binance", ["BTCUSDT", "ETHUSDT"]), ("kraken", ["BTC/USD", "ETH/USD"]),
          ("okx", ["SOL-USDT"]), ("bybit", ["XRPUSDT"]))

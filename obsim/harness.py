@@ -5,7 +5,7 @@
         ctx = sim.ssl_context()                    # trusts obsim's CA file only
         sim.pause("kraken"); book = sim.book("kraken", "BTC/USD", depth=10)
 
-obsim runs as a subprocess (`python -m observer.sim.cli`), so a test exercises the real
+obsim runs as a subprocess (`python -m obsim.cli`), so a test exercises the real
 process, ports and TLS. The control calls use only the standard library (`http.client` over
 `ssl` with the printed CA file), so the harness works wherever obsim does. Leaving the `with`
 block always ends the process (SIGTERM, then SIGKILL after a deadline), removes the directory
@@ -66,7 +66,7 @@ class Obsim:
         self._tmp_dir = tempfile.mkdtemp(prefix=f"obsim-harness-{os.getpid()}-")
         # stdin is a pipe only this process holds: if it dies without stopping obsim, the pipe
         # closes and obsim exits on its own (--exit-on-stdin-eof), so nothing outlives a test.
-        self.proc = subprocess.Popen([sys.executable, "-m", "observer.sim.cli", "--exit-on-stdin-eof",
+        self.proc = subprocess.Popen([sys.executable, "-m", "obsim.cli", "--exit-on-stdin-eof",
                                       "--tmp-dir", self._tmp_dir, *self.args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      process_group=self.process_group)

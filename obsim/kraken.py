@@ -22,9 +22,9 @@ import datetime
 
 import orjson
 
-from observer.sim.book import ASK, BID, Instrument, kraken_checksum, window
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
-from observer.sim.wire import Conn
+from obsim.book import ASK, BID, Instrument, kraken_checksum, window
+from obsim.venue import COMMON_FAULTS, Market, Venue, pad_json
+from obsim.wire import Conn
 
 DEPTHS = (10, 25, 100, 500, 1000)
 

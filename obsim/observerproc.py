@@ -1,7 +1,7 @@
-"""Run a real observer process for tests and benchmarks, with names unique to the run.
+"""Run a real observer process for `make run`, tests and benchmarks, with names unique to the run.
 
-Why in the package: tests of the server, of obclient and of obctl, and `bench/` scripts all
-need the same thing (start `observer` as a separate process on its own socket and name, wait
+Why in obsim: `make run` (obsim/demo.py), the tests of the server, of obclient and of obctl, and
+`bench/` scripts all need the same thing (start `observer` as a separate process on its own socket and name, wait
 until it serves live books, stop or kill it, leave nothing behind), and `make run` needs the
 waiting part. Each `ObserverProcess` gets a private temp directory for its socket and log, a
 name made of the caller's pid and a random token, and removes all of it on exit.
@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 import secrets
+
+import obclient
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -67,8 +69,6 @@ class ObserverProcess:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, *, books_live: bool = True):
         """Block until the observer serves (and its books are published); returns a client."""
-        import obclient
-
         deadline_s = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
@@ -116,93 +116,3 @@ class ObserverProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def shm_entries(name: str) -> list[str]:
-    """Shared-memory objects whose name contains `name` (Linux: /dev/shm). The observer makes
-    none (its segment is a memfd); tests assert that it stays so."""
-    try:
-        return [e for e in os.listdir("/dev/shm") if name in e]
-    except FileNotFoundError:
-        return []
-
-
-def processes_with(text: str, comm_prefix: str = "") -> list[int]:
-    """Pids of live processes whose command line contains `text` and whose kernel name starts
-    with `comm_prefix` (Linux /proc). Shards share their zygote's command line
-    (`observer.zygote --name NAME`); their names are `ob-shardN`, the zygote's `ob-zygote`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            with open(f"/proc/{entry}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if (text in cmdline and comm.startswith(comm_prefix) and state != b"Z"
-                and int(entry) != os.getpid()):
-            pids.append(int(entry))
-    return pids
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    """Poll `predicate` until it returns a true value; TimeoutError naming `what`."""
-    deadline_s = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline_s:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_S)
-
-
-SYS_IO_URING_SETUP = 425          # x86-64 syscall numbers the preludes below may refuse
-SYS_EPOLL_CREATE = 213
-SYS_EPOLL_CREATE1 = 291
-
-
-def refusing_prelude(*syscalls: int) -> str:
-    """Python source for a child process (run with `python -c`): its first lines forbid the
-    given x86-64 syscalls with a seccomp filter returning EPERM, as a container runtime's
-    profile does. x86-64 only; tests that use it skip elsewhere. It also gives the child
-    `keep_log(name, level)`, which collects that logger's messages into `records`."""
-    return _REFUSING_PRELUDE.replace("SYSCALLS", repr(list(syscalls)))
-
-
-_REFUSING_PRELUDE = r"""
-import ctypes
-class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                ("k", ctypes.c_uint32)]
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
-LD_ABS, JEQ, RET = 0x20, 0x15, 0x06
-ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
-code = [Filter(LD_ABS, 0, 0, 4), Filter(JEQ, 1, 0, 0xC000003E),  # x86-64 only, else allow
-        Filter(RET, 0, 0, ALLOW), Filter(LD_ABS, 0, 0, 0)]        # the syscall number
-for number in SYSCALLS:
-    code += [Filter(JEQ, 0, 1, number), Filter(RET, 0, 0, EPERM)]
-code.append(Filter(RET, 0, 0, ALLOW))                            # everything else: allow
-program = (Filter * len(code))(*code)
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0                           # PR_SET_NO_NEW_PRIVS
-prog = Prog(len(code), program)
-assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
-
-import logging
-records = []  # the messages logged under the loggers passed to keep_log, for the child's report
-class Keep(logging.Handler):
-    def emit(self, record):
-        records.append(record.getMessage())
-def keep_log(name, level=logging.NOTSET):
-    logger = logging.getLogger(name)
-    logger.addHandler(Keep())
-    logger.setLevel(level)
-"""
-NO_IO_URING_PRELUDE = refusing_prelude(SYS_IO_URING_SETUP)

@@ -20,10 +20,10 @@ from collections import deque
 
 import orjson
 
-from observer.sim.book import Instrument, okx_checksum, window, window_diff
-from observer.sim.source import stable_seed
-from observer.sim.venue import COMMON_FAULTS, Market, Venue, pad_json
-from observer.sim.wire import Conn
+from obsim.book import Instrument, okx_checksum, window, window_diff
+from obsim.source import stable_seed
+from obsim.venue import COMMON_FAULTS, Market, Venue, pad_json
+from obsim.wire import Conn
 
 BOOKS_DEPTH = 400
 SEQ_JUMP_MAX = 93

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from observer.sim.book import ASK, BID, Instrument, decimals_of, parse_scaled
+from obsim.book import ASK, BID, Instrument, decimals_of, parse_scaled
 
 RawLevel = tuple[int, str, str]              # side, price text, size text
 RECORDING_FILES = {

@@ -23,8 +23,8 @@ import time
 
 from websockets.asyncio.server import serve
 
-from observer.sim.control import Control
-from observer.sim.venue import Venue
+from obsim.control import Control
+from obsim.venue import Venue
 
 HOUSEKEEP_EVERY_S = 0.1
 log = logging.getLogger("obsim")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from observer.config import WITH_REST
+from observer.config.settings import WITH_REST
 
 OBSIM_EXCHANGE = {"bybit-linear": ("bybit", "linear")}
 

@@ -23,7 +23,7 @@ import random
 import zlib
 from collections.abc import Sequence
 
-from observer.sim.book import ASK, BID, Instrument, TrueBook
+from obsim.book import ASK, BID, Instrument, TrueBook
 
 Change = tuple[int, int, int]
 

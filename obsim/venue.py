@@ -31,9 +31,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
-from observer.sim.book import ASK, BID, Instrument, TrueBook
-from observer.sim.source import CycleSource, RandomWalk, ReplaySource, stable_seed
-from observer.sim.wire import Conn, text_frame
+from obsim.book import ASK, BID, Instrument, TrueBook
+from obsim.source import CycleSource, RandomWalk, ReplaySource, stable_seed
+from obsim.wire import Conn, text_frame
 
 log = logging.getLogger("obsim")
 CONNECT_ATTEMPTS_TRACKED = 1000     # bounds the connection-limit window (all limits are below it)

@@ -1,6 +1,6 @@
 """obclient: the library strategy processes link to read observer's books.
 
-Imports only `proto`, numpy and msgpack: never `observer`, never greenlet.
+Imports only `obproto`, numpy and msgpack: never `observer`, never greenlet.
 
     import obclient
     client = obclient.connect()                 # $OBSERVER_SOCKET or the default path
@@ -12,8 +12,8 @@ Imports only `proto`, numpy and msgpack: never `observer`, never greenlet.
 
 from obclient.client import (Book, BookNotFound, Client, IncompatibleObserver,
                              ObserverUnavailable, RequestFailed, ServerRefused, connect)
-from obclient.segment import BookInfo, SegmentReader
-from obclient.snapshot import BookSnapshot, Update
+from obproto.segment import BookInfo, SegmentReader
+from obproto.snapshot import BookSnapshot, Update
 
 __all__ = ["Book", "BookInfo", "BookNotFound", "BookSnapshot", "Client", "IncompatibleObserver",
            "ObserverUnavailable", "RequestFailed", "SegmentReader", "ServerRefused", "Update",

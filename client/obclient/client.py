@@ -33,7 +33,7 @@ Refusals. A server that refuses the connection at hello (BUSY: a connection limi
 allow-list, VERSION_MISMATCH) says why in an `error`; `attach` raises `ServerRefused` with its
 code and its text, also when the refusal and the close arrived before our hello was sent.
 
-The sans-IO protocol machine is obclient/protocol.py; this module is its blocking transport.
+The sans-IO protocol machine is client/obclient/protocol.py; this module is its blocking transport.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import socket
 import time
 
 from obclient.protocol import ClientProtocol, ProtocolError
-from obclient.segment import SegmentReader
-from obclient.snapshot import BookSnapshot, Update
+from obproto.segment import SegmentReader
+from obproto.snapshot import BookSnapshot, Update
 from obclient.stream import UpdateStream
-from proto import layout
-from proto import messages as m
+from obproto import layout
+from obproto import messages as m
 
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 5.0
@@ -76,7 +76,7 @@ class BookNotFound(LookupError):
 
 
 class ServerRefused(ObserverUnavailable):
-    """The observer refused this connection; `code` (proto.messages.ErrorCode), `code_name`
+    """The observer refused this connection; `code` (obproto.messages.ErrorCode), `code_name`
     (e.g. "BUSY") and `reason` are the server's own, e.g. `clients_max=256 reached`."""
 
     def __init__(self, socket_path: str, code: int, reason: str):
@@ -98,7 +98,7 @@ class RequestFailed(RuntimeError):
 def connect(socket_path: str | None = None, *, client_name: str = "obclient",
             timeout_s: float = CONNECT_TIMEOUT_S, busy_poll: bool = False,
             stale_after_s: float = STALE_AFTER_S) -> "Client":
-    """Connect to the observer (default socket: `proto.messages.default_socket_path()`)."""
+    """Connect to the observer (default socket: `obproto.messages.default_socket_path()`)."""
     client = Client(socket_path or m.default_socket_path(), client_name=client_name,
                     timeout_s=timeout_s, busy_poll=busy_poll, stale_after_s=stale_after_s)
     try:
@@ -494,7 +494,7 @@ def _await_reply(sock, proto: ClientProtocol, req_id: int, timeout_s: float, fds
 
 
 def _drain(sock, proto: ClientProtocol) -> None:
-    """Feed `proto` whatever the socket still holds, without blocking (errors end it)."""
+    """Feed `obproto` whatever the socket still holds, without blocking (errors end it)."""
     while True:
         try:
             data, fds = _recv_with_fds(sock, socket.MSG_DONTWAIT)

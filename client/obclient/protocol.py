@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import collections
 
-from proto import framing
-from proto import messages as m
+from obproto import framing
+from obproto import messages as m
 
 PUSHED_MAX = 64
 

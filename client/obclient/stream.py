@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import time
 
-from obclient.snapshot import Update
-from proto import layout
-from proto import messages as m
+from obproto.snapshot import Update
+from obproto import layout
+from obproto import messages as m
 
 _EPOLL_EVENTS_MAX = 64
 

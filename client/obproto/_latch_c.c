@@ -1,4 +1,4 @@
-/* proto._latch_c: the two hot paths of proto/latch.py, compiled.
+/* obproto._latch_c: the two hot paths of client/obproto/latch.py, compiled.
 
 Why it exists. A busy-polling client's latency starts at the shard's publish call and ends when
 the client holds the record. In Python that is about 1.4 us of interpreter work in the writer
@@ -6,7 +6,7 @@ the client holds the record. In Python that is about 1.4 us of interpreter work 
 against 0.3 us for the raw shared-memory spin. These functions do the same stores and loads,
 in the same order, without the interpreter in between.
 
-The contract is proto/latch.py's (book_publisher, ring_reader's take, UpdateFollower's head
+The contract is client/obproto/latch.py's (book_publisher, ring_reader's take, UpdateFollower's head
 spin): that module is the reference, picks this one when it is built, and falls back to its own
 code otherwise (or with OBSERVER_PURE_PYTHON=1). tests/shm/test_latch_c.py checks that both
 leave the same bytes in a segment and read the same records. One step is done differently
@@ -14,7 +14,7 @@ for the same bytes: the book's levels go into the idle copy straight from its `t
 (observer.book.Book), where the reference calls `book.export_top` on numpy views.
 
 Ordering. Sequence words are stored with release semantics and loaded with acquire semantics
-(plain `mov` on x86-64, whose TSO proto/latch.py requires anyway); data is copied in between,
+(plain `mov` on x86-64, whose TSO client/obproto/latch.py requires anyway); data is copied in between,
 and a reader's copy is followed by an acquire fence before the sequence is loaded again.
 */
 #define PY_SSIZE_T_CLEAN
@@ -23,12 +23,12 @@ and a reader's copy is followed by an acquire fence before the sequence is loade
 #include <string.h>
 #include <time.h>
 
-#define RECORD_BYTES 96     /* proto.layout.RING_RECORD.itemsize */
-#define COPY_HEAD_WORDS 10  /* proto.layout.COPY_HEAD_FORMAT "<QqqqqQQqqq" */
-#define KIND_UPDATE 1       /* proto.layout.KIND_UPDATE; checked at import by proto/latch.py */
+#define RECORD_BYTES 96     /* obproto.layout.RING_RECORD.itemsize */
+#define COPY_HEAD_WORDS 10  /* obproto.layout.COPY_HEAD_FORMAT "<QqqqqQQqqq" */
+#define KIND_UPDATE 1       /* obproto.layout.KIND_UPDATE; checked at import by client/obproto/latch.py */
 #define SPIN_CHECK_CLOCK_EVERY 256
 
-/* The record after its seq word, proto.layout.RECORD_BODY_FORMAT "<IBBbbQQqqqqqqq". */
+/* The record after its seq word, obproto.layout.RECORD_BODY_FORMAT "<IBBbbQQqqqqqqq". */
 typedef struct {
     uint32_t book_index;
     uint8_t kind;
@@ -316,7 +316,7 @@ static int publish_inputs(Publisher *self, PyObject *const *args, char *map, Pub
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* The stores of proto/latch.publish_commit, in its order, then the book's counters. */
+/* The stores of client/obproto/latch.publish_commit, in its order, then the book's counters. */
 static void publish_stores(Publisher *self, char *map, const PublishInputs *in,
                            int64_t publish_ts_ns) {
     int copy = in->seq & 1;
@@ -345,7 +345,7 @@ static void publish_stores(Publisher *self, char *map, const PublishInputs *in,
     store_word(map + self->stat_off[3], in->exch_ts_ns);
 }
 
-/* publish(book, flags, recv_ts_ns) -> seq: proto/latch.book_publisher's publish. */
+/* publish(book, flags, recv_ts_ns) -> seq: client/obproto/latch.book_publisher's publish. */
 static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "publish(book, flags, recv_ts_ns)");
@@ -377,16 +377,16 @@ static PyObject *Publisher_publish(Publisher *self, PyObject *const *args, Py_ss
 static PyMethodDef Publisher_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Publisher_publish, METH_FASTCALL,
      "publish(book, flags, recv_ts_ns) -> seq: export the book's top into the idle copy, "
-     "flip the latch, append the ring record (proto/latch.py)."},
+     "flip the latch, append the ring record (client/obproto/latch.py)."},
     {NULL},
 };
 
 static PyTypeObject PublisherType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "proto._latch_c.Publisher",
+    .tp_name = "obproto._latch_c.Publisher",
     .tp_basicsize = sizeof(Publisher),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One book's publish path; see proto/latch.book_publisher.",
+    .tp_doc = "One book's publish path; see client/obproto/latch.book_publisher.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Publisher_init,
     .tp_dealloc = (destructor)Publisher_dealloc,
@@ -565,10 +565,10 @@ static PyMethodDef RingTaker_methods[] = {
 
 static PyTypeObject RingTakerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "proto._latch_c.RingTaker",
+    .tp_name = "obproto._latch_c.RingTaker",
     .tp_basicsize = sizeof(RingTaker),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One ring's record take and head spin; see proto/latch.ring_reader.",
+    .tp_doc = "One ring's record take and head spin; see client/obproto/latch.ring_reader.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)RingTaker_init,
     .tp_dealloc = (destructor)RingTaker_dealloc,
@@ -578,8 +578,8 @@ static PyTypeObject RingTakerType = {
 /* ---------------------------------------------------------------------------- module */
 
 static struct PyModuleDef latch_module = {
-    PyModuleDef_HEAD_INIT, "proto._latch_c",
-    "The hot paths of proto/latch.py, compiled (see that module).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "obproto._latch_c",
+    "The hot paths of client/obproto/latch.py, compiled (see that module).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__latch_c(void) {

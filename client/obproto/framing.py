@@ -4,7 +4,7 @@ Why a length prefix and not msgpack's own streaming: a length tells the receiver
 message is *before* it buffers it, so a limit can be enforced up front, an oversized message can
 be skipped without decoding it, and a truncated one is simply "not complete yet". Every frame is
 
-    u32 little-endian payload length | payload (one msgpack value, see proto/messages.py)
+    u32 little-endian payload length | payload (one msgpack value, see client/obproto/messages.py)
 
 The decoder is sans-IO: callers push bytes in with `receive_data` and pull complete payloads out
 with `next_frame`. It holds at most one frame plus one receive chunk, so a peer can never make it

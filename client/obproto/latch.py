@@ -38,7 +38,7 @@ system call, so every store before it is visible to a reader the write wakes. Re
 wake-up as a hint and always recheck the words here.
 
 Two implementations of the hot paths. `book_publisher` and `ring_reader`'s take and spins are
-also written in C (proto/_latch_c.c), because a busy-polling client's latency is mostly the
+also written in C (client/obproto/_latch_c.c), because a busy-polling client's latency is mostly the
 interpreter's time on them: about 1.4 us to publish and 0.8 us to take a record here, against
 0.5 and 0.3 us compiled. The code here is the reference; the C does the same stores and loads
 in the same order (release stores and acquire loads of the sequence words) and is used when it
@@ -56,24 +56,24 @@ import struct
 import time
 from functools import partial
 
-from proto.layout import (COPY_HEAD_FORMAT, KIND_UPDATE, RECORD_BODY_FORMAT, RECORD_BODY_OFFSET,
+from obproto.layout import (COPY_HEAD_FORMAT, KIND_UPDATE, RECORD_BODY_FORMAT, RECORD_BODY_OFFSET,
                           RING_RECORD)
 
-try:  # the hot paths compiled (proto/_latch_c.c); this module's code is their reference
-    from proto import _latch_c
+try:  # the hot paths compiled (client/obproto/_latch_c.c); this module's code is their reference
+    from obproto import _latch_c
 except ImportError:  # built without a C compiler: the same bytes, more interpreter time
     _latch_c = None
 
 RECORD_WORDS = RING_RECORD.itemsize // 8
 
-# Whether book_publisher and ring_reader use proto/_latch_c (read when they are called, so a
+# Whether book_publisher and ring_reader use client/obproto/_latch_c (read when they are called, so a
 # test can compare both paths). OBSERVER_PURE_PYTHON=1 turns it off for a whole process.
 COMPILED = _latch_c is not None and not os.environ.get("OBSERVER_PURE_PYTHON")
 if _latch_c is not None:
     assert (_latch_c.RECORD_BYTES, _latch_c.KIND_UPDATE, _latch_c.RECORD_BODY_FORMAT,
             _latch_c.COPY_HEAD_FORMAT) == (RING_RECORD.itemsize, KIND_UPDATE,
                                            RECORD_BODY_FORMAT, COPY_HEAD_FORMAT), \
-        "proto/_latch_c.c was built for another layout: rebuild it (pip install -e .)"
+        "client/obproto/_latch_c.c was built for another layout: rebuild it (pip install -e .)"
 
 LATCH_RETRIES_MAX = 10_000  # a reader gives up (and says why) after this many retries
 
@@ -134,7 +134,7 @@ def book_publisher(words, swords, buf, book_index: int, seq_index: int, copies: 
     store each (`pack_into` zero-fills first, so a reader could see a counter pass through 0).
     Why a closure: its locals are cell loads, not attribute lookups, and no argument tuple is
     built; this is about half the cost of the general path, and the latency a busy-polling
-    reader sees starts here. When COMPILED, proto/_latch_c's Publisher does the same stores
+    reader sees starts here. When COMPILED, client/obproto/_latch_c's Publisher does the same stores
     in the same order without the interpreter (about 3x less time to the head store).
     """
     if COMPILED:

@@ -24,7 +24,7 @@ know (see `check_header`), with a message that says which one and what was expec
 Exact prices (C3): a price or size is an int64 `value` meaning `value * 10**exp`; the exponents
 of a book travel inside every published copy and every ring record, so a rescale is seen at the
 same instant as the values it applies to. How sequence words are written and read (C4, C5) lives
-in `proto/latch.py`, the one module whose correctness depends on memory ordering.
+in `client/obproto/latch.py`, the one module whose correctness depends on memory ordering.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def copy_dtype(depth_max: int) -> np.dtype:
 def slot_dtype(depth_max: int) -> np.dtype:
     """A book slot: the latch sequence word alone on a cache line, then copies 0 and 1.
 
-    Readers take copy `seq & 1`; see proto/latch.py for why that copy is stable.
+    Readers take copy `seq & 1`; see client/obproto/latch.py for why that copy is stable.
     """
     copy = copy_dtype(depth_max)
     fields = [("seq", "<u8"), ("pad_seq", "<u8", (7,)), ("copies", copy, (2,))]

@@ -3,7 +3,7 @@
 Why positional msgpack arrays: a message is `[type, req_id, field, field, ...]`, so the wire form
 is compact, the same in every language with a msgpack library, and the field order below *is* the
 schema (docs/PROTOCOL.md repeats it byte by byte). Each frame carries one message (framing:
-proto/framing.py). Two tagged unions, one per direction: `REQUESTS` (client to server) and
+client/obproto/framing.py). Two tagged unions, one per direction: `REQUESTS` (client to server) and
 `REPLIES` (server to client); the server decodes only requests, the client only replies.
 
 Evolution rules (what keeps old and new peers talking):
@@ -43,7 +43,7 @@ from typing import ClassVar
 
 import msgpack
 
-from proto import framing
+from obproto import framing
 
 PROTOCOL_VERSION = 2
 PROTOCOL_VERSION_MIN = 1
@@ -264,7 +264,7 @@ class Updates:
 BOOK_INFO_FIELDS = (
     "index", "exchange", "symbol", "native_symbol", "shard", "price_exp", "size_exp", "depth_max",
 )
-# An update is a ring record (proto/layout.py RING_RECORD) without its sequence word.
+# An update is a ring record (client/obproto/layout.py RING_RECORD) without its sequence word.
 UPDATE_FIELDS = (
     "book_index", "kind", "flags", "price_exp", "size_exp", "book_seq", "update_id",
     "exch_ts_ns", "recv_ts_ns", "publish_ts_ns", "bid_px", "bid_sz", "ask_px", "ask_sz",

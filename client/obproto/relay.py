@@ -3,7 +3,7 @@
 Why here. `obrelay` publishes the books of a local observer to NATS; a receiver on another host
 (the `nats` feed of a remote observer, or any program in any language) rebuilds them. Both sides
 import this module and nothing else for the bytes, as observer and obclient do with
-proto/messages.py; docs/RELAY.md says the same in prose, for receivers not written in Python.
+client/obproto/messages.py; docs/RELAY.md says the same in prose, for receivers not written in Python.
 
 Subjects. A book is published on `<prefix>.<observer>.<exchange>.<SYMBOL>` (prefix `ob` by
 default) and the relay's heartbeat on `<prefix>.<observer>._hb`. NATS reserves `.` (token
@@ -41,14 +41,14 @@ HEARTBEAT_TOKEN = "_hb"
 STREAM_PREFIX = "OB_"            # the last-value stream is STREAM_PREFIX + observer token
 MESSAGE_BYTES_MAX = 1024 * 1024  # NATS's default max_payload; a decoder refuses more
 LEVELS_MAX = 4096                # levels per side in one book message
-NAME_BYTES_MAX = 64              # "exchange:SYMBOL", as in proto/messages.py
+NAME_BYTES_MAX = 64              # "exchange:SYMBOL", as in client/obproto/messages.py
 HEARTBEATS_MISSED_MAX = 3        # a relay silent this many periods counts as gone
 BOOKS_MAX = 65536                # books in one heartbeat's map
 
 TYPE_BOOK = "book"
 TYPE_HEARTBEAT = "hb"
 
-# Book message flags. Bit values equal proto/layout's FLAG_STALE and FLAG_LAGGING.
+# Book message flags. Bit values equal client/obproto/layout's FLAG_STALE and FLAG_LAGGING.
 FLAG_STALE = 1     # not known to be right: the observer marked it, the observer is gone, or
                    # the book was never published
 FLAG_LAGGING = 2   # the observer's feed runs behind its bound (C11)

@@ -7,8 +7,8 @@ writable, and the segment's seals refuse every other way to write it, C8), refus
 whose magic, version or layout hash it does not know (C2), and then reads:
 
 - `snapshot(book_index, depth)`: a consistent copy of a book through the two-copy latch (C4);
-  the load order lives in proto/latch.py.
-- `follow(...)` (obclient/updates.py): ring cursors over the shards' update rings (C5).
+  the load order lives in client/obproto/latch.py.
+- `follow(...)` (client/obproto/updates.py): ring cursors over the shards' update rings (C5).
 - `wait(timeout_s)`: one epoll, EPOLLET on every wake fd, never `read()` (C6), plus any fd the
   caller registers (the control socket, so a dead observer wakes the wait at once). A wake fd
   is pollable and nothing more: the observer passes a private epoll instance per shard that
@@ -16,7 +16,7 @@ whose magic, version or layout hash it does not know (C2), and then reads:
   reader is given the eventfds themselves. Either way, one edge per shard flush.
 - liveness: generation, state, header and shard heartbeats (C9); per-book stats for `obctl`.
 
-It never writes to shared memory and never blocks the writer. It imports only `proto` and
+It never writes to shared memory and never blocks the writer. It imports only `obproto` and
 numpy, so a strategy links it without the server.
 """
 
@@ -31,10 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from proto import latch, layout
-from proto.layout import LayoutError
+from obproto import latch, layout
+from obproto.layout import LayoutError
 
-from obclient.snapshot import BookSnapshot
+from obproto.snapshot import BookSnapshot
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _WORD_BYTES = 8
@@ -193,7 +193,7 @@ class SegmentReader:
 
     def follow(self, shard_indexes=None, *, from_oldest: bool = False):
         """An `UpdateFollower` over the given shards' rings (all by default)."""
-        from obclient.updates import UpdateFollower
+        from obproto.updates import UpdateFollower
 
         shards = range(self.geometry.shards_n) if shard_indexes is None else shard_indexes
         return UpdateFollower(self, list(shards), from_oldest=from_oldest)

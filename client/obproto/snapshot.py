@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from proto import layout
+from obproto import layout
 
 
 def _to_float(values: np.ndarray, exp: int) -> np.ndarray:

@@ -6,7 +6,7 @@ normalised form is the upper-case concatenation of base and quote with Kraken's 
 codes mapped to the common ones. The exchange's own spelling (the "native" symbol) is kept in the
 book's description in the segment; it is what goes on the wire.
 
-This module lives in `proto` because obclient resolves names too and imports only `proto`.
+This module lives in `obproto` because obclient resolves names too and imports only `obproto`.
 It is pure string work, no I/O.
 """
 

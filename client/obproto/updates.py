@@ -21,9 +21,9 @@ from __future__ import annotations
 import struct
 import time
 
-from proto import latch, layout
+from obproto import latch, layout
 
-from obclient.snapshot import Update
+from obproto.snapshot import Update
 
 RECORDS_PER_POLL_MAX = 4096  # records taken per poll, so one call is bounded
 SPIN_CHECK_CLOCK_EVERY = latch.SPIN_CHECK_CLOCK_EVERY  # busy-poll iterations between clock reads
@@ -210,7 +210,7 @@ class UpdateFollower:
         return batch[0]
 
     def _spin_head(self, pos: int, timeout_s: float) -> bool:
-        """The single ring's head spin (proto/latch ring_reader's spin) in slices."""
+        """The single ring's head spin (client/obproto/latch ring_reader's spin) in slices."""
         return self._sliced(self._spin[0], pos, timeout_s) is not None
 
     def _spin_take_sliced(self, pos: int, timeout_s: float):

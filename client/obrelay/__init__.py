@@ -5,7 +5,7 @@ it follows the update rings, reads each changed book's top levels from shared me
 publishes one msgpack message per change on `ob.<observer>.<exchange>.<SYMBOL>`, coalescing per
 book (latest wins) when NATS is slower than the feed. A heartbeat on `ob.<observer>._hb` says
 the relay and its observer are alive; a JetStream stream keeps each subject's last message so a
-receiver that joins late gets every book at once. The wire contract is proto/relay.py and
+receiver that joins late gets every book at once. The wire contract is client/obproto/relay.py and
 docs/RELAY.md; the modules here:
 
 - `config`: the command line, checked once (RelayConfig).

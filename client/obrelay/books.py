@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 
-from proto import layout
+from obproto import layout
 
 
 class FollowedBook:

@@ -22,8 +22,8 @@ import obclient
 from obrelay.config import RelayConfig, RelayConfigError, build_config, parse_args
 from obrelay.link import LinkError, NatsLink
 from obrelay.relay import Relay
-from proto import messages
-from proto import relay as wire
+from obproto import messages
+from obproto import relay as wire
 
 log = logging.getLogger("obrelay")
 

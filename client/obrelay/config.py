@@ -15,7 +15,7 @@ import fnmatch
 import ssl
 from dataclasses import dataclass
 
-from proto import relay as wire
+from obproto import relay as wire
 
 NATS_URL_DEFAULT = "nats://127.0.0.1:4222"
 DEPTH_DEFAULT = 10

@@ -8,7 +8,7 @@ a PING/PONG (`flush`) confirms every byte written to the socket before the PING.
 out per quarter window of bytes (and per heartbeat), not per message, which would double the
 relay's system calls. While that
 count is at `inflight_bytes_max` the link says it is not `ready`, and the relay coalesces
-instead of publishing (obrelay/books.py). A confirmation or a reconnect makes it ready again
+instead of publishing (client/obrelay/books.py). A confirmation or a reconnect makes it ready again
 and calls `on_ready`.
 
 Discussion: nats-py writes the PING straight to the socket, ahead of publishes still in its
@@ -36,7 +36,7 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from obrelay.config import RelayConfig, tls_context
-from proto import relay as wire
+from obproto import relay as wire
 
 log = logging.getLogger("obrelay")
 

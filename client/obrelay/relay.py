@@ -10,10 +10,10 @@ obclient's liveness check and reattach going while nothing fires, `pump` runs th
 
 A book's message is read from the slot when it is sent, not when it changed, so a relay behind
 its feed (NATS slow or stopped) sends each book's latest state once it can, and counts the
-publishes it folded in (obrelay/books.py). Nothing is queued per update.
+publishes it folded in (client/obrelay/books.py). Nothing is queued per update.
 
 The loop never waits on NATS: publishing hands bytes to nats-py, whose flusher writes them; the
-link's window (obrelay/link.py) is what says "not now". The heartbeat runs on its own timer and
+link's window (client/obrelay/link.py) is what says "not now". The heartbeat runs on its own timer and
 carries the counters; `shutdown` marks every published book stale, then says `stopping`.
 """
 
@@ -30,7 +30,7 @@ from obclient.client import BookNotFound, ObserverUnavailable
 from obrelay.books import BookTable, FollowedBook
 from obrelay.config import RelayConfig
 from obrelay.link import NatsLink
-from proto import relay as wire
+from obproto import relay as wire
 
 log = logging.getLogger("obrelay")
 

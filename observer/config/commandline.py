@@ -2,7 +2,7 @@
 
 Why a module of its own: `observer` (cli.py) must take its stop signals before it imports
 anything heavy, so the parser and the checks live here and are imported after that. Every
-flag that sets a configuration key is made from the key's row in observer/config.py (its flag,
+flag that sets a configuration key is made from the key's row in observer/config/settings.py (its flag,
 meaning and kind), and its text is checked by that kind here, so `--rate nan` and
 `rate_hz = nan` are refused the same way. argparse reports its own errors on one line (no usage
 dump), a flag that takes a value may be given once, and abbreviations are off (a new flag must
@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from observer import config as cfg
-from observer.configkinds import Problem, SocketPath
+from observer.config import settings as cfg
+from observer.config.kinds import Problem, SocketPath
 
 
 class UsageError(Exception):
@@ -118,7 +118,7 @@ def _check_here(config: cfg.ObserverConfig) -> None:
                               "[[feed]] tables")
     if config.cores is not None:
         from observer.loom.pin import allowed_cores
-        from observer.shardplan import check_cores, partition
+        from observer.config.shardplan import check_cores, partition
 
         check_cores(config.cores, allowed_cores())
         partition(config.feeds, len(config.cores))
@@ -140,7 +140,7 @@ def _check_backend(name: str) -> None:
 
 
 def _check_socket_path(configured: str | None) -> None:
-    from proto import messages as m
+    from obproto import messages as m
 
     path = configured or m.default_socket_path()
     where = "socket" if configured else f"socket (default, from ${m.SOCKET_ENV}, " \

@@ -1,6 +1,6 @@
 """The kinds of value a configuration key can hold, and how each one is checked.
 
-Why a module of its own: observer/config.py declares every key once, in a table (name, kind,
+Why a module of its own: observer/config/settings.py declares every key once, in a table (name, kind,
 default, meaning, flag), and both surfaces read that table: a TOML file gives typed values
 (`check`), the command line gives text (`parse`, then `check`). So a key is checked the same
 way wherever it comes from, and the error says the same thing: what the value must be and what

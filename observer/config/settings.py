@@ -6,7 +6,7 @@ command line (`--feed binance:BTCUSDT,ETHUSDT`, `--depth 20`). Nothing reads the
 a global later; a shard process receives the same object (it pickles) and takes its share.
 
 Every key is declared once, in `OBSERVER_KEYS` (the `[observer]` table) and `FEED_KEYS` (each
-`[[feed]]` table): its name, the kind of value it holds (observer/configkinds.py: type, range,
+`[[feed]]` table): its name, the kind of value it holds (observer/config/kinds.py: type, range,
 what is refused), its default, what it means, and its command-line flag if it has one. The file
 and the flags are both checked through that table, so a key means and accepts the same thing
 wherever it is set. Adding a key is one row here plus its field on the dataclass (an import-time
@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from observer.configkinds import (CaFile, Choice, CoreList, Flag, IdList, Integer, Kind, Name,
+from observer.config.kinds import (CaFile, Choice, CoreList, Flag, IdList, Integer, Kind, Name,
                                   Number, Problem, SocketPath, SymbolList, Url, shown)
-from proto import messages as m
+from obproto import messages as m
 
 DEPTH_DEFAULT = 50
 DEPTH_MAX = 1000
 SYMBOLS_PER_FEED_MAX = 1024
 FEEDS_MAX = 64
 NAME_BYTES_MAX = 32
-SHARDS_MAX = 256                 # one shard per --cores entry (observer/shardplan.py)
+SHARDS_MAX = 256                 # one shard per --cores entry (observer/config/shardplan.py)
 CONFIG_BYTES_MAX = 1 << 20       # a config file past this is refused, not read whole
 RATE_HZ_MIN, RATE_HZ_MAX = 0.001, 1_000_000.0      # synthetic updates per second per symbol
 LAG_BOUND_MS_MIN, LAG_BOUND_MS_MAX = 1.0, 86_400_000.0     # exchange times are in ms; a day

@@ -17,7 +17,7 @@ synthetic feeds declare theirs (`rate_hz`). It is an estimate for balance, not a
 
 from __future__ import annotations
 
-from observer import config as cfg
+from observer.config import settings as cfg
 
 # Expected book messages per second per symbol, for balancing only.
 EXPECTED_RATE_HZ = {

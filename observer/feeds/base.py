@@ -28,7 +28,7 @@ from observer.book import Book, BookCrossed
 from observer.feeds.actions import FeedProtocolError, Publish, Reconnect, Send, Stale
 from observer.feeds.scheduler import NS_PER_S, SendLimiter
 from observer.feeds.sync import Kind, State, SymbolSync
-from proto import symbols as symbol_names
+from obproto import symbols as symbol_names
 
 # The bad shapes a JSON message can take; each is a FeedProtocolError, never a crash.
 MESSAGE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)

@@ -1,7 +1,7 @@
 """The shard processes of one observer: start, watch, restart with backoff, stop (C1, C9).
 
 Why in the supervisor's loop: watching a child is waiting for an fd. Each shard process is
-forked by the zygote (observer/zygote.py), which passes back a pidfd that becomes readable when
+forked by the zygote (observer/process/zygote.py), which passes back a pidfd that becomes readable when
 the process ends, however it ends; one fiber per shard waits on it with `loom.wait_readable`, so
 a death is seen at once, with no SIGCHLD handler, no polling and no thread. The exit status
 comes from the zygote (it is the shard's parent, so only it can reap), and signals go through
@@ -32,11 +32,11 @@ import signal
 import time
 
 from observer import loom
-from observer.logs import log_event
-from observer.shardproc import ShardSpec
-from observer.zygote import ShardProcess
+from observer.telemetry.logs import log_event
+from observer.process.shardproc import ShardSpec
+from observer.process.zygote import ShardProcess
 
-log = logging.getLogger("observer.supervisor")
+log = logging.getLogger("observer.process.supervisor")
 
 RESTART_BACKOFF_S = 0.1
 RESTART_BACKOFF_MAX_S = 10.0

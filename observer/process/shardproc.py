@@ -1,4 +1,4 @@
-"""A shard process: one per core, forked by the zygote (observer/zygote.py) for the supervisor.
+"""A shard process: one per core, forked by the zygote (observer/process/zygote.py) for the supervisor.
 
 Why forked from the zygote and not exec'd: the segment is sealed once the observer is up, so
 no process started afterwards can map it writable (observer/shm/segment.py); a shard must be
@@ -12,7 +12,7 @@ gives. Why not a fork of the supervisor: see the zygote's essay. What a shard re
 - the zygote's read-write mapping of the segment and the shard eventfds, by inheritance.
 
 What it does (`run`): dies with the zygote (the zygote sets that up), makes itself
-non-dumpable (observer/prctl.py), pins itself (`loom.pin`), takes the writer of its own books
+non-dumpable (observer/process/prctl.py), pins itself (`loom.pin`), takes the writer of its own books
 and ring (the only writer of them), and runs its feeds on its own loom loop until SIGTERM.
 SIGINT is ignored: a Ctrl-C reaches the whole process group, and the supervisor decides the
 order of the stop. A clean stop leaves the books stale-free as they are; the supervisor marks
@@ -80,10 +80,12 @@ def run(spec: ShardSpec, segment) -> int:
     import logging
     import socket
 
-    from observer import logs, loom, prctl
-    from observer.feedplan import plan as feed_plan
-    from observer.logs import log_event
-    from observer.shard import Shard
+    from observer.telemetry import logs
+    from observer import loom
+    from observer.process import prctl
+    from observer.shard.feedplan import plan as feed_plan
+    from observer.telemetry.logs import log_event
+    from observer.shard.runner import Shard
 
     prctl.forbid_inspection()                 # inherited from the zygote; said again here
     config = spec.config

@@ -3,17 +3,17 @@
 Why this split (C1): the supervisor creates everything that outlives a shard (the segment, the
 eventfds, the control socket), and shards only write. Without --cores one shard runs in the
 supervisor's loop; with --cores each shard is a pinned child process that `ShardManager`
-(observer/shards.py) starts (through the zygote, observer/zygote.py), watches and restarts, and
+(observer/process/shardmanager.py) starts (through the zygote, observer/process/zygote.py), watches and restarts, and
 that calls `mark_shard_stale` here for a shard that died (the one time this process writes a
 book).
 
 Start-up order, and why:
-1. Make this process non-dumpable (observer/prctl.py): it holds the shard eventfds and a
+1. Make this process non-dumpable (observer/process/prctl.py): it holds the shard eventfds and a
    writable mapping, which no other process of our uid may reach through ptrace,
    /proc/PID/mem, /proc/PID/fd or pidfd_getfd. Then take the instance lock
-   (observer/instance.py): a second observer with the same name refuses to start while the
+   (observer/process/instance.py): a second observer with the same name refuses to start while the
    first lives, and nothing of the first is touched.
-2. Fork the reaper (observer/reaper.py) before anything is named, so that a kill -9 at any
+2. Fork the reaper (observer/process/reaper.py) before anything is named, so that a kill -9 at any
    later instant has someone to remove the socket file.
 3. Create the segment, a memfd: it never has a name, so nothing of it can be opened by another
    process or survive a kill -9 (C9). With --cores, start the zygote, which maps it read-write
@@ -40,23 +40,23 @@ import logging
 import os
 import time
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer import loom
-from observer import prctl
-from observer.config import ClientLimits
-from observer.instance import InstanceLock
-from observer.logs import log_event
-from observer.reaper import Reaper
+from observer.process import prctl
+from observer.config.settings import ClientLimits
+from observer.process.instance import InstanceLock
+from observer.telemetry.logs import log_event
+from observer.process.reaper import Reaper
 from observer.server.control import ControlServer
-from observer.shard import STOP_JOIN_S
-from observer.shards import exit_reason
+from observer.shard.runner import STOP_JOIN_S
+from observer.process.shardmanager import exit_reason
 from observer.shm import Segment
-from observer.zygote import Zygote
-from proto import layout
-from proto import messages as m
-from proto.layout import BookDesc
+from observer.process.zygote import Zygote
+from obproto import layout
+from obproto import messages as m
+from obproto.layout import BookDesc
 
-log = logging.getLogger("observer.supervisor")
+log = logging.getLogger("observer.process.supervisor")
 
 HEARTBEAT_PERIOD_S = 0.1
 RING_RECORDS = 1 << 14
@@ -91,7 +91,7 @@ class Supervisor:
                                     allow_gids=allow_gids, limits=client_limits)
         self.started_s = time.monotonic()
         self._fibers: list = []
-        self.shard_manager = None               # observer/shards.py, when shards are processes
+        self.shard_manager = None               # observer/process/shardmanager.py, when shards are processes
 
     def start(self) -> None:
         """Lock the name, create and seal the segment, serve the socket (the order is the
@@ -148,7 +148,7 @@ class Supervisor:
         self.lock.release()
 
     def mark_shard_stale(self, shard_index: int) -> None:
-        """Publish every book of a DEAD shard as stale (observer/shards.py calls this).
+        """Publish every book of a DEAD shard as stale (observer/process/shardmanager.py calls this).
 
         Safe only because that shard's process has ended: one writer per book at any time. The
         writer is made now, so it starts from the sequence words the dead shard left, and is

@@ -3,12 +3,12 @@
 Why it exists. The segment is a sealed memfd (observer/shm/segment.py): after the seal no
 process can map it writable, not even ours, so a shard started afterwards could never write its
 books. With --cores, the supervisor therefore starts this small, clean interpreter BEFORE the
-seal (`python -m observer.zygote`): it inherits the read-write memfd and the shard eventfds,
+seal (`python -m observer.process.zygote`): it inherits the read-write memfd and the shard eventfds,
 maps the segment read-write, closes the memfd (keeping the mapping) and says ready. Only then
 does the supervisor seal; meanwhile the zygote imports what a shard needs, so the observer's
 start-up does not wait for those imports (a SPAWN waits in the socket until they are done). Every shard process, the first ones and
 every restart, is a fork of the zygote: it inherits the mapping and the eventfds, and runs
-`observer.shardproc.run` on them.
+`observer.process.shardproc.run` on them.
 
 Why fork here and not in the supervisor: the supervisor runs a loom loop, a thread pool and the
 control server; a forked copy of it would inherit fibers, epoll registrations, client sockets
@@ -29,7 +29,7 @@ every shard dies with the zygote the same way. When the supervisor closes its en
 kills what is left and exits 0. A zygote that dies while the supervisor lives cannot be
 replaced (nothing can map the segment writable any more): the supervisor logs `zygote_exit` and
 stops with a non-zero exit, for a service manager to start a new generation (clients reattach,
-C9). The zygote and the shards are not dumpable (observer/prctl.py).
+C9). The zygote and the shards are not dumpable (observer/process/prctl.py).
 
 Exit codes: 0 after the supervisor closed the socket, 4 when the supervisor was already gone at
 start-up, 2 for arguments or inherited fds it cannot use (a bug, reported with its reason).
@@ -48,9 +48,9 @@ import struct
 import subprocess
 import sys
 
-from observer import prctl
+from observer.process import prctl
 
-log = logging.getLogger("observer.supervisor")
+log = logging.getLogger("observer.process.supervisor")
 
 READY_TIMEOUT_S = 60.0       # a fresh interpreter importing a shard's modules on a busy host
 SPAWN_TIMEOUT_S = 60.0       # a fork and a reply, after the zygote's imports the first time
@@ -65,8 +65,9 @@ KIND_STARTED = b"STA\0"      # (shard_index, pid), fds: [pidfd]
 KIND_FAILED = b"FAI\0"       # (shard_index, errno)
 KIND_EXITED = b"EXI\0"       # (pid, exit code as subprocess reports it: -N for signal N)
 # Modules a shard imports, loaded once here so a fork starts from them warm.
-WARM_MODULES = ("observer.shardproc", "observer.logs", "observer.loom", "observer.feedplan",
-                "observer.shard", "observer.shm", "observer.exchangefeed",
+WARM_MODULES = ("observer.process.shardproc", "observer.telemetry.logs", "observer.loom",
+                "observer.shard.feedplan", "observer.shard.runner", "observer.shm",
+                "observer.shard.exchangefeed",
                 "observer.feeds.synthetic", "observer.feeds.binance",
                 "observer.feeds.binance_futures", "observer.feeds.bybit",
                 "observer.feeds.coinbase", "observer.feeds.kraken", "observer.feeds.okx",
@@ -189,7 +190,7 @@ class Zygote:
     def spawn(self, spec) -> ShardProcess:
         """From a fiber: fork a shard process for `spec`; raises OSError if it cannot start."""
         from observer import loom
-        from observer.shardproc import write_spec
+        from observer.process.shardproc import write_spec
 
         if self.returncode is not None or self._reader is None:
             raise ZygoteGone(errno.ECHILD, "the zygote is gone: no shard can be started")
@@ -283,7 +284,7 @@ class Zygote:
         it lingers. From plain code or a fiber other than the reader. Idempotent."""
         if self._reader is not None:
             from observer import loom
-            from observer.shard import STOP_JOIN_S
+            from observer.shard.runner import STOP_JOIN_S
 
             loom.cancel_and_join([self._reader], timeout_s=STOP_JOIN_S)
             self._reader = None
@@ -304,7 +305,7 @@ def _start_process(name: str, control_fd: int, segment_fd: int,
     # Discussion: PR_SET_PDEATHSIG fires when the THREAD that forked the child ends. The
     # supervisor starts the zygote from its main thread, before the loop runs.
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")   # numpy must start no thread here
-    args = [sys.executable, "-m", "observer.zygote", "--name", name,
+    args = [sys.executable, "-m", "observer.process.zygote", "--name", name,
             "--parent-pid", str(os.getpid()), "--control-fd", str(control_fd),
             "--segment-fd", str(segment_fd), "--eventfds", ",".join(map(str, eventfds))]
     return subprocess.Popen(args, pass_fds=(control_fd, segment_fd, *eventfds), close_fds=True,
@@ -314,7 +315,7 @@ def _start_process(name: str, control_fd: int, segment_fd: int,
 # -- the zygote process ------------------------------------------------------------------------
 
 def _parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="observer.zygote",
+    p = argparse.ArgumentParser(prog="observer.process.zygote",
                                 description="Started by the observer supervisor; not by hand.")
     p.add_argument("--name", required=True)
     p.add_argument("--parent-pid", type=int, required=True)
@@ -393,7 +394,7 @@ def _answer(control: socket.socket, segment, children: dict, poller) -> None:
 
 
 def _spawn(spec_fd: int, shard_index: int, segment, control, children, poller) -> None:
-    from observer.shardproc import read_spec
+    from observer.process.shardproc import read_spec
 
     try:
         spec = read_spec(spec_fd)
@@ -427,7 +428,7 @@ def _child(spec, segment, control, children, zygote_pid: int) -> None:
         _close_all(children)            # siblings' pidfds
         prctl.die_with_parent(zygote_pid, EXIT_ORPHANED)
         prctl.set_name(f"ob-shard{spec.shard_index}")
-        from observer.shardproc import run
+        from observer.process.shardproc import run
 
         code = run(spec, segment)
     except BaseException:

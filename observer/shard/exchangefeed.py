@@ -37,7 +37,7 @@ import logging
 
 from observer import loom
 from observer.feeds.actions import Publish
-from observer.logs import log_event
+from observer.telemetry.logs import log_event
 from observer.feeds.session import Session
 
 log = logging.getLogger("observer.feeds")

@@ -5,7 +5,7 @@ book must be known, named and checked before anything starts. This turns an `Obs
 into that list and into one feed object per `[[feed]]` table:
 
 - Exchange feeds become an adapter (`observer.feeds.make_adapter`, endpoints and depth from the
-  config, C10) wrapped in an `ExchangeFeed` (observer/exchangefeed.py), which runs the session
+  config, C10) wrapped in an `ExchangeFeed` (observer/shard/exchangefeed.py), which runs the session
   driver into the shard's writer. Synthetic feeds stay as they were.
 - Books are named `exchange:SYMBOL` with the normalised symbol (`kraken:BTCUSD` for `XBT/USD`
   or `BTC/USD`); the exchange's own spelling goes into the descriptor's `native` field, which
@@ -14,14 +14,14 @@ into that list and into one feed object per `[[feed]]` table:
 - Two configured symbols that normalise to one book name are a `ConfigError`, as is a symbol
   the exchange module cannot spell: the process refuses to start rather than half-start.
 
-Every book is planned on shard 0 here; with --cores, observer/shardplan.py assigns each feed
+Every book is planned on shard 0 here; with --cores, observer/config/shardplan.py assigns each feed
 (and so its books) to a shard afterwards, and each shard process plans its own share again.
 """
 
 from __future__ import annotations
 
-from observer import config as cfg
-from proto.layout import NAME_BYTES_MAX, BookDesc
+from observer.config import settings as cfg
+from obproto.layout import NAME_BYTES_MAX, BookDesc
 
 SHARD_INDEX = 0
 
@@ -64,7 +64,7 @@ def _synthetic(config, feed_cfg):
 
 
 def _exchange(config, feed_cfg, where):
-    from observer.exchangefeed import ExchangeFeed
+    from observer.shard.exchangefeed import ExchangeFeed
     from observer.feeds import make_adapter
 
     try:

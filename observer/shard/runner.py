@@ -2,14 +2,14 @@
 
 Why an object of its own: C1 puts one shard process per core, each the only writer of its books
 and its ring. Without --cores the observer runs one shard inside the supervisor's process and
-loop; with --cores each `Shard` runs in a pinned child process (observer/shardproc.py, a fork of
+loop; with --cores each `Shard` runs in a pinned child process (observer/process/shardproc.py, a fork of
 the zygote) with its own `Loop` and a writer on the mapping it was forked with, and nothing here
 differs. A shard knows its writer, its feeds and which
 segment book index each of their symbols has; it does not know about clients or the socket.
 
 One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next
 deadline, hands it the time, publishes the books its actions name and flushes the writer once
-per pass (one eventfd write per batch, C6). Exchange feeds (observer/exchangefeed.py) bring
+per pass (one eventfd write per batch, C6). Exchange feeds (observer/shard/exchangefeed.py) bring
 their own fibers: the session driver (observer/feeds/session.py) owns their I/O and publishes
 through the feed's sink into this shard's writer; the shard starts and stops them.
 """
@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 
-from observer import loom, memtrace
+from observer import loom
+from observer.telemetry import memtrace
 from observer.feeds.actions import Publish, Stale
 
-log = logging.getLogger("observer.shard")
+log = logging.getLogger("observer.shard.runner")
 
 HEARTBEAT_PERIOD_S = 0.1
 TICK_MIN_S = 0.0005          # never sleep less than this between feed passes

@@ -48,7 +48,7 @@ class UringWaker:
     """
 
     def __init__(self, fd: int, entries: int = RING_ENTRIES):
-        from observer.loom import _uring_ring as ur
+        from observer.loom import uring as ur
 
         self.fd = fd
         self._ring = ur.Ring(entries, entries * 2)
@@ -118,7 +118,7 @@ class ShardWaker:
 
     def _uring_wake(self):
         if self._uring is None and not self._uring_refused:
-            from observer.loom._uring_ring import RingRefused
+            from observer.loom.uring import RingRefused
 
             try:
                 self._uring = UringWaker(self.fd)

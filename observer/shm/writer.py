@@ -16,7 +16,7 @@ may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once
 first message of such a batch arrives, before it is parsed, so that waking sleeping clients
 overlaps parsing and publishing (PROTOCOL.md).
 
-The order of stores that makes readers safe is in proto/latch.py; this module only says what
+The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
 """
 
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from observer.shm.wake import ShardWaker
-from proto import latch, layout
+from obproto import latch, layout
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
@@ -106,7 +106,7 @@ class ShardWriter:
         self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
 
     def _publisher(self, i: int):
-        """Book i's hot path (proto/latch.book_publisher), everything located once."""
+        """Book i's hot path (client/obproto/latch.book_publisher), everything located once."""
         copies = tuple((offset, views, offset // _WORD_BYTES + self._bid0_word,
                         offset // _WORD_BYTES + self._ask0_word)
                        for offset, views in zip(self._head_offset[i], self._views[i]))
@@ -121,7 +121,7 @@ class ShardWriter:
         shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
         self._head_index = shard_offset // _WORD_BYTES
         self._ring_pos = [self._words[self._head_index]]  # resume after restart; shared with
-        # every book's publisher (proto/latch.book_publisher), which advances it
+        # every book's publisher (client/obproto/latch.book_publisher), which advances it
         self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
         self._ring_word0 = self._ring_offset // _WORD_BYTES
         self._ring_mask = g.ring_records - 1
@@ -142,7 +142,7 @@ class ShardWriter:
     def publisher(self, book_index: int):
         """Book `book_index`'s hot path itself: `publish(book, flags, recv_ts_ns) -> seq`, the
         same as `publish` without its Python frame (flags from `flags()`), for a caller that
-        publishes per message (observer/exchangefeed.py)."""
+        publishes per message (observer/shard/exchangefeed.py)."""
         publish = self._publish[book_index]
         if publish is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
@@ -169,7 +169,7 @@ class ShardWriter:
         return seq_next
 
     def _commit(self, book_index: int, seq_next: int, kind: int, head: tuple) -> None:
-        """Make the idle copy visible and append its ring record (order: proto/latch.py)."""
+        """Make the idle copy visible and append its ring record (order: client/obproto/latch.py)."""
         copy_offset = self._head_offset[book_index][seq_next & 1]
         n_bids, n_asks = head[1], head[2]
         s = self._swords
@@ -267,7 +267,7 @@ class BookStats:
 
     def word(self, name: str) -> tuple[memoryview, int]:
         """(words, index) of one counter, for a per-message store `words[index] = value`
-        without the property's two calls (one aligned word store: proto/latch.store_word)."""
+        without the property's two calls (one aligned word store: client/obproto/latch.store_word)."""
         return self._words, self._word0 + _STAT_WORD[name]
 
 

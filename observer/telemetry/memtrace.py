@@ -3,7 +3,7 @@
 Why: a process that runs for weeks must keep nothing per message, per event or per reconnect,
 and a slow RSS creep (tens of KB a minute) is invisible in tests that run for seconds. With
 `OBSERVER_TRACEMALLOC_S=60` in its environment a shard starts `tracemalloc` and, every 60 s,
-logs (logger `observer.memtrace`, level INFO):
+logs (logger `observer.telemetry.memtrace`, level INFO):
 
 - `memtrace_top`: the source lines whose live allocations grew the most since the previous
   report and since the first one (size and block count, with the two callers above the line);
@@ -31,9 +31,9 @@ import sys
 import tracemalloc
 
 from observer import loom
-from observer.logs import log_event
+from observer.telemetry.logs import log_event
 
-log = logging.getLogger("observer.memtrace")
+log = logging.getLogger("observer.telemetry.memtrace")
 
 ENV_PERIOD_S = "OBSERVER_TRACEMALLOC_S"
 FRAMES_MAX = 4            # frames kept per allocation: the line and three callers

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from observer.testing import ObserverProcess, wait_until
+from kit.procs import ObserverProcess, wait_until
 
 WAIT_S = 30.0
 

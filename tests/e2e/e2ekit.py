@@ -12,7 +12,7 @@ import time
 from decimal import Decimal
 
 import obclient
-from proto import symbols as symbol_names
+from obproto import symbols as symbol_names
 
 DEADLINE_S = 30.0
 POLL_S = 0.02

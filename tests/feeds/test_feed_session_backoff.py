@@ -48,8 +48,8 @@ def test_refused_connections_are_retried_with_growing_backoff():
 
 
 def test_a_session_from_a_feed_config(tmp_path):
-    from observer.config import parse_feed_spec
-    from observer.sim.tls import make_certificates
+    from observer.config.settings import parse_feed_spec
+    from obsim.tls import make_certificates
 
     ca_file = make_certificates(tmp_path)[0]      # a real CA: the file is checked at start-up
     feed = parse_feed_spec("bybit/linear:BTCUSDT,ETHUSDT", ca_file=str(ca_file))

@@ -16,9 +16,9 @@ import pytest
 
 import obclient
 from observer import loom
-from observer.instance import InstanceLock
-from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
-from proto import layout
+from observer.process.instance import InstanceLock
+from kit.procs import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
+from obproto import layout
 
 from prockit import ALLOWED, TWO_CORES, Watcher, needs_two_cores
 
@@ -172,7 +172,8 @@ def test_a_core_this_machine_lacks_is_a_clear_error_and_leaves_nothing(tmp_path)
 # each supervisor starts is a fresh interpreter, and its shards are its forks, as in production).
 FORKER = """
 import os, signal, sys
-import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
+import observer.cli, observer.process.supervisor
+import observer.process.shardmanager, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed supervisors
 for line in sys.stdin:
     pid = os.fork()
@@ -192,7 +193,7 @@ LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before t
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")
-    shard_marker = f"observer.zygote --name {name} "
+    shard_marker = f"observer.process.zygote --name {name} "
     log = open(tmp_path / "observer.log", "wb")
     forker = subprocess.Popen(
         [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
@@ -250,7 +251,7 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
                                os.path.join(obs.workdir, "twin.sock")],
                               capture_output=True, text=True, timeout=WAIT_S)
         assert twin.returncode == 3 and "already running" in twin.stderr
-        assert len(processes_with(f"observer.zygote --name {obs.name} ", "ob-shard")) == 2
+        assert len(processes_with(f"observer.process.zygote --name {obs.name} ", "ob-shard")) == 2
         os.kill(pids[0], signal.SIGSTOP)
         assert obs.stop(signal.SIGTERM) == 0
         assert not os.path.exists(obs.socket_path)
@@ -270,7 +271,7 @@ def test_a_dead_zygote_stops_the_observer_with_an_error_and_leaves_nothing():
         client = obs.wait_ready()
         shard_pids = [s["pid"] for s in client.stats().observer["shard_list"]]
         assert not client.snapshot("BTCUSD", 0).stale
-        zygotes = processes_with(f"observer.zygote --name {obs.name} ", "ob-zygote")
+        zygotes = processes_with(f"observer.process.zygote --name {obs.name} ", "ob-zygote")
         assert len(zygotes) == 1
         os.kill(zygotes[0], signal.SIGKILL)
         assert obs.proc.wait(WAIT_S) == 1

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import obclient
-from observer.testing import processes_with, shm_entries, unique_name, wait_until
+from kit.procs import processes_with, shm_entries, unique_name, wait_until
 
 from prockit import ALLOWED, TWO_CORES, ShmWatcher
 
@@ -27,7 +27,8 @@ WAIT_S = 60.0
 INSTANTS_MIN = 32               # kill instants per mode, 0 ms first, evenly spaced to ready
 FORKER = """
 import os, signal, sys
-import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
+import observer.cli, observer.process.supervisor
+import observer.process.shardmanager, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
 for line in sys.stdin:
     pid = os.fork()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import obclient
-from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
+from kit.procs import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
 
 KILL_CYCLES = 50
 WAIT_S = 30.0
@@ -88,7 +88,8 @@ def test_bad_command_lines_are_one_line_errors():
 # so 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports on a busy machine.
 FORKER = """
 import os, signal, sys
-import observer.cli, observer.supervisor, observer.shard, observer.feeds.synthetic
+import observer.cli, observer.process.supervisor
+import observer.shard.runner, observer.feeds.synthetic
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
 for line in sys.stdin:
     pid = os.fork()
@@ -176,8 +177,8 @@ def _start_and_die_after_bind(path: str) -> int:
     try:
         from observer import loom
         from observer.server.control import ControlServer
-        from observer.supervisor import Supervisor
-        from proto.layout import BookDesc
+        from observer.process.supervisor import Supervisor
+        from obproto.layout import BookDesc
 
         bind = ControlServer.start
 
@@ -204,7 +205,7 @@ def test_a_reaper_told_nothing_leaves_what_is_not_a_dead_socket(tmp_path):
     """Without the socket's identity (its observer died before binding, or while binding), the
     reaper removes only a socket nobody listens on: never a file that is not a socket, never
     a socket a live server answers on."""
-    from observer.reaper import Reaper
+    from observer.process.reaper import Reaper
 
     not_socket = tmp_path / "plain"
     not_socket.write_text("precious")

@@ -18,8 +18,8 @@ import json
 import sys
 import time
 
-from obclient.segment import SegmentReader
-from proto import layout
+from obproto.segment import SegmentReader
+from obproto import layout
 
 
 def torn(shm_fd: int, depth: int, duration_s: float, torn_stop: int) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from observer.sim.harness import Obsim, ObsimError
+from obsim.harness import Obsim, ObsimError
 
 ALL = ["binance", "binance-futures", "coinbase", "kraken", "okx", "bybit", "bybit-linear"]
 
@@ -71,7 +71,7 @@ def test_bad_arguments_fail_clearly():
     with pytest.raises(ObsimError, match="needs --recordings"):
         with Obsim(["--source", "replay"]):
             pass
-    result = subprocess.run([sys.executable, "-m", "observer.sim.cli", "--rate", "fast"],
+    result = subprocess.run([sys.executable, "-m", "obsim.cli", "--rate", "fast"],
                             capture_output=True, timeout=30)
     assert result.returncode == 2 and b"--rate" in result.stderr
 
@@ -104,7 +104,7 @@ def test_fault_at_start_and_step_while_paused():
 
 def test_obsim_exits_when_the_process_that_started_it_dies():
     # A parent that starts obsim through the harness and is then killed without cleaning up.
-    script = ("import sys, time; from observer.sim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
+    script = ("import sys, time; from obsim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
               "s.start(); print(s.proc.pid, s.ca_file, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
