@@ -44,10 +44,12 @@ import select
 import socket
 import time
 
+from obclient.errors import (BookNotFound, IncompatibleObserver, ObserverUnavailable,
+                             RequestFailed, ServerRefused)
 from obclient.protocol import ClientProtocol, ProtocolError
 from obproto.segment import SegmentReader
 from obproto.snapshot import BookSnapshot, Update
-from obclient.stream import UpdateStream
+from obclient.stream import LIVENESS_CHECK_S, UpdateStream
 from obproto import layout
 from obproto import messages as m
 
@@ -55,44 +57,11 @@ CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 5.0
 REATTACH_PERIOD_S = 0.2
 REATTACH_TIMEOUT_S = 0.5       # a background reattach attempt waits at most this for hello
-LIVENESS_CHECK_S = 0.25
 STALE_AFTER_S = 1.0            # heartbeat age past which the observer counts as gone
 HEARTBEATS_MISSED_MAX = 5      # ...and never fewer than this many of its heartbeat periods
 RECV_BYTES_MAX = 256 * 1024
 FDS_MAX = 253                  # Linux SCM_MAX_FD
 _EPOLL_EVENTS_MAX = 64
-
-
-class ObserverUnavailable(ConnectionError):
-    """No observer answers on the socket (or it went away and has not come back yet)."""
-
-
-class IncompatibleObserver(ObserverUnavailable):
-    """The observer's segment has a layout (magic, version, hash) this client does not know."""
-
-
-class BookNotFound(LookupError):
-    """The name matches no book, or several (the message lists them)."""
-
-
-class ServerRefused(ObserverUnavailable):
-    """The observer refused this connection; `code` (obproto.messages.ErrorCode), `code_name`
-    (e.g. "BUSY") and `reason` are the server's own, e.g. `clients_max=256 reached`."""
-
-    def __init__(self, socket_path: str, code: int, reason: str):
-        self.code = code
-        self.code_name = m.ErrorCode.NAMES.get(code, str(code))
-        self.reason = reason
-        super().__init__(f"observer at {socket_path} refused the connection: "
-                         f"{self.code_name}: {reason}")
-
-
-class RequestFailed(RuntimeError):
-    """The observer answered a request with an error reply."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{m.ErrorCode.NAMES.get(code, code)}: {message}")
-        self.code = code
 
 
 def connect(socket_path: str | None = None, *, client_name: str = "obclient",

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import time
 
+from obclient.errors import BookNotFound
 from obproto.snapshot import Update
 from obproto import layout
 from obproto import messages as m
 
 _EPOLL_EVENTS_MAX = 64
+LIVENESS_CHECK_S = 0.25        # the longest a wait goes without looking at the observer's heartbeat
 
 
 class UpdateStream:
@@ -76,8 +78,6 @@ class UpdateStream:
 
     def iterate(self, timeout_s: float | None = None):
         """Yield records as they arrive; return after `timeout_s` seconds without one."""
-        from obclient.client import LIVENESS_CHECK_S
-
         deadline_s = _renew(timeout_s)
         while True:
             batch = self.poll()
@@ -101,8 +101,6 @@ class UpdateStream:
         return [_marked_stale(i, self._last_top.get(i)) for i in sorted(self._wanted)]
 
     def _on_attached(self, att, out: list) -> None:
-        from obclient.client import BookNotFound
-
         try:
             self._wanted = _resolve(att.books, self.names)
         except m.BookNameError as exc:

@@ -35,6 +35,7 @@ from obproto import latch, layout
 from obproto.layout import LayoutError
 
 from obproto.snapshot import BookSnapshot
+from obproto.updates import UpdateFollower
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _WORD_BYTES = 8
@@ -193,8 +194,6 @@ class SegmentReader:
 
     def follow(self, shard_indexes=None, *, from_oldest: bool = False):
         """An `UpdateFollower` over the given shards' rings (all by default)."""
-        from obproto.updates import UpdateFollower
-
         shards = range(self.geometry.shards_n) if shard_indexes is None else shard_indexes
         return UpdateFollower(self, list(shards), from_oldest=from_oldest)
 

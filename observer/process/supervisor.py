@@ -50,7 +50,7 @@ from observer.process.reaper import Reaper
 from observer.server.control import ControlServer
 from observer.shard.runner import STOP_JOIN_S
 from observer.process.shardmanager import exit_reason
-from observer.shm import Segment
+from observer.shm import Segment, ShardWriter
 from observer.process.zygote import Zygote
 from obproto import layout
 from obproto import messages as m
@@ -148,14 +148,12 @@ class Supervisor:
         self.lock.release()
 
     def mark_shard_stale(self, shard_index: int) -> None:
-        """Publish every book of a DEAD shard as stale (observer/process/shardmanager.py calls this).
+        """Publish every book of a DEAD shard as stale (process/shardmanager.py calls this).
 
         Safe only because that shard's process has ended: one writer per book at any time. The
         writer is made now, so it starts from the sequence words the dead shard left, and is
         dropped at once, so the next shard process is again the only writer.
         """
-        from observer.shm.writer import ShardWriter
-
         writer = ShardWriter(self.segment, shard_index)
         try:
             for book_index in writer.book_indexes:

@@ -53,6 +53,7 @@ import numpy as np
 
 from obproto import latch, layout
 from obproto.layout import BookDesc, Geometry, LayoutError
+from observer.shm.writer import ShardWriter
 
 HEARTBEAT_PERIOD_S_DEFAULT = 0.1
 SEGMENT_MODE_DEFAULT = 0o400
@@ -216,8 +217,6 @@ class Segment:
         `wake_ahead`: whether `writer.wake_ahead()` writes (PROTOCOL.md, Wake-ups). Both are
         taken when the writer is made.
         """
-        from observer.shm.writer import ShardWriter  # writer imports this module
-
         if not 0 <= shard_index < self.geometry.shards_n:
             raise ValueError(f"shard_index {shard_index} outside 0..{self.geometry.shards_n - 1}")
         if shard_index not in self._writers:
