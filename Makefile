@@ -13,7 +13,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 $(STAMP): pyproject.toml setup.py client/pyproject.toml client/setup.py \
 		client/obproto/_latch_c.c observer/book/_book_c.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq --upgrade pip 'setuptools>=77' wheel
 	$(PY) -m pip install -qq -e './client[relay]'
 	$(PY) -m pip install -qq -e '.[test,sim]'
 	@touch $@

@@ -20,10 +20,17 @@ import time
 
 import obclient
 from obrelay.config import RelayConfig, RelayConfigError, build_config, parse_args
-from obrelay.link import LinkError, NatsLink
-from obrelay.relay import Relay
 from obproto import messages
 from obproto import relay as wire
+
+try:    # nats-py is the `relay` extra of obclient: without it, --help works and a run says so
+    from obrelay.link import LinkError, NatsLink
+    from obrelay.relay import Relay
+    NATS_MISSING = ""
+except ModuleNotFoundError as exc:
+    if exc.name != "nats" and not (exc.name or "").startswith("nats."):
+        raise
+    NATS_MISSING = "obrelay needs nats-py: pip install 'obclient[relay]'"
 
 log = logging.getLogger("obrelay")
 
@@ -38,6 +45,9 @@ def main(argv=None) -> int:
         config = build_config(parse_args(argv))
     except RelayConfigError as exc:
         print(f"obrelay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if NATS_MISSING:
+        print(f"obrelay: {NATS_MISSING}", file=sys.stderr)
         return EXIT_CONFIG
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s obrelay %(levelname)s %(message)s")
