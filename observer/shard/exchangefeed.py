@@ -73,8 +73,8 @@ class BookSlot:
         self.live = False              # published live since the last Stale (for the log)
         self.name = name
         self.stale_reason = "start"
-        # The segment's counters when this process attached: a restarted shard (observer/
-        # shards.py) continues them instead of resetting them to its adapter's fresh zeros.
+        # The segment's counters when this process attached: a restarted shard
+        # (observer/process/shardmanager.py) continues them instead of resetting them to its adapter's fresh zeros.
         self.base = tuple(getattr(stats, segment_name) for segment_name, _ in STATS_COPIED)
 
 
