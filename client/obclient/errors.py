@@ -3,7 +3,8 @@
 `ObserverUnavailable` (no observer answers, or it went away: retry later), its subclasses
 `IncompatibleObserver` (a segment layout this client does not know: upgrade one side) and
 `ServerRefused` (the observer refused the connection, with its reason), `BookNotFound` (a name
-that matches no book, or several), `RequestFailed` (an error reply to a request).
+that matches no book) and its subclass `AmbiguousBook` (several: `choices` lists them),
+`RequestFailed` (an error reply to a request).
 """
 
 from __future__ import annotations
@@ -20,7 +21,23 @@ class IncompatibleObserver(ObserverUnavailable):
 
 
 class BookNotFound(LookupError):
-    """The name matches no book, or several (the message lists them)."""
+    """The name matches no book (`unknown book 'DOGEUSD'`), or several (`AmbiguousBook`)."""
+
+    def __init__(self, message: str, choices=()):
+        super().__init__(message)
+        self.choices = tuple(choices)   # for AmbiguousBook: every matching `exchange:SYMBOL`
+
+
+class AmbiguousBook(BookNotFound):
+    """The name matches several books, e.g. `BTCUSD is ambiguous: binance:BTCUSD,
+    kraken:BTCUSD`; `choices` holds them. Say `exchange:SYMBOL`."""
+
+
+def book_error(exc: m.BookNameError) -> BookNotFound:
+    """The obclient exception for a name the resolver refused."""
+    if exc.code == m.ErrorCode.AMBIGUOUS_BOOK:
+        return AmbiguousBook(str(exc), exc.choices)
+    return BookNotFound(str(exc))
 
 
 class ServerRefused(ObserverUnavailable):

@@ -128,7 +128,7 @@ def test_obclient_alone_imports_and_runs_obctl(wheels, tmp_path):
 
 
 def test_obclient_beside_proto_plus(wheels, tmp_path):
-    """proto-plus installs the import package `proto`; ours is obproto, so both import and
+    """proto-plus installs the import package named proto; ours is obproto, so both import and
     installing one never overwrites a file of the other."""
     python = fresh_venv(tmp_path / "venv", ["numpy", "msgpack"],
                         wheel_files=[wheels["obclient"]])
