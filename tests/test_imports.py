@@ -36,7 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "observer.net": ("observer.loom",),
     "observer.config": ("obproto", "observer.loom"),
     "observer.feeds": ("obproto", "observer.book", "observer.net", "observer.telemetry"),
-    "observer.shm": ("obproto", "observer.loom"),
+    "observer.shm": ("obproto", "observer.config", "observer.loom"),
     "observer.server": ("obproto", "observer.config", "observer.telemetry"),
     "observer.shard": ("observer.config", "observer.feeds", "observer.shm"),
     "observer.process": ("observer.server", "observer.shard"),
