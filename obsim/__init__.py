@@ -17,4 +17,9 @@ the per-connection queue), `venue` (what every exchange shares: markets, tick, f
 counters), one module per exchange (`binance`, `coinbase`, `kraken`, `okx`, `bybit`),
 `server` (ports, ticker, housekeeping), `control` (HTTPS JSON API), `tls`, `cli` (`obsim`),
 and `harness` (start obsim from a test, drive it, always clean up).
+
+On top of the simulator, and the only modules here that import observer or obclient
+(tests/test_imports.py holds both rules): `observerproc` (start an observer process, wait
+until it serves, stop it, leave nothing: for `make run`, the tests and bench/), `simconfig` (an
+observer config file pointing feeds at a running obsim) and `demo` (`make run`).
 """

@@ -127,6 +127,7 @@ def test_obclient_alone_imports_and_runs_obctl(wheels, tmp_path):
         assert (site / package / "py.typed").is_file(), package
 
 
+@pytest.mark.network
 def test_obclient_beside_proto_plus(wheels, tmp_path):
     """proto-plus installs the import package named proto; ours is obproto, so both import and
     installing one never overwrites a file of the other."""
