@@ -36,7 +36,7 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from observer.sim.harness import Obsim  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
 
 SEED = 7
 WARMUP_S = 1.0
@@ -75,7 +75,7 @@ async def serve_plain(cert_dir: Path) -> None:
 
     from websockets.asyncio.server import serve
 
-    from observer.sim.tls import make_certificates, server_context
+    from obsim.tls import make_certificates, server_context
     _, cert, key = make_certificates(cert_dir)
     rng = random.Random(SEED)
     messages = []

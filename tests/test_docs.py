@@ -8,7 +8,7 @@ tree points at something the repository holds.
   from); every `NAME.md` mentioned exists, every `docs/...` path exists, and a cited section
   ("docs/EXCHANGES.md section 1b") is a heading of that file.
 - Paths to code in README.md and docs/*.md exist (`observer/shm/writer.py`, or
-  `observer/shard.Shard` for a name in a module).
+  `observer/shard/runner.Shard` for a name in a module).
 
 When a module moves, this test names every place that still says the old path.
 """
@@ -225,9 +225,9 @@ def test_the_data_path_goes_from_the_socket_to_the_client_latch_read():
     names = dotted_names(arch_section("Data path"))
     stages = ["observer.loom.calls.recv_into", "observer.net.tcp", "observer.net.tls",
               "observer.net.wsframe", "observer.feeds.binance", "observer.book.book.Book.apply",
-              "proto.latch.book_publisher", "observer.shm.writer.ShardWriter.flush",
-              "obclient.stream.UpdateStream.wait", "proto.latch.ring_reader",
-              "proto.latch.latch_read"]
+              "obproto.latch.book_publisher", "observer.shm.writer.ShardWriter.flush",
+              "obclient.stream.UpdateStream.wait", "obproto.latch.ring_reader",
+              "obproto.latch.latch_read"]
     firsts = []
     for stage in stages:
         hits = [i for i, name in enumerate(names) if name.startswith(stage)]
@@ -306,7 +306,7 @@ def test_every_cited_section_is_a_heading():
 
 @pytest.mark.parametrize("doc", ["README.md", *sorted(p.name for p in DOCS.glob("*.md"))])
 def test_code_paths_in_docs_exist(doc):
-    """`observer/shm/writer.py`, `tests/shm/`, or `observer/shard.Shard` (a name in a module)."""
+    """`observer/shm/writer.py`, `tests/shm/`, or `observer/shard/runner.Shard` (a name in a module)."""
     path = ROOT / doc if doc == "README.md" else DOCS / doc
     text = path.read_text()
     top = [p.name for p in ROOT.iterdir() if p.is_dir() and (candidate(p) or p.name in
@@ -323,6 +323,6 @@ def test_code_paths_in_docs_exist(doc):
         if found and hasattr(resolve(module.replace("/", ".")), attr):
             continue
         if any((base / f"{target}.c").exists() for base in bases):
-            continue  # a compiled module named by its import name (proto/_latch_c)
+            continue  # a compiled module named by its import name (client/obproto/_latch_c)
         bad.append(f"{doc}:{line_of(text, match.start())}: {target}")
     assert not bad, "paths in the docs that do not exist:\n" + "\n".join(bad)

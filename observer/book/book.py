@@ -103,7 +103,7 @@ class Book:
         self.rescales = 0
         self._keys = ([], [])  # per side, ascending towards the best level
         self._sizes = ([], [])
-        # The same four lists for a compiled exporter (proto/_latch_c): they live as long as
+        # The same four lists for a compiled exporter (client/obproto/_latch_c): they live as long as
         # the book (every change is in place), each ascending to its best level at the end.
         self.top_lists = (self._keys[BID], self._sizes[BID], self._keys[ASK], self._sizes[ASK])
         self._price_ints = {}  # text -> int at the current exponent (see text_int)

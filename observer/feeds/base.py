@@ -30,7 +30,7 @@ from observer.feeds.actions import ConnSpec, FeedProtocolError, Publish, Reconne
 from observer.feeds.clock import NS_PER_S
 from observer.feeds.scheduler import SendLimiter
 from observer.feeds.sync import Kind, State, SymbolSync
-from proto import symbols as symbol_names
+from obproto import symbols as symbol_names
 
 # The bad shapes a JSON message can take; each is a FeedProtocolError, never a crash.
 MESSAGE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
-from observer.logs import log_event
+from observer.telemetry.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
 from observer.net import websocket
@@ -138,7 +138,7 @@ class Session:
 
     @classmethod
     def for_feed(cls, feed, sink, *, depth, **options):
-        """A session for one configured feed (observer.config.FeedConfig: exchange, symbols,
+        """A session for one configured feed (observer.config.settings.FeedConfig: exchange, symbols,
         ws_url, rest_url, ca_file, category, depth); `depth` is the observer's depth, used when
         the feed sets none. Paranoid invariant checks stay off here (tests turn them on)."""
         adapter = make_adapter(feed.exchange, list(feed.symbols), ws_url=feed.ws_url,

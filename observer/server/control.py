@@ -42,14 +42,14 @@ import struct
 import time
 
 from observer import loom
-from observer.config import ClientLimits
-from observer.configkinds import UNIX_PATH_BYTES_MAX
-from observer.logs import log_event
+from observer.config.settings import ClientLimits
+from observer.config.kinds import UNIX_PATH_BYTES_MAX
+from observer.telemetry.logs import log_event
 from observer.server.admission import OUT_OF_FDS, Admission, ReserveFd
 from observer.server.protocol import ServerConnection
 from observer.server.transport import ClientTransport
-from proto import framing
-from proto import messages as m
+from obproto import framing
+from obproto import messages as m
 
 log = logging.getLogger("observer.server")
 

@@ -16,7 +16,7 @@ may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once
 first message of such a batch arrives, before it is parsed, so that waking sleeping clients
 overlaps parsing and publishing (PROTOCOL.md).
 
-The order of stores that makes readers safe is in proto/latch.py; this module only says what
+The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
 """
 
@@ -29,8 +29,8 @@ import time
 import numpy as np
 
 from observer.shm.wake import ShardWaker
-from proto import latch, layout
-from proto.layout import CopyHead, RecordBody
+from obproto import latch, layout
+from obproto.layout import CopyHead, RecordBody
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
@@ -107,7 +107,7 @@ class ShardWriter:
         self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
 
     def _publisher(self, i: int):
-        """Book i's hot path (proto/latch.book_publisher), everything located once."""
+        """Book i's hot path (client/obproto/latch.book_publisher), everything located once."""
         copies = tuple(latch.CopyPlace(head_offset=offset, views=views,
                                        bid0_word=offset // _WORD_BYTES + self._bid0_word,
                                        ask0_word=offset // _WORD_BYTES + self._ask0_word)
@@ -125,7 +125,7 @@ class ShardWriter:
         shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
         self._head_index = shard_offset // _WORD_BYTES
         self._ring_pos = [self._words[self._head_index]]  # resume after restart; shared with
-        # every book's publisher (proto/latch.book_publisher), which advances it
+        # every book's publisher (client/obproto/latch.book_publisher), which advances it
         self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
         self._ring_word0 = self._ring_offset // _WORD_BYTES
         self._ring_mask = g.ring_records - 1
@@ -146,7 +146,7 @@ class ShardWriter:
     def publisher(self, book_index: int):
         """Book `book_index`'s hot path itself: `publish(book, flags, recv_ts_ns) -> seq`, the
         same as `publish` without its Python frame (flags from `flags()`), for a caller that
-        publishes per message (observer/exchangefeed.py)."""
+        publishes per message (observer/shard/exchangefeed.py)."""
         publish = self._publish[book_index]
         if publish is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
@@ -174,7 +174,7 @@ class ShardWriter:
         return seq_next
 
     def _commit(self, book_index: int, seq_next: int, kind: int, head: CopyHead) -> None:
-        """Make the idle copy visible and append its ring record (order: proto/latch.py)."""
+        """Make the idle copy visible and append its ring record (order: client/obproto/latch.py)."""
         copy_offset = self._head_offset[book_index][seq_next & 1]
         s = self._swords
         bid = copy_offset // _WORD_BYTES + self._bid0_word
@@ -274,7 +274,7 @@ class BookStats:
 
     def word(self, name: str) -> tuple[memoryview, int]:
         """(words, index) of one counter, for a per-message store `words[index] = value`
-        without the property's two calls (one aligned word store: proto/latch.store_word)."""
+        without the property's two calls (one aligned word store: client/obproto/latch.store_word)."""
         return self._words, self._word0 + _STAT_WORD[name]
 
 

@@ -24,10 +24,10 @@ import pytest
 
 import obclient
 from obclient.obctl import snapshot_json
-from observer.supervisor import RING_RECORDS
-from observer.testing import ObserverProcess, unique_name
-from proto import framing, latch, layout
-from proto import messages as m
+from observer.process.supervisor import RING_RECORDS
+from kit.procs import ObserverProcess, unique_name
+from obproto import framing, latch, layout
+from obproto import messages as m
 
 SOURCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "c-reader")
 WAIT_S = 60.0               # a bound, never a timing assertion (the machine may be very busy)
@@ -451,7 +451,7 @@ def test_the_default_socket_path_is_the_same_in_c_and_python(obreader, tmp_path,
     base = {k: v for k, v in os.environ.items()
             if k not in ("OBSERVER_SOCKET", "XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP")}
     env = {**base, **{k: v.format(tmp=tmp_path) for k, v in env.items()}}
-    where = subprocess.run([sys.executable, "-c", "from proto.messages import "
+    where = subprocess.run([sys.executable, "-c", "from obproto.messages import "
                             "default_socket_path as d; print(d())"],
                            capture_output=True, text=True, env=env, timeout=WAIT_S)
     path = where.stdout.strip()

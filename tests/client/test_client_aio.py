@@ -7,7 +7,7 @@ import selectors
 import pytest
 
 import obclient
-from observer.testing import ObserverProcess, unique_name
+from kit.procs import ObserverProcess, unique_name
 
 WAIT_S = 30.0
 PATIENT_S = 30.0          # no reattach because this busy machine starved the observer a second

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import obclient
-from proto import messages as m
+from obproto import messages as m
 from venuekit import BOOK_NAMES, venue_observer
 
 WAIT_S = 60.0

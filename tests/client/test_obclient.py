@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import obclient
-from observer.testing import ObserverProcess, unique_name, wait_until
-from proto import layout
+from kit.procs import ObserverProcess, unique_name, wait_until
+from obproto import layout
 
 WAIT_S = 30.0
 # Tests that check an unbroken run of updates must not see a reattach because this busy machine
@@ -60,7 +60,7 @@ def test_an_observer_that_dies_during_the_handshake_is_observer_unavailable(tmp_
 
 
 def test_default_socket_path_follows_the_environment(monkeypatch, tmp_path):
-    from proto.messages import default_socket_path
+    from obproto.messages import default_socket_path
 
     monkeypatch.setenv("OBSERVER_SOCKET", str(tmp_path / "x.sock"))
     assert default_socket_path() == str(tmp_path / "x.sock")

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from observer.testing import ObserverProcess, wait_until
+from kit.procs import ObserverProcess, wait_until
 
 WAIT_S = 30.0
 
@@ -104,7 +104,7 @@ def test_depth_zero_is_every_level_as_in_python_and_on_the_wire(observer):
     """One depth rule: obctl --depth 0, book.snapshot(depth=0) and the wire's depth 0 all mean
     every level; a negative depth is refused by all three."""
     import obclient
-    from proto import messages as m
+    from obproto import messages as m
 
     done = obctl("snapshot", "ETHUSD", "--json", "--depth", "0", socket_path=observer.socket_path)
     assert done.returncode == 0, done.stderr

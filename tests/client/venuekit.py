@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from observer.sim.harness import Obsim
-from observer.simconfig import write_config
-from observer.testing import ObserverProcess, unique_name
+from obsim.harness import Obsim
+from obsim.simconfig import write_config
+from kit.procs import ObserverProcess, unique_name
 
 FEEDS = (("kraken", ["BTC/USD", "ETH/USD"]), ("coinbase", ["BTC-USD"]))
 SIM_ARGS = ["--exchanges", ",".join(e for e, _ in FEEDS), "--rate", "20", "--depth", "50",

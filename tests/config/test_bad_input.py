@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pytest
 
 from observer import cli, loom
-from observer.instance import InstanceLock
-from observer.testing import processes_with, shm_entries, unique_name
+from observer.process.instance import InstanceLock
+from kit.procs import processes_with, shm_entries, unique_name
 
 WAIT_S = 60.0
 ALLOWED = sorted(os.sched_getaffinity(0))
@@ -278,7 +278,7 @@ def no_loop(monkeypatch):
 def prepare(case: Case, tmp_path) -> tuple[list[str], str, str]:
     """The argv with paths filled in, plus the name and socket path the case runs under."""
     (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
-    from observer.sim.tls import make_certificates
+    from obsim.tls import make_certificates
 
     if "{dir}/ca.pem" in " ".join(case.argv):
         make_certificates(tmp_path)
@@ -425,7 +425,7 @@ def test_obctl_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys):
 @pytest.mark.parametrize("argv,fragment", OBSIM_CASES, ids=lambda v: " ".join(v)[:40]
                          if isinstance(v, tuple) else None)
 def test_obsim_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys, monkeypatch):
-    from observer.sim import cli as obsim
+    from obsim import cli as obsim
 
     def tripwire(coro):
         coro.close()

@@ -12,8 +12,8 @@ import time
 from decimal import Decimal
 
 import obclient
-from observer.testing import wait_until
-from proto import symbols as symbol_names
+from kit.procs import wait_until
+from obproto import symbols as symbol_names
 
 DEADLINE_S = 30.0
 POLL_S = 0.02

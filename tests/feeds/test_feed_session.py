@@ -21,8 +21,8 @@ from observer.feeds import make_adapter
 from observer.feeds.actions import Publish, Stale
 from observer.feeds.session import Session, SessionLimits
 from observer.feeds.sync import State
-from observer.sim.harness import Obsim
-from observer.testing import wait_until
+from obsim.harness import Obsim
+from kit.procs import wait_until
 
 EXCHANGES = ("binance", "binance-futures", "coinbase", "kraken", "okx", "bybit")
 DEADLINE_S = 30.0
@@ -489,10 +489,10 @@ def test_a_shard_stopper_cancelled_midway_stops_every_feed_then_raises(sim):
     import os
     import secrets
 
-    from observer.exchangefeed import ExchangeFeed
-    from observer.shard import Shard
+    from observer.shard.exchangefeed import ExchangeFeed
+    from observer.shard.runner import Shard
     from observer.shm import Segment
-    from proto.layout import BookDesc
+    from obproto.layout import BookDesc
 
     feeds = []
     for exchange in ("okx", "bybit"):
@@ -532,10 +532,10 @@ def test_a_read_of_many_messages_costs_two_eventfd_writes_not_two_per_message(tm
     """Messages that arrive in one read are one batch: one wake-ahead before the first is
     parsed and one flush after the last, so a burst of a hundred diffs wakes clients twice,
     and every record is in the ring when the flush wakes them."""
-    from observer.exchangefeed import ExchangeFeed
+    from observer.shard.exchangefeed import ExchangeFeed
     from observer.shm.segment import Segment
-    from observer.testing import unique_name
-    from proto.layout import BookDesc
+    from kit.procs import unique_name
+    from obproto.layout import BookDesc
 
     args = ["--exchanges", "binance", "--start-paused", "--depth", "50", "--seed", "5",
             "--changes-per-event", "10", "--binance-rest-weight-max", "100000"]

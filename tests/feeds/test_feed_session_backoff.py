@@ -5,7 +5,7 @@ import socket
 from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.session import Session, SessionLimits
-from observer.testing import wait_until
+from kit.procs import wait_until
 
 
 class FakeClock:
@@ -83,8 +83,8 @@ def test_refused_connections_are_retried_with_growing_backoff():
 
 
 def test_a_session_from_a_feed_config(tmp_path):
-    from observer.config import parse_feed_spec
-    from observer.sim.tls import make_certificates
+    from observer.config.settings import parse_feed_spec
+    from obsim.tls import make_certificates
 
     ca_file = make_certificates(tmp_path)[0]      # a real CA: the file is checked at start-up
     feed = parse_feed_spec("bybit/linear:BTCUSDT,ETHUSDT", ca_file=str(ca_file))

@@ -4,7 +4,7 @@ Why this matters more than it looks: a shard in steady state allocates almost no
 (measured: no collection at all, not even of generation 0, over 80k messages), so CPython's
 cyclic GC may not run for hours. Anything a reconnect or a REST resync leaves in a reference
 cycle is then kept as if leaked: a dead WebSocket with its TLS state and 256 KiB frame buffer,
-a finished snapshot fiber with its Op, fd state and socket (bench/soak.py, observer/memtrace.py).
+a finished snapshot fiber with its Op, fd state and socket (bench/soak.py, observer/telemetry/memtrace.py).
 
 The probe runs in a fresh interpreter (the GC is switched off process-wide while it counts),
 against a real obsim over WebSocket + TLS and HTTPS: Binance, because it has both paths (the
@@ -26,8 +26,8 @@ import collections, gc, json, sys, time
 from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.session import Session, SessionLimits
-from observer.sim.harness import Obsim
-from observer.testing import wait_until
+from obsim.harness import Obsim
+from kit.procs import wait_until
 
 FAULTS_N = int(sys.argv[1])
 DEADLINE_S = 60.0

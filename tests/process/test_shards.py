@@ -16,10 +16,10 @@ import pytest
 
 import obclient
 from observer import loom
-from observer.instance import InstanceLock
-from observer.testing import (ObserverForker, ObserverProcess, processes_with, shm_entries,
+from observer.process.instance import InstanceLock
+from kit.procs import (ObserverForker, ObserverProcess, processes_with, shm_entries,
                               unique_name, wait_until)
-from proto import layout
+from obproto import layout
 
 from prockit import ALLOWED, TWO_CORES, Watcher, needs_two_cores
 
@@ -182,7 +182,7 @@ LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before t
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")
-    shard_marker = f"observer.zygote --name {name} "
+    shard_marker = f"observer.process.zygote --name {name} "
     args = ["--feed", "synthetic:BTCUSD,ETHUSD", "--feed", "synthetic:SOLUSD", "--rate", "50",
             "--cores", TWO_CORES, "--name", name, "--socket", path]
     with ObserverForker(args, tmp_path / "observer.log") as forker:
@@ -229,7 +229,7 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
                                os.path.join(obs.workdir, "twin.sock")],
                               capture_output=True, text=True, timeout=WAIT_S)
         assert twin.returncode == 3 and "already running" in twin.stderr
-        assert len(processes_with(f"observer.zygote --name {obs.name} ", "ob-shard")) == 2
+        assert len(processes_with(f"observer.process.zygote --name {obs.name} ", "ob-shard")) == 2
         os.kill(pids[0], signal.SIGSTOP)
         assert obs.stop(signal.SIGTERM) == 0
         assert not os.path.exists(obs.socket_path)
@@ -249,7 +249,7 @@ def test_a_dead_zygote_stops_the_observer_with_an_error_and_leaves_nothing():
         client = obs.wait_ready()
         shard_pids = [s["pid"] for s in client.stats().observer["shard_list"]]
         assert not client.snapshot("BTCUSD", 0).stale
-        zygotes = processes_with(f"observer.zygote --name {obs.name} ", "ob-zygote")
+        zygotes = processes_with(f"observer.process.zygote --name {obs.name} ", "ob-zygote")
         assert len(zygotes) == 1
         os.kill(zygotes[0], signal.SIGKILL)
         assert obs.proc.wait(WAIT_S) == 1

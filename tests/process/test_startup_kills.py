@@ -17,7 +17,7 @@ import time
 import pytest
 
 import obclient
-from observer.testing import ObserverForker, processes_with, shm_entries, unique_name, wait_until
+from kit.procs import ObserverForker, processes_with, shm_entries, unique_name, wait_until
 
 from prockit import ALLOWED, TWO_CORES, ShmWatcher
 

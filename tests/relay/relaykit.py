@@ -22,8 +22,8 @@ import nats
 from obrelay.link import pub_bytes
 from observer.book import ASK, BID
 from observer.feeds.synthetic import SyntheticFeed
-from observer.testing import ObserverProcess, log_text, wait_until
-from proto import relay as wire
+from kit.procs import ObserverProcess, log_text, wait_until
+from obproto import relay as wire
 
 SEED = 7
 OBSERVER_DEPTH = 50

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from natskit import NatsServer, free_port
-from observer.testing import unique_name, wait_until
+from kit.procs import unique_name, wait_until
 from relaykit import RelayProcess
 
 EXIT_CONFIG = 2
@@ -100,7 +100,7 @@ def test_the_next_incarnation_is_above_the_previous_relays_even_if_the_clock_is_
     import msgpack
 
     from obrelay.cli import _next_incarnation
-    from proto import relay as wire
+    from obproto import relay as wire
 
     ahead = time.time_ns() + 10**15                    # a previous relay on a clock far ahead
     hb = wire.Heartbeat(wire.TYPE_HEARTBEAT, 1, ahead, 7, 0, 500, True, 1, 0, True, {}, {})

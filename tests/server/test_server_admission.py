@@ -15,10 +15,10 @@ import pytest
 import obclient
 from obclient.protocol import ClientProtocol
 from observer import loom
-from observer.config import ClientLimits
+from observer.config.settings import ClientLimits
 from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
-from observer.testing import unique_name, wait_until
-from proto import messages as m
+from kit.procs import unique_name, wait_until
+from obproto import messages as m
 
 from test_server_protocol import TableCatalog
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import obclient
-from observer.testing import (ObserverForker, ObserverProcess, processes_with, shm_entries,
+from kit.procs import (ObserverForker, ObserverProcess, processes_with, shm_entries,
                               unique_name, wait_until)
 
 KILL_CYCLES = 50
@@ -152,8 +152,8 @@ def _start_and_die_after_bind(path: str) -> int:
     try:
         from observer import loom
         from observer.server.control import ControlServer
-        from observer.supervisor import Supervisor
-        from proto.layout import BookDesc
+        from observer.process.supervisor import Supervisor
+        from obproto.layout import BookDesc
 
         bind = ControlServer.start
 
@@ -180,7 +180,7 @@ def test_a_reaper_told_nothing_leaves_what_is_not_a_dead_socket(tmp_path):
     """Without the socket's identity (its observer died before binding, or while binding), the
     reaper removes only a socket nobody listens on: never a file that is not a socket, never
     a socket a live server answers on."""
-    from observer.reaper import Reaper
+    from observer.process.reaper import Reaper
 
     not_socket = tmp_path / "plain"
     not_socket.write_text("precious")

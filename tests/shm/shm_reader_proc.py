@@ -18,8 +18,8 @@ import json
 import sys
 import time
 
-from obclient.segment import SegmentReader
-from proto import layout
+from obproto.segment import SegmentReader
+from obproto import layout
 
 
 DISTINCT_MIN = 11      # publications a torn-mode reader must see before it stops

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from obclient import client as obclient_client
-from obclient import updates as obclient_updates
-from observer import supervisor
+from obproto import updates as obclient_updates
+from observer.process import supervisor
 from observer.server import control, protocol as server_protocol
 from observer.server import transport
-from proto import framing, latch, layout
-from proto import messages as m
+from obproto import framing, latch, layout
+from obproto import messages as m
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
@@ -213,6 +213,6 @@ def test_the_byte_examples_are_what_the_codec_writes():
 def test_the_doc_names_no_python_file_as_its_source_of_truth():
     text = doc_text()
     assert "This document is the specification" in text
-    assert not re.search(r"`proto/\w+\.py`", text)
+    assert not re.search(r"`client/obproto/\w+\.py`", text)
     assert "(`/tmp`)" not in text
     assert "CLOCK_REALTIME" in section("Time")

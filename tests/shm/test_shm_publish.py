@@ -9,10 +9,10 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer.shm import Segment
-from proto import layout
-from proto.layout import BookDesc
+from obproto import layout
+from obproto.layout import BookDesc
 from shm_doubles import BookDouble
 
 DESCS = [BookDesc("binance", "BTCUSDT", "btcusdt", 0), BookDesc("kraken", "BTCUSD", "XBT/USD", 1),
@@ -287,7 +287,7 @@ def test_publish_allocates_nothing_once_warm(seg):
     # Count only what our code allocates: in the full suite other tests' threads may still be
     # allocating in this process, and tracemalloc traces every thread.
     ours = [tracemalloc.Filter(True, f"*{part}*") for part in
-            ("observer/shm/", "proto/", "obclient/", "tests/shm/")]
+            ("observer/shm/", "client/obproto/", "client/obclient/", "tests/shm/")]
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot().filter_traces(ours)

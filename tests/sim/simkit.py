@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 RECORDINGS = Path(__file__).resolve().parents[2] / ".." / "shared" / "recordings"
 TEST_TIMEOUT_S = 60.0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from observer.sim.harness import Obsim, ObsimError
-from observer.testing import wait_until
+from obsim.harness import Obsim, ObsimError
+from kit.procs import wait_until
 
 WAIT_S = 15.0
 TICKED_EVENTS = 10      # Kraken events at --rate 50: a fifth of a second of the sim's ticks
@@ -73,7 +73,7 @@ def test_bad_arguments_fail_clearly():
     with pytest.raises(ObsimError, match="needs --recordings"):
         with Obsim(["--source", "replay"]):
             pass
-    result = subprocess.run([sys.executable, "-m", "observer.sim.cli", "--rate", "fast"],
+    result = subprocess.run([sys.executable, "-m", "obsim.cli", "--rate", "fast"],
                             capture_output=True, timeout=30)
     assert result.returncode == 2 and b"--rate" in result.stderr
 
@@ -116,7 +116,7 @@ def _running(pid: int) -> bool:
 
 def test_obsim_exits_when_the_process_that_started_it_dies():
     # A parent that starts obsim through the harness and is then killed without cleaning up.
-    script = ("import sys, time; from observer.sim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
+    script = ("import sys, time; from obsim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
               "s.start(); print(s.proc.pid, s.ca_file, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
