@@ -8,6 +8,9 @@ is the sink between them and the shard's `ShardWriter`:
   adapter's rule), so a book is live in the segment exactly when it is synced. `Stale` ->
   `writer.mark_stale`: the visible copy is republished with the stale flag. Every book starts
   stale (an unpublished slot reads as stale), so nothing is live before its first sync.
+  `Invalid` (the exchange refused the symbol) -> `writer.mark_invalid` with the exchange's
+  reason, logged once as `symbol_refused` (an ERROR: the configuration names a symbol the
+  exchange does not list; the book stays empty until the configuration is fixed).
 - No flush here: the session calls `writer.flush()` (its `after_frame`) once per batch, the
   messages of one read from the network, or after any other call that published (C6).
 - Lag (C11): each publish measures local receive time minus the exchange's event time of the
@@ -36,7 +39,7 @@ from __future__ import annotations
 import logging
 
 from observer import loom
-from observer.feeds.actions import Publish
+from observer.feeds.actions import Invalid, Publish
 from observer.logs import log_event
 from observer.feeds.session import Session
 
@@ -154,11 +157,22 @@ class ExchangeFeed:
                 slot.publish(book, slot.flags, recv_ns)
                 if not slot.live:
                     self.went_live(slot)
+            elif type(action) is Invalid:
+                self.refused(slot, action.reason)
             else:
                 self.writer.mark_stale(slot.index)
                 self.copy_stats(slot)
                 if slot.live:
                     self.went_stale(slot, action.reason)
+
+    def refused(self, slot, reason) -> None:
+        """Once per book (the adapter never asks again): publish it invalid, say why."""
+        slot.live = False
+        slot.stale_reason = "refused"
+        self.writer.mark_invalid(slot.index, reason)
+        self.copy_stats(slot)
+        log_event(log, "symbol_refused", level=logging.ERROR, book=slot.name,
+                  native=slot.sync.native, reason=reason)
 
     def went_live(self, slot) -> None:
         """Logged once per sync: the first after start, then each resync after a Stale."""
@@ -187,13 +201,12 @@ class ExchangeFeed:
     def lag_changed(self, slot, lagging, lag_ns) -> None:
         slot.lagging = lagging
         slot.flags = self.writer.flags(lagging=lagging)
-        name = f"{self.exchange}:{slot.sync.symbol}"
         if lagging:
             slot.stats.lagging_count += 1
-            log.warning("%s is lagging: %.0f ms behind the exchange (bound %.0f ms)", name,
-                        lag_ns / NS_PER_MS, self.lag_bound_ns / NS_PER_MS)
+            log_event(log, "book_lagging", level=logging.WARNING, book=slot.name,
+                      lag_ms=round(lag_ns / NS_PER_MS), bound_ms=round(self.lag_bound_ns / NS_PER_MS))
         else:
-            log.info("%s caught up: %.0f ms behind the exchange", name, lag_ns / NS_PER_MS)
+            log_event(log, "book_caught_up", book=slot.name, lag_ms=round(lag_ns / NS_PER_MS))
 
     # -- counters -----------------------------------------------------------------------------
 

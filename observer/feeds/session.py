@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 from observer import loom
 from observer.feeds import make_adapter
-from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
+from observer.feeds.actions import (FeedProtocolError, FetchSnapshot, Invalid, Publish, Reconnect,
+                                    Send, Stale)
 from observer.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
@@ -292,7 +293,7 @@ class Session:
         published = []
         for action in actions:
             kind = type(action)
-            if kind is Publish or kind is Stale:
+            if kind is Publish or kind is Stale or kind is Invalid:
                 published.append(action)
             elif kind is Send:
                 self.send(action)
