@@ -41,6 +41,8 @@ LIVE_PUBLISHES = 20          # records the good books publish after the refusal,
 EXIT_INVALID = 4
 EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
+pytestmark = pytest.mark.timeout(300)   # the first test starts obsim and an observer on six feeds
+
 
 @pytest.fixture(scope="module")
 def sim():
