@@ -320,6 +320,9 @@ def check_header(buf, size_bytes: int) -> Geometry:
     if int(head["layout_version"]) != LAYOUT_VERSION:
         raise LayoutError(f"segment layout version {int(head['layout_version'])}, this reader "
                           f"knows version {LAYOUT_VERSION}: upgrade the older side")
+    if int(head["header_bytes"]) != HEADER.itemsize:
+        raise LayoutError(f"segment header_bytes {int(head['header_bytes'])}, expected "
+                          f"{HEADER.itemsize} for version {LAYOUT_VERSION}")
     if int(head["layout_hash"]) != LAYOUT_HASH:
         raise LayoutError(f"segment layout hash {int(head['layout_hash']):#018x} differs from "
                           f"this reader's {LAYOUT_HASH:#018x} at the same version "
