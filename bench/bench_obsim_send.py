@@ -1,8 +1,9 @@
 """obsim's send rate: how many Binance depth messages/s a `websockets` client receives from it.
 
 The ingest benchmark feeds the observer and cryptofeed from obsim at rates a plain `websockets`
-client keeps up with (24k messages/s and more, MEASUREMENTS.md), so obsim must send well beyond
-that. Two senders, the same client, one run (seeded, over wss:// on loopback, no compression):
+client keeps up with (24k messages/s and more, docs/FIGURES.md section 3), so obsim must send well
+beyond that. Two senders, the same client, one run (seeded, over wss:// on loopback, no
+compression):
 
   obsim       `obsim --exchanges binance`, one symbol, 10 level changes per event, the random
               walk precomputed as a 20000-event closed cycle (`--precompute-events`: the true

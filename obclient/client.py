@@ -5,7 +5,9 @@ read-only fd and one wake fd per shard (SCM_RIGHTS), and from then on books are 
 memory (`SegmentReader`) and updates followed on the rings, with no round trip to the observer.
 The socket stays open for one more job: it is how a dead observer is seen at once (C6, C9). The
 client keeps its own epoll, stable for its whole life (so `fileno()` can go to asyncio's
-`add_reader` once), holding the wake fds with EPOLLET (never read) and the control socket.
+`add_reader` once), holding the wake fds with EPOLLET (never read) and the control socket. An
+event loop watches that epoll level-triggered, so its reader must take the edges off
+(`take_wakeups()`, an `epoll_wait` with timeout 0) or be called again at once (obclient/aio.py).
 
 Liveness and reattach (C9). The observer is considered gone when the control socket hangs up,
 the segment is marked closed, or the header heartbeat is older than `stale_after_s`. The client
@@ -46,7 +48,7 @@ import time
 
 from obclient.protocol import ClientProtocol, ProtocolError
 from obclient.segment import SegmentReader
-from obclient.snapshot import BookSnapshot, Update
+from obclient.snapshot import BookSnapshot, Update, check_depth
 from obclient.stream import UpdateStream
 from proto import layout
 from proto import messages as m
@@ -72,7 +74,23 @@ class IncompatibleObserver(ObserverUnavailable):
 
 
 class BookNotFound(LookupError):
-    """The name matches no book, or several (the message lists them)."""
+    """The name matches no book (`unknown book 'DOGEUSD'`), or several (`AmbiguousBook`)."""
+
+    def __init__(self, message: str, choices=()):
+        super().__init__(message)
+        self.choices = tuple(choices)   # for AmbiguousBook: every matching `exchange:SYMBOL`
+
+
+class AmbiguousBook(BookNotFound):
+    """The name matches several books, e.g. `BTCUSD is ambiguous: binance:BTCUSD,
+    kraken:BTCUSD`; `choices` holds them. Say `exchange:SYMBOL`."""
+
+
+def book_error(exc: m.BookNameError) -> BookNotFound:
+    """The obclient exception for a name the resolver refused."""
+    if exc.code == m.ErrorCode.AMBIGUOUS_BOOK:
+        return AmbiguousBook(str(exc), exc.choices)
+    return BookNotFound(str(exc))
 
 
 class ServerRefused(ObserverUnavailable):
@@ -148,7 +166,7 @@ class _Attachment:
             try:
                 index = m.resolve_book(name, self.books).book_index
             except m.BookNameError as exc:
-                raise BookNotFound(str(exc)) from None
+                raise book_error(exc) from None
             self._index_of[name] = index
         return index
 
@@ -178,6 +196,7 @@ class Client:
         self.attaches = 0
         self.detaches = 0
         self.detach_reason = ""
+        self._aio_waker = None          # obclient/aio.py: the event loop reader, if any
 
     # -- attaching ---------------------------------------------------------------------------
 
@@ -358,9 +377,10 @@ class Client:
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         while self._att is not None:
             proto = self._att.proto
+            make = self._att.reader.record_type
             while proto.pushed:
                 for record in proto.pushed.popleft().records:
-                    yield Update(*record[: len(Update._fields)])
+                    yield make(*record[: len(Update._fields)])
             remaining_s = None if deadline_s is None else deadline_s - time.monotonic()
             if remaining_s is not None and remaining_s <= 0:
                 return
@@ -379,19 +399,23 @@ class Client:
         return list(self._att.books)
 
     def book(self, name: str) -> "Book":
-        """A handle on one book: `SYMBOL` when one venue has it, else `exchange:SYMBOL`."""
+        """A handle on one book, named `exchange:SYMBOL` or `SYMBOL` (when one venue has it),
+        in the normalised or the exchange's own spelling, any case (`kraken:BTC/USD`,
+        `coinbase:btc-usd`). BookNotFound if none matches, AmbiguousBook if several do."""
         info = self._resolve(name)
-        return Book(self, info.name)
+        return Book(self, info.name, info)
 
     def _resolve(self, name: str):
         try:
             return m.resolve_book(name, self.books())
         except m.BookNameError as exc:
-            raise BookNotFound(str(exc)) from None
+            raise book_error(exc) from None
 
     def snapshot(self, name: str, depth: int | None = None) -> BookSnapshot:
-        """A consistent copy of book `name`; the last copy, marked stale, if the observer is
-        gone (ObserverUnavailable if there never was one)."""
+        """A consistent copy of book `name`, at most `depth` levels a side (0 or None: all;
+        negative or not an integer: ValueError); the last copy, marked stale, if the observer
+        is gone (ObserverUnavailable if there never was one)."""
+        check_depth(depth)                        # the same error attached or not
         if self._ensure_attached():
             snap = self._att.reader.snapshot(self._att.index_of(name), depth)
             self._last_snapshots[name] = snap
@@ -404,14 +428,24 @@ class Client:
 
     # -- updates -----------------------------------------------------------------------------
 
-    def updates(self, names=None, timeout_s: float | None = None, *,
-                busy_poll: bool | None = None):
+    def updates(self, names=None, idle_timeout_s: float | None = None, *,
+                busy_poll: bool | None = None, timeout_s: float | None = None):
         """Yield `Update` records for the named books (None: all) as they arrive.
 
-        Returns after `timeout_s` seconds without a record. Survives observer restarts: yields
-        KIND_STALE per book when it goes, KIND_RESYNC per book when a new one is attached.
+        `idle_timeout_s`: return once that many seconds pass without a record (None: never);
+        `timeout_s` is its older name. Survives observer restarts: yields KIND_STALE per book
+        when it goes, KIND_RESYNC per book when a new one is attached. Names are resolved at
+        once (BookNotFound, AmbiguousBook).
         """
-        return self.stream(names, busy_poll=busy_poll).iterate(timeout_s)
+        idle_timeout_s = _idle_timeout(idle_timeout_s, timeout_s)
+        return self.stream(names, busy_poll=busy_poll).iterate(idle_timeout_s)
+
+    def aupdates(self, names=None, idle_timeout_s: float | None = None):
+        """`async for update in client.aupdates(names)`: `updates()` for asyncio, sleeping in
+        the event loop between records (obclient/aio.py)."""
+        from obclient.aio import aupdates
+
+        return aupdates(self, names, idle_timeout_s)
 
     def stream(self, names=None, *, busy_poll: bool | None = None) -> UpdateStream:
         """A persistent cursor over the named books' updates: `poll()` never blocks (for an
@@ -420,11 +454,36 @@ class Client:
         return UpdateStream(self, names, busy_poll=spin)
 
     def fileno(self) -> int:
-        """An fd that becomes readable on any update or observer event (asyncio add_reader);
-        call `poll()` on a `stream()` kept across wake-ups when it does."""
+        """An fd that becomes readable on any update or observer event, for an event loop's
+        reader (stable for the client's life). When it fires, call `take_wakeups()` (else it
+        stays readable) and then `poll()` on a `stream()` kept across wake-ups; also call them
+        every LIVENESS_CHECK_S, as an observer that went away makes it fire no more."""
         return self._epoll.fileno()
 
+    def take_wakeups(self) -> int:
+        """Consume the wake-ups pending on `fileno()`, without blocking, so that it stops being
+        readable until the next one; returns how many. A control-socket event is read at once
+        (a hang-up detaches: the next poll reports the books stale)."""
+        taken = 0
+        sock_fd = self._att.sock.fileno() if self._att is not None else -1
+        sock_fired = False
+        while True:
+            events = self._epoll.poll(0, _EPOLL_EVENTS_MAX)
+            taken += len(events)
+            sock_fired = sock_fired or any(fd == sock_fd for fd, _ in events)
+            if len(events) < _EPOLL_EVENTS_MAX:
+                break
+        if sock_fired and self._att is not None:
+            # The socket is level-triggered: read it now (a hang-up detaches), or the fd would
+            # stay readable until some poll came round to it.
+            self.liveness_due_s = time.monotonic() + LIVENESS_CHECK_S
+            self._check_liveness()
+        return taken
+
     def close(self) -> None:
+        waker, self._aio_waker = self._aio_waker, None
+        if waker is not None and not waker.loop.is_closed():
+            waker.loop.remove_reader(waker.fd)       # before the fd number can be reused
         self._detach("closed by the caller")
         self._epoll.close()
 
@@ -436,17 +495,29 @@ class Client:
 
 
 class Book:
-    """A named book of one client: its snapshots follow the observer across restarts."""
+    """A named book of one client: its snapshots follow the observer across restarts.
+    `name` is `exchange:SYMBOL`; `info` the BookInfo it had when resolved (native spelling)."""
 
-    def __init__(self, client: Client, name: str):
+    def __init__(self, client: Client, name: str, info=None):
         self.client = client
         self.name = name
+        self.info = info
 
     def snapshot(self, depth: int | None = None) -> BookSnapshot:
+        """A consistent copy, at most `depth` levels a side (0 or None: all)."""
         return self.client.snapshot(self.name, depth)
 
     def __repr__(self) -> str:
         return f"Book({self.name!r})"
+
+
+def _idle_timeout(idle_timeout_s, timeout_s):
+    """`idle_timeout_s`, or `timeout_s`, its older name (not both)."""
+    if timeout_s is None:
+        return idle_timeout_s
+    if idle_timeout_s is not None:
+        raise TypeError("updates() takes idle_timeout_s or timeout_s (its older name), not both")
+    return timeout_s
 
 
 # -- socket helpers ------------------------------------------------------------------------------

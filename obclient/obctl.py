@@ -1,20 +1,22 @@
 """`obctl`: look at a running observer from the shell.
 
-    obctl [--socket PATH] snapshot SYMBOL [--depth N] [--json]
+    obctl [--socket PATH] snapshot BOOK [--depth N] [--json]
     obctl [--socket PATH] list [--json]
-    obctl [--socket PATH] watch SYMBOL [--depth N]
+    obctl [--socket PATH] watch BOOK [--depth N]
     obctl [--socket PATH] stats [--json | --prometheus]
 
 Built on obclient only (never imports the observer): books are read from shared memory like any
-strategy reads them, stats come over the control socket. Prices in JSON are exact decimal
+strategy reads them, named as obclient names them (`kraken:BTC/USD`, `coinbase:btc-usd`, a bare
+`BTCUSD` when one venue has it), `--depth` follows obclient's rule (0: all levels), stats come over the control socket. Prices in JSON are exact decimal
 strings made from the stored integers and exponents (C3), never floats.
 
 Every failure a user can cause is one line on stderr and a non-zero exit: 1 when no observer
 answers, 2 for a bad command line (argparse's errors too, without the usage dump) or an
-unknown or ambiguous book, 3 when the observer refuses the connection (the line is the
+unknown or ambiguous book (`BTCUSD is ambiguous: binance:BTCUSD, kraken:BTCUSD`), 3 when the observer refuses the connection (the line is the
 observer's own reason: `BUSY: clients_max=256 reached`, `DENIED: uid 65534 not allowed: see
 allow_uids ...`), 4 for a book whose exchange refused its symbol (`binance:FOOBAR: invalid
-symbol (Invalid symbol.)`: fix the configuration; the book will never fill). Ctrl-C ends `watch` with 0 and anything else with 130, at any instant:
+symbol (Invalid symbol.)`: fix the configuration; the book will never fill). Ctrl-C ends
+`watch` with 0 and anything else with 130, at any instant:
 obclient (numpy) is imported inside `main`, where the interrupt is caught, not at the top of
 this module, before it.
 """
@@ -126,7 +128,7 @@ def cmd_snapshot(client, args) -> int:
 def cmd_list(client, args) -> int:
     rows = []
     for info in client.books():
-        snap = client.snapshot(info.name, 0)
+        snap = client.snapshot(info.name, 1)          # the head is all this needs
         rows.append({"book": info.name, "exchange": info.exchange, "symbol": info.symbol,
                      "native": info.native, "shard": info.shard_index,
                      "update_id": int(snap.update_id), "stale": snap.stale,
@@ -204,9 +206,13 @@ def cmd_watch(client, args) -> int:
 def _wait_change(client, name: str) -> None:
     """Return after the book changes (at most every WATCH_REDRAW_S) or WATCH_IDLE_S."""
     time.sleep(WATCH_REDRAW_S)
-    for _ in client.updates([name], timeout_s=WATCH_IDLE_S):
+    for _ in client.updates([name], idle_timeout_s=WATCH_IDLE_S):
         return
 
+
+BOOK_HELP = ("exchange:SYMBOL, or SYMBOL when one venue has it; the symbol normalised (BTCUSD) "
+             "or the exchange's own spelling (BTC/USD), any case")
+DEPTH_HELP = f"levels a side (default {DEPTH_DEFAULT}; 0: all)"
 
 COMMANDS = {"snapshot": cmd_snapshot, "list": cmd_list, "stats": cmd_stats, "watch": cmd_watch}
 
@@ -231,14 +237,14 @@ def parse_args(argv):
                    "$OBSERVER_SOCKET, else observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("snapshot", help="print one book as a ladder")
-    s.add_argument("symbol", help="SYMBOL or exchange:SYMBOL")
-    s.add_argument("--depth", type=_depth, default=DEPTH_DEFAULT)
+    s.add_argument("symbol", metavar="BOOK", help=BOOK_HELP)
+    s.add_argument("--depth", type=_depth, default=DEPTH_DEFAULT, help=DEPTH_HELP)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("list", help="list the books")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("watch", help="redraw a book in place until Ctrl-C")
-    s.add_argument("symbol")
-    s.add_argument("--depth", type=_depth, default=DEPTH_DEFAULT)
+    s.add_argument("symbol", metavar="BOOK", help=BOOK_HELP)
+    s.add_argument("--depth", type=_depth, default=DEPTH_DEFAULT, help=DEPTH_HELP)
     s = sub.add_parser("stats", help="observer, book and client counters")
     form = s.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
@@ -260,10 +266,13 @@ def version_text(prog: str) -> str:
 
 
 def _depth(text: str) -> int:
-    """At least 1; a depth past the observer's is served as the observer's."""
+    """obclient's rule (obclient.check_depth), on text: an integer >= 0, 0 meaning all levels; a
+    depth past the observer's is served as the observer's. (obclient imports numpy, which this
+    module must not import before `main` catches Ctrl-C.)"""
     digits = text.strip()
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9) or int(digits) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 1, got {text!r}")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9):
+        raise argparse.ArgumentTypeError(f"depth must be an integer >= 0 (0: all levels), "
+                                         f"got {text!r}")
     return int(digits)
 
 

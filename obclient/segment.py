@@ -34,7 +34,7 @@ import numpy as np
 from proto import latch, layout
 from proto.layout import LayoutError
 
-from obclient.snapshot import BookSnapshot
+from obclient.snapshot import BookSnapshot, check_depth, named_update_type
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _NOTE_OFFSET = layout.COPY_HEAD.fields["note"][1]
@@ -84,6 +84,7 @@ class SegmentReader:
         self._swords = self._mv.cast("q")
         self.wake_fds = list(wake_fds)
         self._books = self._read_descs()
+        self.record_type = named_update_type(b.name for b in self._books)  # records know names
         self._views: dict[int, tuple] = {}  # book_index -> per copy (bid_px, bid_sz, ...)
         self.epoll = select.epoll()
         for fd in self.wake_fds:
@@ -103,11 +104,12 @@ class SegmentReader:
         return list(self._books)
 
     def snapshot(self, book_index: int, depth: int | None = None) -> BookSnapshot:
-        """A consistent copy of book `book_index`, at most `depth` levels a side."""
+        """A consistent copy of book `book_index`, at most `depth` levels a side (0 or None:
+        all; `check_depth` says what else is refused)."""
         if not 0 <= book_index < self.geometry.books_n:
             raise IndexError(f"book_index {book_index} outside 0..{self.geometry.books_n - 1}")
-        depth = self.geometry.depth_max if depth is None else max(0, min(depth,
-                                                                         self.geometry.depth_max))
+        depth_max = self.geometry.depth_max
+        depth = min(check_depth(depth) or depth_max, depth_max)
         seq, (head, arrays) = latch.latch_read(self._words, self._seq_word(book_index),
                                                self._read_copy, (book_index, depth))
         # A stable copy is the one published under this very sequence (the writer stores it in

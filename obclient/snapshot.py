@@ -6,12 +6,37 @@ by an exact power of ten, which rounds each value once, correctly. `Decimal` val
 
 from __future__ import annotations
 
+import enum
+import functools
+import operator
 from decimal import Decimal
 from typing import NamedTuple
 
 import numpy as np
 
 from proto import layout
+
+
+DEPTH_ALL = 0  # depth 0 (or None): every level the book has, as on the wire (PROTOCOL.md)
+
+
+def check_depth(depth) -> int:
+    """The one depth rule (obclient, obctl and the wire's `snapshot`): an integer >= 0, where
+    0 (or None) means every level; a depth past what the book holds gets what it holds.
+    Anything else (negative, bool, float, text) is a ValueError saying so."""
+    if depth is None:
+        return DEPTH_ALL
+    if type(depth) is not int:
+        try:
+            if isinstance(depth, bool):
+                raise TypeError
+            depth = operator.index(depth)        # numpy integers are fine, floats are not
+        except TypeError:
+            raise ValueError(f"depth must be an integer >= 0 (0 or None: all levels), "
+                             f"got {depth!r}") from None
+    if depth < 0:
+        raise ValueError(f"depth must be an integer >= 0 (0 or None: all levels), got {depth}")
+    return depth
 
 
 def _to_float(values: np.ndarray, exp: int) -> np.ndarray:
@@ -97,10 +122,26 @@ def _check_side(px: np.ndarray, sz: np.ndarray, side: str, descending: bool) -> 
         raise ValueError(f"{side} side holds a level with size <= 0")
 
 
+class Kind(enum.IntEnum):
+    """What an `Update` says (`update.kind`); members equal the raw values (1, 2, 3)."""
+
+    UPDATE = layout.KIND_UPDATE    # the book changed
+    STALE = layout.KIND_STALE      # the book is not known to be right (or the observer went)
+    RESYNC = layout.KIND_RESYNC    # re-read from the book's slot: after a lap or a reattach
+
+
+KIND_UPDATE, KIND_STALE, KIND_RESYNC = Kind.UPDATE, Kind.STALE, Kind.RESYNC
+
+
 class Update(NamedTuple):
     """One ring record (C5): a book changed (KIND_UPDATE), went stale (KIND_STALE), or, after
     this reader was lapped, was re-read from its slot (KIND_RESYNC). Field order is the ring
-    record's, after its seq word."""
+    record's, after its seq word; `kind` is the raw int (it equals the `Kind` member).
+
+    `name` is the book's `exchange:SYMBOL`: records from a client are of a subclass made per
+    observer segment (`named_update_type`) whose class holds the names, so a record costs
+    nothing more for carrying it.
+    """
 
     book_index: int
     kind: int
@@ -117,6 +158,14 @@ class Update(NamedTuple):
     ask_px: int
     ask_sz: int
 
+    _book_names = ()    # book_index -> name, set on the per-segment subclass
+
+    @property
+    def name(self) -> str:
+        """The book's `exchange:SYMBOL` ("" for a record made outside a client)."""
+        names = self._book_names
+        return names[self[0]] if self[0] < len(names) else ""
+
     @property
     def stale(self) -> bool:
         return bool(self.flags & layout.FLAG_STALE)
@@ -128,3 +177,39 @@ class Update(NamedTuple):
     @property
     def ask(self) -> float:
         return self.ask_px / 10.0 ** -self.price_exp
+
+    @property
+    def bid_decimal(self) -> Decimal:
+        """The best bid price, exact."""
+        return _to_decimal(self.bid_px, self.price_exp)
+
+    @property
+    def ask_decimal(self) -> Decimal:
+        """The best ask price, exact."""
+        return _to_decimal(self.ask_px, self.price_exp)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={v!r}" for f, v in zip(self._fields, self))
+        return f"Update(name={self.name!r}, {fields})"
+
+    def __reduce__(self):
+        """Pickled (a multiprocessing queue) with its name; the class is made again on load."""
+        return _unpickled_update, (tuple(self), self.name)
+
+
+def named_update_type(names) -> type:
+    """An `Update` subclass whose records know their book's name: `names[book_index]`. Same
+    layout as a tuple (no slots), so the compiled ring reader makes its records directly. One
+    class per list of names (readers of one observer share it; a reattach makes no new one)."""
+    return _named_update_type(tuple(names))
+
+
+@functools.lru_cache(maxsize=16)
+def _named_update_type(names: tuple) -> type:
+    return type("Update", (Update,), {"__slots__": (), "_book_names": names})
+
+
+def _unpickled_update(fields: tuple, name: str) -> Update:
+    names = [""] * (fields[0] + 1)
+    names[fields[0]] = name
+    return named_update_type(names)(*fields)

@@ -34,8 +34,16 @@ class UpdateStream:
         self._att_seen = None
         self._generation = 0
         self._last_top: dict[int, Update] = {}
+        self._record_type = Update
         self.stale_reports = 0
         self.resyncs = 0
+        if client._att is not None:        # a misspelt name fails here, not at the first record
+            self._resolve(client._att.books)
+
+    @property
+    def following(self) -> bool:
+        """True while attached to an observer and following its rings."""
+        return self._att_seen is not None and self._att_seen is self.client._att
 
     def poll(self) -> list[Update]:
         """The records that are new for the followed books; never blocks (a reattach attempt
@@ -98,15 +106,20 @@ class UpdateStream:
             return []
         self._att_seen, self._follower = None, None
         self.stale_reports += 1
-        return [_marked_stale(i, self._last_top.get(i)) for i in sorted(self._wanted)]
+        make = self._record_type
+        return [_marked_stale(make, i, self._last_top.get(i)) for i in sorted(self._wanted)]
 
-    def _on_attached(self, att, out: list) -> None:
-        from obclient.client import BookNotFound
+    def _resolve(self, books) -> set[int]:
+        from obclient.client import book_error
 
         try:
-            self._wanted = _resolve(att.books, self.names)
+            return _resolve(books, self.names)
         except m.BookNameError as exc:
-            raise BookNotFound(str(exc)) from None
+            raise book_error(exc) from None
+
+    def _on_attached(self, att, out: list) -> None:
+        self._wanted = self._resolve(att.books)
+        self._record_type = att.reader.record_type
         shards = sorted({att.books[i].shard_index for i in self._wanted})
         self._follower = att.reader.follow(shards)
         if self._generation:                  # a reattach: every book may have moved on
@@ -124,16 +137,16 @@ def _resolve(books, names) -> set[int]:
     return {m.resolve_book(name, books).book_index for name in names}
 
 
-def _marked_stale(book_index: int, top: Update | None) -> Update:
+def _marked_stale(make, book_index: int, top: Update | None) -> Update:
     fields = list(top) if top is not None else [book_index] + [0] * (len(Update._fields) - 1)
     fields[1] = layout.KIND_STALE
     fields[2] = (top.flags if top is not None else 0) | layout.FLAG_STALE
-    return Update(*fields)
+    return make(*fields)
 
 
 def _from_slot(reader, book_index: int) -> Update:
     snap = reader.snapshot(book_index, 1)
-    return Update(
+    return reader.record_type(
         book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp, snap.seq,
         snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
         int(snap.bid_px[0]) if snap.n_bids else 0, int(snap.bid_sz[0]) if snap.n_bids else 0,

@@ -49,8 +49,9 @@ class UpdateFollower:
         self._ring_word0 = [(g.rings_offset + i * g.ring_bytes) // 8 for i in self.shard_indexes]
         self._books_of = [[b.book_index for b in reader.books() if b.shard_index == i]
                           for i in self.shard_indexes]
+        self._record_type = reader.record_type
         readers = [latch.ring_reader(self._words, self._mv, word0, self._mask, head, _RECORD_BODY,
-                                     Update)
+                                     self._record_type)
                    for word0, head in zip(self._ring_word0, self._head_word)]
         self._read = [r[0] for r in readers]
         self._take = [r[1] for r in readers]
@@ -108,7 +109,7 @@ class UpdateFollower:
             snap = self._reader.snapshot(book_index, 1)
             bid = (int(snap.bid_px[0]), int(snap.bid_sz[0])) if snap.n_bids else (0, 0)
             ask = (int(snap.ask_px[0]), int(snap.ask_sz[0])) if snap.n_asks else (0, 0)
-            out.append(Update(
+            out.append(self._record_type(
                 book_index, layout.KIND_RESYNC, snap.flags, snap.price_exp, snap.size_exp,
                 snap.seq, snap.update_id, snap.exch_ts_ns, snap.recv_ts_ns, snap.publish_ts_ns,
                 *bid, *ask))

@@ -63,7 +63,7 @@ CLIENTS_LIMIT_MAX = 65536        # a connection is an fd: past this the fd limit
 CLIENT_IDLE_S = 60.0             # obclient pings after half of it, from any call or wait
 CLIENT_IDLE_S_MAX = 86400.0
 
-# The real public endpoints (PROTOCOLS.md). `{category}` is filled in for Bybit.
+# The real public endpoints (docs/EXCHANGES.md). `{category}` is filled in for Bybit.
 ENDPOINTS_DEFAULT: dict[str, tuple[str | None, str | None]] = {
     "binance": ("wss://stream.binance.com:9443", "https://api.binance.com"),
     "binance-futures": ("wss://fstream.binance.com", "https://fapi.binance.com"),

@@ -66,10 +66,11 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-# What a terminal, a pager or a line-based collector would act on instead of showing: C0 (ESC
-# starts a terminal sequence, CR overwrites the line, LF forges one), DEL, C1 (U+009B is a CSI),
-# the Unicode line and paragraph separators, the bidirectional controls (text shown in another
-# order than it was logged), and lone surrogates (undecodable bytes; not encodable as UTF-8).
+# What a terminal, a pager or a line-based collector would act on instead of showing: the C0
+# controls (ESC starts a terminal sequence, CR overwrites the line, LF forges one), DEL, the C1
+# controls (U+009B is a CSI), the Unicode line and paragraph separators, the bidirectional controls
+# (text shown in another order than it was logged), and lone surrogates (undecodable bytes; not
+# encodable as UTF-8).
 _INERT_IN_JSON = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
 _UNSAFE = re.compile(f"[\x00-\x1f{_INERT_IN_JSON}\ud800-\udfff]")
 _UNSAFE_IN_JSON = re.compile(f"[{_INERT_IN_JSON}]")      # JSON escapes C0 itself

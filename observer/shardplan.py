@@ -11,8 +11,9 @@ snapshots and its books stay together on one loop. A feed with `shard = N` goes 
 The others are spread by expected message rate, largest first onto the least loaded shard
 (longest-processing-time first, within 4/3 of the best split), ties broken by order so the
 result is deterministic. The expected rate is a per-symbol figure per exchange, from the
-update speeds the exchanges document for the channels the adapters use (PROTOCOLS.md);
-synthetic feeds declare theirs (`rate_hz`). It is an estimate for balance, not a limit.
+update speeds the exchanges document for the channels the adapters use (docs/EXCHANGES.md,
+message rates); synthetic feeds declare theirs (`rate_hz`). It is an estimate for balance, not
+a limit.
 """
 
 from __future__ import annotations

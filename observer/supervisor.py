@@ -121,7 +121,7 @@ class Supervisor:
         self.reader_fd = self.segment.reader_fd()
         self.reader = SegmentReader(self.reader_fd, self.segment.eventfds)   # EPOLLET on each
         self._books = self.reader.books()
-        self._book_keys = [[b.book_index, b.exchange, b.symbol] for b in self._books]
+        self._book_keys = [[b.book_index, b.exchange, b.symbol, b.native] for b in self._books]
 
     def stop(self) -> None:
         """Stop serving, mark the segment closed (clients reattach), release all. Idempotent."""
@@ -222,7 +222,7 @@ class Supervisor:
         return self.segment.client_fds()
 
     def book_keys(self) -> list[list]:
-        """[index, exchange, symbol] per book, for name resolution (fixed at start-up)."""
+        """[index, exchange, symbol, native] per book, for name resolution (fixed at start-up)."""
         return self._book_keys
 
     def book_infos(self) -> list[list]:
@@ -231,12 +231,12 @@ class Supervisor:
     def book_info(self, book_index: int) -> list:
         """A BookInfo record; the exponents are read from the slot (a rescale changes them)."""
         b = self._books[book_index]
-        snap = self.reader.snapshot(book_index, 0)
+        snap = self.reader.snapshot(book_index, 1)      # the head is enough
         return [b.book_index, b.exchange, b.symbol, b.native, b.shard_index, snap.price_exp,
                 snap.size_exp, self.depth_max]
 
     def snapshot(self, book_index: int, depth: int) -> dict:
-        snap = self.reader.snapshot(book_index, depth or None)
+        snap = self.reader.snapshot(book_index, depth)   # 0: all, as on the wire
         return {"seq": snap.seq, "update_id": snap.update_id, "exch_ts_ns": snap.exch_ts_ns,
                 "recv_ts_ns": snap.recv_ts_ns, "publish_ts_ns": snap.publish_ts_ns,
                 "stale": snap.stale, "lagging": snap.lagging, "price_exp": snap.price_exp,
@@ -256,7 +256,7 @@ class Supervisor:
         for info in self._books:
             counters = self.reader.book_stats(info.book_index)
             last_ns = counters["last_update_ns"]
-            top = self.reader.snapshot(info.book_index, 0)
+            top = self.reader.snapshot(info.book_index, 1)
             books.append({"book": info.name, "exchange": info.exchange, "shard": info.shard_index,
                           "stale": top.stale, "lagging": top.lagging,
                           **({"invalid": top.note} if top.invalid else {}),

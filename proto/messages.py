@@ -43,7 +43,7 @@ from typing import ClassVar
 
 import msgpack
 
-from proto import framing
+from proto import framing, symbols
 
 PROTOCOL_VERSION = 2
 PROTOCOL_VERSION_MIN = 1
@@ -264,6 +264,8 @@ class Updates:
 BOOK_INFO_FIELDS = (
     "index", "exchange", "symbol", "native_symbol", "shard", "price_exp", "size_exp", "depth_max",
 )
+_BOOK_EXCHANGE, _BOOK_SYMBOL, _BOOK_NATIVE = (BOOK_INFO_FIELDS.index(f)
+                                              for f in ("exchange", "symbol", "native_symbol"))
 # An update is a ring record (proto/layout.py RING_RECORD) without its sequence word.
 UPDATE_FIELDS = (
     "book_index", "kind", "flags", "price_exp", "size_exp", "book_seq", "update_id",
@@ -412,9 +414,13 @@ def default_socket_path() -> str:
 # --- book names ------------------------------------------------------------------------------
 
 class BookNameError(LookupError):
-    def __init__(self, code: int, message: str):
+    """A name that matches no book (code UNKNOWN_BOOK) or several (AMBIGUOUS_BOOK, `choices`
+    lists their `exchange:SYMBOL` names)."""
+
+    def __init__(self, code: int, message: str, choices: tuple = ()):
         super().__init__(message)
         self.code = code
+        self.choices = tuple(choices)
 
 
 def book_name(exchange: str, symbol: str) -> str:
@@ -422,21 +428,36 @@ def book_name(exchange: str, symbol: str) -> str:
 
 
 def resolve_book(name: str, books: list) -> list:
-    """The BookInfo record for `SYMBOL` (if one venue has it) or `exchange:SYMBOL`.
+    """The BookInfo record (or any record whose first fields are index, exchange, symbol and,
+    optionally, native_symbol) that `name` names.
 
-    Matching ignores case, so `btcusd` and `synthetic:BTCUSD` both work.
+    A name is `exchange:SYMBOL` or a bare `SYMBOL` (accepted when exactly one book matches).
+    SYMBOL matches a book when, ignoring case, it is the book's normalised symbol (`BTCUSD`),
+    the exchange's native spelling (`BTC/USD` on Kraken, `BTC-USD` on Coinbase), or a spelling
+    that normalises to the symbol (`XBT/USD`). No match and several matches raise
+    BookNameError, the latter naming every choice.
     """
-    i_exchange, i_symbol = BOOK_INFO_FIELDS.index("exchange"), BOOK_INFO_FIELDS.index("symbol")
-    wanted = name.upper()
-    if ":" in name:
-        exchange, _, symbol = wanted.partition(":")
-        hits = [b for b in books if b[i_exchange].upper() == exchange and b[i_symbol].upper() == symbol]
-    else:
-        hits = [b for b in books if b[i_symbol].upper() == wanted]
+    if not isinstance(name, str) or not name.strip():
+        raise BookNameError(ErrorCode.UNKNOWN_BOOK,
+                            f"a book name is SYMBOL or exchange:SYMBOL, got {name!r}")
+    exchange, _, symbol = name.strip().upper().rpartition(":")
+    spellings = {symbol}
+    try:
+        spellings.add(symbols.normalise(symbol))
+    except symbols.SymbolError:
+        pass                                   # not a symbol shape: only an exact match can hit
+    x, s, n = _BOOK_EXCHANGE, _BOOK_SYMBOL, _BOOK_NATIVE
+    hits = [b for b in books
+            if (not exchange or b[x].upper() == exchange)
+            and (b[s].upper() in spellings or (len(b) > n and b[n].upper() == symbol))]
     if not hits:
+        venues = sorted({b[x] for b in books})
+        if exchange and exchange.lower() not in venues:
+            raise BookNameError(ErrorCode.UNKNOWN_BOOK, f"unknown book {name!r}: no exchange "
+                                f"{exchange.lower()!r} here (books are on {', '.join(venues)})")
         raise BookNameError(ErrorCode.UNKNOWN_BOOK, f"unknown book {name!r}")
     if len(hits) > 1:
-        venues = ", ".join(book_name(b[i_exchange], b[i_symbol]) for b in hits)
+        choices = sorted(book_name(b[x], b[s]) for b in hits)
         raise BookNameError(ErrorCode.AMBIGUOUS_BOOK,
-                            f"book {name!r} is ambiguous: say one of {venues}")
+                            f"{name} is ambiguous: {', '.join(choices)}", choices)
     return hits[0]

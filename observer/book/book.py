@@ -10,7 +10,7 @@ asks store the negated price, so both lists ascend towards the best. Nearly all 
 the top of a book, and inserting or deleting near the end of a Python list moves only the few
 pointers behind it. One `bisect` finds a level (O(log n)); there is no dict beside the lists, so
 a level is one key and one size and nothing can disagree. Reading the top is `keys[-1]`: O(1),
-never a re-sort (the fault measured in cryptofeed, MEASUREMENTS.md).
+never a re-sort (the fault measured in cryptofeed, docs/FIGURES.md section 1).
 
 Snapshots are built by sorting once (O(n log n)) rather than by n inserts, since a Coinbase
 snapshot holds tens of thousands of levels and arrives best-first (inserting at the far end of

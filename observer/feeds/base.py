@@ -1,11 +1,11 @@
 """What every exchange adapter shares: books, sync table, action queue, keepalive, limits.
 
-An adapter is one feed (exchange + symbols + config), sans-IO (STYLE 7): the session driver
-owns the sockets and calls `on_open`, `on_message`, `on_snapshot`, `on_close` and `on_tick`
+An adapter is one feed (exchange + symbols + config), sans-IO (no sockets, no loom): the session
+driver owns the sockets and calls `on_open`, `on_message`, `on_snapshot`, `on_close` and `on_tick`
 with the time; each returns the actions to perform (actions.py). An exchange module subclasses
-`Adapter` and fills in four things: how symbols map onto connections and URLs, what to send on
-open and to resubscribe, how to read one message, and how to recover a book (resubscribe, or
-for Binance refetch a REST snapshot).
+`Adapter` and fills in four things: how symbols map onto connections and URLs, what to send on open
+and to resubscribe, how to read one message, and how to recover a book (resubscribe, or for Binance
+refetch a REST snapshot).
 
 Why the queue: a message can fail half-way (a bad level after two good ones). The adapter then
 marks the book for resync, queuing the actions, and raises FeedProtocolError; the driver counts

@@ -1,4 +1,4 @@
-"""Binance spot: diff depth stream + REST snapshot (PROTOCOLS.md section 1).
+"""Binance spot: diff depth stream + REST snapshot (docs/EXCHANGES.md section 1).
 
 The book comes from two sources that race: the WebSocket diff stream (`U`..`u` per event) and
 a REST snapshot (`lastUpdateId`). Per symbol:

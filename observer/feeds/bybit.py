@@ -1,4 +1,4 @@
-"""Bybit v5 public `orderbook.{depth}.{symbol}` (PROTOCOLS.md section 5), spot and linear.
+"""Bybit v5 public `orderbook.{depth}.{symbol}` (docs/EXCHANGES.md section 5), spot and linear.
 
 After a subscribe Bybit pushes a `snapshot`, then `delta`s. The rules:
 - Any `snapshot` replaces the book: the first one, a server-side reset, and the level-1 stream

@@ -1,4 +1,4 @@
-"""Coinbase Advanced Trade `level2` (PROTOCOLS.md section 2).
+"""Coinbase Advanced Trade `level2` (docs/EXCHANGES.md section 2).
 
 The book: a `snapshot` event replaces it (full depth, both sides: asks are labelled `offer`,
 the label cryptofeed misses), `update` events set absolute sizes in order. There is no

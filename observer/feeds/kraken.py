@@ -1,4 +1,4 @@
-"""Kraken spot WebSocket v2, `book` channel, with the CRC32 checksum (PROTOCOLS.md section 3).
+"""Kraken spot WebSocket v2, `book` channel, with the CRC32 checksum (docs/EXCHANGES.md section 3).
 
 Kraken has no sequence numbers: the checksum is the only integrity check, and it is computed
 over the decimal TEXT of the top 10 levels per side. v2 sends prices and sizes as JSON numbers,

@@ -1,4 +1,4 @@
-"""OKX v5 public `books` channel (PROTOCOLS.md section 4).
+"""OKX v5 public `books` channel (docs/EXCHANGES.md section 4).
 
 Continuity is a chain, not a counter: every update names the previous message's `seqId` in its
 `prevSeqId`, and ids jump (7-93 apart). So the rule is `prevSeqId == last seqId`, and two cases

@@ -1,6 +1,6 @@
 """Rate-limit policy, sans-IO: what may be sent or fetched now, given the time passed in.
 
-Two exchange limits bite a long-running book server (PROTOCOLS.md):
+Two exchange limits bite a long-running book server (docs/EXCHANGES.md sections 1 and 2):
 - REST snapshots are weighted and budgeted per IP (Binance: 6000 weight/min, 50 per
   1000-level snapshot). Re-snapshotting every symbol at once after a reconnect is how peers
   get 429 storms and then 418 bans. So snapshots go through `SnapshotScheduler`: a FIFO of
@@ -9,8 +9,8 @@ Two exchange limits bite a long-running book server (PROTOCOLS.md):
 - Inbound message limits on a connection (Binance 5/s, Coinbase 8/s per IP): `SendLimiter` is
   a token bucket per connection; texts wait in a bounded queue until a token is free.
 
-Both take `now_ns` from the caller and never read a clock (STYLE 5), so tests drive them with
-plain integers.
+Both take `now_ns` from the caller and never read a clock (time is passed in, as in loom's
+timers), so tests drive them with plain integers.
 """
 
 from collections import deque

@@ -1,4 +1,4 @@
-"""The session driver: runs any sans-IO adapter on loom over observer/net (STYLE 7).
+"""The session driver: runs any sans-IO adapter on loom over observer/net; adapters never do I/O.
 
 The adapter decides everything about the protocol; this module only performs its actions and
 feeds it what happened. Per feed it runs:

@@ -1,4 +1,4 @@
-"""The sync state of one book, as one table shared by all six exchanges (STYLE 8).
+"""The sync state of one book, as one table shared by all six exchanges.
 
 Every exchange walks the same four states; they differ only in which message kinds they feed
 in and in how they recover:

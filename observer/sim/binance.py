@@ -1,10 +1,10 @@
 """Binance spot and USD-M futures: diff depth streams plus REST depth snapshots.
 
 Spot ids are contiguous (`U == previous u + 1`); futures ids jump, and only `pu == previous u`
-links events, so the futures venue draws random gaps between events that are not gaps (the
-trap PROTOCOLS.md warns about). The REST snapshot's `lastUpdateId` is the last event applied to
-the true book when the request is served, so a client that buffers from its connect and drops
-`u <= lastUpdateId` (futures `u < lastUpdateId`) syncs exactly.
+links events, so the futures venue draws random gaps between events that are not gaps (the trap
+docs/EXCHANGES.md section 1b warns about). The REST snapshot's `lastUpdateId` is the last event
+applied to the true book when the request is served, so a client that buffers from its connect and
+drops `u <= lastUpdateId` (futures `u < lastUpdateId`) syncs exactly.
 
 Limits enforced as Binance does: more than `inbound_per_s_max` client messages in a second
 closes the connection (5 spot, 10 futures); the server pings every `ping_interval_s` (20 s spot,

@@ -228,32 +228,6 @@ def test_obclient_and_obctl_import_neither_the_server_nor_greenlet():
     assert done.stdout.strip() == "[]"
 
 
-def test_fileno_drives_asyncio_add_reader(observer):
-    import asyncio
-
-    async def first_updates(client):
-        loop = asyncio.get_running_loop()
-        woke = asyncio.Event()
-        loop.add_reader(client.fileno(), woke.set)
-        stream = client.stream(["BTCUSD"])
-        try:
-            got = stream.poll()                       # attaches the cursor at the ring heads
-            while len(got) < 20:
-                await asyncio.wait_for(woke.wait(), WAIT_S)
-                woke.clear()
-                got.extend(stream.poll())
-            return got
-        finally:
-            loop.remove_reader(client.fileno())
-
-    with obclient.connect(observer.socket_path, stale_after_s=PATIENT_S) as client:
-        got = asyncio.run(first_updates(client))
-        assert len(got) >= 20
-        assert {u.book_index for u in got} == {client._att.index_of("BTCUSD")}
-        seqs = [u.book_seq for u in got]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))     # none skipped
-
-
 def test_a_segment_of_another_layout_is_refused_clearly(observer, monkeypatch):
     """The client's idea of the layout hash changes (as after an upgrade of one side only)."""
     monkeypatch.setattr(layout, "LAYOUT_HASH", layout.LAYOUT_HASH ^ 1)

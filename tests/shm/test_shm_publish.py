@@ -78,7 +78,10 @@ def test_depth_limits_and_clamps(seg, reader):
     assert reader.snapshot(0).n_bids == 4  # depth_max of the segment
     top = reader.top(0)
     assert (top.n_bids, top.n_asks) == (1, 1)
-    assert reader.snapshot(0, depth=0).n_bids == 0
+    assert reader.snapshot(0, depth=0).n_bids == 4  # 0 = all levels, as on the wire
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="depth must be an integer >= 0"):
+            reader.snapshot(0, depth=bad)
 
 
 def test_flags_stale_lagging_and_mark_stale(seg, reader):

@@ -1,8 +1,8 @@
 """Shared helpers for the obsim tests: an independent little book, a client, waits.
 
-The clients here are written from PROTOCOLS.md with the `websockets` library and share no code
-with obsim (nor with observer.feeds / observer.book): they are a second, independent reading of
-each protocol, so a test passing means two implementations agree.
+The clients here are written from the exchanges' rules (docs/EXCHANGES.md) with the `websockets`
+library and share no code with obsim (nor with observer.feeds / observer.book): they are a second,
+independent reading of each protocol, so a test passing means two implementations agree.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def sim():
 
 
 class DepthSync:
-    """Binance's documented local-book procedure, spot or futures, written from PROTOCOLS.md."""
+    """Binance's documented local-book procedure, spot or futures (docs/EXCHANGES.md 1, 1b)."""
 
     def __init__(self, futures: bool) -> None:
         self.futures = futures
