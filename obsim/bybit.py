@@ -191,7 +191,11 @@ class BybitSpot(Venue):
     def one_topic(self, conn: Conn, op: str, name, req_id) -> bool:
         parsed = self.parse_topic(name)
         if parsed is None:
-            self.reply(conn, op, req_id, False, f"error:handler not found,topic:{name}")
+            parts = str(name).split(".")
+            if len(parts) == 3 and parts[0] == "orderbook" and parts[2] not in self.markets:
+                self.reply(conn, op, req_id, False, f"Invalid symbol :[{name}]")   # Bybit's words
+            else:
+                self.reply(conn, op, req_id, False, f"error:handler not found,topic:{name}")
             return False
         market, depth = parsed
         held = name in conn.state["topics"]

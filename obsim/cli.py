@@ -6,6 +6,9 @@ certificate in a private temporary directory, and prints exactly one JSON line o
   {"exchanges": {"binance": {"ws_url": ..., "rest_url": ..., "symbols": [...]}, ...},
    "ca_file": ..., "control_url": ..., "pid": ...}
 
+and, with `--write-config PATH`, writes an observer configuration file with one `[[feed]]` per
+served exchange (its symbols, ws_url, rest_url where the observer uses REST, ca_file), which
+`observer --config PATH` runs as is for as long as obsim serves (the CA file is obsim's);
 then serves until SIGTERM or SIGINT (or, with `--exit-on-stdin-eof`, until its stdin closes),
 when it closes every connection, removes its temporary directory and exits 0. Logs go to
 stderr. Every exchange limit has a flag with the real value
@@ -52,6 +55,7 @@ DEFAULT_SYMBOLS = {
     "okx": ["BTC-USDT", "ETH-USDT"], "bybit": ["BTCUSDT", "ETHUSDT"], "bybit-linear": ["BTCUSDT", "ETHUSDT"],
 }
 REPLAY_FILE_OF = {"bybit-linear": "bybit"}
+OBSERVER_NAME = "obsim"         # the observer instance a written config names
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -122,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
       help="inject at start (at_s=seconds after start, default 0), e.g. kraken:bad_checksum:at_s=1")
     a("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING")
     a("--tmp-dir", type=Path, help="where to make the private temporary directory (default: the system's)")
+    a("--write-config", type=Path, metavar="PATH",
+      help="also write an observer config file for what is served (run it with "
+           "`observer --config PATH` while obsim runs: its CA file lives as long as obsim)")
+    a("--version", action="version", version=_version_text())
     a("--exit-on-stdin-eof", action="store_true",
       help="also stop when stdin closes (the harness uses this so obsim never outlives its test)")
     for prefix, inbound, ping_s, pong_s, weight in (("binance", 5, 20, 60, 6000),
@@ -189,6 +197,9 @@ def prepare(opts) -> Plan:
         raise UsageError(f"unknown exchange {unknown[0]!r}; known: {', '.join(VENUES)}")
     if len(set(names)) != len(names):
         raise UsageError(f"--exchanges {opts.exchanges!r} names an exchange twice")
+    if opts.write_config is not None and not opts.write_config.parent.is_dir():
+        raise UsageError(f"--write-config {str(opts.write_config)!r}: no such directory "
+                         f"{str(opts.write_config.parent)!r}")
     if opts.tmp_dir is not None and not opts.tmp_dir.is_dir():
         raise UsageError(f"--tmp-dir {str(opts.tmp_dir)!r} is not a directory")
     symbols = symbols_by_exchange(opts, names)
@@ -284,12 +295,32 @@ async def amain(opts, plan: Plan) -> None:
         sim = Sim(opts, venues, server_context(cert_path, key_path), str(ca_path))
         await sim.start()
         schedule_faults(sim, plan.faults)
+        if opts.write_config is not None:
+            write_observer_config(opts.write_config, sim.endpoints(), plan.names)
         sys.stdout.write(orjson.dumps(sim.endpoints()).decode() + "\n")
         sys.stdout.flush()
         await stop.wait()
         await sim.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_observer_config(path: Path, endpoints: dict, names: list[str]) -> None:
+    """The observer config for what is served, written whole (a temp file renamed), so an
+    observer started as soon as the file exists never reads half of it."""
+    from obsim.simconfig import config_text
+
+    text = ("# Written by obsim --write-config: valid while that obsim runs (its URLs, its CA).\n"
+            + config_text(endpoints, names, name=OBSERVER_NAME))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _version_text() -> str:
+    from obsim.entry import version_text
+
+    return version_text()
 
 
 def main(argv: list[str] | None = None) -> int:

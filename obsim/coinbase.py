@@ -112,6 +112,11 @@ class Coinbase(Venue):
         for market in self.markets.values():
             market.state["subs"].discard(conn)
 
+    def refuse(self, conn: Conn, reason: str) -> None:
+        """Coinbase's refusal of a subscribe request (it fails whole), with its reason."""
+        self.counters["errors_sent"] += 1
+        conn.send_payload(orjson.dumps({"type": "error", "message": "Failed to subscribe", "reason": reason}))
+
     def error(self, conn: Conn, message: str) -> None:
         self.counters["errors_sent"] += 1
         conn.send_payload(orjson.dumps({"type": "error", "message": message}))
@@ -146,7 +151,7 @@ class Coinbase(Venue):
     def level2(self, conn: Conn, kind: str, products: list[str]) -> bool:
         unknown = [p for p in products if p not in self.markets]
         if unknown:
-            self.error(conn, f"Failed to subscribe: unknown product {unknown[0]}")
+            self.refuse(conn, f"{unknown[0]} is not a valid product")
             return False
         current = conn.state["level2"]
         if kind == "unsubscribe":

@@ -14,7 +14,9 @@ Every failure a user can cause is one line on stderr and a non-zero exit: 1 when
 answers, 2 for a bad command line (argparse's errors too, without the usage dump) or an
 unknown or ambiguous book (`BTCUSD is ambiguous: binance:BTCUSD, kraken:BTCUSD`), 3 when the observer refuses the connection (the line is the
 observer's own reason: `BUSY: clients_max=256 reached`, `DENIED: uid 65534 not allowed: see
-allow_uids ...`). Ctrl-C ends `watch` with 0 and anything else with 130, at any instant:
+allow_uids ...`), 4 for a book whose exchange refused its symbol (`binance:FOOBAR: invalid
+symbol (Invalid symbol.)`: fix the configuration; the book will never fill). Ctrl-C ends
+`watch` with 0 and anything else with 130, at any instant:
 obclient (numpy) is imported inside `main`, where the interrupt is caught, not at the top of
 this module, before it.
 """
@@ -31,6 +33,7 @@ from decimal import Decimal
 EXIT_NO_OBSERVER = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+EXIT_INVALID = 4              # the book exists but its exchange refused the symbol
 EXIT_INTERRUPTED = 130        # 128 + SIGINT, as shells report
 DEPTH_DEFAULT = 10
 UNIX_PATH_BYTES_MAX = 107     # sun_path, less its terminating NUL
@@ -56,14 +59,26 @@ def snapshot_json(name: str, snap) -> dict:
         "publish_ts_ns": int(snap.publish_ts_ns),
         "stale": snap.stale,
         "lagging": snap.lagging,
+        **({"invalid": snap.note} if snap.invalid else {}),
     }
+
+
+def state_text(snap) -> str:
+    """The state column: `live`, `LAGGING`, `STALE`, or why the exchange refused the symbol."""
+    if snap.invalid:
+        return invalid_text(snap.note)
+    return "STALE" if snap.stale else ("LAGGING" if snap.lagging else "live")
+
+
+def invalid_text(note: str) -> str:
+    return f"invalid symbol ({note})" if note else "invalid symbol"
 
 
 def ladder(name: str, snap, now_ns: int | None = None) -> str:
     """Asks above bids, best levels meeting at the spread line."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     age = _age(now_ns - snap.publish_ts_ns) if snap.publish_ts_ns else "never"
-    state = "STALE" if snap.stale else ("LAGGING" if snap.lagging else "live")
+    state = state_text(snap)
     px = [dec(p, snap.price_exp) for p in (*snap.ask_px, *snap.bid_px)]
     sz = [dec(s, snap.size_exp) for s in (*snap.ask_sz, *snap.bid_sz)]
     w_px, w_sz = max([len(t) for t in px] + [5]), max([len(t) for t in sz] + [4])
@@ -102,8 +117,11 @@ def cmd_snapshot(client, args) -> int:
     snap = book.snapshot(args.depth)
     if args.json:
         print(json.dumps(snapshot_json(book.name, snap), separators=(",", ":")))
-    else:
+    elif not snap.invalid:
         print(ladder(book.name, snap))
+    if snap.invalid:
+        print(f"{book.name}: {invalid_text(snap.note)}", file=sys.stderr)
+        return EXIT_INVALID
     return 0
 
 
@@ -113,15 +131,18 @@ def cmd_list(client, args) -> int:
         snap = client.snapshot(info.name, 1)          # the head is all this needs
         rows.append({"book": info.name, "exchange": info.exchange, "symbol": info.symbol,
                      "native": info.native, "shard": info.shard_index,
-                     "update_id": int(snap.update_id), "stale": snap.stale})
+                     "update_id": int(snap.update_id), "stale": snap.stale,
+                     "state": state_text(snap), **({"invalid": snap.note} if snap.invalid else {})})
     if args.json:
+        for r in rows:
+            del r["state"]
         print(json.dumps(rows, separators=(",", ":")))
         return 0
     w = max([len(r["book"]) for r in rows] + [4])
     print(f"{'book':<{w}}  {'native':<12}  shard  {'update_id':>10}  state")
     for r in rows:
         print(f"{r['book']:<{w}}  {r['native']:<12}  {r['shard']:>5}  {r['update_id']:>10}  "
-              f"{'STALE' if r['stale'] else 'live'}")
+              f"{r['state']}")
     return 0
 
 
@@ -148,7 +169,8 @@ def cmd_stats(client, args) -> int:
           f"{'reconnects':>10} {'lag_ms':>8} {'unread_b':>9} {'last_age_s':>10}  state")
     for b in stats.books:
         age = b.get("last_update_age_s")
-        state = "STALE" if b.get("stale") else ("LAGGING" if b.get("lagging") else "live")
+        state = (invalid_text(b["invalid"]) if "invalid" in b
+                 else "STALE" if b.get("stale") else ("LAGGING" if b.get("lagging") else "live"))
         print(f"{b['book']:<24} {b['updates']:>10} {b['gaps']:>6} {b['resyncs']:>8} "
               f"{b['checksum_errors']:>9} {b.get('reconnects', 0):>10} "
               f"{b.get('lag_ns', 0) / 1e6:>8.1f} {b.get('unread_bytes', 0):>9} "
@@ -163,12 +185,18 @@ def cmd_stats(client, args) -> int:
 
 
 def cmd_watch(client, args) -> int:
+    """Redraw in place on a terminal; to a pipe or a file, one ladder after another, blank-line
+    separated (cursor escapes there are noise in a log, not a redraw)."""
     book = client.book(args.symbol)
     out = sys.stdout
+    separator = "\x1b[H\x1b[J" if out.isatty() else "\n"
     try:
         while True:
             snap = book.snapshot(args.depth)
-            out.write("\x1b[H\x1b[J" + ladder(book.name, snap) + "\n")
+            if snap.invalid:
+                print(f"{book.name}: {invalid_text(snap.note)}", file=sys.stderr)
+                return EXIT_INVALID
+            out.write(separator + ladder(book.name, snap) + "\n")
             out.flush()
             _wait_change(client, book.name)
     except KeyboardInterrupt:
@@ -202,7 +230,9 @@ def parse_args(argv):
     p = _Parser(prog="obctl", description="Look at a running observer.", allow_abbrev=False,
                 epilog=f"exit codes: 0 done, {EXIT_NO_OBSERVER} no observer answers, {EXIT_USAGE} "
                        f"bad command line or unknown book, {EXIT_REFUSED} the observer refused "
-                       f"the connection (its reason is printed), {EXIT_INTERRUPTED} interrupted")
+                       f"the connection (its reason is printed), {EXIT_INVALID} the exchange "
+                       f"refused the book's symbol, {EXIT_INTERRUPTED} interrupted")
+    p.add_argument("--version", action="version", version=version_text("obctl"))
     p.add_argument("--socket", type=_socket_path, help="control socket (default: "
                    "$OBSERVER_SOCKET, else observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -221,6 +251,18 @@ def parse_args(argv):
     form.add_argument("--prometheus", action="store_true",
                       help="Prometheus text exposition format (for a textfile collector)")
     return p.parse_args(argv)
+
+
+def version_text(prog: str) -> str:
+    """`PROG VERSION`, the installed distribution's version (importlib.metadata)."""
+    from importlib import metadata
+
+    for dist in ("obclient", "observer"):       # obclient may ship as its own distribution
+        try:
+            return f"{prog} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{prog} (version unknown: not installed)"
 
 
 def _depth(text: str) -> int:

@@ -39,7 +39,8 @@ import numpy as np
 assert sys.byteorder == "little", "the segment layout is little-endian; so is x86-64"
 
 MAGIC = 0x314D48535642534F  # b"OBSVSHM1" read as a little-endian u64
-LAYOUT_VERSION = 3  # 2: book stats reserved_0 became unread_bytes (C11); 3: shard wake_ahead, header clients_n
+LAYOUT_VERSION = 4  # 2: book stats reserved_0 became unread_bytes (C11); 3: shard wake_ahead, header clients_n
+# 4: FLAG_INVALID, and the copy head's `note` (the exchange's refusal) in what was reserved
 ALIGN_BYTES = 64  # every region and every slot starts on a cache line
 
 # Limits a segment is sized from at start-up; nothing is resized after (C9).
@@ -58,6 +59,9 @@ STATE_CLOSED = 2  # the observer shut down cleanly; readers should reattach
 FLAG_STALE = 1  # the book is not known to be right (gap, disconnect, restart)
 FLAG_LAGGING = 2  # the feed runs behind its bound (C11)
 FLAG_PUBLISHED = 4  # this slot has been published at least once
+FLAG_INVALID = 8  # the exchange refused the symbol: the book stays empty and stale; the
+                  # copy head's `note` holds the exchange's reason (written once, before the flag)
+NOTE_BYTES_MAX = 48  # the copy head's `note`: UTF-8, NUL padded, cut at a character boundary
 
 # Ring record kinds.
 KIND_UPDATE = 1  # the book changed
@@ -161,10 +165,11 @@ COPY_HEAD = np.dtype(
         ("exch_ts_ns", "<i8"),
         ("recv_ts_ns", "<i8"),
         ("publish_ts_ns", "<i8"),
-        ("reserved", "<u8", (6,)),
+        ("note", "S48"),  # with FLAG_INVALID: why (the exchange's words); else empty
     ]
 )
 assert COPY_HEAD.itemsize == 128
+assert COPY_HEAD.fields["note"][1] == 80
 assert COPY_HEAD.fields["publish_ts_ns"][1] == 72
 
 RING_RECORD = np.dtype(

@@ -38,6 +38,7 @@ from obproto.snapshot import BookSnapshot, check_depth, named_update_type
 from obproto.updates import UpdateFollower
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
+_NOTE_OFFSET = layout.COPY_HEAD.fields["note"][1]
 _WORD_BYTES = 8
 _HEADER_WORD = {name: layout.HEADER.fields[name][1] // _WORD_BYTES
                 for name in ("generation", "heartbeat_ns", "heartbeat_period_ns", "owner_pid",
@@ -115,7 +116,12 @@ class SegmentReader:
         # A stable copy is the one published under this very sequence (the writer stores it in
         # the copy head before the flip); anything else is a protocol bug, never a race.
         assert head[0] == seq, f"book {book_index}: copy of seq {head[0]} read under seq {seq}"
-        return BookSnapshot(book_index, seq, head, *arrays)
+        snap = BookSnapshot(book_index, seq, head, *arrays)
+        if head[5] & layout.FLAG_INVALID:   # the note was written before the flag, never after
+            offset = self._head_offset(book_index, seq & 1) + _NOTE_OFFSET
+            snap.note = bytes(self._mv[offset:offset + layout.NOTE_BYTES_MAX]).rstrip(b"\0").decode(
+                "utf-8", "replace")
+        return snap
 
     def _read_copy(self, copy_index: int, request: tuple) -> tuple:
         book_index, depth = request

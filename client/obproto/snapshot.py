@@ -56,7 +56,7 @@ class BookSnapshot:
 
     __slots__ = ("book_index", "seq", "n_bids", "n_asks", "price_exp", "size_exp", "flags",
                  "update_id", "exch_ts_ns", "recv_ts_ns", "publish_ts_ns", "bid_px", "bid_sz",
-                 "ask_px", "ask_sz")
+                 "ask_px", "ask_sz", "note")
 
     def __init__(self, book_index: int, seq: int, head: tuple, bid_px, bid_sz, ask_px, ask_sz):
         (_, self.n_bids, self.n_asks, self.price_exp, self.size_exp, self.flags,
@@ -65,11 +65,17 @@ class BookSnapshot:
         self.seq = seq
         self.bid_px, self.bid_sz, self.ask_px, self.ask_sz = bid_px, bid_sz, ask_px, ask_sz
         self.n_bids, self.n_asks = len(bid_px), len(ask_px)  # levels in this copy (<= depth)
+        self.note = ""          # with `invalid`: the exchange's reason (the reader sets it)
 
     @property
     def stale(self) -> bool:
         """True when the book is not known to be right, including never published."""
         return bool(self.flags & layout.FLAG_STALE) or not self.flags & layout.FLAG_PUBLISHED
+
+    @property
+    def invalid(self) -> bool:
+        """True when the exchange refused the symbol (`note` says why): it will never fill."""
+        return bool(self.flags & layout.FLAG_INVALID)
 
     @property
     def lagging(self) -> bool:

@@ -60,9 +60,22 @@ class RelayConfig:
         return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in self.books)
 
 
+def version_text() -> str:
+    """`obrelay VERSION`, the installed distribution's version (importlib.metadata)."""
+    from importlib import metadata
+
+    for dist in ("obrelay", "observer"):        # obrelay may ship as its own distribution
+        try:
+            return f"obrelay {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "obrelay (version unknown: not installed)"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="obrelay", description="Relay a local observer's books to NATS (docs/RELAY.md).")
+    p.add_argument("--version", action="version", version=version_text())
     p.add_argument("--socket", help="the observer's control socket (default: $OBSERVER_SOCKET, "
                    "else observer.sock in $XDG_RUNTIME_DIR or the temp dir)")
     p.add_argument("--name", help="observer name used in subjects (default: the observer's own)")

@@ -6,8 +6,8 @@
 #define OBREADER_LAYOUT_H
 
 #define LAYOUT_MAGIC 0x314d48535642534fULL   /* "OBSVSHM1" little-endian */
-#define LAYOUT_VERSION 3u
-#define LAYOUT_HASH 0x34cd096eccb0b361ULL
+#define LAYOUT_VERSION 4u
+#define LAYOUT_HASH 0x033325b2fc42ddc5ULL
 #define PROTOCOL_VERSION 2u
 #define MSG_REPLY_BYTES_MAX 1048576u
 
@@ -81,6 +81,9 @@
 #define FLAG_STALE 1u
 #define FLAG_LAGGING 2u
 #define FLAG_PUBLISHED 4u
+#define FLAG_INVALID 8u     /* the exchange refused the symbol; the note says why */
+#define C_NOTE_OFFSET 80    /* bytes into the copy head: the note, NUL padded */
+#define NOTE_BYTES_MAX 48
 
 /* Ring record. */
 #define R_SEQ 0

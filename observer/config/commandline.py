@@ -41,6 +41,22 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+# Where a flag means less than its file key: --ca-file only adds a CA for the --feed feeds,
+# which always connect to the exchange's own endpoint (a URL is a file key only).
+FLAG_HELP = {"ca_file": "a readable PEM file of extra CAs to trust for the --feed feeds (a "
+                        "private CA in front of the exchange's endpoint); it changes no URL"}
+
+
+def version_text() -> str:
+    """`observer VERSION`, the installed distribution's version (importlib.metadata)."""
+    from importlib import metadata
+
+    try:
+        return f"observer {metadata.version('observer')}"
+    except metadata.PackageNotFoundError:
+        return "observer (version unknown: not installed)"
+
+
 def _dest(key: cfg.Key) -> str:
     return key.flag.removeprefix("--").replace("-", "_")
 
@@ -50,8 +66,12 @@ def parse_args(argv):
     p = _Parser(prog="observer", description="Shared-memory L2 order book server.",
                 allow_abbrev=False)
     p.add_argument("--config", action=_Once, metavar="FILE", help="TOML configuration file")
+    p.add_argument("--version", action="version", version=version_text())
     p.add_argument("--feed", action="append", default=[], metavar="EXCHANGE:SYMBOL[,SYMBOL...]",
-                   help="e.g. synthetic:BTCUSD,ETHUSD or bybit/linear:BTCUSDT (repeatable)")
+                   help="an exchange's symbols on its public endpoint, e.g. "
+                   "binance:BTCUSDT,ETHUSDT or bybit/linear:BTCUSDT (repeatable); it takes no "
+                   "URL: for a testnet, a proxy or obsim, set ws_url/rest_url/ca_file in a "
+                   "[[feed]] of --config (obsim --write-config writes one)")
     for key in (*cfg.OBSERVER_KEYS, *cfg.FEED_KEYS):
         if key.flag is None:
             continue
@@ -59,7 +79,8 @@ def parse_args(argv):
         table = "observer" if key in cfg.OBSERVER_KEYS else "[feed]"
         p.add_argument(key.flag, dest=_dest(key), action=_Once,
                        metavar="{" + ",".join(options) + "}" if options else key.name.upper(),
-                       help=f"{key.meaning}" + ("" if options else f"; {key.kind.expected}")
+                       help=FLAG_HELP.get(key.name, f"{key.meaning}"
+                                          + ("" if options else f"; {key.kind.expected}"))
                        + f" (file: [{table}] {key.name})")
     p.add_argument("--no-wake-ahead", dest="wake_ahead", action="store_const", const=False,
                    help="do not wake clients when a message arrives, only after it is "

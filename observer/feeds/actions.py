@@ -62,6 +62,15 @@ class Stale:
 
 
 @dataclass(frozen=True, slots=True)
+class Invalid:
+    """The exchange refused the symbol (it does not list it): publish the book invalid, with the
+    exchange's own words as `reason`. Terminal: the book is never asked for again."""
+
+    symbol: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reconnect:
     """Close this connection and open it again (with the driver's backoff)."""
 

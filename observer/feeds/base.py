@@ -26,7 +26,8 @@ import abc
 import orjson
 
 from observer.book import Book, BookCrossed
-from observer.feeds.actions import ConnSpec, FeedProtocolError, Publish, Reconnect, Send, Stale
+from observer.feeds.actions import (ConnSpec, FeedProtocolError, Invalid, Publish, Reconnect, Send,
+                                    Stale)
 from observer.feeds.clock import NS_PER_S
 from observer.feeds.scheduler import SendLimiter
 from observer.feeds.sync import Kind, State, SymbolSync
@@ -196,7 +197,8 @@ class Adapter(abc.ABC):
         silent = set()
         for conn_id in sorted(self.open_conns):
             quiet_ns = now_ns - self.last_recv_ns[conn_id]
-            if self.silence_max_s and quiet_ns > self.silence_max_s * NS_PER_S:
+            if (self.silence_max_s and quiet_ns > self.silence_max_s * NS_PER_S
+                    and self.conn_syncs(conn_id)):    # a connection of refused books only is quiet
                 self.reconnects += 1
                 self.queue.append(Reconnect(conn_id, f"silent for {quiet_ns // NS_PER_S} s"))
                 silent.add(conn_id)
@@ -216,7 +218,8 @@ class Adapter(abc.ABC):
         """A book that stays unsynced for `sync_timeout_s` is asked for again (the safety net
         under every lost ack, refused request or snapshot that never came)."""
         for sync in self.syncs.values():
-            if sync.state is State.LIVE or sync.state is State.DOWN or sync.conn_id not in self.open_conns:
+            if (sync.state is State.LIVE or sync.state is State.DOWN or sync.state is State.INVALID
+                    or sync.conn_id not in self.open_conns):
                 sync.waiting_since_ns = None
             elif sync.waiting_since_ns is None:
                 sync.waiting_since_ns = now_ns
@@ -232,7 +235,9 @@ class Adapter(abc.ABC):
     # ----------------------------------------------------------------------- helpers
 
     def conn_syncs(self, conn_id):
-        return [sync for sync in self.syncs.values() if sync.conn_id == conn_id]
+        """The books a connection carries, less those the exchange refused (never asked again)."""
+        return [sync for sync in self.syncs.values()
+                if sync.conn_id == conn_id and sync.state is not State.INVALID]
 
     def resync_conn(self, conn_id):
         """A bug (not bad input) interrupted a message: the book it was applied to may be
@@ -334,8 +339,28 @@ class Adapter(abc.ABC):
         setattr(sync.stats, STAT_BY_REASON[reason], getattr(sync.stats, STAT_BY_REASON[reason]) + 1)
         self.queue.append(Stale(sync.symbol, reason))
 
+    def refuse(self, sync, reason):
+        """The exchange refused the symbol (`reason`: its words). The book is published invalid
+        once and left out of everything after: no resubscribe, no deadline, no reconnect."""
+        if sync.state is State.INVALID:
+            return
+        sync.state = State.INVALID
+        sync.waiting_since_ns = None
+        sync.seq = None
+        sync.buffer.clear()
+        self.books[sync.symbol].clear()
+        self.queue.append(Invalid(sync.symbol, str(reason)[:200]))
+
+    def native_sync(self, native, conn_id):
+        """The book of `native` carried by `conn_id`, or None (a refusal naming someone else)."""
+        symbol = self.by_native.get(native)
+        sync = self.syncs.get(symbol) if symbol is not None else None
+        return sync if sync is not None and sync.conn_id == conn_id else None
+
     def resync(self, sync, reason):
         """The book cannot be trusted: count why, publish it stale, get a fresh snapshot."""
+        if sync.state is State.INVALID:
+            return                      # refused by the exchange: nothing to get again
         if sync.state is State.LIVE:
             self.mark_stale(sync, reason)
         else:

@@ -193,7 +193,12 @@ class BinanceAdapter(Adapter):
         if sync is None:
             raise FeedProtocolError(f"binance: snapshot for unknown symbol {symbol!r}"[:200])
         try:
-            if self.scheduler.on_reply(symbol, status, headers, recv_ns):
+            reason = refusal(status, body)
+            if reason is not None:
+                self.scheduler.inflight.discard(symbol)     # answered, and never asked again
+                self.scheduler.check_weight(headers, recv_ns)
+                self.refuse(sync, reason)
+            elif self.scheduler.on_reply(symbol, status, headers, recv_ns):
                 self.take_snapshot(sync, body)
         finally:
             self.pump()
@@ -251,3 +256,21 @@ def check_event(event):
         raise FeedProtocolError("binance: U > u")
     if not isinstance(event["b"], list) or not isinstance(event["a"], list):
         raise FeedProtocolError("binance: b/a are not lists")
+
+
+# Binance's answer to a depth request for a symbol it does not list (spot and USD-M futures):
+# HTTP 400 {"code":-1121,"msg":"Invalid symbol."}. Any other 4xx is retried as before.
+INVALID_SYMBOL_CODE = -1121
+
+
+def refusal(status, body):
+    """The exchange's reason when a snapshot reply refuses the symbol itself, else None."""
+    if status != 400:
+        return None
+    try:
+        error = loads(body)
+    except JSONDecodeError:
+        return None
+    if isinstance(error, dict) and error.get("code") == INVALID_SYMBOL_CODE:
+        return str(error.get("msg") or "Invalid symbol.")
+    return None

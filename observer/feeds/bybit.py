@@ -16,6 +16,8 @@ subscribe retries those books. Keepalive is `{"op":"ping"}` after `ping_idle_s` 
 cuts a connection after 10 min without traffic); spot takes at most 10 args per request.
 """
 
+import re
+
 import orjson
 
 from observer.book import BookUpdate
@@ -27,6 +29,11 @@ from observer.feeds.sync import Kind, State
 DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000)}
 ARGS_PER_REQUEST_MAX = 10
 PENDING_REQUESTS_MAX = 1024  # subscribes awaiting their ack (acks name no topic, only req_id)
+
+
+# Bybit v5's refusal of a symbol it does not list: {"success":false,"ret_msg":"Invalid symbol
+# :[orderbook.50.FOOBAR]","op":"subscribe",...}; the whole request fails.
+UNKNOWN_SYMBOL = re.compile(r"orderbook\.\d+\.([^\],\s]+)")
 
 
 class BybitAdapter(Adapter):
@@ -72,7 +79,9 @@ class BybitAdapter(Adapter):
             self.send(conn_id, orjson.dumps({"req_id": str(self.req_id), "op": op, "args": args}).decode())
 
     def subscribe_conn(self, conn_id):
-        self.request(conn_id, "subscribe", [sync.native for sync in self.conn_syncs(conn_id)])
+        natives = [sync.native for sync in self.conn_syncs(conn_id)]
+        if natives:                     # none: every book on it was refused
+            self.request(conn_id, "subscribe", natives)
 
     def recover(self, sync):
         sync.on(Kind.RESUBSCRIBE)
@@ -106,9 +115,19 @@ class BybitAdapter(Adapter):
                 if sync.state is State.SUBSCRIBING:
                     sync.on(Kind.ACK)
             return
+        ret_msg = str(msg.get("ret_msg"))
+        refused = {match.group(1) for match in UNKNOWN_SYMBOL.finditer(ret_msg)}
+        if ret_msg.startswith("Invalid symbol") and refused & set(natives):
+            for native in natives:      # the request failed whole: ask again for the others
+                sync = self.sync_for_native(native)
+                if native in refused:
+                    self.refuse(sync, ret_msg)
+                elif sync.state is State.SUBSCRIBING:
+                    self.recover(sync)
+            return
         for native in natives:
             self.resync(self.sync_for_native(native), "bad_message")
-        raise FeedProtocolError(f"bybit: request refused: {msg.get('ret_msg')!r}"[:300])
+        raise FeedProtocolError(f"bybit: request refused: {ret_msg!r}"[:300])
 
     def on_orderbook(self, conn_id, msg):
         topic = msg["topic"]

@@ -15,6 +15,8 @@ Snapshots are multi-megabyte single frames: the driver's `message_bytes_max` mus
 and the book loads them by sorting once.
 """
 
+import re
+
 import orjson
 
 from observer.book import BookUpdate
@@ -24,6 +26,11 @@ from observer.feeds.clock import rfc3339_ns
 from observer.feeds.sync import Kind, State
 
 SIDES = {"bid": 0, "offer": 1}
+
+
+# Coinbase's refusal of a product it does not list: {"type":"error","message":"Failed to
+# subscribe","reason":"FOO-USD is not a valid product"}; the whole subscribe request fails.
+UNKNOWN_PRODUCT = re.compile(r"(\S+) is not a valid product")
 
 
 class CoinbaseAdapter(Adapter):
@@ -48,6 +55,8 @@ class CoinbaseAdapter(Adapter):
         natives = [sync.native for sync in self.conn_syncs(conn_id)]
         self.conn_seq.pop(conn_id, None)
         self.resubscribe_pending.pop(conn_id, None)
+        if not natives:                 # every book on it was refused
+            return
         self.send(conn_id, self.request_text("subscribe", "level2", natives))
         self.send(conn_id, self.request_text("subscribe", "heartbeats", natives))
 
@@ -72,7 +81,8 @@ class CoinbaseAdapter(Adapter):
         if not isinstance(msg, dict):
             raise FeedProtocolError("coinbase: message is not an object")
         if msg.get("type") == "error":
-            raise FeedProtocolError(f"coinbase: error: {msg.get('message')!r}"[:300])
+            self.on_error(conn_id, msg)
+            return
         channel = msg["channel"]
         events = msg["events"]
         if not isinstance(events, list):
@@ -92,6 +102,19 @@ class CoinbaseAdapter(Adapter):
                 sync.stats.keepalives += 1
         else:
             raise FeedProtocolError(f"coinbase: unexpected channel {channel!r}"[:200])
+
+    def on_error(self, conn_id, msg):
+        """A refused product is refused for good; the request it was in failed whole, so the
+        connection's other books still waiting are asked for again at once."""
+        text = " ".join(str(msg.get(key)) for key in ("message", "reason") if msg.get(key))
+        refused = UNKNOWN_PRODUCT.search(text)
+        sync = self.native_sync(refused.group(1), conn_id) if refused else None
+        if sync is None:
+            raise FeedProtocolError(f"coinbase: error: {text!r}"[:300])
+        self.refuse(sync, str(msg.get("reason") or msg.get("message")))
+        for other in self.conn_syncs(conn_id):
+            if other.state is State.SUBSCRIBING:
+                self.recover(other)
 
     def check_sequence(self, conn_id, sequence_num):
         """Messages on a connection are numbered without holes; a hole resyncs all its books."""

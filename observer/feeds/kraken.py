@@ -72,6 +72,11 @@ def level_pairs(levels):
     return [(level["price"], level["qty"]) for level in levels]
 
 
+# Kraken v2's refusal of a symbol it does not list: {"method":"subscribe","success":false,
+# "error":"Currency pair not supported FOO/BAR","symbol":"FOO/BAR",...}
+UNKNOWN_PAIR = "Currency pair not supported"
+
+
 class KrakenAdapter(Adapter):
     exchange = "kraken"
     ws_url_default = "wss://ws.kraken.com/v2"
@@ -104,7 +109,8 @@ class KrakenAdapter(Adapter):
 
     def subscribe_conn(self, conn_id):
         natives = [sync.native for sync in self.conn_syncs(conn_id)]
-        self.send(conn_id, self.request_text("subscribe", natives))
+        if natives:                     # none: every book on it was refused
+            self.send(conn_id, self.request_text("subscribe", natives))
 
     def recover(self, sync):
         sync.on(Kind.RESUBSCRIBE)
@@ -139,11 +145,14 @@ class KrakenAdapter(Adapter):
         if method != "subscribe":
             raise FeedProtocolError(f"kraken: unexpected method {method!r}"[:200])
         if msg.get("success") is not True:
-            # A refusal naming a symbol of ours: try that book again (unsubscribe + subscribe).
-            native = msg.get("symbol")
-            if native in self.by_native and self.syncs[self.by_native[native]].conn_id == conn_id:
-                self.resync(self.syncs[self.by_native[native]], "bad_message")
-            raise FeedProtocolError(f"kraken: subscribe refused: {msg.get('error')!r}"[:300])
+            sync = self.native_sync(msg.get("symbol"), conn_id)
+            error = str(msg.get("error"))
+            if sync is not None and error.startswith(UNKNOWN_PAIR):
+                self.refuse(sync, error)        # Kraken does not list it: never ask again
+                return
+            if sync is not None:                # any other refusal: ask for that book again
+                self.resync(sync, "bad_message")
+            raise FeedProtocolError(f"kraken: subscribe refused: {error!r}"[:300])
         sync = self.sync_for_native(msg["result"]["symbol"])
         sync.on(Kind.ACK)
 

@@ -20,6 +20,7 @@ Fewer than 30 channels per connection, as OKX advises, and at most OPS_PER_CONN_
 requests on one connection (OKX: 480 an hour): past it a resync reconnects instead.
 """
 
+import re
 import zlib
 
 import orjson
@@ -72,6 +73,13 @@ def checksum(book):
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
+# OKX's refusal of an instrument it does not list: {"event":"error","code":"60018","msg":"Wrong
+# URL or channel:books,instId:FOO-BAR doesn't exist. ..."} (older servers: "channel:books,
+# instId:FOO-BAR doesn't exist").
+# The reason kept is the clause naming the instrument (older servers' whole message).
+UNKNOWN_INSTRUMENT = re.compile(r"(?:channel:\S*?,)?instId:(\S+?) doesn't exist")
+
+
 class OkxAdapter(Adapter):
     exchange = "okx"
     ws_url_default = "wss://ws.okx.com:8443/ws/v5/public"
@@ -100,7 +108,9 @@ class OkxAdapter(Adapter):
 
     def subscribe_conn(self, conn_id):
         self.ops_on_conn[conn_id] = 1
-        self.send(conn_id, self.request_text("subscribe", [s.native for s in self.conn_syncs(conn_id)]))
+        natives = [s.native for s in self.conn_syncs(conn_id)]
+        if natives:                     # none: every book on it was refused
+            self.send(conn_id, self.request_text("subscribe", natives))
 
     def recover(self, sync):
         """Unsubscribe + subscribe; past the connection's hourly op budget, a new connection
@@ -130,19 +140,24 @@ class OkxAdapter(Adapter):
         if not isinstance(msg, dict):
             raise FeedProtocolError("okx: message is not an object")
         if "event" in msg:
-            self.on_event(msg)
+            self.on_event(conn_id, msg)
         elif msg["arg"]["channel"] == self.channel:
             self.on_books(conn_id, msg)
         else:
             raise FeedProtocolError(f"okx: unexpected channel {msg['arg']['channel']!r}"[:200])
 
-    def on_event(self, msg):
+    def on_event(self, conn_id, msg):
         event = msg["event"]
         if event == "subscribe":
             self.sync_for_native(msg["arg"]["instId"]).on(Kind.ACK)
         elif event in ("unsubscribe", "notice", "channel-conn-count"):
             return  # notice: maintenance ahead (the reset it brings is handled); conn-count: info
         elif event == "error":
+            refused = UNKNOWN_INSTRUMENT.search(str(msg.get("msg"))) if msg.get("code") == "60018" else None
+            sync = self.native_sync(refused.group(1), conn_id) if refused else None
+            if sync is not None:            # OKX does not list it: never ask again
+                self.refuse(sync, refused.group(0))
+                return
             raise FeedProtocolError(f"okx: error {msg.get('code')}: {msg.get('msg')}"[:300])
         else:
             raise FeedProtocolError(f"okx: unexpected event {event!r}"[:200])

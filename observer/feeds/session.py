@@ -52,7 +52,8 @@ from urllib.parse import urlsplit
 
 from observer import loom
 from observer.feeds import make_adapter
-from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
+from observer.feeds.actions import (FeedProtocolError, FetchSnapshot, Invalid, Publish, Reconnect,
+                                    Send, Stale)
 from observer.telemetry.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
@@ -219,7 +220,7 @@ class Session:
                                    message_bytes_max=limits.message_bytes_max)
         except NetError as exc:
             self.stats.connect_failures += 1
-            self.log_once(spec.conn_id, "connect", f"connect to {spec.url} failed: {exc}")
+            self.log_once(spec.conn_id, "connect", "connect_failed", url=spec.url, error=str(exc))
             return False
         conn_id = spec.conn_id
         self.sockets[conn_id] = ws
@@ -245,7 +246,8 @@ class Session:
             raise
         except Exception as exc:  # a bug: contained to this connection, loud, and retried
             self.stats.internal_errors += 1
-            log.exception("%s conn %d: internal error", self.adapter.exchange, conn_id)
+            log_event(log, "internal_error", level=logging.ERROR, exc_info=True,
+                      exchange=self.adapter.exchange, conn=conn_id, where="connection")
             reason = f"internal error: {type(exc).__name__}"
             delivered = False  # back off as for a failure: a bug must not spin
         finally:
@@ -282,12 +284,11 @@ class Session:
             return self.adapter.on_message(conn_id, data, recv_ns)
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
-            self.log_once(conn_id, str(exc)[:40], f"bad message: {exc}")
+            self.log_once(conn_id, str(exc)[:40], "bad_message", conn=conn_id, error=str(exc))
         except Exception as exc:  # a bug: contained like a bad message, but with its traceback
             self.stats.internal_errors += 1
-            self.log_once(conn_id, f"internal {type(exc).__name__}",
-                          f"internal error in on_message on conn {conn_id}", exc_info=exc,
-                          level=logging.ERROR)
+            self.log_once(conn_id, f"internal {type(exc).__name__}", "internal_error",
+                          exc_info=exc, level=logging.ERROR, conn=conn_id, where="on_message")
         return self.adapter.drain()
 
     def adapter_input(self, where, conn_id, recover, call, *args):
@@ -300,12 +301,12 @@ class Session:
             return call(*args)
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
-            self.log_once(conn_id, f"{where} {str(exc)[:40]}", f"bad input in {where}: {exc}")
+            self.log_once(conn_id, f"{where} {str(exc)[:40]}", "bad_input", conn=conn_id,
+                          where=where, error=str(exc))
         except Exception as exc:  # a bug in the adapter: loud, but the feed goes on
             self.stats.internal_errors += 1
-            self.log_once(conn_id, f"internal {where} {type(exc).__name__}",
-                          f"internal error in {where} on conn {conn_id}", exc_info=exc,
-                          level=logging.ERROR)
+            self.log_once(conn_id, f"internal {where} {type(exc).__name__}", "internal_error",
+                          exc_info=exc, level=logging.ERROR, conn=conn_id, where=where)
             recover(conn_id)
         return self.adapter.drain()
 
@@ -322,7 +323,8 @@ class Session:
                 self.perform(self.adapter.on_tick(time.time_ns()), 0)
             except Exception:  # a bug: keep ticking (keepalives), but loudly
                 self.stats.internal_errors += 1
-                log.exception("%s: internal error in on_tick", self.adapter.exchange)
+                log_event(log, "internal_error", level=logging.ERROR, exc_info=True,
+                          exchange=self.adapter.exchange, where="on_tick")
 
     # ------------------------------------------------------------------------- actions
 
@@ -343,7 +345,7 @@ class Session:
         published = []
         for action in actions:
             kind = type(action)
-            if kind is Publish or kind is Stale:
+            if kind is Publish or kind is Stale or kind is Invalid:
                 published.append(action)
             elif kind is Send:
                 self.send(action)
@@ -395,7 +397,7 @@ class Session:
             status, headers, body = response.status, response.headers, response.body
         except NetError as exc:
             self.stats.snapshot_failures += 1
-            self.log_once(-1, "snapshot", f"snapshot {action.url} failed: {exc}")
+            self.log_once(-1, "snapshot", "snapshot_failed", url=action.url, error=str(exc))
             client.close()
             client = None
             status, headers, body = 0, {}, b""
@@ -410,7 +412,7 @@ class Session:
                                      recv_ns)
         self.perform(actions, recv_ns)
 
-    def log_once(self, conn_id, kind, text, exc_info=None, level=logging.WARNING):
+    def log_once(self, conn_id, kind, event, exc_info=None, level=logging.WARNING, **fields):
         """Log `text` the first time (conn_id, kind) is seen. Fails closed: once
         ERRORS_LOGGED_MAX keys are kept, a new one is counted (`errors_suppressed`), not
         logged, with one line saying so at the first and every SUPPRESSED_LOG_EVERY-th."""
@@ -419,13 +421,15 @@ class Session:
             return
         if len(self.errors_logged) < ERRORS_LOGGED_MAX:
             self.errors_logged.add(key)
-            log.log(level, "%s: %s", self.adapter.exchange, text, exc_info=exc_info)
+            log_event(log, event, level=level, exc_info=exc_info, exchange=self.adapter.exchange,
+                      **fields)
             return
         self.stats.errors_suppressed += 1
         suppressed = self.stats.errors_suppressed
         if suppressed == 1 or suppressed % SUPPRESSED_LOG_EVERY == 0:
-            log.warning("%s: %d errors not logged so far: errors_logged_max=%d kinds of error "
-                        "were logged already", self.adapter.exchange, suppressed, ERRORS_LOGGED_MAX)
+            log_event(log, "errors_suppressed", level=logging.WARNING,
+                      exchange=self.adapter.exchange, count=suppressed,
+                      errors_logged_max=ERRORS_LOGGED_MAX)
 
 
 def _nothing() -> None:

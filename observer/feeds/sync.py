@@ -12,6 +12,9 @@ in and in how they recover:
 - `resubscribe` (Coinbase, Kraken, OKX, Bybit): unsubscribe + subscribe for a new WS snapshot.
 - Deltas in SUBSCRIBING or AWAITING_SNAPSHOT are the tail of an old subscription or the buffer
   before a REST snapshot: allowed, and the adapter decides whether to buffer or drop them.
+- INVALID: the exchange refused the symbol (it does not list it). Terminal and outside the
+  table: `base.Adapter.refuse` sets it, and a book in it is left out of every connection's
+  subscriptions, deadlines and resyncs, so a misspelled symbol costs one refusal, not a storm.
 - Only LIVE books are published live. Any pair not in TRANSITIONS raises FeedProtocolError
   naming the state, so a message the protocol does not allow is loud, never silently applied.
 
@@ -33,6 +36,7 @@ class State(enum.Enum):
     SUBSCRIBING = "subscribing"
     AWAITING_SNAPSHOT = "awaiting_snapshot"
     LIVE = "live"
+    INVALID = "invalid"
 
 
 class Kind(enum.Enum):

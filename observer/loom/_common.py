@@ -150,4 +150,4 @@ def deliver(op: Op, result, log: logging.Logger) -> None:
     except LoomInternalError:
         raise
     except Exception:
-        log.exception("loom: callback %r for %r raised", op.callback, op)
+        log.exception("callback_failed", {"callback": repr(op.callback), "op": repr(op)})

@@ -210,7 +210,7 @@ class ReadinessBackend(Backend):
         except LoomInternalError:
             raise
         except Exception:
-            log.exception("loom: callback %r for %r raised", op.callback, op)
+            log.exception("callback_failed", {"callback": repr(op.callback), "op": repr(op)})
         return 1
 
     def statistics(self) -> BackendStats:

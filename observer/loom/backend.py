@@ -140,8 +140,9 @@ def make_backend(name: str | None = None) -> Backend:
             continue
         if refusals and candidate not in _fallbacks_logged:
             _fallbacks_logged.add(candidate)
-            log.warning("loom: running on %s (%s)", candidate,
-                        "; ".join(f"{exc.backend}: {exc.reason}" for exc in refusals))
+            log.warning("loom_backend_fallback", {
+                "backend": candidate,
+                "refused": "; ".join(f"{exc.backend}: {exc.reason}" for exc in refusals)})
         return backend
     raise LoomError("no loom backend works here: " + "; ".join(map(str, refusals)))
 

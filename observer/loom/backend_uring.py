@@ -382,7 +382,7 @@ class UringBackend(Backend):
             self.poll(0.01)
             deadline -= 1
         if self._ops:
-            log.error("loom io_uring: %d ops still in the kernel at close", len(self._ops))
+            log.error("uring_ops_at_close", {"ops": len(self._ops)})
         self._ring.close()
 
 

@@ -306,8 +306,7 @@ def join_all(fibers, *, timeout_s: float | None) -> JoinReport:
     late = tuple(fiber for fiber in targets if not fiber.done)
     if me is not None:
         for fiber in late:
-            log.warning("loom: fiber %r still running after a join of %s s", fiber.name,
-                        timeout_s)
+            log.warning("fiber_join_timeout", {"fiber": fiber.name, "timeout_s": timeout_s})
     failed = tuple(fiber for fiber in targets if fiber.done and fiber.error is not None
                    and not isinstance(fiber.error, Cancelled))
     if own is not None:

@@ -191,7 +191,7 @@ class Loop(FdTable):
         if fiber is self._main:
             self._inline_ok = False          # run() returns now; nobody may block in a poll
         if error is not None and not isinstance(error, fibers.Cancelled):
-            log.error("loom: fiber %r failed", fiber.name, exc_info=error)
+            log.error("fiber_failed", {"fiber": fiber.name}, exc_info=error)
         joiners, fiber.joiners = fiber.joiners, None
         for joiner in joiners or ():
             if joiner.state == WAITING:
@@ -223,7 +223,7 @@ class Loop(FdTable):
                     break
                 self._run_once()
         except LoomInternalError:
-            log.critical("loom: internal error, closing the loop", exc_info=True)
+            log.critical("loop_internal_error", {"action": "closing the loop"}, exc_info=True)
             self._running = False
             self._inline_ok = False
             self.close()
@@ -462,7 +462,7 @@ def _call_with_args(callback_args) -> None:
     except LoomInternalError:
         raise
     except Exception:
-        log.exception("loom: call_later callback %r raised", callback)
+        log.exception("callback_failed", {"callback": repr(callback)})
 
 
 def _check_spin(spin_s: float) -> None:

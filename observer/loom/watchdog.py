@@ -2,9 +2,11 @@
 
 A daemon thread samples the loop every `bound_s / 4`: the running fiber and the loop's switch
 counter. If the same fiber is still running at the same switch count for `bound_s` or longer,
-it has run that long without yielding: the watchdog logs its name and its stack (taken from
-`sys._current_frames()` for the loop's thread, which is the fiber's frame while it runs) and
-counts the report. One report per stall. The loop pays nothing per switch beyond the counter it
+it has run that long without yielding: the watchdog logs one line, `fiber_stalled` (fiber,
+ran_ms, bound_ms), and, only when debug logging is on, `fiber_stalled_stack` with its stack
+(taken from `sys._current_frames()` for the loop's thread, which is the fiber's frame while it
+runs) as a field; the stack is also kept in the report (`loop.watchdog_reports()`). One report
+per stall. The loop pays nothing per switch beyond the counter it
 keeps for stats anyway; the thread only exists while `run()` does.
 
 Discussion: on a shared machine a whole process can be descheduled for tens of milliseconds.
@@ -131,8 +133,12 @@ class Watchdog:
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
         self.reports.append(WatchdogReport(fiber.name, ran_s, stack))
         self.reports_total += 1
-        log.warning("loom watchdog: fiber %r has run %.0f ms without yielding (bound %.0f ms):"
-                    "\n%s", fiber.name, ran_s * 1e3, self.bound_s * 1e3, stack)
+        # loom stands alone: plain logging, the event name as message and a dict of fields
+        # (observer/telemetry/logs.py renders them as fields).
+        log.warning("fiber_stalled", {"fiber": fiber.name, "ran_ms": round(ran_s * 1e3),
+                                      "bound_ms": round(self.bound_s * 1e3)})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("fiber_stalled_stack", {"fiber": fiber.name, "stack": stack})
 
 
 def _thread_cpu_clock(thread_id: int) -> int | None:

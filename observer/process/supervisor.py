@@ -257,6 +257,7 @@ class Supervisor:
             top = self.reader.snapshot(info.book_index, 1)
             books.append({"book": info.name, "exchange": info.exchange, "shard": info.shard_index,
                           "stale": top.stale, "lagging": top.lagging,
+                          **({"invalid": top.note} if top.invalid else {}),
                           "last_update_age_s": round((now_ns - last_ns) / 1e9, 3) if last_ns else None,
                           **{k: v for k, v in counters.items() if not k.startswith("reserved")}})
         return observer, books, self.server.client_stats()

@@ -234,7 +234,7 @@ class Zygote:
             except BlockingIOError:
                 return True
             except (OSError, ValueError) as exc:
-                log.error("zygote socket failed: %s", exc)
+                log.error("zygote_socket_failed", {"error": str(exc)})
                 return False
             if not kind:
                 return False
@@ -262,7 +262,7 @@ class Zygote:
             if process is not None:
                 process.exited(b)
         else:
-            log.error("zygote sent an unknown report %r", kind)
+            log.error("zygote_report_unknown", {"kind": repr(kind)})
 
     def _died(self) -> None:
         """The zygote is gone: its shards died with it (PR_SET_PDEATHSIG), unreported."""

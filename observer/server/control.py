@@ -219,14 +219,15 @@ class ControlServer:
                     continue
                 # ENOBUFS/ENOMEM: out of memory for now. Accepting stops only for a moment;
                 # the listener and every served client stay.
-                log.warning("control accept failed: %s; retrying in %s s", exc, ACCEPT_RETRY_S)
+                log_event(log, "accept_failed", level=logging.WARNING, error=str(exc),
+                          retry_s=ACCEPT_RETRY_S)
                 loom.sleep(ACCEPT_RETRY_S)
                 continue
             self.accepted += 1
             try:
                 self._admit(conn)
             except OSError as exc:
-                log.warning("control client failed at accept: %s", exc)
+                log_event(log, "client_failed_at_accept", level=logging.WARNING, error=str(exc))
                 conn.close()
 
     def _admit(self, conn: socket.socket) -> None:

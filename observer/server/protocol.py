@@ -158,7 +158,7 @@ class ServerConnection:
         except m.BookNameError as exc:
             self.reply(m.Error(request.req_id, exc.code, str(exc)))
         except Exception as exc:            # a server bug: this request fails, nothing else
-            log.exception("control request %s failed", type(request).__name__)
+            log.exception("control_request_failed", {"request": type(request).__name__})
             self.reply(m.Error(request.req_id, m.ErrorCode.INTERNAL,
                                _clip(f"{type(exc).__name__}: {exc}")))
 

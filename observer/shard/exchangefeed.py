@@ -8,6 +8,9 @@ is the sink between them and the shard's `ShardWriter`:
   adapter's rule), so a book is live in the segment exactly when it is synced. `Stale` ->
   `writer.mark_stale`: the visible copy is republished with the stale flag. Every book starts
   stale (an unpublished slot reads as stale), so nothing is live before its first sync.
+  `Invalid` (the exchange refused the symbol) -> `writer.mark_invalid` with the exchange's
+  reason, logged once as `symbol_refused` (an ERROR: the configuration names a symbol the
+  exchange does not list; the book stays empty until the configuration is fixed).
 - No flush here: the session calls `writer.flush()` (its `after_frame`) once per batch, the
   messages of one read from the network, or after any other call that published (C6).
 - Lag (C11): each publish measures local receive time minus the exchange's event time of the
@@ -36,7 +39,7 @@ from __future__ import annotations
 import logging
 
 from observer import loom
-from observer.feeds.actions import Publish
+from observer.feeds.actions import Invalid, Publish
 from observer.feeds.clock import NS_PER_MS
 from observer.telemetry.logs import log_event
 from observer.feeds.session import Session, SessionLimits
@@ -97,6 +100,7 @@ class ExchangeFeed:
         self.slots: dict[str, BookSlot] = {}
         self.session: Session | None = None
         self._stats_fiber = None
+        self.stopping = False              # a clean stop: its disconnects are not news
         self._unread_by_conn: dict[int, int] = {}   # reused by sample_unread, one entry per conn
 
     def natives(self):
@@ -126,6 +130,7 @@ class ExchangeFeed:
         """Stop the session and the stats fiber, waiting for both when called from a fiber (a
         cancel of the caller meanwhile is raised once both are stopped); the books are left
         stale for clients."""
+        self.stopping = True            # the books go stale as asked: no book_stale per book
         stats_fiber, self._stats_fiber = self._stats_fiber, None
         if stats_fiber is not None:
             stats_fiber.cancel()        # first: it samples the sockets the session closes
@@ -154,11 +159,22 @@ class ExchangeFeed:
                 slot.publish(book, slot.flags, recv_ns)
                 if not slot.live:
                     self.went_live(slot)
+            elif type(action) is Invalid:
+                self.refused(slot, action.reason)
             else:
                 self.writer.mark_stale(slot.index)
                 self.copy_stats(slot)
                 if slot.live:
                     self.went_stale(slot, action.reason)
+
+    def refused(self, slot, reason) -> None:
+        """Once per book (the adapter never asks again): publish it invalid, say why."""
+        slot.live = False
+        slot.stale_reason = "refused"
+        self.writer.mark_invalid(slot.index, reason)
+        self.copy_stats(slot)
+        log_event(log, "symbol_refused", level=logging.ERROR, book=slot.name,
+                  native=slot.sync.native, reason=reason)
 
     def went_live(self, slot) -> None:
         """Logged once per sync: the first after start, then each resync after a Stale."""
@@ -168,9 +184,13 @@ class ExchangeFeed:
 
     def went_stale(self, slot, reason) -> None:
         """Logged once per live-to-stale change, with the adapter's reason (gap, checksum,
-        reset, disconnect, ...); further Stale actions while it resyncs are counted only."""
+        reset, disconnect, ...); further Stale actions while it resyncs are counted only. Not
+        during a clean stop: every book goes stale then by design (`observer_stopping` says so),
+        and a WARNING per book would tell an operator that something went wrong."""
         slot.live = False
         slot.stale_reason = reason
+        if self.stopping:
+            return
         log_event(log, "book_stale", level=logging.WARNING, book=slot.name, reason=reason)
 
     def measure_lag(self, slot, lag_ns) -> None:
@@ -187,13 +207,12 @@ class ExchangeFeed:
     def lag_changed(self, slot, lagging, lag_ns) -> None:
         slot.lagging = lagging
         slot.flags = self.writer.flags(lagging=lagging)
-        name = f"{self.exchange}:{slot.sync.symbol}"
         if lagging:
             slot.stats.lagging_count += 1
-            log.warning("%s is lagging: %.0f ms behind the exchange (bound %.0f ms)", name,
-                        lag_ns / NS_PER_MS, self.lag_bound_ns / NS_PER_MS)
+            log_event(log, "book_lagging", level=logging.WARNING, book=slot.name,
+                      lag_ms=round(lag_ns / NS_PER_MS), bound_ms=round(self.lag_bound_ns / NS_PER_MS))
         else:
-            log.info("%s caught up: %.0f ms behind the exchange", name, lag_ns / NS_PER_MS)
+            log_event(log, "book_caught_up", book=slot.name, lag_ms=round(lag_ns / NS_PER_MS))
 
     # -- counters -----------------------------------------------------------------------------
 

@@ -76,8 +76,8 @@ class UringWaker:
         if res < 0 and -res != 11:  # EAGAIN: counter saturated, as in eventfd_wake
             self.errors += 1
             if self.errors == 1:
-                log.warning("io_uring eventfd write failed: %s; readers fall back on their "
-                            "wait timeout", os.strerror(-res))
+                log.warning("wake_write_failed", {"error": os.strerror(-res),
+                                                  "effect": "readers fall back on their wait timeout"})
 
     def close(self) -> None:
         """Close the ring; a write still with the worker completes or is cancelled."""
@@ -122,8 +122,8 @@ class ShardWaker:
                 self._uring = UringWaker(self.fd)
             except (ur.RingRefused, OSError) as exc:
                 self._uring_refused = True
-                log.warning("wake = %s: io_uring refused (%s); flushes write the eventfd "
-                            "directly", self.mode, exc)
+                log.warning("wake_uring_refused", {"wake": self.mode, "error": str(exc),
+                                                   "effect": "flushes write the eventfd directly"})
         return self.direct if self._uring is None else self._uring.wake
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ _STAT_LAST_UPDATE = _STAT_WORD["last_update_ns"]
 _STAT_LAST_RECV = _STAT_WORD["last_recv_ns"]
 _STAT_LAST_EXCH = _STAT_WORD["last_exch_ts_ns"]
 assert _STAT_WORD["updates"] == 0
+_NOTE_OFFSET = layout.COPY_HEAD.fields["note"][1]
 # flags by (stale + 2 * lagging)
 _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
                | (layout.FLAG_LAGGING if k & 2 else 0) for k in range(4))
@@ -173,6 +174,24 @@ class ShardWriter:
         self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
         return seq_next
 
+    def mark_invalid(self, book_index: int, note: str) -> int:
+        """Publish the book empty, stale and invalid: the exchange refused its symbol. `note`
+        (the exchange's reason) goes into the copy head before the flag is made visible, so a
+        reader that sees FLAG_INVALID reads a whole note; it is never changed after."""
+        if not self._owned[book_index]:
+            raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
+        seq_next = self._seq[book_index] + 1
+        head_offset = self._head_offset[book_index][seq_next & 1]
+        self._map[head_offset + _NOTE_OFFSET:head_offset + _NOTE_OFFSET + layout.NOTE_BYTES_MAX] = \
+            note_bytes(note)
+        flags = layout.FLAG_PUBLISHED | layout.FLAG_STALE | layout.FLAG_INVALID
+        self._commit(book_index, seq_next, layout.KIND_STALE,
+                     CopyHead(book_seq=seq_next, n_bids=0, n_asks=0, price_exp=0, size_exp=0,
+                              flags=flags, update_id=0, exch_ts_ns=0, recv_ts_ns=0,
+                              publish_ts_ns=time.time_ns()))
+        self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
+        return seq_next
+
     def _commit(self, book_index: int, seq_next: int, kind: int, head: CopyHead) -> None:
         """Make the idle copy visible and append its ring record (order: client/obproto/latch.py)."""
         copy_offset = self._head_offset[book_index][seq_next & 1]
@@ -290,3 +309,14 @@ def _stat_property(word: int) -> property:
 
 for _name, _word in _STAT_WORD.items():
     setattr(BookStats, _name, _stat_property(_word))
+
+
+def note_bytes(note: str) -> bytes:
+    """`note` as the copy head's field: UTF-8, NUL padded; a longer one is cut at a character
+    boundary and ends in an ellipsis (the log line has it whole)."""
+    data = note.encode("utf-8", "replace")
+    if len(data) > layout.NOTE_BYTES_MAX:
+        ellipsis = "\u2026".encode()
+        data = data[:layout.NOTE_BYTES_MAX - len(ellipsis)].decode("utf-8", "ignore").encode()
+        data += ellipsis
+    return data.ljust(layout.NOTE_BYTES_MAX, b"\0")

@@ -9,7 +9,12 @@ line with an event name and key=value fields, logged once where it happens:
 Text form: `2026-11-22T01:02:03.456Z WARNING feeds.kraken resync book=kraken:BTCUSD reason=checksum`
 JSON form: `{"ts": "...", "level": "warning", "logger": "feeds.kraken", "event": "resync", ...}`
 
-Plain `logging` calls from anywhere in the code still work; their message becomes the event.
+Code that must not import this module (observer/loom, which stands alone, and the zygote, which
+imports nothing it does not need) logs the same kind of line with plain `logging`: the message
+is the event name and one dict argument holds the fields, `log.warning("fiber_stalled",
+{"fiber": name, "ran_ms": 52})`; the formatters here render the dict as fields, and any other
+handler shows the bare event name. Every line the observer writes has an event name, never
+prose: tests/config/test_logs.py holds the code to that.
 
 Peers write some of what is logged: a client's name, an exchange's error text or close reason,
 a book name, an exception's message. So the formatters, not the call sites, make every line
@@ -30,6 +35,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -38,10 +44,20 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 _FIELDS_ATTR = "observer_fields"
 
 
-def log_event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    """Log event `name` with structured fields (cheap when the level is off)."""
+def log_event(logger: logging.Logger, name: str, *, level: int = logging.INFO, exc_info=None,
+              **fields: Any) -> None:
+    """Log event `name` with structured fields (cheap when the level is off); `exc_info` adds
+    a traceback (indented in text, the `exception` field in JSON)."""
     if logger.isEnabledFor(level):
-        logger.log(level, name, extra={_FIELDS_ATTR: fields})
+        logger.log(level, name, exc_info=exc_info, extra={_FIELDS_ATTR: fields})
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The event's fields: from log_event, or the one dict argument of a plain logging call."""
+    fields = getattr(record, _FIELDS_ATTR, None)
+    if fields is None and isinstance(record.args, Mapping):
+        return dict(record.args)
+    return fields or {}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -86,7 +102,7 @@ def _text_value(value: Any) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, _FIELDS_ATTR, None) or {}
+        fields = _fields(record)
         parts = [_timestamp(record), record.levelname, record.name, escape(record.getMessage())]
         parts.extend(f"{key}={_text_value(value)}" for key, value in fields.items())
         line = " ".join(parts)
@@ -105,7 +121,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             "pid": record.process,
         }
-        for key, value in (getattr(record, _FIELDS_ATTR, None) or {}).items():
+        for key, value in _fields(record).items():
             out.setdefault(key, value)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
@@ -143,8 +159,7 @@ class _StaticFields(logging.Filter):
         self.fields = dict(fields)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        own = getattr(record, _FIELDS_ATTR, None) or {}
-        setattr(record, _FIELDS_ATTR, {**self.fields, **own})
+        setattr(record, _FIELDS_ATTR, {**self.fields, **_fields(record)})
         return True
 
 

@@ -51,8 +51,8 @@ def period_s(environ=os.environ) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        log.warning("%s=%r is not a number of seconds: memory tracing stays off",
-                    ENV_PERIOD_S, text)
+        log_event(log, "memtrace_off", level=logging.WARNING, variable=ENV_PERIOD_S, value=text,
+                  reason="not a number of seconds")
         return None
     return value if value > 0 else None
 

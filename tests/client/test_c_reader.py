@@ -382,7 +382,7 @@ GEOMETRY = layout.plan_geometry(1, 1, 4, 16)
 
 @pytest.mark.parametrize("mutate,message", [
     (_set(magic=1), "bad magic"),
-    (_set(layout_version=2), "segment layout version 2, this reader knows 3"),
+    (_set(layout_version=3), "segment layout version 3, this reader knows 4"),
     (_set(layout_hash=0x1234), "segment layout hash 0x0000000000001234"),
     (_set(ring_bytes=GEOMETRY.ring_bytes + 64), "segment header ring_bytes"),
     (_set(slot_bytes=GEOMETRY.slot_bytes - 64), "segment header slot_bytes"),

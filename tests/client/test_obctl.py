@@ -130,26 +130,48 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_watch_redraws_until_ctrl_c(observer):
+def _watch(observer, stdout_fd):
+    """`obctl watch` writing to `stdout_fd` until two ladders are out, then Ctrl-C; its
+    output and exit status. Read through a pty's master or a pipe."""
     env = dict(os.environ, OBSERVER_SOCKET=observer.socket_path)
+    if stdout_fd is None:
+        read_fd, write_fd = os.pipe()
+    else:
+        read_fd, write_fd = stdout_fd
     proc = subprocess.Popen([sys.executable, "-m", "obclient.obctl", "watch", "BTCUSD",
-                             "--depth", "2"], stdout=subprocess.PIPE, env=env,
+                             "--depth", "2"], stdout=write_fd, env=env,
                             preexec_fn=_sigint_default)
+    os.close(write_fd)
     chunks = []
     try:
-        os.set_blocking(proc.stdout.fileno(), False)
+        os.set_blocking(read_fd, False)
 
-        def redrawn_twice():
-            data = proc.stdout.read()
-            if data:
-                chunks.append(data)
-            return b"".join(chunks).count(b"\x1b[H\x1b[J") >= 2
+        def drawn_twice():
+            try:
+                chunks.append(os.read(read_fd, 65536))
+            except BlockingIOError:
+                pass
+            return b"".join(chunks).count(b"synthetic:BTCUSD  update ") >= 2
 
-        wait_until(redrawn_twice, WAIT_S, "two redraws")
+        wait_until(drawn_twice, WAIT_S, "two ladders")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT_S) == 0
+        code = proc.wait(WAIT_S)
     finally:
         proc.kill()
         proc.wait()
-        proc.stdout.close()
-    assert b"synthetic:BTCUSD" in b"".join(chunks)
+        os.close(read_fd)
+    return b"".join(chunks), code
+
+
+def test_watch_redraws_in_place_on_a_terminal_until_ctrl_c(observer):
+    import pty
+
+    out, code = _watch(observer, pty.openpty())
+    assert code == 0
+    assert out.count(b"\x1b[H\x1b[J") >= 2
+
+
+def test_watch_to_a_pipe_writes_ladders_without_cursor_escapes(observer):
+    out, code = _watch(observer, None)
+    assert code == 0
+    assert b"\x1b" not in out and out.count(b"synthetic:BTCUSD  update ") >= 2

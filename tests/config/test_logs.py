@@ -115,3 +115,62 @@ def test_json_keeps_c1_and_separators_exact():
     line = stream.getvalue().strip()
     assert not set("\x85\x9b\u2028\u202e").intersection(line)
     assert orjson.loads(line)["v"] == text
+
+
+# -- every line an event name ---------------------------------------------------------------------
+
+import ast  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+# The server and its loop: every line an event (obsim, a test tool with its own stdlib format,
+# is left out; so is obrelay, whose lines are still prose).
+CHECKED = [p for p in sorted((ROOT / "observer").rglob("*.py"))
+           if "sim" not in p.relative_to(ROOT).parts]
+
+
+def _log_calls(tree):
+    """(line, event argument node) of each logging call: log.warning(X, ...), log.log(L, X),
+    log_event(logger, X, ...)."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                and func.value.id in ("log", "logger", "logging"):
+            if func.attr in LOG_METHODS and node.args:
+                yield node.lineno, node.args[0]
+            elif func.attr == "log" and len(node.args) > 1:
+                yield node.lineno, node.args[1]
+        elif isinstance(func, ast.Name) and func.id == "log_event" and len(node.args) > 1:
+            if not (isinstance(node.args[1], ast.Name) and node.args[1].id == "event"):
+                yield node.lineno, node.args[1]      # `event`: a parameter, checked at its callers
+        elif isinstance(func, ast.Attribute) and func.attr == "log_once" and len(node.args) > 2:
+            yield node.lineno, node.args[2]          # the feed session's log_once(conn, key, event)
+
+
+def test_every_log_call_names_an_event():
+    """No prose events: the message is a literal event name (fields carry the rest)."""
+    bad = []
+    for path in CHECKED:
+        for line, arg in _log_calls(ast.parse(path.read_text(), str(path))):
+            choices = [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]
+            named = all(isinstance(c, ast.Constant) and isinstance(c.value, str)
+                        and EVENT_NAME.fullmatch(c.value) for c in choices)
+            if not named and path.name != "logs.py":
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {ast.unparse(arg)}")
+    assert not bad, "log calls without an event name:\n" + "\n".join(bad)
+
+
+def test_a_plain_logging_call_with_a_dict_is_an_event_with_fields():
+    stream = _capture("json")
+    logging.getLogger("observer.loom").warning("fiber_stalled", {"fiber": "f", "ran_ms": 52})
+    (line,) = (orjson.loads(text) for text in stream.getvalue().splitlines())
+    assert line["event"] == "fiber_stalled" and line["fiber"] == "f" and line["ran_ms"] == 52
+    stream = _capture("text")
+    logging.getLogger("observer.loom").warning("fiber_stalled", {"fiber": "a b"})
+    assert stream.getvalue().rstrip().endswith('WARNING observer.loom fiber_stalled fiber="a b"')
+    logs.setup("text", "warning")

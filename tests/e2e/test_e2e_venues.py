@@ -128,7 +128,8 @@ def fault_fragment(v):
 def fault_garbage(obs):
     def inject(v):
         v.sim.fault(v.exchange, "garbage")
-        wait(lambda: f"{v.exchange}: bad message" in obs.log_text(), f"{v.exchange}: garbage logged")
+        wait(lambda: f" bad_message exchange={v.exchange} " in obs.log_text(),
+             f"{v.exchange}: garbage logged")
         v.wait_publishing(5, "after a garbage frame")
         v.wait_live("after a garbage frame")
     return inject

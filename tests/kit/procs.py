@@ -98,10 +98,11 @@ prog = Prog(len(code), program)
 assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0          # PR_SET_SECCOMP, FILTER
 
 import logging
-records = []  # the messages logged under the loggers passed to keep_log, for the child's report
+records = []  # the lines logged under the loggers passed to keep_log, for the child's report
 class Keep(logging.Handler):
     def emit(self, record):
-        records.append(record.getMessage())
+        from observer.telemetry.logs import TextFormatter      # the event and its fields, as text
+        records.append(TextFormatter().format(record))
 def keep_log(name, level=logging.NOTSET):
     logger = logging.getLogger(name)
     logger.addHandler(Keep())

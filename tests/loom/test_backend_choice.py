@@ -86,7 +86,7 @@ def test_the_default_falls_back_past_a_refused_backend_with_one_log_line():
     assert got[1]["backend"] == "epoll"               # asked for by name: no fallback
     assert "Operation not permitted" in got[1]["reason"]
     assert len(log) == 1, log                         # once per process, not per loop
-    assert "running on io_uring" in log[0]
+    assert "loom_backend_fallback backend=io_uring" in log[0]
     assert "epoll" in log[0]
     assert "Operation not permitted" in log[0]
 

@@ -116,7 +116,7 @@ def test_a_join_timeout_is_reported_by_name(loop, caplog):
             target.join()
 
     loop.run(main)
-    assert any("'stubborn'" in r.getMessage() and "still running" in r.getMessage()
+    assert any(r.getMessage() == "fiber_join_timeout" and r.args["fiber"] == "stubborn"
                for r in caplog.records)
 
 
@@ -139,7 +139,8 @@ def test_a_target_error_is_reported_and_logged_not_raised_into_the_stopper(loop,
         return "carried on"
 
     assert loop.run(main) == "carried on"
-    assert any("'clumsy'" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert any(r.getMessage() == "fiber_failed" and r.args["fiber"] == "clumsy"
+               for r in caplog.records if r.levelno == logging.ERROR)
 
 
 def test_the_caller_among_the_targets_is_skipped(loop):

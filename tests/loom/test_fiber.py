@@ -68,7 +68,8 @@ def test_fiber_failure_is_contained_logged_and_reraised_by_join(loop, caplog):
 
     with caplog.at_level(logging.ERROR, logger="observer.loom"):
         assert loop.run(main) == "still running"
-    assert any("the-bad-one" in record.getMessage() for record in caplog.records)
+    assert any(record.getMessage() == "fiber_failed" and record.args["fiber"] == "the-bad-one"
+               for record in caplog.records)
 
 
 def test_main_failure_is_reraised_by_run(loop):

@@ -31,7 +31,35 @@ def test_watchdog_reports_blocking_fiber_with_name_and_stack(backend, caplog):
     assert "time.sleep(0.25)" in report.stack
     assert report.ran_s >= 0.05
     assert loop.stats().watchdog_reports == 1
-    assert any("blocks_the_loop_deliberately" in r.getMessage() for r in caplog.records)
+    # One line, with the event name, the fiber and the times as fields; the stack only at debug.
+    assert [(r.getMessage(), r.args["fiber"]) for r in caplog.records] == [
+        ("fiber_stalled", "blocks_the_loop_deliberately")]
+    assert caplog.records[0].args["ran_ms"] >= 50 and caplog.records[0].args["bound_ms"] == 50
+
+
+def test_watchdog_stack_is_logged_at_debug_only_as_a_field(backend):
+    """With --log-format json the line's `event` is the event name, the stack a field of its
+    own `fiber_stalled_stack` line, which only debug logging shows."""
+    import io
+    import json
+
+    from observer.telemetry import logs
+
+    lines = {}
+    for level in ("info", "debug"):
+        out = io.StringIO()
+        logs.setup("json", level, stream=out)
+        loop = loom.Loop(backend, watchdog_s=0.05)
+        try:
+            loop.run(blocks_the_loop_deliberately)
+        finally:
+            loop.close()
+            logging.getLogger().handlers.clear()
+        lines[level] = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in lines["info"]] == ["fiber_stalled"]
+    assert lines["info"][0]["fiber"] == "blocks_the_loop_deliberately"
+    assert [e["event"] for e in lines["debug"]] == ["fiber_stalled", "fiber_stalled_stack"]
+    assert "time.sleep(0.25)" in lines["debug"][1]["stack"]
 
 
 def test_watchdog_quiet_for_yielding_fibers(backend):

@@ -12,12 +12,12 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 # Changing the layout is allowed; doing it silently is not. If this fails after a deliberate
 # change: bump LAYOUT_VERSION, regenerate the tables in docs/PROTOCOL.md, update this value.
-LAYOUT_HASH_V3 = 0x34CD096ECCB0B361  # v2 0xCA57EB364AD0E8ED (no wake_ahead, clients_n), v1 0xA360DB21F8A7C5F3
+LAYOUT_HASH_V4 = 0x033325B2FC42DDC5  # v3 0x34CD096ECCB0B361 (no FLAG_INVALID, note), v2 0xCA57EB364AD0E8ED (no wake_ahead, clients_n), v1 0xA360DB21F8A7C5F3
 
 
 def test_layout_hash_is_pinned():
-    assert layout.LAYOUT_VERSION == 3
-    assert layout.LAYOUT_HASH == LAYOUT_HASH_V3
+    assert layout.LAYOUT_VERSION == 4
+    assert layout.LAYOUT_HASH == LAYOUT_HASH_V4
 
 
 @pytest.mark.parametrize("dtype_name", ["HEADER", "BOOK_DESC", "BOOK_STATS", "SHARD",

@@ -133,7 +133,7 @@ def test_refused_io_uring_wakes_directly_and_says_so():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["woke"] is True and result["direct"] is True
-    assert len([line for line in result["log"] if "io_uring refused" in line]) == 2, result["log"]
+    assert len([line for line in result["log"] if "wake_uring_refused" in line]) == 2, result["log"]
 
 
 def test_unknown_wake_mode_is_refused():
