@@ -318,7 +318,7 @@ def write_observer_config(path: Path, endpoints: dict, names: list[str]) -> None
 
 
 def _version_text() -> str:
-    from obsim.entry import version_text
+    from obsim.version import version_text
 
     return version_text()
 

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import sys
 
+from obsim.version import version_text
+
 EXIT_USAGE = 2
 SIM_EXTRA = ("websockets", "cryptography")      # what pyproject's `sim` extra installs
 MISSING_EXTRA = "obsim needs its extra: pip install 'observer[sim]'"
-
-
-def version_text() -> str:
-    from importlib import metadata
-
-    try:
-        return f"obsim {metadata.version('observer')}"
-    except metadata.PackageNotFoundError:
-        return "obsim (version unknown: not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

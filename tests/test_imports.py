@@ -46,6 +46,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "obsim": (),
     "obsim.observerproc": ("obclient",),
     "obsim.simconfig": ("observer.config",),
+    # the command writes an observer config for itself (--write-config): above simconfig
+    "obsim.cli": ("obsim", "obsim.simconfig"),
+    "obsim.entry": ("obsim", "obsim.cli"),
     "obsim.demo": ("obsim", "obsim.observerproc", "obsim.simconfig", "observer.cli"),
 }
 
