@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 
-from obsim.observerproc import POLL_S, STOP_TIMEOUT_S, ObserverProcess, unique_name
+from obsim.observerproc import POLL_S, STOP_TIMEOUT_S, ObserverProcess, log_text, unique_name
 
-__all__ = ["NO_IO_URING_PRELUDE", "ObserverForker", "ObserverProcess", "SYS_EPOLL_CREATE", "SYS_EPOLL_CREATE1",
-           "SYS_IO_URING_SETUP", "processes_with", "refusing_prelude", "shm_entries",
-           "unique_name", "wait_until"]
+__all__ = ["NO_IO_URING_PRELUDE", "ObserverForker", "ObserverProcess", "SYS_EPOLL_CREATE",
+           "SYS_EPOLL_CREATE1", "SYS_IO_URING_SETUP", "log_text", "processes_with",
+           "refusing_prelude", "shm_entries", "unique_name", "wait_until"]
 
 
 def shm_entries(name: str) -> list[str]:
