@@ -81,7 +81,7 @@ def run(spec: ShardSpec, segment) -> int:
     import socket
 
     from observer import logs, loom, prctl
-    from observer.feedplan import plan as feed_plan
+    from observer.feedplan import build_feeds
     from observer.logs import log_event
     from observer.shard import Shard
 
@@ -97,7 +97,7 @@ def run(spec: ShardSpec, segment) -> int:
     signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGTERM, lambda signum, frame: None)   # the wakeup fd carries it
     try:
-        _, feeds, _ = feed_plan(config)
+        feeds = build_feeds(config)
         shard = Shard(spec.shard_index, segment.writer(spec.shard_index, wake=config.wake,
                                              wake_ahead=config.wake_ahead), feeds,
                       spec.book_index_of)

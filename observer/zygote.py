@@ -66,7 +66,8 @@ KIND_FAILED = b"FAI\0"       # (shard_index, errno)
 KIND_EXITED = b"EXI\0"       # (pid, exit code as subprocess reports it: -N for signal N)
 # Modules a shard imports, loaded once here so a fork starts from them warm.
 WARM_MODULES = ("observer.shardproc", "observer.logs", "observer.loom", "observer.feedplan",
-                "observer.shard", "observer.shm", "observer.exchangefeed",
+                "observer.shard", "observer.shm", "observer.feedsink", "observer.exchangefeed",
+                "observer.tickfeed",
                 "observer.feeds.synthetic", "observer.feeds.binance",
                 "observer.feeds.binance_futures", "observer.feeds.bybit",
                 "observer.feeds.coinbase", "observer.feeds.kraken", "observer.feeds.okx",
