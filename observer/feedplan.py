@@ -72,7 +72,7 @@ def feed_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
         symbols = dict.fromkeys(s.upper() for s in feed_cfg.symbols)     # SyntheticFeed's rule
         return [("synthetic", s, s) for s in symbols]
     if feed_cfg.exchange == "nats":
-        from observer.natsplan import mirrored_names
+        from observer.natsfeed import mirrored_names
         return mirrored_names(feed_cfg, where)
     exchange = book_exchange(feed_cfg)
     out, seen = [], set()
