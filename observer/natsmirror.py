@@ -42,6 +42,7 @@ PINGS_OUTSTANDING_MAX = 2      # dropped, and the next of the list tried
 FETCH_TIMEOUT_S = 2.0
 FETCH_RETRY_S = 0.25
 FETCH_CONCURRENCY = 32
+FETCH_PASSES_MAX = 20          # then live messages alone confirm the books still missing
 PENDING_MSGS_MAX = 65536       # nats-py's per-subscription queue, in front of the callback
 FETCHED, LIVE = True, False
 
@@ -232,23 +233,32 @@ class NatsThread:
 
         jsm = self.nc.jsm(timeout=FETCH_TIMEOUT_S)
         pending = list(names)
-        while pending and epoch == self.epoch and self.nc.is_connected:
-            batch, pending = pending[:FETCH_CONCURRENCY], pending[FETCH_CONCURRENCY:]
-            results = await asyncio.gather(*(self._get_last(jsm, name) for name in batch),
-                                           return_exceptions=True)
-            for name, result in zip(batch, results):
-                if isinstance(result, nats.js.errors.NotFoundError):
-                    continue                      # no value (yet): live messages will say
-                if isinstance(result, (nats.errors.Error, asyncio.TimeoutError)):
-                    self._log_once(result, "stream fetch")
-                    pending.append(name)          # electing, or the node went: again
-                    continue
-                if isinstance(result, BaseException):
-                    raise result
-                if result is not None and epoch == self.epoch:
-                    self._offer(result, epoch, FETCHED)
+        for _ in range(FETCH_PASSES_MAX):
+            if not pending or epoch != self.epoch or not self.nc.is_connected:
+                return
+            again = []
+            for start in range(0, len(pending), FETCH_CONCURRENCY):
+                batch = pending[start:start + FETCH_CONCURRENCY]
+                results = await asyncio.gather(*(self._get_last(jsm, name) for name in batch),
+                                               return_exceptions=True)
+                for name, result in zip(batch, results):
+                    if isinstance(result, (nats.js.errors.NotFoundError,
+                                           nats.errors.NoRespondersError)):
+                        continue                  # no value, or no stream: live messages say
+                    if isinstance(result, (nats.errors.Error, asyncio.TimeoutError)):
+                        self._log_once(result, "stream fetch")
+                        again.append(name)        # electing, or the node went: again
+                    elif isinstance(result, BaseException):
+                        raise result
+                    elif result is not None and epoch == self.epoch:
+                        self._offer(result, epoch, FETCHED)
+            pending = again
             if pending:
                 await asyncio.sleep(FETCH_RETRY_S)
+        if pending:
+            log.warning("nats feed %s: no stream value for %d book(s) after %d tries; live "
+                        "messages will resync them", self.cfg.relay, len(pending),
+                        FETCH_PASSES_MAX)
 
     async def _get_last(self, jsm, name: str):
         raw = await jsm.get_last_msg(self.stream, self.subject_of[name], direct=True)
