@@ -9,10 +9,14 @@ once per pass (one eventfd write per batch, C6).
 
 A bug in the adapter must not leave its books looking live: the fiber marks them stale for
 clients, then lets loom log the error with the fiber's name.
+
+The start snapshot is published by `run_session` itself, before the loop runs anything else:
+a client attached to a fresh observer finds its synthetic books already published.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 from observer import loom
@@ -20,6 +24,8 @@ from observer.feeds.sync import SymbolSync
 from observer.feedsink import LAG_BOUND_MS_DEFAULT, STATS_PERIOD_S, STATS_STOP_S, FeedSink
 
 TICK_MIN_S = 0.0005          # never sleep less than this between passes
+
+log = logging.getLogger("observer.feeds")
 
 
 class TickedFeed(FeedSink):
@@ -35,7 +41,16 @@ class TickedFeed(FeedSink):
         self._fiber = None
 
     def run_session(self, loop, writer, book_index_of) -> None:
+        """Attach, publish the start snapshot now, then tick in a fiber. Now, not in the
+        fiber: the shard starts its feeds before the loop serves a client, so no client of a
+        synthetic feed ever sees its books unpublished."""
         self.attach(writer, book_index_of)
+        try:
+            self._pass(self.adapter.start(time.time_ns()))
+        except Exception:
+            self.mark_all_stale("feed error")
+            log.exception("%s feed failed to start; its books stay stale", self.exchange)
+            return
         self._fiber = loop.spawn(self._run, name=f"{self.exchange}-feed")
         self.start_stats(loop)
 
@@ -52,7 +67,6 @@ class TickedFeed(FeedSink):
 
     def _run(self) -> None:
         try:
-            self._pass(self.adapter.start(time.time_ns()))
             while True:
                 wait_s = (self.adapter.next_deadline_ns() - time.time_ns()) / 1e9
                 loom.sleep(max(TICK_MIN_S, wait_s))
