@@ -60,6 +60,16 @@ def tls_context(feed_cfg) -> ssl.SSLContext | None:
     return ctx
 
 
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel `task` until it ends: Python 3.11's wait_for, inside nats-py's connect, can
+    swallow one cancellation (obrelay/link.py has the same guard)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=0.5)
+    with contextlib.suppress(BaseException):
+        task.result()
+
+
 class NatsThread:
     def __init__(self, feed_cfg, names, mailbox):
         self.cfg = feed_cfg
@@ -139,9 +149,16 @@ class NatsThread:
         if self.cfg.creds:
             options["user_credentials"] = self.cfg.creds
         while not self._stop.is_set():
+            connecting = self.loop.create_task(nats.connect(**options))
+            stopping = self.loop.create_task(self._stop.wait())
+            await asyncio.wait((connecting, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not connecting.done():             # stopped while nats-py was still trying
+                await _cancel(connecting)
+                return None
             try:
-                nc = await nats.connect(**options)
-            except Exception as exc:             # unreachable, refused: retried, logged once
+                nc = connecting.result()
+            except Exception as exc:             # refused, or no server: retried, logged once
                 self._log_once(exc, "cannot connect")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), RECONNECT_WAIT_S)

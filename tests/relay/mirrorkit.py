@@ -21,7 +21,7 @@ POLL_S = 0.02
 
 
 def mirror_observer(urls, relay: str, books, *, workdir: str, name: str,
-                    extra_feed: str = "") -> ObserverProcess:
+                    extra_feed: str = "", extra_args=()) -> ObserverProcess:
     os.makedirs(workdir, exist_ok=True)
     urls = [urls] if isinstance(urls, str) else list(urls)
     path = os.path.join(workdir, f"{name}.toml")
@@ -29,7 +29,8 @@ def mirror_observer(urls, relay: str, books, *, workdir: str, name: str,
         f.write(f'[observer]\ndepth = {MIRROR_DEPTH}\n\n[[feed]]\nexchange = "nats"\n'
                 f'url = {json.dumps(urls)}\nrelay = "{relay}"\n'
                 f'symbols = {json.dumps(list(books))}\n{extra_feed}')
-    return ObserverProcess(None, workdir=workdir, name=name, extra_args=["--config", path])
+    return ObserverProcess(None, workdir=workdir, name=name,
+                           extra_args=["--config", path, *extra_args])
 
 
 class MirrorReader:

@@ -6,12 +6,13 @@ the mirror is compared, level by level, with the source's book at the same updat
 synthetic walk replayed, relaykit.SyntheticReplay).
 """
 
+import os
 import time
 
 import pytest
 
 from mirrorkit import MirrorReader, mirror_observer
-from observer.testing import unique_name
+from observer.testing import unique_name, wait_until
 from relaykit import RelayProcess
 
 pytestmark = pytest.mark.timeout(240)
@@ -104,6 +105,50 @@ def test_mirror_goes_stale_while_nats_is_stopped_then_exact(nats_server, observe
         if reader is not None:
             reader.close()
         relay.kill()
+        mirror.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two allowed cores")
+def test_a_mirror_in_shard_processes_is_exact(nats_server, observer, workdir):
+    """With --cores the nats feed runs in a shard process forked from the zygote: its NATS
+    thread starts there, after the fork."""
+    name = unique_name("s")
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
+    mirror = mirror_observer(nats_server.url, name, BOOKS, workdir=str(workdir / name),
+                             name=unique_name("mirror"), extra_args=["--cores", cores])
+    reader = None
+    try:
+        started(mirror)
+        reader = MirrorReader(mirror, BOOKS)
+        read_exact(reader, "the books of a mirror in shard processes")
+        reader.close()
+        reader = None
+        assert mirror.stop() == 0, mirror.log_text()
+    finally:
+        if reader is not None:
+            reader.close()
+        relay.kill()
+        mirror.close()
+
+
+def test_a_mirror_without_nats_serves_stale_books_and_stops_cleanly(workdir):
+    from natskit import free_port
+
+    name = unique_name("u")
+    mirror = mirror_observer(f"nats://127.0.0.1:{free_port()}", name, BOOKS,
+                             workdir=str(workdir / name), name=unique_name("mirror"))
+    try:
+        started(mirror)
+        reader = MirrorReader(mirror, BOOKS)
+        try:
+            assert all(s.stale for s in reader.snapshots().values())
+        finally:
+            reader.close()
+        wait_until(lambda: "retrying" in mirror.log_text(), 30, "the failure logged")
+        assert mirror.stop() == 0, mirror.log_text()
+        assert "Traceback" not in mirror.log_text()
+    finally:
         mirror.close()
 
 
