@@ -127,10 +127,13 @@ class Mailbox:
         self._pending: dict = {}
         self._spare: dict = {}
         self._armed = True          # the fiber is waiting: the next put writes the eventfd
+        self._shut = False
         self.coalesced = 0
 
     def put(self, key: str, item, order) -> None:
         with self._lock:
+            if self._shut:
+                return
             old = self._pending.get(key)
             if old is not None:
                 if old[0] > order:
@@ -138,8 +141,8 @@ class Mailbox:
                 self.coalesced += 1
             self._pending[key] = (order, item)
             wake, self._armed = self._armed, False
-        if wake:
-            os.eventfd_write(self.fd, 1)
+            if wake:
+                os.eventfd_write(self.fd, 1)   # under the lock: `shut` then close is safe
 
     def take(self) -> dict:
         """The pending items, {key: (order, item)}; give the dict back with `done`."""
@@ -152,7 +155,13 @@ class Mailbox:
         items.clear()
         self._spare = items
 
+    def shut(self) -> None:
+        """No put writes the eventfd from now on (its owner closes it next)."""
+        with self._lock:
+            self._shut = True
+
     def close(self) -> None:
+        self.shut()
         os.close(self.fd)
 
 
@@ -196,7 +205,6 @@ class NatsFeed(FeedSink):
         self.thread = None
         self._fibers: list = []
         self._actions: list = []              # reused per batch
-        self._fetch_asked: set = set()        # names asked for since the last heartbeat
 
     def book_key(self, symbol) -> tuple[str, str]:
         exchange, _, name_symbol = symbol.partition(":")
@@ -224,8 +232,13 @@ class NatsFeed(FeedSink):
             if self.thread is not None:
                 self.thread.stop()
                 loom.run_in_thread(self.thread.join, STOP_THREAD_S)
+                log_event(log, "nats_feed_stopped", relay=self.cfg.relay,
+                          coalesced=self.mailbox.coalesced, rejected=self.thread.rejected,
+                          gaps=self.sequencer.gaps, lost=self.sequencer.lost,
+                          restarts=self.sequencer.restarts)
                 self.thread = None
             if self.mailbox is not None:
+                self.mailbox.shut()           # a thread that outlived its join writes nothing
                 loom.close(self.mailbox.fd)
                 self.mailbox = None
 
@@ -283,10 +296,8 @@ class NatsFeed(FeedSink):
         relay = self.relay
         relay.hb, relay.arrived_s = hb, time.monotonic()
         relay.check(relay.arrived_s)
-        self._fetch_asked.clear()
         behind = [name for name in self.sequencer.behind(hb) if name in self.books]
         if behind and self.thread is not None:
-            self._fetch_asked.update(behind)
             self.thread.fetch(behind)
 
     def _link_changed(self, up: bool, epoch: int) -> None:
