@@ -469,8 +469,8 @@ def report_mirror(local: Tally, mirror: Tally) -> None:
     """Both from exch_ts_ns: the mirror's segment does not carry the source's publish time."""
     floor_p50, floor_p99 = percentiles_us(local.lat_exch_ns)
     p50, p99 = percentiles_us(mirror.lat_exch_ns)
-    print(f"{Mirror.name:<16} latency p50 {p50:8.1f} us  p99 {p99:8.1f} us  (x{p50 / floor_p50:5.1f}"
-          f" / x{p99 / floor_p99:5.1f} local; added p50 {p50 - floor_p50:7.1f} us, p99 "
+    print(f"{Mirror.name:<16} latency p50 {p50:8.1f} us  p99 {p99:8.1f} us  "
+          f"(x{p50 / floor_p50:5.1f} / x{p99 / floor_p99:5.1f} local; added p50 {p50 - floor_p50:7.1f} us, p99 "
           f"{p99 - floor_p99:7.1f} us; from exch_ts_ns, local floor p50 {floor_p50:.1f} p99 "
           f"{floor_p99:.1f} us)  n {len(mirror.lat_exch_ns)}  relay+mirror CPU "
           f"{mirror.cpu_us_per_msg():5.1f} us/msg")

@@ -12,7 +12,7 @@ and go through the one sink (observer/feedsink.py) like any other feed's, with l
                                                   # start: the segment is created once, C2)
 
 Two sides. nats-py is asyncio and loom is not, so the NATS client runs in one thread with its
-own asyncio loop (observer/natsmirror.py): it subscribes to `<prefix>.<relay>.>`, decodes each
+own asyncio loop (observer/feeds/natsmirror.py): it subscribes to `<prefix>.<relay>.>`, decodes each
 message (proto/relay.py) and, on each (re)connect, fetches every book's last value from the
 relay's JetStream stream. It hands what it got to this fiber through a `Mailbox`: a dict of the
 latest item per book (latest wins when the fiber falls behind, counted as `coalesced`) and one
@@ -213,7 +213,7 @@ class NatsFeed(FeedSink):
     # -- lifetime ---------------------------------------------------------------------------
 
     def run_session(self, loop, writer, book_index_of) -> None:
-        from observer.natsmirror import NatsThread
+        from observer.feeds.natsmirror import NatsThread
 
         self.attach(writer, book_index_of)
         self.mailbox = Mailbox()
