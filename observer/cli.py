@@ -92,6 +92,10 @@ def run(config, stop: StopSignals) -> int:
     from proto import messages as m
     from proto.layout import LayoutError
 
+    if any(feed.exchange == "nats" and not feed.symbols for feed in config.feeds):
+        from observer.feeds.natsdiscover import with_relay_books
+
+        config = with_relay_books(config)                  # the relay's books, from NATS
     descs, per_feed, index_of, shard_of = plan(config)    # a bad symbol: ConfigError, exit 2
     shards_n = len(config.cores) if config.cores else 1
     socket_path = config.socket or m.default_socket_path()

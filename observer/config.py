@@ -132,7 +132,9 @@ OBSERVER_KEYS = (
 )
 FEED_KEYS = (
     Key("exchange", Choice(EXCHANGES, fold_case=True), REQUIRED, "which exchange"),
-    Key("symbols", SymbolList(SYMBOLS_PER_FEED_MAX), REQUIRED, "the exchange's symbols"),
+    Key("symbols", SymbolList(SYMBOLS_PER_FEED_MAX), REQUIRED, "the exchange's symbols (nats "
+        "feeds: book names exchange:SYMBOL; default every book of the relay, listed from its "
+        "stream at start-up)"),
     Key("category", Choice(BYBIT_CATEGORIES), None, "Bybit market", exchanges=("bybit",)),
     Key("ws_url", Url(("ws", "wss")), None, "WebSocket endpoint (default: the real one)",
         exchanges=CONNECTING),
@@ -370,15 +372,17 @@ def _applies_text(exchanges: tuple[str, ...], exchange: str) -> str:
 def _feed_from_table(table: Any, source: Source, index: int | None) -> FeedConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{source.where('feed', index)}: must be a table")
-    for required in ("exchange", "symbols"):
-        if required not in table:
-            raise ConfigError(f"{source.where('feed', index)}: {required} is required"
-                              + (f" (one of {', '.join(EXCHANGES)})" if required == "exchange" else ""))
+    if "exchange" not in table:
+        raise ConfigError(f"{source.where('feed', index)}: exchange is required (one of "
+                          f"{', '.join(EXCHANGES)})")
     exchange = _take_keys({"exchange": table["exchange"]}, "feed", source, index)["exchange"]
+    if "symbols" not in table and exchange != "nats":
+        raise ConfigError(f"{source.where('feed', index)}: symbols is required")
     values = _take_keys({k: v for k, v in table.items() if k != "exchange"}, "feed", source,
                         index, exchange)
     if exchange == "nats":
         _check_nats(values, source, index)
+        values.setdefault("symbols", ())   # every book of the relay, listed at start-up
     return _feed(exchange, values)
 
 

@@ -8,8 +8,9 @@ and go through the one sink (observer/feedsink.py) like any other feed's, with l
     exchange = "nats"
     url = ["nats://h1:4222", "nats://h2:4222"]   # one server or a cluster's
     relay = "colo1"                               # the source observer's name
-    symbols = ["binance:BTCUSDT", "kraken:BTCUSD"]  # the books to mirror (names are fixed at
-                                                  # start: the segment is created once, C2)
+    symbols = ["binance:BTCUSDT", "kraken:BTCUSD"]  # the books to mirror; default: every book
+                                                  # of the relay, listed at start-up (the
+                                                  # segment is created once, C2)
 
 Two sides. nats-py is asyncio and loom is not, so the NATS client runs in one thread with its
 own asyncio loop (observer/feeds/natsmirror.py): it subscribes to `<prefix>.<relay>.>`, decodes each
@@ -61,6 +62,8 @@ def mirrored_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
     """(exchange, symbol, native) of each mirrored book: the names as the source has them."""
     if importlib.util.find_spec("nats") is None:
         raise cfg.ConfigError(f"{where}: needs nats-py: pip install 'observer[nats]'")
+    if not feed_cfg.symbols:          # observer/feeds/natsdiscover.py lists them first
+        raise cfg.ConfigError(f"{where}: no books to mirror")
     out, seen = [], set()
     for name in feed_cfg.symbols:
         exchange, sep, symbol = name.partition(":")

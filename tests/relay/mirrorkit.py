@@ -22,13 +22,14 @@ POLL_S = 0.02
 
 def mirror_observer(urls, relay: str, books, *, workdir: str, name: str,
                     extra_feed: str = "", extra_args=()) -> ObserverProcess:
+    """A mirror observer of `relay`'s `books` (None: every book of the relay)."""
     os.makedirs(workdir, exist_ok=True)
     urls = [urls] if isinstance(urls, str) else list(urls)
     path = os.path.join(workdir, f"{name}.toml")
     with open(path, "w") as f:
+        symbols = f'symbols = {json.dumps(list(books))}\n' if books is not None else ""
         f.write(f'[observer]\ndepth = {MIRROR_DEPTH}\n\n[[feed]]\nexchange = "nats"\n'
-                f'url = {json.dumps(urls)}\nrelay = "{relay}"\n'
-                f'symbols = {json.dumps(list(books))}\n{extra_feed}')
+                f'url = {json.dumps(urls)}\nrelay = "{relay}"\n{symbols}{extra_feed}')
     return ObserverProcess(None, workdir=workdir, name=name,
                            extra_args=["--config", path, *extra_args])
 

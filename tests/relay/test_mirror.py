@@ -152,6 +152,43 @@ def test_a_mirror_without_nats_serves_stale_books_and_stops_cleanly(workdir):
         mirror.close()
 
 
+def test_a_mirror_naming_no_books_mirrors_every_book_of_the_relay(nats_server, observer,
+                                                                   workdir):
+    name = unique_name("d")
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
+    mirror = mirror_observer(nats_server.url, name, None, workdir=str(workdir / name),
+                             name=unique_name("mirror"))
+    reader = None
+    try:
+        # The relay's stream lists its books once it has published them.
+        wait_until(lambda: "relaying 2 of its 2 books" in relay.log_text(), 60, "the relay")
+        started(mirror)
+        reader = MirrorReader(mirror, BOOKS)
+        assert sorted(b.name for b in reader.client.books()) == sorted(BOOKS)
+        read_exact(reader, "the discovered books")
+    finally:
+        if reader is not None:
+            reader.close()
+        relay.kill()
+        mirror.close()
+
+
+def test_a_mirror_naming_no_books_needs_nats_at_start_and_says_so(workdir, tmp_path):
+    from natskit import free_port
+
+    mirror = mirror_observer(f"nats://127.0.0.1:{free_port()}", "nobody", None,
+                             workdir=str(tmp_path), name=unique_name("mirror"))
+    try:
+        mirror.start()
+        assert mirror.proc.wait(60) == 2
+        lines = [line for line in mirror.log_text().splitlines() if line.strip()]
+        assert "cannot list the books of relay nobody" in lines[-1], lines
+        assert lines[-1].endswith("name them in symbols"), lines
+        assert "Traceback" not in mirror.log_text()
+    finally:
+        mirror.close()
+
+
 def test_a_bad_nats_feed_config_is_one_clear_line(workdir, tmp_path):
     from observer.testing import ObserverProcess
 
