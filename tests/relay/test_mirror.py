@@ -48,9 +48,9 @@ def started(mirror):
 def test_mirror_is_exact_across_relay_restart_and_its_own_restart(nats_server, observer,
                                                                    workdir):
     name = unique_name("m")
-    relay = start_relay(observer, nats_server.url, name, str(workdir))
     mirror = mirror_observer(nats_server.url, name, BOOKS, workdir=str(workdir / name),
                              name=unique_name("mirror"))
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
     reader = None
     try:
         started(mirror)
@@ -81,9 +81,9 @@ def test_mirror_is_exact_across_relay_restart_and_its_own_restart(nats_server, o
 
 def test_mirror_goes_stale_while_nats_is_stopped_then_exact(nats_server, observer, workdir):
     name = unique_name("p")
-    relay = start_relay(observer, nats_server.url, name, str(workdir))
     mirror = mirror_observer(nats_server.url, name, BOOKS, workdir=str(workdir / name),
                              name=unique_name("mirror"))
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
     reader = None
     try:
         started(mirror)
@@ -114,9 +114,9 @@ def test_a_mirror_in_shard_processes_is_exact(nats_server, observer, workdir):
     thread starts there, after the fork."""
     name = unique_name("s")
     cores = ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))
-    relay = start_relay(observer, nats_server.url, name, str(workdir))
     mirror = mirror_observer(nats_server.url, name, BOOKS, workdir=str(workdir / name),
                              name=unique_name("mirror"), extra_args=["--cores", cores])
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
     reader = None
     try:
         started(mirror)
@@ -155,9 +155,9 @@ def test_a_mirror_without_nats_serves_stale_books_and_stops_cleanly(workdir):
 def test_a_mirror_naming_no_books_mirrors_every_book_of_the_relay(nats_server, observer,
                                                                    workdir):
     name = unique_name("d")
-    relay = start_relay(observer, nats_server.url, name, str(workdir))
     mirror = mirror_observer(nats_server.url, name, None, workdir=str(workdir / name),
                              name=unique_name("mirror"))
+    relay = start_relay(observer, nats_server.url, name, str(workdir))
     reader = None
     try:
         # The relay's stream lists its books once it has published them.
