@@ -3,6 +3,12 @@
 Contenders, each run in turn against the same observer (synthetic books) in one run:
   local obclient   the floor: this process follows the ring and copies the book (depth 10)
   obrelay -> NATS  the real obrelay process, a real nats-server, a nats-py subscriber
+  NATS -> mirror   the remote-observer hop: obrelay -> nats-server -> an observer whose `nats`
+                   feed mirrors the book -> obclient on that mirror (latency phase only). The
+                   mirror's segment carries the source's exchange time, not its publish time,
+                   so this one is measured from `exch_ts_ns` (the synthetic walk's update time,
+                   set just before the source publishes), and compared with the local floor
+                   measured the same way in the same run.
   relay -> Redis   obrelay's own loop (obrelay.relay.Relay) with a Redis pub/sub sink, a real
                    redis-server, a redis.asyncio subscriber: the same path through Redis, what a
                    cryptofeed user wires up. Skipped with the reason when redis-server or the
@@ -72,6 +78,7 @@ class Tally:
         self.cpu_s = cpu_s            # the CPU seconds of the process doing the relaying
         self.cpu_start_s = self.cpu_end_s = 0.0
         self.lat_ns: list[int] = []
+        self.lat_exch_ns: list[int] = []   # receipt - exch_ts_ns, where the contender has it
         self.folded = 0
         self.first_seq: dict[str, int] = {}
         self.last_seq: dict[str, int] = {}
@@ -85,9 +92,12 @@ class Tally:
     def done(self) -> bool:
         return self.end_s is not None and time.monotonic() > self.end_s
 
-    def add(self, name: str, book_seq: int, publish_ts_ns: int, recv_ns: int) -> None:
+    def add(self, name: str, book_seq: int, publish_ts_ns: int, recv_ns: int,
+            exch_ts_ns: int = 0) -> None:
         if publish_ts_ns < self.warm_until_ns:
             return
+        if exch_ts_ns:
+            self.lat_exch_ns.append(recv_ns - exch_ts_ns)
         if not self.lat_ns:
             self.cpu_start_s = self.cpu_s()
         last = self.last_seq.get(name)
@@ -125,10 +135,50 @@ class Local:
             for update in client.updates(None, timeout_s=START_TIMEOUT_S):
                 client.snapshot(names[update.book_index], DEPTH)   # what a relay reads too
                 tally.add(names[update.book_index], update.book_seq, update.publish_ts_ns,
-                          time.time_ns())
+                          time.time_ns(), update.exch_ts_ns)
                 if tally.done():
                     break
             tally.stop()
+
+
+class Mirror:
+    """obrelay -> NATS -> a mirror observer (`nats` feed) -> obclient on the mirror."""
+
+    name = "NATS -> mirror"
+    in_rate_phase = False
+
+    def __init__(self, nats: "Nats"):
+        self.nats = nats
+
+    def unavailable(self):
+        return self.nats.unavailable()
+
+    def start(self):
+        pass                       # the Nats contender's server
+
+    def close(self):
+        pass
+
+    def run(self, obs: ObserverProcess, seconds: float, tally: Tally) -> None:
+        from mirrorkit import mirror_observer
+
+        root = self.nats.root
+        relay = _spawn([sys.executable, "-m", "obrelay", "--socket", obs.socket_path,
+                        "--nats-url", self.nats.server.url, "--depth", str(DEPTH), "--name",
+                        obs.name, "--stats-s", "0", "--heartbeat-ms", "100"],
+                       root / "mirror-relay.log")
+        with obclient.connect(obs.socket_path) as source:
+            books = [b.name for b in source.books()]
+        mirror = mirror_observer(self.nats.server.url, obs.name, books,
+                                 workdir=str(root / "mirror"), name=unique_name("mirror"))
+        try:
+            mirror.start()
+            mirror.wait_ready(START_TIMEOUT_S).close()
+            tally.cpu_s = lambda: proc_cpu_s(relay.pid) + proc_cpu_s(mirror.proc.pid)
+            Local().run(mirror, seconds, tally)
+        finally:
+            mirror.close()
+            _stop(relay)
 
 
 class Nats:
@@ -335,7 +385,8 @@ def latency_phase(contenders, root: Path, seconds: float) -> dict:
 
 
 def rate_phase(contenders, root: Path, rates, step_s: float) -> dict:
-    best = {c.name: None for c in contenders}
+    best = {c.name: None for c in contenders if getattr(c, "in_rate_phase", True)}
+    contenders = [c for c in contenders if getattr(c, "in_rate_phase", True)]
     for rate in rates:
         workdir = root / f"rate{rate}"
         workdir.mkdir()
@@ -368,7 +419,8 @@ def main() -> None:
                                                                       RATES_HZ)
     root = Path(tempfile.mkdtemp(prefix=f"obbench-relay-{os.getpid()}-"))
     contenders, skipped = [Local()], []
-    for c in (Nats(root), Redis(root)):
+    nats_contender = Nats(root)
+    for c in (nats_contender, Mirror(nats_contender), Redis(root)):
         reason = c.unavailable()
         if reason:
             skipped.append((c.name, reason))
@@ -394,6 +446,9 @@ def report(contenders, skipped, lat, rates_best) -> None:
     floor_p50, floor_p99 = percentiles_us(lat[contenders[0].name].lat_ns)
     for c in contenders:
         tally = lat[c.name]
+        if c.name == Mirror.name:
+            report_mirror(lat[contenders[0].name], tally)
+            continue
         p50, p99 = percentiles_us(tally.lat_ns)
         best = rates_best[c.name]
         rate = f"{best:8.0f}/s" if best else "    none"
@@ -410,6 +465,17 @@ def report(contenders, skipped, lat, rates_best) -> None:
         print(f"NATS / Redis: latency p50 x{n50 / r50:.2f}, max rate unfolded x{ratio}")
     for name, reason in skipped:
         print(f"{name:<16} skipped: {reason}")
+
+
+def report_mirror(local: Tally, mirror: Tally) -> None:
+    """Both from exch_ts_ns: the mirror's segment does not carry the source's publish time."""
+    floor_p50, floor_p99 = percentiles_us(local.lat_exch_ns)
+    p50, p99 = percentiles_us(mirror.lat_exch_ns)
+    print(f"{Mirror.name:<16} latency p50 {p50:8.1f} us  p99 {p99:8.1f} us  "
+          f"(x{p50 / floor_p50:5.1f} / x{p99 / floor_p99:5.1f} local; added p50 {p50 - floor_p50:7.1f} us, p99 "
+          f"{p99 - floor_p99:7.1f} us; from exch_ts_ns, local floor p50 {floor_p50:.1f} p99 "
+          f"{floor_p99:.1f} us)  n {len(mirror.lat_exch_ns)}  relay+mirror CPU "
+          f"{mirror.cpu_us_per_msg():5.1f} us/msg")
 
 
 if __name__ == "__main__":

@@ -73,14 +73,15 @@ def build_config(args):
 
 
 def plan(config):
-    """Book descriptors (shard indexes set), the feed objects that fill them, the book index of
-    each (exchange, symbol), and the shard of each configured feed."""
-    from observer.shard.feedplan import plan as feed_plan
+    """Book descriptors (shard indexes set), each book's planned books per feed (feedplan's
+    FeedBooks), the book index of each (exchange, symbol), and the shard of each configured
+    feed. Builds no feed: the shards do (observer/process/shardproc.py, or `run` without --cores)."""
+    from observer.shard.feedplan import plan_books
     from observer.config.shardplan import assign, partition
 
-    descs, feeds, index_of = feed_plan(config)
+    descs, index_of, per_feed = plan_books(config)
     shard_of = partition(config.feeds, len(config.cores) if config.cores else 1)
-    return assign(descs, feeds, index_of, shard_of), feeds, index_of, shard_of
+    return assign(descs, per_feed, index_of, shard_of), per_feed, index_of, shard_of
 
 
 def run(config, stop: StopSignals) -> int:
@@ -91,7 +92,11 @@ def run(config, stop: StopSignals) -> int:
     from obproto import messages as m
     from obproto.layout import LayoutError
 
-    descs, feeds, index_of, shard_of = plan(config)       # a bad symbol: ConfigError, exit 2
+    if any(feed.exchange == "nats" and not feed.symbols for feed in config.feeds):
+        from observer.feeds.natsdiscover import with_relay_books
+
+        config = with_relay_books(config)                  # the relay's books, from NATS
+    descs, per_feed, index_of, shard_of = plan(config)    # a bad symbol: ConfigError, exit 2
     shards_n = len(config.cores) if config.cores else 1
     socket_path = config.socket or m.default_socket_path()
     stop.hold()                     # from here on things exist that a stop must undo in order
@@ -111,8 +116,11 @@ def run(config, stop: StopSignals) -> int:
         except (LayoutError, loom.LoomError, ValueError, OSError) as exc:
             raise StartError(f"cannot start: {exc}") from exc
         if config.cores is None:      # one shard, in this process and loop (see the essay)
+            from observer.shard.feedplan import build_feeds
+
             shard = Shard(0, supervisor.segment.writer(
-                0, wake=config.wake, wake_ahead=config.wake_ahead), feeds, index_of)
+                0, wake=config.wake, wake_ahead=config.wake_ahead),
+                build_feeds(config, per_feed), index_of)
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)

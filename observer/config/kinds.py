@@ -278,6 +278,51 @@ class CaFile(Kind):
         return value
 
 
+class UrlList(Kind):
+    """One URL or a list of them (a cluster's servers), each checked by `Url`."""
+
+    def __init__(self, schemes: tuple[str, ...], entries_max: int):
+        self.url = Url(schemes)
+        self.entries_max = entries_max
+        self.expected = f"a URL or a non-empty list of URLs ({self.url.expected})"
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise self.refuse(value)
+        if len(items) > self.entries_max:
+            raise Problem(f"lists {len(items)} URLs, more than {self.entries_max}")
+        return tuple(self.url.check(item) for item in items)
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        return self.check([part.strip() for part in text.split(",")])
+
+
+class ReadableFile(Kind):
+    """A file read at start-up (credentials, a certificate or its key): it must exist, be a
+    regular file and be readable by us, so a typo is refused before anything starts."""
+
+    def __init__(self, what: str, bytes_max: int = 1 << 20):
+        self.what = what
+        self.bytes_max = bytes_max
+        self.expected = f"a readable {what} file"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.refuse(value)
+        try:
+            st = os.stat(value)
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            raise Problem(f"{shown(value)}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise Problem(f"{shown(value)} is not a regular file")
+        if st.st_size > self.bytes_max:
+            raise Problem(f"{shown(value)} is {st.st_size} bytes, more than {self.bytes_max}")
+        return value
+
+
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 

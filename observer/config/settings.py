@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from observer.config.kinds import (CaFile, Choice, CoreList, Flag, IdList, Integer, Kind, Name,
-                                  Number, Problem, SocketPath, SymbolList, Url, shown)
+                                  Number, Problem, ReadableFile, SocketPath, SymbolList, Url,
+                                  UrlList, shown)
 from obproto import messages as m
 
 DEPTH_DEFAULT = 50
@@ -72,9 +73,13 @@ ENDPOINTS_DEFAULT: dict[str, tuple[str | None, str | None]] = {
     "okx": ("wss://ws.okx.com:8443/ws/v5/public", None),
     "bybit": ("wss://stream.bybit.com/v5/public/{category}", "https://api.bybit.com"),
     "synthetic": (None, None),
+    "nats": (None, None),        # a mirror of relayed books (observer/feeds/natsfeed.py): `url`
 }
 EXCHANGES = tuple(ENDPOINTS_DEFAULT)
 CONNECTING = tuple(e for e, (ws, _) in ENDPOINTS_DEFAULT.items() if ws)
+NATS = ("nats",)
+NATS_URLS_MAX = 16
+NATS_SCHEMES = ("nats", "tls")
 WITH_REST = tuple(e for e, (_, rest) in ENDPOINTS_DEFAULT.items() if rest)
 REQUIRED = object()
 
@@ -127,20 +132,34 @@ OBSERVER_KEYS = (
 )
 FEED_KEYS = (
     Key("exchange", Choice(EXCHANGES, fold_case=True), REQUIRED, "which exchange"),
-    Key("symbols", SymbolList(SYMBOLS_PER_FEED_MAX), REQUIRED, "the exchange's symbols"),
+    Key("symbols", SymbolList(SYMBOLS_PER_FEED_MAX), REQUIRED, "the exchange's symbols (nats "
+        "feeds: book names exchange:SYMBOL; default every book of the relay, listed from its "
+        "stream at start-up)"),
     Key("category", Choice(BYBIT_CATEGORIES), None, "Bybit market", exchanges=("bybit",)),
     Key("ws_url", Url(("ws", "wss")), None, "WebSocket endpoint (default: the real one)",
         exchanges=CONNECTING),
     Key("rest_url", Url(("http", "https")), None, "REST endpoint for snapshots",
         exchanges=WITH_REST),
-    Key("ca_file", CaFile(), None, "an extra CA to trust (testnets, proxies, obsim)",
-        "--ca-file", exchanges=CONNECTING),
+    Key("ca_file", CaFile(), None, "an extra CA to trust (testnets, proxies, obsim; the NATS "
+        "servers' CA for nats feeds)", "--ca-file", exchanges=CONNECTING + NATS),
     Key("depth", Integer(1, DEPTH_MAX), None, "subscription depth (default: the observer's)"),
     Key("shard", Integer(0, SHARDS_MAX - 1), None, "pin this feed to a shard (with cores)"),
     Key("rate_hz", Number(RATE_HZ_MIN, RATE_HZ_MAX), 100.0,
         "synthetic feeds: updates per second per symbol", "--rate", exchanges=("synthetic",)),
     Key("seed", Integer(0, SEED_MAX), 1, "synthetic feeds: random seed", "--seed",
         exchanges=("synthetic",)),
+    Key("url", UrlList(NATS_SCHEMES, NATS_URLS_MAX), None, "nats feeds: the NATS server, or a "
+        "list of a cluster's servers (nats:// or tls://)", exchanges=NATS),
+    Key("relay", Name(NAME_BYTES_MAX), None, "nats feeds: the relayed observer's name (the "
+        "<observer> of its subjects ob.<observer>.>)", exchanges=NATS),
+    Key("subject_prefix", Name(NAME_BYTES_MAX), "ob", "nats feeds: the relay's subject prefix",
+        exchanges=NATS),
+    Key("creds", ReadableFile("NATS credentials"), None, "nats feeds: a NATS credentials file "
+        "(user JWT and nkey seed)", exchanges=NATS),
+    Key("tls_cert", ReadableFile("PEM certificate"), None, "nats feeds: a client certificate "
+        "(mutual TLS; needs tls_key)", exchanges=NATS),
+    Key("tls_key", ReadableFile("PEM key"), None, "nats feeds: the client certificate's key",
+        exchanges=NATS),
 )
 KEYS = {"observer": {k.name: k for k in OBSERVER_KEYS}, "feed": {k.name: k for k in FEED_KEYS}}
 
@@ -157,6 +176,12 @@ class FeedConfig:
     shard: int | None = None  # pin this feed to a shard; None: balanced by expected rate
     rate_hz: float = 100.0  # synthetic only: updates per second per symbol
     seed: int = 1  # synthetic only
+    url: tuple[str, ...] | None = None  # nats only: the server(s)
+    relay: str | None = None  # nats only: the relayed observer's name
+    subject_prefix: str = "ob"  # nats only
+    creds: str | None = None  # nats only: credentials file
+    tls_cert: str | None = None  # nats only: client certificate (with tls_key)
+    tls_key: str | None = None  # nats only
 
 
 @dataclass(frozen=True)
@@ -338,7 +363,7 @@ def _take_keys(table: dict[str, Any], table_name: str, source: Source, index: in
 
 
 def _applies_text(exchanges: tuple[str, ...], exchange: str) -> str:
-    if exchanges == CONNECTING:
+    if exchanges in (CONNECTING, CONNECTING + NATS):
         return f"does not apply to {exchange} feeds (they make no connections)"
     return f"applies to {', '.join(exchanges)} feeds only, not {exchange}"
 
@@ -346,14 +371,29 @@ def _applies_text(exchanges: tuple[str, ...], exchange: str) -> str:
 def _feed_from_table(table: Any, source: Source, index: int | None) -> FeedConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{source.where('feed', index)}: must be a table")
-    for required in ("exchange", "symbols"):
-        if required not in table:
-            raise ConfigError(f"{source.where('feed', index)}: {required} is required"
-                              + (f" (one of {', '.join(EXCHANGES)})" if required == "exchange" else ""))
+    if "exchange" not in table:
+        raise ConfigError(f"{source.where('feed', index)}: exchange is required (one of "
+                          f"{', '.join(EXCHANGES)})")
     exchange = _take_keys({"exchange": table["exchange"]}, "feed", source, index)["exchange"]
+    if "symbols" not in table and exchange != "nats":
+        raise ConfigError(f"{source.where('feed', index)}: symbols is required")
     values = _take_keys({k: v for k, v in table.items() if k != "exchange"}, "feed", source,
                         index, exchange)
+    if exchange == "nats":
+        _check_nats(values, source, index)
+        values.setdefault("symbols", ())   # every book of the relay, listed at start-up
     return _feed(exchange, values)
+
+
+def _check_nats(values: dict[str, Any], source: Source, index: int | None) -> None:
+    """What a nats feed cannot do without: its servers and the relay's name; a key for a cert."""
+    for required in ("url", "relay"):
+        if required not in values:
+            raise ConfigError(f"{source.where('feed', index)}: {required} is required for nats "
+                              f"feeds")
+    if ("tls_cert" in values) != ("tls_key" in values):
+        raise ConfigError(f"{source.where('feed', index, 'tls_cert')}: tls_cert and tls_key go "
+                          f"together")
 
 
 def _feed(exchange: str, values: dict[str, Any]) -> FeedConfig:

@@ -29,11 +29,17 @@ EXPECTED_RATE_HZ = {
     "okx": 10.0,               # books, 100 ms
     "bybit": 20.0,             # orderbook.50 spot 20 ms / linear 10 ms, mostly quiet
 }
+EXPECTED_RATE_NATS_HZ = 20.0  # a mirrored book: its source's rate, unknown here
 SHARDS_MAX = 256
 
 
 def expected_rate_hz(feed: cfg.FeedConfig) -> float:
-    per_symbol = feed.rate_hz if feed.exchange == "synthetic" else EXPECTED_RATE_HZ[feed.exchange]
+    if feed.exchange == "synthetic":
+        per_symbol = feed.rate_hz
+    elif feed.exchange == "nats":
+        per_symbol = EXPECTED_RATE_NATS_HZ
+    else:
+        per_symbol = EXPECTED_RATE_HZ[feed.exchange]
     return per_symbol * len(feed.symbols)
 
 
@@ -73,12 +79,12 @@ def check_cores(cores, allowed, where: str = "--cores") -> None:
         raise cfg.ConfigError(f"{where}: {len(cores)} cores, more than shards_max={SHARDS_MAX}")
 
 
-def assign(descs, feeds, index_of, shard_of) -> list:
-    """`descs` with each book's shard index set from its feed's (feeds as feedplan.plan made
-    them, one per configured feed and in the same order as `shard_of`)."""
+def assign(descs, per_feed, index_of, shard_of) -> list:
+    """`descs` with each book's shard index set from its feed's (`per_feed`: the FeedBooks of
+    feedplan.plan_books, one per configured feed and in the same order as `shard_of`)."""
     descs = list(descs)
-    for feed, shard_index in zip(feeds, shard_of, strict=True):
-        for symbol in feed.books:
-            i = index_of[(feed.exchange, symbol)]
+    for planned, shard_index in zip(per_feed, shard_of, strict=True):
+        for exchange, symbol, _ in planned.books:
+            i = index_of[(exchange, symbol)]
             descs[i] = descs[i]._replace(shard_index=shard_index)
     return descs

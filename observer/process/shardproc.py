@@ -83,7 +83,7 @@ def run(spec: ShardSpec, segment) -> int:
     from observer.telemetry import logs
     from observer import loom
     from observer.process import prctl
-    from observer.shard.feedplan import plan as feed_plan
+    from observer.shard.feedplan import build_feeds
     from observer.telemetry.logs import log_event
     from observer.shard.runner import Shard
 
@@ -99,7 +99,7 @@ def run(spec: ShardSpec, segment) -> int:
     signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGTERM, lambda signum, frame: None)   # the wakeup fd carries it
     try:
-        _, feeds, _ = feed_plan(config)
+        feeds = build_feeds(config)
         shard = Shard(spec.shard_index, segment.writer(spec.shard_index, wake=config.wake,
                                              wake_ahead=config.wake_ahead), feeds,
                       spec.book_index_of)

@@ -67,7 +67,7 @@ KIND_EXITED = b"EXI\0"       # (pid, exit code as subprocess reports it: -N for 
 # Modules a shard imports, loaded once here so a fork starts from them warm.
 WARM_MODULES = ("observer.process.shardproc", "observer.telemetry.logs", "observer.loom",
                 "observer.shard.feedplan", "observer.shard.runner", "observer.shm",
-                "observer.shard.exchangefeed",
+                "observer.shard.feedsink", "observer.shard.exchangefeed", "observer.shard.tickfeed",
                 "observer.feeds.synthetic", "observer.feeds.binance",
                 "observer.feeds.binance_futures", "observer.feeds.bybit",
                 "observer.feeds.coinbase", "observer.feeds.kraken", "observer.feeds.okx",

@@ -14,13 +14,21 @@ into that list and into one feed object per `[[feed]]` table:
 - Two configured symbols that normalise to one book name are a `ConfigError`, as is a symbol
   the exchange module cannot spell: the process refuses to start rather than half-start.
 
+Planning is apart from construction. `plan_books` turns names into book descriptors without
+building any feed (no adapter, no socket, no NATS connection): the supervisor needs only
+that. `build_feeds` builds the feed objects of a shard, each a `FeedSink` (observer/shard/feedsink.py)
+with the one interface the shard runs; it asserts that the feeds hold exactly the planned books.
+
 Every book is planned on shard 0 here; with --cores, observer/config/shardplan.py assigns each feed
 (and so its books) to a shard afterwards, and each shard process plans its own share again.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from observer.config import settings as cfg
+from obproto import symbols as symbol_names
 from obproto.layout import NAME_BYTES_MAX, BookDesc
 
 SHARD_INDEX = 0
@@ -33,34 +41,88 @@ def book_exchange(feed_cfg: cfg.FeedConfig) -> str:
     return feed_cfg.exchange
 
 
-def plan(config: cfg.ObserverConfig):
-    """(book descriptors, feed objects, {(exchange, symbol): book index}) for one shard."""
-    descs, feeds, index_of = [], [], {}
+class FeedBooks(NamedTuple):
+    """The books of one configured feed: (exchange, symbol, native) each, in feed order."""
+
+    where: str
+    books: tuple
+
+
+def plan_books(config: cfg.ObserverConfig):
+    """(book descriptors, {(exchange, symbol): book index}, FeedBooks per feed) for one shard.
+    ConfigError for a name that cannot be a book, or a book configured twice."""
+    descs, index_of, per_feed = [], {}, []
     for number, feed_cfg in enumerate(config.feeds, 1):
         where = f"feed #{number} ({feed_cfg.exchange})"
-        if feed_cfg.exchange == "synthetic":
-            feed, names = _synthetic(config, feed_cfg)
-        else:
-            feed, names = _exchange(config, feed_cfg, where)
-        for symbol, native in names:
-            key = (feed.exchange, symbol)
+        books = feed_names(feed_cfg, where)
+        for exchange, symbol, native in books:
+            key = (exchange, symbol)
             if key in index_of:
-                raise cfg.ConfigError(f"{where}: book {feed.exchange}:{symbol} is configured twice")
-            _check_name_bytes(feed.exchange, symbol, native, where)
+                raise cfg.ConfigError(f"{where}: book {exchange}:{symbol} is configured twice")
+            _check_name_bytes(exchange, symbol, native, where)
             index_of[key] = len(descs)
-            descs.append(BookDesc(feed.exchange, symbol, native, SHARD_INDEX))
+            descs.append(BookDesc(exchange, symbol, native, SHARD_INDEX))
+        per_feed.append(FeedBooks(where, tuple(books)))
+    return descs, index_of, per_feed
+
+
+def feed_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
+    """(exchange, symbol, native) of each book of one feed, as its adapter will name them."""
+    if feed_cfg.exchange == "synthetic":
+        symbols = dict.fromkeys(s.upper() for s in feed_cfg.symbols)     # SyntheticFeed's rule
+        return [("synthetic", s, s) for s in symbols]
+    if feed_cfg.exchange == "nats":
+        from observer.feeds.natsfeed import mirrored_names
+        return mirrored_names(feed_cfg, where)
+    exchange = book_exchange(feed_cfg)
+    out, seen = [], set()
+    try:
+        for given in feed_cfg.symbols:        # BaseAdapter's rule (observer/feeds/base.py)
+            native = symbol_names.native(feed_cfg.exchange, given)
+            symbol = symbol_names.normalise(native)
+            if symbol in seen:
+                raise ValueError(f"{feed_cfg.exchange}: symbol {given!r} listed twice")
+            seen.add(symbol)
+            out.append((exchange, symbol, native))
+    except ValueError as exc:           # SymbolError is a ValueError, so are duplicate symbols
+        raise cfg.ConfigError(f"{where}: {exc}") from None
+    return out
+
+
+def build_feeds(config: cfg.ObserverConfig, per_feed=None) -> list:
+    """One feed object per configured feed (`per_feed`: plan_books's, or planned here)."""
+    if per_feed is None:
+        per_feed = plan_books(config)[2]
+    feeds = []
+    for feed_cfg, planned in zip(config.feeds, per_feed, strict=True):
+        if feed_cfg.exchange == "synthetic":
+            feed = _synthetic(config, feed_cfg)
+        elif feed_cfg.exchange == "nats":
+            from observer.feeds.natsfeed import NatsFeed
+            feed = NatsFeed(feed_cfg, planned.books, lag_bound_ms=config.lag_bound_ms)
+        else:
+            feed = _exchange(config, feed_cfg, planned.where)
+        assert sorted(feed.book_keys()) == sorted((e, s) for e, s, _ in planned.books), \
+            f"{planned.where}: the feed's books differ from the planned ones"
         feeds.append(feed)
-    return descs, feeds, index_of
+    return feeds
+
+
+def plan(config: cfg.ObserverConfig):
+    """(book descriptors, feed objects, {(exchange, symbol): book index}) for one shard."""
+    descs, index_of, per_feed = plan_books(config)
+    return descs, build_feeds(config, per_feed), index_of
 
 
 def _synthetic(config, feed_cfg):
     from observer.feeds.synthetic import SyntheticFeed
+    from observer.shard.tickfeed import TickedFeed
 
     # The walk needs two levels a side to move; the segment publishes config.depth of them.
     depth = max(2, min(config.depth, feed_cfg.depth or config.depth))
-    feed = SyntheticFeed(feed_cfg.symbols, rate_hz=feed_cfg.rate_hz, seed=feed_cfg.seed,
+    walk = SyntheticFeed(feed_cfg.symbols, rate_hz=feed_cfg.rate_hz, seed=feed_cfg.seed,
                          depth=depth)
-    return feed, [(symbol, symbol) for symbol in feed.symbols]
+    return TickedFeed(walk, lag_bound_ms=config.lag_bound_ms)
 
 
 def _exchange(config, feed_cfg, where):
@@ -73,9 +135,8 @@ def _exchange(config, feed_cfg, where):
                                category=feed_cfg.category)
     except ValueError as exc:           # SymbolError is a ValueError, so are duplicate symbols
         raise cfg.ConfigError(f"{where}: {exc}") from None
-    feed = ExchangeFeed(adapter, book_exchange=book_exchange(feed_cfg), ca_file=feed_cfg.ca_file,
+    return ExchangeFeed(adapter, book_exchange=book_exchange(feed_cfg), ca_file=feed_cfg.ca_file,
                         lag_bound_ms=config.lag_bound_ms)
-    return feed, feed.natives()
 
 
 def _check_name_bytes(exchange, symbol, native, where):

@@ -7,33 +7,31 @@ the zygote) with its own `Loop` and a writer on the mapping it was forked with, 
 differs. A shard knows its writer, its feeds and which
 segment book index each of their symbols has; it does not know about clients or the socket.
 
-One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next
-deadline, hands it the time, publishes the books its actions name and flushes the writer once
-per pass (one eventfd write per batch, C6). Exchange feeds (observer/shard/exchangefeed.py) bring
-their own fibers: the session driver (observer/feeds/session.py) owns their I/O and publishes
-through the feed's sink into this shard's writer; the shard starts and stops them.
+Every feed has one interface and one sink (observer/shard/feedsink.py): the shard calls
+`feed.run_session(loop, writer, book_index_of)` to start it and `feed.stop_session()` to stop
+it. What drives a feed is the feed's business: the session driver for exchange feeds
+(observer/shard/exchangefeed.py), a deadline fiber for the synthetic one (observer/shard/tickfeed.py), a
+NATS subscription for a mirror (observer/feeds/natsfeed.py); all publish through the same sink, with
+the same lag, counters and live/stale rule. The shard itself runs one fiber, its heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from observer import loom
 from observer.telemetry import memtrace
-from observer.feeds.actions import Publish, Stale
 
 log = logging.getLogger("observer.shard.runner")
 
 HEARTBEAT_PERIOD_S = 0.1
-TICK_MIN_S = 0.0005          # never sleep less than this between feed passes
 STOP_JOIN_S = 5.0            # a stop waits this long for the fibers to end, then reports them
 
 
 class Shard:
     def __init__(self, index: int, writer, feeds: list, book_index_of: dict,
                  *, heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
-        """`feeds`: sans-IO feed objects with start/on_tick/next_deadline_ns/books;
+        """`feeds`: FeedSink objects (run_session / stop_session, exchange, books);
         `book_index_of[(exchange, symbol)]`: the segment slot of each book."""
         assert writer.shard_index == index
         self.index = index
@@ -41,16 +39,11 @@ class Shard:
         self.feeds = list(feeds)
         self.book_index_of = dict(book_index_of)
         self.heartbeat_period_s = heartbeat_period_s
-        self.passes = 0
-        self.publishes = 0
         self._fibers: list = []
 
     def start(self, loop) -> None:
         for feed in self.feeds:
-            if hasattr(feed, "run_session"):  # exchange feeds: the session driver owns their I/O
-                feed.run_session(loop, self.writer, self.book_index_of)
-            else:
-                self._fibers.append(loop.spawn(self._run_feed, feed))
+            feed.run_session(loop, self.writer, self.book_index_of)
         self._fibers.append(loop.spawn(self._heartbeat))
         tracer = memtrace.start(loop, f"shard{self.index}")     # None unless asked for
         if tracer is not None:
@@ -66,44 +59,18 @@ class Shard:
         fibers, self._fibers = self._fibers, []
         interrupt = None
         for feed in self.feeds:
-            if hasattr(feed, "stop_session"):
-                try:
-                    feed.stop_session()
-                except (loom.Cancelled, TimeoutError) as exc:   # the caller's, raised after
-                    interrupt = interrupt or exc                  # its join: stop the rest
+            try:
+                feed.stop_session()
+            except (loom.Cancelled, TimeoutError) as exc:   # the caller's, raised after
+                interrupt = interrupt or exc                  # its join: stop the rest
         loom.cancel_and_join(fibers, timeout_s=STOP_JOIN_S)
         if interrupt is not None:
             raise interrupt
 
-    def _run_feed(self, feed) -> None:
-        try:
-            self._feed_loop(feed)
-        except Exception:
-            # A feed bug must not leave its books looking live: mark them stale for clients,
-            # then let loom log the error with the fiber's name.
-            for symbol in feed.books:
-                self.writer.mark_stale(self.book_index_of[(feed.exchange, symbol)])
-            self.writer.flush()
-            raise
-
-    def _feed_loop(self, feed) -> None:
-        self._apply(feed, feed.start(time.time_ns()))
-        while True:
-            wait_s = (feed.next_deadline_ns() - time.time_ns()) / 1e9
-            loom.sleep(max(TICK_MIN_S, wait_s))
-            self._apply(feed, feed.on_tick(time.time_ns()))
-
-    def _apply(self, feed, actions) -> None:
-        recv_ts_ns = time.time_ns()
-        for action in actions:
-            book_index = self.book_index_of[(feed.exchange, action.symbol)]
-            if type(action) is Publish:
-                self.writer.publish(book_index, feed.books[action.symbol], recv_ts_ns=recv_ts_ns)
-                self.publishes += 1
-            elif type(action) is Stale:
-                self.writer.mark_stale(book_index)
-        self.writer.flush()
-        self.passes += 1
+    @property
+    def passes(self) -> int:
+        """Passes of the clock-driven feeds (a start-up check for tests and tools)."""
+        return sum(getattr(feed, "passes", 0) for feed in self.feeds)
 
     def _heartbeat(self) -> None:
         while True:

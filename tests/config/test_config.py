@@ -55,7 +55,7 @@ def test_feed_shorthand():
         ({"observer": {"depht": 5}}, "unknown key"),
         ({"observer": {"depth": True}}, "depth: must be an integer"),
         ({"feed": [{"symbols": ["X"]}]}, "exchange is required"),
-        ({"feed": [{"exchange": "mtgox", "symbols": ["X"]}]}, "exchange: must be one of binance, binance-futures, coinbase, kraken, okx, bybit, synthetic, got 'mtgox'"),
+        ({"feed": [{"exchange": "mtgox", "symbols": ["X"]}]}, "exchange: must be one of binance, binance-futures, coinbase, kraken, okx, bybit, synthetic, nats, got 'mtgox'"),
         ({"feed": [{"exchange": "binance", "symbols": []}]}, "non-empty list"),
         ({"feed": [{"exchange": "binance", "symbols": ["X"], "ws_url": "http://x"}]}, "ws_url"),
         ({"feed": [{"exchange": "kraken", "symbols": ["X"], "category": "spot"}]}, "category: applies to bybit feeds only"),

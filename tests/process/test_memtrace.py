@@ -39,7 +39,7 @@ def run_shard(until) -> Shard:
 
     def main():
         shard.start(loop)
-        fibers_n = len(shard._fibers)
+        fibers_n = len(shard._fibers) + sum(len(feed.fibers()) for feed in shard.feeds)
         deadline_s = time.monotonic() + DEADLINE_S
         while not until(shard) and time.monotonic() < deadline_s:
             loom.sleep(0.01)
@@ -60,7 +60,7 @@ def test_off_unless_asked(monkeypatch):
     assert memtrace.period_s({memtrace.ENV_PERIOD_S: "soon"}) is None   # logged, stays off
     assert memtrace.period_s({memtrace.ENV_PERIOD_S: "0"}) is None
     shard = run_shard(lambda shard: shard.passes >= 3)
-    assert shard.fibers_started == 2               # the feed and the heartbeat, nothing else
+    assert shard.fibers_started == 3               # the feed, its stats, the heartbeat: no more
     assert not tracemalloc.is_tracing()
 
 
@@ -73,7 +73,7 @@ def test_a_shard_reports_every_period_and_stops_tracing_when_it_stops(monkeypatc
         return [r.getMessage() for r in caplog.records if r.name == "observer.telemetry.memtrace"]
 
     shard = run_shard(lambda shard: events().count("memtrace_totals") >= REPORTS_N)
-    assert shard.fibers_started == 3
+    assert shard.fibers_started == 4
     assert events().count("memtrace_totals") >= REPORTS_N
     assert events().count("memtrace_types") == events().count("memtrace_totals")
     assert not tracemalloc.is_tracing()
