@@ -73,7 +73,7 @@ ENDPOINTS_DEFAULT: dict[str, tuple[str | None, str | None]] = {
     "okx": ("wss://ws.okx.com:8443/ws/v5/public", None),
     "bybit": ("wss://stream.bybit.com/v5/public/{category}", "https://api.bybit.com"),
     "synthetic": (None, None),
-    "nats": (None, None),        # a mirror of relayed books (observer/feeds/natsfeed.py): `url`
+    "nats": (None, None),        # a mirror of relayed books (observer/shard/natsfeed.py): `url`
 }
 EXCHANGES = tuple(ENDPOINTS_DEFAULT)
 CONNECTING = tuple(e for e, (ws, _) in ENDPOINTS_DEFAULT.items() if ws)

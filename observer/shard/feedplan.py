@@ -72,7 +72,7 @@ def feed_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
         symbols = dict.fromkeys(s.upper() for s in feed_cfg.symbols)     # SyntheticFeed's rule
         return [("synthetic", s, s) for s in symbols]
     if feed_cfg.exchange == "nats":
-        from observer.feeds.natsfeed import mirrored_names
+        from observer.shard.natsfeed import mirrored_names
         return mirrored_names(feed_cfg, where)
     exchange = book_exchange(feed_cfg)
     out, seen = [], set()
@@ -98,7 +98,7 @@ def build_feeds(config: cfg.ObserverConfig, per_feed=None) -> list:
         if feed_cfg.exchange == "synthetic":
             feed = _synthetic(config, feed_cfg)
         elif feed_cfg.exchange == "nats":
-            from observer.feeds.natsfeed import NatsFeed
+            from observer.shard.natsfeed import NatsFeed
             feed = NatsFeed(feed_cfg, planned.books, lag_bound_ms=config.lag_bound_ms)
         else:
             feed = _exchange(config, feed_cfg, planned.where)

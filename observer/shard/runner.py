@@ -11,7 +11,7 @@ Every feed has one interface and one sink (observer/shard/feedsink.py): the shar
 `feed.run_session(loop, writer, book_index_of)` to start it and `feed.stop_session()` to stop
 it. What drives a feed is the feed's business: the session driver for exchange feeds
 (observer/shard/exchangefeed.py), a deadline fiber for the synthetic one (observer/shard/tickfeed.py), a
-NATS subscription for a mirror (observer/feeds/natsfeed.py); all publish through the same sink, with
+NATS subscription for a mirror (observer/shard/natsfeed.py); all publish through the same sink, with
 the same lag, counters and live/stale rule. The shard itself runs one fiber, its heartbeat.
 """
 

@@ -1,4 +1,4 @@
-"""observer/feeds/natsfeed.py's Mailbox (NATS thread -> loom fiber) and MirrorBook, in one process:
+"""observer/shard/natsfeed.py's Mailbox (NATS thread -> loom fiber) and MirrorBook, in one process:
 latest wins per key and is counted, an older item never replaces a newer one, one eventfd write
 per batch, and a mirrored book exports exactly the levels of its message."""
 
@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from observer.feeds.natsfeed import Mailbox, MirrorBook
+from observer.shard.natsfeed import Mailbox, MirrorBook
 from obproto import relay as wire
 
 

@@ -3,7 +3,7 @@
 Why a thread: loom is not asyncio, and nats-py (the maintained client: cluster discovery,
 reconnects, TLS, credentials, JetStream) is. One thread per nats feed runs one asyncio loop with
 one connection; it never touches the segment. Everything it learns goes to the feed fiber
-through the feed's `Mailbox` (observer/feeds/natsfeed.py), keyed by book, latest wins:
+through the feed's `Mailbox` (observer/shard/natsfeed.py), keyed by book, latest wins:
 
 - book messages on `<prefix>.<relay>.<exchange>.<SYMBOL>`, decoded here (client/obproto/relay.py) and
   checked against their subject (a message naming another book than its subject is dropped);

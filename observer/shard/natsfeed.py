@@ -13,7 +13,7 @@ and go through the one sink (observer/shard/feedsink.py) like any other feed's, 
                                                   # segment is created once, C2)
 
 Two sides. nats-py is asyncio and loom is not, so the NATS client runs in one thread with its
-own asyncio loop (observer/feeds/natsmirror.py): it subscribes to `<prefix>.<relay>.>`, decodes each
+own asyncio loop (observer/shard/natsmirror.py): it subscribes to `<prefix>.<relay>.>`, decodes each
 message (client/obproto/relay.py) and, on each (re)connect, fetches every book's last value from the
 relay's JetStream stream. It hands what it got to this fiber through a `Mailbox`: a dict of the
 latest item per book (latest wins when the fiber falls behind, counted as `coalesced`) and one
@@ -62,7 +62,7 @@ def mirrored_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
     """(exchange, symbol, native) of each mirrored book: the names as the source has them."""
     if importlib.util.find_spec("nats") is None:
         raise cfg.ConfigError(f"{where}: needs nats-py: pip install 'observer[nats]'")
-    if not feed_cfg.symbols:          # observer/feeds/natsdiscover.py lists them first
+    if not feed_cfg.symbols:          # observer/shard/natsdiscover.py lists them first
         raise cfg.ConfigError(f"{where}: no books to mirror")
     out, seen = [], set()
     for name in feed_cfg.symbols:
@@ -216,7 +216,7 @@ class NatsFeed(FeedSink):
     # -- lifetime ---------------------------------------------------------------------------
 
     def run_session(self, loop, writer, book_index_of) -> None:
-        from observer.feeds.natsmirror import NatsThread
+        from observer.shard.natsmirror import NatsThread
 
         self.attach(writer, book_index_of)
         self.mailbox = Mailbox()

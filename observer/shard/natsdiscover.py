@@ -67,7 +67,7 @@ async def _quiet(exc) -> None:
 async def _list(feed_cfg: cfg.FeedConfig, stream: str) -> list[str]:
     import nats
 
-    from observer.feeds.natsmirror import tls_context
+    from observer.shard.natsmirror import tls_context
 
     options = dict(servers=list(feed_cfg.url), connect_timeout=CONNECT_TIMEOUT_S,
                    allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet)
