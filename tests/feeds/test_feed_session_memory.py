@@ -14,6 +14,7 @@ stream reconnects; a sequence gap is resynced by a REST snapshot fetched in its 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +79,9 @@ with Obsim(["--exchanges", "binance", "--rate", "50", "--seed", "5",
 
 
 def test_reconnects_and_rest_resyncs_leave_no_cyclic_garbage():
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(FAULTS_N)], capture_output=True,
+    kit_root = str(Path(__file__).resolve().parents[1])       # tests/: where kit.procs lives
+    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {kit_root!r})\n"
+                           + _PROBE, str(FAULTS_N)], capture_output=True,
                           text=True, timeout=170, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
