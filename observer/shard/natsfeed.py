@@ -292,7 +292,7 @@ class NatsFeed(FeedSink):
             stats.gaps += 1
         if fetched:
             stats.snapshots += 1
-        stats.updates += 1
+        stats.messages += 1
         self.books[name].load(msg)
         self.last_msg[name] = msg
 

@@ -32,6 +32,7 @@ import ssl
 import threading
 
 from obproto import relay as wire
+from observer.telemetry.logs import log_event
 
 log = logging.getLogger("observer.feeds")
 
@@ -142,7 +143,7 @@ class NatsThread:
         try:
             tls = tls_context(self.cfg)
         except (ssl.SSLError, OSError) as exc:
-            log.error("nats feed %s: TLS files unusable: %s", self.cfg.relay, exc)
+            log_event(log, "nats_tls_unusable", level=logging.ERROR, relay=self.cfg.relay, error=str(exc))
             return None
         if tls is not None:
             options["tls"] = tls
@@ -173,7 +174,7 @@ class NatsThread:
         self.epoch += 1
         self.tag = -1
         self._link(True)
-        log.info("nats feed %s: connected to %s", self.cfg.relay, self._server())
+        log_event(log, "nats_connected", relay=self.cfg.relay, server=self._server())
         if self._fetching is not None:
             self._fetching.cancel()
         self._fetching = self.loop.create_task(self._fetch_all(self.epoch))
@@ -202,7 +203,8 @@ class NatsThread:
         kind = f"{what}:{type(exc).__name__}"
         if kind not in self._kinds_logged:
             self._kinds_logged.add(kind)
-            log.warning("nats feed %s: %s: %s; retrying", self.cfg.relay, what, exc or repr(exc))
+            log_event(log, "nats_retrying", level=logging.WARNING, relay=self.cfg.relay, what=what,
+                      error=str(exc) or repr(exc))
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -231,7 +233,8 @@ class NatsThread:
         kind = why.split(" ", 2)[1]
         if kind not in self._kinds_logged:
             self._kinds_logged.add(kind)
-            log.warning("nats feed %s: dropped %s (counted, logged once)", self.cfg.relay, why)
+            log_event(log, "nats_message_dropped", level=logging.WARNING, relay=self.cfg.relay,
+                      why=why, note="counted, logged once")
 
     # -- the last-value stream --------------------------------------------------------------
 
@@ -273,9 +276,9 @@ class NatsThread:
             if pending:
                 await asyncio.sleep(FETCH_RETRY_S)
         if pending:
-            log.warning("nats feed %s: no stream value for %d book(s) after %d tries; live "
-                        "messages will resync them", self.cfg.relay, len(pending),
-                        FETCH_PASSES_MAX)
+            log_event(log, "nats_last_values_missing", level=logging.WARNING, relay=self.cfg.relay,
+                      books=len(pending), tries=FETCH_PASSES_MAX,
+                      note="live messages will resync them")
 
     async def _get_last(self, jsm, name: str):
         raw = await jsm.get_last_msg(self.stream, self.subject_of[name], direct=True)

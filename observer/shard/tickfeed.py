@@ -21,6 +21,7 @@ import time
 
 from observer import loom
 from observer.feeds.sync import SymbolSync
+from observer.telemetry.logs import log_event
 from observer.shard.feedsink import LAG_BOUND_MS_DEFAULT, STATS_PERIOD_S, STATS_STOP_S, FeedSink
 
 TICK_MIN_S = 0.0005          # never sleep less than this between passes
@@ -49,7 +50,8 @@ class TickedFeed(FeedSink):
             self._pass(self.adapter.start(time.time_ns()))
         except Exception:
             self.mark_all_stale("feed error")
-            log.exception("%s feed failed to start; its books stay stale", self.exchange)
+            log_event(log, "feed_start_failed", level=logging.ERROR, exc_info=True,
+                      feed=self.exchange, note="its books stay stale")
             return
         self._fiber = loop.spawn(self._run, name=f"{self.exchange}-feed")
         self.start_stats(loop)

@@ -28,7 +28,7 @@ def cluster(workdir):
 
 
 def connected_port(log_text: str) -> int:
-    ports = re.findall(r"nats feed \S+: connected to nats://127\.0\.0\.1:(\d+)", log_text)
+    ports = re.findall(r"nats_connected relay=\S+ server=nats://127\.0\.0\.1:(\d+)", log_text)
     return int(ports[-1]) if ports else 0
 
 
