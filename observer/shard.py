@@ -9,7 +9,8 @@ segment book index each of their symbols has; it does not know about clients or 
 
 One fiber per feed, and one for the shard heartbeat. A feed fiber sleeps until the feed's next
 deadline, hands it the time, publishes the books its actions name and flushes the writer once
-per pass (one eventfd write per batch, C6). Exchange feeds (observer/exchangefeed.py) bring
+per pass (one eventfd write per batch, C6). With many clients attached the writer paces its
+wake-ups (observer/shm/writer.py, Pacing); the shard's pacer fiber pays a deferred one when due. Exchange feeds (observer/exchangefeed.py) bring
 their own fibers: the session driver (observer/feeds/session.py) owns their I/O and publishes
 through the feed's sink into this shard's writer; the shard starts and stops them.
 """
@@ -31,15 +32,19 @@ STOP_JOIN_S = 5.0            # a stop waits this long for the fibers to end, the
 
 class Shard:
     def __init__(self, index: int, writer, feeds: list, book_index_of: dict,
-                 *, heartbeat_period_s: float = HEARTBEAT_PERIOD_S):
+                 *, heartbeat_period_s: float = HEARTBEAT_PERIOD_S,
+                 wake_gap_us_per_client: int = 0):
         """`feeds`: sans-IO feed objects with start/on_tick/next_deadline_ns/books;
-        `book_index_of[(exchange, symbol)]`: the segment slot of each book."""
+        `book_index_of[(exchange, symbol)]`: the segment slot of each book;
+        `wake_gap_us_per_client`: pace wake-ups (writer.pace_wakes), 0 for never."""
         assert writer.shard_index == index
         self.index = index
         self.writer = writer
         self.feeds = list(feeds)
         self.book_index_of = dict(book_index_of)
         self.heartbeat_period_s = heartbeat_period_s
+        self.wake_gap_ns_per_client = int(wake_gap_us_per_client * 1000)
+        self._wake_owed: loom.Event | None = None
         self.passes = 0
         self.publishes = 0
         self._fibers: list = []
@@ -50,6 +55,10 @@ class Shard:
                 feed.run_session(loop, self.writer, self.book_index_of)
             else:
                 self._fibers.append(loop.spawn(self._run_feed, feed))
+        if self.wake_gap_ns_per_client:
+            self._wake_owed = loom.Event()
+            self.writer.pace_wakes(self.wake_gap_ns_per_client, self._wake_owed.post)
+            self._fibers.append(loop.spawn(self._pace_wakes))
         self._fibers.append(loop.spawn(self._heartbeat))
         tracer = memtrace.start(loop, f"shard{self.index}")     # None unless asked for
         if tracer is not None:
@@ -103,6 +112,15 @@ class Shard:
                 self.writer.mark_stale(book_index)
         self.writer.flush()
         self.passes += 1
+
+    def _pace_wakes(self) -> None:
+        """Pay each wake-up the writer deferred, when it is due (writer.py, Pacing)."""
+        owed = self._wake_owed
+        while True:
+            due_ns = owed.wait()
+            owed.clear()
+            loom.sleep(max(0.0, (due_ns - time.monotonic_ns()) / 1e9))
+            self.writer.flush_owed()
 
     def _heartbeat(self) -> None:
         while True:
