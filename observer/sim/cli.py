@@ -39,6 +39,7 @@ from observer.sim.coinbase import Coinbase
 from observer.sim.kraken import Kraken
 from observer.sim.okx import Okx
 from observer.sim.server import Sim
+from observer.sim.stamps import StampLog
 from observer.sim.tls import make_certificates, server_context
 from observer.sim.wire import SEND_BYTES_MAX_DEFAULT
 
@@ -122,6 +123,9 @@ def parser() -> argparse.ArgumentParser:
       help="inject at start (at_s=seconds after start, default 0), e.g. kraken:bad_checksum:at_s=1")
     a("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING")
     a("--tmp-dir", type=Path, help="where to make the private temporary directory (default: the system's)")
+    a("--send-stamps", type=Path, metavar="FILE",
+      help="append (symbol, update id, CLOCK_REALTIME ns) of every Bybit stream message as it is "
+           "written, 32-byte records (observer/sim/stamps.py), for feed-to-client latency")
     a("--exit-on-stdin-eof", action="store_true",
       help="also stop when stdin closes (the harness uses this so obsim never outlives its test)")
     for prefix, inbound, ping_s, pong_s, weight in (("binance", 5, 20, 60, 6000),
@@ -278,8 +282,13 @@ async def amain(opts, plan: Plan) -> None:
     if opts.exit_on_stdin_eof:
         watch_stdin(loop, stop)
     workdir = Path(tempfile.mkdtemp(prefix="obsim-", dir=opts.tmp_dir))   # after the handlers
+    stamps = None
     try:
         venues = build_venues(opts, plan)
+        if opts.send_stamps is not None:
+            stamps = StampLog(str(opts.send_stamps))
+            for venue in venues.values():
+                venue.stamps = stamps
         ca_path, cert_path, key_path = make_certificates(workdir)
         sim = Sim(opts, venues, server_context(cert_path, key_path), str(ca_path))
         await sim.start()
@@ -289,6 +298,8 @@ async def amain(opts, plan: Plan) -> None:
         await stop.wait()
         await sim.close()
     finally:
+        if stamps is not None:
+            stamps.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
