@@ -89,9 +89,10 @@ def _on_term(_signum, _frame):
     raise _Stop
 
 
-def reader_child(socket_path: str, k: int, ready_w: int, result_w: int) -> None:
+def reader_child(socket_path: str, k: int, ready_w: int, result_w: int, nice: int) -> None:
     """Attach, follow every book blocking, check continuity; report on SIGTERM."""
     code = 1
+    os.nice(nice)
     records = holes = laps = stale = 0
     histogram = [0] * LATENCY_BINS
     try:
@@ -150,7 +151,7 @@ def measure(readers_n: int, paced: bool, args, workdir: str) -> dict:
                 if pid == 0:
                     os.close(ready_r)
                     os.close(result_r)
-                    reader_child(obs.socket_path, k, ready_w, result_w)
+                    reader_child(obs.socket_path, k, ready_w, result_w, args.readers_nice)
                 pids.append(pid)
             os.close(ready_w)
             ready_w = -1
@@ -251,6 +252,9 @@ def main(argv=None) -> int:
     p.add_argument("--window-s", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cores", default="", help="passed to observer --cores (default: none)")
+    p.add_argument("--readers-nice", type=int, default=0,
+                   help="readers lower their own priority by this much (a deployment choice: "
+                   "strategies below the observer)")
     p.add_argument("--unpaced", default="256", help="reader counts to run again with pacing "
                    "off (wake_gap_us_per_client = 0), for the before/after ratio; '' for none")
     args = p.parse_args(argv)
@@ -271,7 +275,8 @@ def report(args, counts, runs, load_start: float) -> None:
           f"{'pinned to --cores ' + args.cores if args.cores else 'in the supervisor'}; "
           f"N blocking obclient readers (processes, each checking its sequence numbers); "
           f"{args.window_s} s windows, median of {args.rounds} interleaved rounds; "
-          f"'paced': wake_gap_us_per_client default, 'unpaced': 0; cpu in CPUs; latency: "
+          f"'paced': wake_gap_us_per_client default, 'unpaced': 0; readers at nice "
+          f"+{args.readers_nice}; cpu in CPUs; latency: "
           f"publish to reader, all readers' records; load {load_start:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end")
     med = {key: {name: statistics.median(r[name] for r in runs[key]) for name in runs[key][0]}
