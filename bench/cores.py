@@ -51,7 +51,7 @@ the observer. Configurations are run in
 interleaved rounds and the median per configuration is reported, because this machine is
 shared and noisy. One line per configuration, then the scaling ratio.
 
-Usage: python bench/cores.py [--books 200] [--rate 20] [--window-s 10] [--cores 0,1]
+Usage: python bench/cores.py [--books 200] [--rate 50] [--window-s 10] [--cores 0,1]
        python bench/cores.py --synthetic [--window-s 3] [--rounds 3] [--synthetic-rate 1000000]
 """
 
@@ -284,7 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic-rate", type=float, default=1_000_000.0,
                    help="--synthetic: updates/s asked per symbol (far above what a core applies)")
     p.add_argument("--books", type=int, default=200)
-    p.add_argument("--rate", type=float, default=20.0, help="obsim events/s per book")
+    p.add_argument("--rate", type=float, default=50.0, help="obsim events/s per book (a message "
+                   "goes out only when the top 50 levels changed, so fewer are applied)")
     p.add_argument("--cores", default=None, help="observer --cores (default: the first two "
                    "allowed)")
     p.add_argument("--warmup-s", type=float, default=3.0)

@@ -302,6 +302,10 @@ def report(args, counts, runs, load_start: float) -> None:
         ok = ratio >= 0.9 and lost == 0
         print(f"target publishes/s at {top[0]} readers >= 0.9x at {counts[0][0]}, nothing lost or "
               f"lapped: x{ratio:.2f}, {lost} lost/lapped {'met' if ok else 'NOT met'}")
+        if (top[0], False) in med:
+            print(f"pacing at {top[0]} readers: publishes/s x{ratio:.2f} paced vs "
+                  f"x{med[top[0], False]['publishes'] / base:.2f} unpaced; readers cpu "
+                  f"{med[top]['readers_cpu']:.2f} vs {med[top[0], False]['readers_cpu']:.2f}")
 
 
 if __name__ == "__main__":
