@@ -18,7 +18,12 @@ every waiting reader; the readers' wake-ups compete for the CPUs with the shard)
 with threads or a mocked writer would not show. Reader counts are run in interleaved rounds
 (the median is printed) because the machine is shared.
 
-Usage: python bench/fanout.py [--readers 1,16,64,256] [--rate 1000] [--window-s 4] [--rounds 2]
+Rows: 'paced' (the defaults) for each of --readers; the largest count again with the shard
+asking for short scheduler slices ('paced+slice', shard_slice_us) and with pacing off
+('unpaced'), so the effect of each is a ratio within one run.
+
+Usage: python bench/fanout.py [--readers 1,16,64,256] [--rate 1000] [--window-s 3] [--rounds 2]
+       [--sliced 256] [--slice-us 100] [--unpaced 256] [--readers-nice 0]
        [--cores 0] (a pinned shard process instead of the shard in the supervisor's loop)
 """
 
@@ -130,9 +135,13 @@ def reader_child(socket_path: str, k: int, ready_w: int, result_w: int, nice: in
         os._exit(code)
 
 
-def measure(readers_n: int, paced: bool, args, workdir: str) -> dict:
-    config = os.path.join(workdir, f"fanout-{readers_n}-{paced}.toml")
-    pacing = "" if paced else "wake_gap_us_per_client = 0\n"
+MODES = {"paced": "", "unpaced": "wake_gap_us_per_client = 0\n",
+         "paced+slice": "shard_slice_us = {slice_us}\n"}
+
+
+def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
+    config = os.path.join(workdir, f"fanout-{readers_n}-{mode}.toml")
+    pacing = MODES[mode].format(slice_us=args.slice_us)
     with open(config, "w") as f:
         f.write(f"[observer]\nclients_max = {readers_n + 8}\nclients_per_uid_max = "
                 f"{readers_n + 8}\nlog_level = \"warning\"\n{pacing}\n"
@@ -249,23 +258,27 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--readers", default="1,16,64,256")
     p.add_argument("--rate", type=float, default=1000.0, help="synthetic updates/s (one book)")
-    p.add_argument("--window-s", type=float, default=4.0)
+    p.add_argument("--window-s", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cores", default="", help="passed to observer --cores (default: none)")
     p.add_argument("--readers-nice", type=int, default=0,
                    help="readers lower their own priority by this much (a deployment choice: "
                    "strategies below the observer)")
+    p.add_argument("--sliced", default="256", help="reader counts to run again with "
+                   "shard_slice_us = --slice-us (observer/schedslice.py); '' for none")
+    p.add_argument("--slice-us", type=int, default=100)
     p.add_argument("--unpaced", default="256", help="reader counts to run again with pacing "
                    "off (wake_gap_us_per_client = 0), for the before/after ratio; '' for none")
     args = p.parse_args(argv)
-    counts = [(int(n), True) for n in args.readers.split(",")]
-    counts += [(int(n), False) for n in args.unpaced.split(",") if n]
+    counts = [(int(n), "paced") for n in args.readers.split(",")]
+    counts += [(int(n), "paced+slice") for n in args.sliced.split(",") if n]
+    counts += [(int(n), "unpaced") for n in args.unpaced.split(",") if n]
     load_start = os.getloadavg()[0]
     runs: dict[tuple, list[dict]] = {key: [] for key in counts}
     with tempfile.TemporaryDirectory(prefix="fanout-") as workdir:
         for _ in range(args.rounds):
-            for n, paced in counts:
-                runs[n, paced].append(measure(n, paced, args, workdir))
+            for n, mode in counts:
+                runs[n, mode].append(measure(n, mode, args, workdir))
     report(args, counts, runs, load_start)
     return 0
 
@@ -275,7 +288,8 @@ def report(args, counts, runs, load_start: float) -> None:
           f"{'pinned to --cores ' + args.cores if args.cores else 'in the supervisor'}; "
           f"N blocking obclient readers (processes, each checking its sequence numbers); "
           f"{args.window_s} s windows, median of {args.rounds} interleaved rounds; "
-          f"'paced': wake_gap_us_per_client default, 'unpaced': 0; readers at nice "
+          f"'paced': wake_gap_us_per_client default, 'unpaced': 0, '+slice': shard_slice_us = "
+          f"{args.slice_us}; readers at nice "
           f"+{args.readers_nice}; cpu in CPUs; latency: "
           f"publish to reader, all readers' records; load {load_start:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end")
@@ -283,29 +297,31 @@ def report(args, counts, runs, load_start: float) -> None:
            for key in counts}
     base = med[counts[0]]["publishes"]
     for key in counts:
-        n, paced = key
+        n, mode = key
         m = med[key]
         holes = sum(r["holes"] for r in runs[key])
         laps = sum(r["laps"] for r in runs[key])
         rounds = ", ".join(format(r["publishes"], ",.0f") for r in runs[key])
-        print(f"fanout {n:4d} readers {'paced  ' if paced else 'unpaced'}  publishes/s "
+        print(f"fanout {n:4d} readers {mode:<11}  publishes/s "
               f"{m['publishes']:6,.0f} (x{m['publishes'] / base:4.2f})  updates/s "
               f"{m['updates']:6,.0f}  cpu observer {m['observer_cpu']:4.2f} readers "
               f"{m['readers_cpu']:4.2f} idle {m['idle']:4.2f}  wakes/reader/s "
               f"{m['reader_wakes']:5,.0f}  latency p50 {m['p50_us']:7,.0f} us p99 "
               f"{m['p99_us']:8,.0f} us  holes {holes}  lapped {laps}  (rounds {rounds})")
-    paced_counts = [n for n, paced in counts if paced]
+    paced_counts = [n for n, mode in counts if mode == "paced"]
     if len(paced_counts) > 1:
-        top = (paced_counts[-1], True)
+        top = (paced_counts[-1], "paced")
         ratio = med[top]["publishes"] / base
         lost = sum(r["holes"] + r["laps"] for r in runs[top])
         ok = ratio >= 0.9 and lost == 0
         print(f"target publishes/s at {top[0]} readers >= 0.9x at {counts[0][0]}, nothing lost or "
               f"lapped: x{ratio:.2f}, {lost} lost/lapped {'met' if ok else 'NOT met'}")
-        if (top[0], False) in med:
-            print(f"pacing at {top[0]} readers: publishes/s x{ratio:.2f} paced vs "
-                  f"x{med[top[0], False]['publishes'] / base:.2f} unpaced; readers cpu "
-                  f"{med[top]['readers_cpu']:.2f} vs {med[top[0], False]['readers_cpu']:.2f}")
+        for mode in ("paced+slice", "unpaced"):
+            if (top[0], mode) in med:
+                other = med[top[0], mode]
+                print(f"at {top[0]} readers: publishes/s x{ratio:.2f} paced vs "
+                      f"x{other['publishes'] / base:.2f} {mode}; readers cpu "
+                      f"{med[top]['readers_cpu']:.2f} vs {other['readers_cpu']:.2f}")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def run(config, stop: StopSignals) -> int:
         if config.cores is None:      # one shard, in this process and loop (see the essay)
             shard = Shard(0, supervisor.segment.writer(
                 0, wake=config.wake, wake_ahead=config.wake_ahead), feeds, index_of,
-                wake_gap_us_per_client=config.wake_gap_us_per_client)
+                wake_gap_us_per_client=config.wake_gap_us_per_client,
+                slice_us=config.shard_slice_us)
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 
-from observer import loom, memtrace
+from observer import loom, memtrace, schedslice
 from observer.feeds.actions import Publish, Stale
 
 log = logging.getLogger("observer.shard")
@@ -33,10 +33,12 @@ STOP_JOIN_S = 5.0            # a stop waits this long for the fibers to end, the
 class Shard:
     def __init__(self, index: int, writer, feeds: list, book_index_of: dict,
                  *, heartbeat_period_s: float = HEARTBEAT_PERIOD_S,
-                 wake_gap_us_per_client: int = 0):
+                 wake_gap_us_per_client: int = 0, slice_us: int = 0):
         """`feeds`: sans-IO feed objects with start/on_tick/next_deadline_ns/books;
         `book_index_of[(exchange, symbol)]`: the segment slot of each book;
-        `wake_gap_us_per_client`: pace wake-ups (writer.pace_wakes), 0 for never."""
+        `wake_gap_us_per_client`: pace wake-ups (writer.pace_wakes), 0 for never;
+        `slice_us`: the scheduler slice the loop's thread asks for (observer/schedslice.py), 0
+        for the kernel's default."""
         assert writer.shard_index == index
         self.index = index
         self.writer = writer
@@ -45,11 +47,14 @@ class Shard:
         self.heartbeat_period_s = heartbeat_period_s
         self.wake_gap_ns_per_client = int(wake_gap_us_per_client * 1000)
         self._wake_owed: loom.Event | None = None
+        self.slice_us = slice_us
         self.passes = 0
         self.publishes = 0
         self._fibers: list = []
 
     def start(self, loop) -> None:
+        if self.slice_us:  # the thread that runs the loop (start runs there)
+            schedslice.request_slice(max(schedslice.SLICE_NS_MIN, self.slice_us * 1000))
         for feed in self.feeds:
             if hasattr(feed, "run_session"):  # exchange feeds: the session driver owns their I/O
                 feed.run_session(loop, self.writer, self.book_index_of)
