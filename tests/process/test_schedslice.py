@@ -10,9 +10,16 @@ import pytest
 
 from observer import schedslice
 
+def _kernel() -> tuple[int, int]:
+    major, minor = platform.release().split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(platform.machine() != "x86_64",
-                                 reason="sched_setattr syscall numbers are x86-64's")]
+                                 reason="sched_setattr syscall numbers are x86-64's"),
+              pytest.mark.skipif(_kernel() < (6, 12),
+                                 reason="custom EEVDF slices came with Linux 6.12")]
 
 
 def _in_child(fn) -> int:
