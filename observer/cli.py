@@ -120,7 +120,9 @@ def run(config, stop: StopSignals) -> int:
 
             shard = Shard(0, supervisor.segment.writer(
                 0, wake=config.wake, wake_ahead=config.wake_ahead),
-                build_feeds(config, per_feed), index_of)
+                build_feeds(config, per_feed), index_of,
+                wake_gap_us_per_client=config.wake_gap_us_per_client,
+                slice_us=config.shard_slice_us)
         else:
             shard = supervisor.shard_manager = _shard_manager(loop, supervisor, config, descs,
                                                               index_of, shard_of)

@@ -102,7 +102,7 @@ class BybitSpot(Venue):
                 payload = self.message(market, depth, "snapshot", list(bids1.items()), list(asks1.items()), topic["u"])
             else:
                 payload = self.message(market, depth, "delta", bids, asks, topic["u"])
-            self.broadcast(topic["subs"], payload)
+            self.broadcast(topic["subs"], payload, (market.symbol.encode(), topic["u"]))
 
     def publish_full(self, market: Market, changes: list, reset: bool) -> None:
         """The full-depth stream: every change, each price once, `u` + 1 per event (1 after a reset)."""

@@ -42,6 +42,7 @@ from obsim.coinbase import Coinbase
 from obsim.kraken import Kraken
 from obsim.okx import Okx
 from obsim.server import Sim
+from obsim.stamps import StampLog
 from obsim.tls import make_certificates, server_context
 from obsim.wire import SEND_BYTES_MAX_DEFAULT
 
@@ -130,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
       help="also write an observer config file for what is served (run it with "
            "`observer --config PATH` while obsim runs: its CA file lives as long as obsim)")
     a("--version", action="version", version=_version_text())
+    a("--send-stamps", type=Path, metavar="FILE",
+      help="append (symbol, update id, CLOCK_REALTIME ns) of every Bybit stream message as it is "
+           "written, 32-byte records (obsim/stamps.py), for feed-to-client latency")
     a("--exit-on-stdin-eof", action="store_true",
       help="also stop when stdin closes (the harness uses this so obsim never outlives its test)")
     for prefix, inbound, ping_s, pong_s, weight in (("binance", 5, 20, 60, 6000),
@@ -289,8 +293,13 @@ async def amain(opts, plan: Plan) -> None:
     if opts.exit_on_stdin_eof:
         watch_stdin(loop, stop)
     workdir = Path(tempfile.mkdtemp(prefix="obsim-", dir=opts.tmp_dir))   # after the handlers
+    stamps = None
     try:
         venues = build_venues(opts, plan)
+        if opts.send_stamps is not None:
+            stamps = StampLog(str(opts.send_stamps))
+            for venue in venues.values():
+                venue.stamps = stamps
         ca_path, cert_path, key_path = make_certificates(workdir)
         sim = Sim(opts, venues, server_context(cert_path, key_path), str(ca_path))
         await sim.start()
@@ -302,6 +311,8 @@ async def amain(opts, plan: Plan) -> None:
         await stop.wait()
         await sim.close()
     finally:
+        if stamps is not None:
+            stamps.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

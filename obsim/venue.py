@@ -126,6 +126,7 @@ class Venue(abc.ABC):
         self.fault_params: dict[str, dict] = {}
         self.port = 0
         self.connect_attempts: deque[float] = deque(maxlen=CONNECT_ATTEMPTS_TRACKED)
+        self.stamps = None                         # a StampLog (--send-stamps), set by the CLI
         for symbol in symbols:
             self.add_market(symbol, replay)
 
@@ -209,16 +210,19 @@ class Venue(abc.ABC):
     def subscribers(self, key) -> list[Conn]:
         return [c for c in self.conns if key in c.state.get("subs", ())]
 
-    def broadcast(self, conns, payload: bytes) -> None:
+    def broadcast(self, conns, payload: bytes, stamp_key=None) -> None:
+        """Send one message to `conns`; `stamp_key` (symbol bytes, update id): record its send
+        time in the stamp log, if obsim keeps one (obsim/stamps.py)."""
         frame = text_frame(payload)
         for conn in conns:
-            conn.send(frame, payload)
+            conn.send(frame, payload, stamp_key)
             self.counters["messages_sent"] += 1
 
     # -- connections ----------------------------------------------------------------------
 
     async def serve(self, ws) -> None:
         conn = Conn(ws, self.opts.send_bytes_max)
+        conn.stamps = self.stamps
         conn.state["subs"] = set()
         self.conns.add(conn)
         self.counters["connections"] += 1

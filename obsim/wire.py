@@ -79,11 +79,16 @@ class Conn:
         self.closed = False
         self.close_reason = ""
         self.state: dict = {}                 # venue-specific: subscriptions, sequence numbers
+        self.stamps = None                    # a StampLog (obsim/stamps.py) or None
+        self.stamp_keys: list = []            # (symbol, update id) of queued stamped messages
 
-    def send(self, frame: bytes, payload: bytes | None = None) -> None:
-        """Queue one pre-built frame; `payload` is needed only if it may be fragmented."""
+    def send(self, frame: bytes, payload: bytes | None = None, stamp_key=None) -> None:
+        """Queue one pre-built frame; `payload` is needed only if it may be fragmented;
+        `stamp_key` (symbol bytes, update id) is written to the stamp log when it is sent."""
         if self.closed:
             return
+        if stamp_key is not None and self.stamps is not None:
+            self.stamp_keys.append(stamp_key)
         if self.fragment_left and payload is not None:
             self.fragment_left -= 1
             frame = fragmented_frames(payload, self.fragment_bytes)
@@ -109,6 +114,9 @@ class Conn:
         if transport.get_write_buffer_size() + self.pending_bytes > self.send_bytes_max:
             self.abort("slow consumer (send_bytes_max)")
             return False
+        if self.stamp_keys:
+            self.stamps.write(self.stamp_keys)
+            self.stamp_keys.clear()
         transport.write(b"".join(self.pending))
         self.pending.clear()
         self.pending_bytes = 0

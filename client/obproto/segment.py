@@ -87,11 +87,27 @@ class SegmentReader:
         self._books = self._read_descs()
         self.record_type = named_update_type(b.name for b in self._books)  # records know names
         self._views: dict[int, tuple] = {}  # book_index -> per copy (bid_px, bid_sz, ...)
-        self.epoll = select.epoll()
-        for fd in self.wake_fds:
-            # Edge-triggered and never read: every shard flush queues one edge in every
-            # client's epoll, so no client can consume another's wake-up (C6).
-            self.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        self._epoll: select.epoll | None = None  # made by the first wait, register or fileno
+        self._closed = False
+
+    @property
+    def epoll(self) -> select.epoll:
+        """This reader's epoll on the wake fds, made when first needed.
+
+        Why not at once: a caller that waits in its own epoll (obclient's Client) never needs
+        it, and a wake fd in two epolls costs the shard's every wake-up twice in the kernel, and
+        halves how many clients a shard can have: Linux refuses (EINVAL) to let more than 500
+        epolls nested one level reach one eventfd (fs/eventpoll.c, path_limits).
+        """
+        if self._epoll is None:
+            if self._closed:
+                raise ValueError("SegmentReader is closed")
+            self._epoll = select.epoll()
+            for fd in self.wake_fds:
+                # Edge-triggered and never read: every shard flush queues one edge in every
+                # client's epoll, so no client can consume another's wake-up (C6).
+                self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        return self._epoll
 
     def _read_descs(self) -> list[BookInfo]:
         g = self.geometry
@@ -229,9 +245,11 @@ class SegmentReader:
 
     def close(self) -> None:
         """Unmap, close the epoll and the fds we own. Idempotent."""
-        if self.epoll.closed:
+        if self._closed:
             return
-        self.epoll.close()
+        self._closed = True
+        if self._epoll is not None:
+            self._epoll.close()
         self._views.clear()
         self._words.release()
         self._swords.release()

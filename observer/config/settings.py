@@ -51,6 +51,8 @@ SEED_MAX = 2**63 - 1
 BYBIT_CATEGORIES = ("spot", "linear")
 BACKENDS = ("io_uring", "epoll", "kqueue")
 WAKE_MODES = ("auto", "eventfd", "io_uring")        # observer/shm/wake.py uses this list
+WAKE_GAP_US_PER_CLIENT = 40       # pacing (observer/shm/writer.py): ~2x a client's wake-up CPU
+WAKE_GAP_US_PER_CLIENT_MAX = 10_000
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -112,6 +114,13 @@ OBSERVER_KEYS = (
     Key("wake", Choice(WAKE_MODES), "auto", "how a shard wakes clients: write its eventfd, or "
         "have an io_uring worker write it (the shard's cost then does not grow with clients); "
         "auto: the first below 16 attached clients, the second from there", "--wake"),
+    Key("wake_gap_us_per_client", Integer(0, WAKE_GAP_US_PER_CLIENT_MAX),
+        WAKE_GAP_US_PER_CLIENT, "from 16 attached clients, a shard wakes them at most once per "
+        "clients x this many us (records published meanwhile are announced at the gap's end), "
+        "so their wake-ups use a bounded share of the CPU; 0: wake on every flush"),
+    Key("shard_slice_us", Integer(0, 100_000), 0, "ask Linux (6.12+) to run shards in slices "
+        "of this many us (100 to 100000; 0: the kernel's default), so a shard waits less behind "
+        "a burst of woken clients (observer/shard/schedslice.py)"),
     Key("wake_ahead", Flag(), True, "wake clients when a message arrives, before it is parsed "
         "(false for hosts whose clients all busy-poll)"),
     Key("log_format", Choice(LOG_FORMATS), "text", "log line format", "--log-format"),
@@ -205,6 +214,8 @@ class ObserverConfig:
     backend: str | None = None
     wake: str = "auto"  # how flushes wake clients: auto, eventfd or io_uring (observer/shm/wake.py)
     wake_ahead: bool = True  # wake clients when a message arrives, before it is parsed
+    wake_gap_us_per_client: int = WAKE_GAP_US_PER_CLIENT  # pacing, observer/shm/writer.py
+    shard_slice_us: int = 0  # observer/shard/schedslice.py; 0: the kernel's default slice
     log_format: str = "text"
     log_level: str = "info"
     lag_bound_ms: float = 1000.0

@@ -102,7 +102,8 @@ def run(spec: ShardSpec, segment) -> int:
         feeds = build_feeds(config)
         shard = Shard(spec.shard_index, segment.writer(spec.shard_index, wake=config.wake,
                                              wake_ahead=config.wake_ahead), feeds,
-                      spec.book_index_of)
+                      spec.book_index_of, wake_gap_us_per_client=config.wake_gap_us_per_client,
+                      slice_us=config.shard_slice_us)
         log_event(log, "shard_started", shard=spec.shard_index, core=spec.core,
                   pid=os.getpid(), backend=loop.backend_name, books=len(spec.book_index_of),
                   feeds=len(feeds))

@@ -26,6 +26,7 @@ from observer.config.settings import WAKE_MODES  # one list: the config key's ch
 from observer.loom import uring as ur
 
 AUTO_URING_CLIENTS = 16  # auto: from this many attached clients, wake through io_uring
+PACE_CLIENTS_MIN = 16  # writers that pace wake-ups (writer.py, Pacing) do from this many clients
 RING_ENTRIES = 16  # writes in flight at most; more means the worker is behind: write directly
 _IOSQE_ASYNC = 1 << 4  # always punt to an io-wq worker, never complete inline in the enter
 # The 8 bytes every write sends. Module-level, so it outlives any ring: a write still with the

@@ -16,6 +16,19 @@ may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once
 first message of such a batch arrives, before it is parsed, so that waking sleeping clients
 overlaps parsing and publishing (PROTOCOL.md).
 
+Pacing (many clients). A wake-up is not free for the machine: the kernel wakes every waiting
+client (about 3 µs each, through its wake fd), and each woken client spends 15-20 µs of CPU
+(a Python reader) before it sleeps again; 256 clients woken 1000 times a second would need
+five CPUs, and on two their wake-ups crowd out the shard itself (bench/fanout.py). So once a
+pacer is attached (`pace_wakes`, the shard does it) and at least PACE_CLIENTS_MIN clients are
+attached, a flush wakes at most once per `clients_n * gap_ns_per_client`: a flush inside that
+gap only records that a wake-up is owed, and the pacer pays it at the gap's end
+(`flush_owed`), so every record is announced at most one gap after its publish, and the CPU
+all clients spend waking stays below a fixed share whatever the publish rate (with the
+default 40 µs per client and ~20 µs per client wake-up, half a CPU). A slower publish rate
+than one per gap is not delayed at all. Wake-ahead is off while pacing: it would wake every
+client early to spin for a record (PROTOCOL.md).
+
 The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
 """
@@ -28,7 +41,7 @@ import time
 
 import numpy as np
 
-from observer.shm.wake import ShardWaker
+from observer.shm.wake import PACE_CLIENTS_MIN, ShardWaker
 from obproto import latch, layout
 from obproto.layout import CopyHead, RecordBody
 
@@ -76,6 +89,11 @@ class ShardWriter:
         self._ahead_index = shard_word0 + layout.SHARD.fields["wake_ahead"][1] // 8
         self._ahead = False
         self._ahead_enabled = wake_ahead
+        self._gap_ns_per_client = 0  # pacing (module essay): 0 until pace_wakes()
+        self._wake_gap_ns = 0  # least time between two wake-ups now (heartbeat, from clients_n)
+        self._wake_next_ns = 0  # monotonic ns before which a flush defers its wake-up
+        self._owed = False  # a flush deferred its wake-up; the pacer calls flush_owed()
+        self._on_owed = None  # the pacer's callback: on_owed(due_monotonic_ns)
         self._words[self._ahead_index] = 0  # a restarted shard: no publish is on its way
         self._swords[shard_word0 + layout.SHARD.fields["writer_pid"][1] // 8] = os.getpid()
         self.heartbeat()
@@ -225,7 +243,8 @@ class ShardWriter:
         turned off (`wake_ahead=False`: only busy-polling clients, which it would only delay
         by a system call).
         """
-        if self._ahead or self._ring_pos[0] != self._flushed_pos or not self._ahead_enabled:
+        if (self._ahead or self._ring_pos[0] != self._flushed_pos or not self._ahead_enabled
+                or self._wake_gap_ns):
             return
         self._ahead = True
         self._words[self._ahead_index] = 1  # before the write: a woken client sees it
@@ -236,13 +255,26 @@ class ShardWriter:
 
     def flush(self) -> bool:
         """Wake every waiting client with one eventfd write if anything was published, and
-        end a wake-ahead (also when nothing was published: then no one waits for a record)."""
+        end a wake-ahead (also when nothing was published: then no one waits for a record).
+
+        While pacing (module essay), a flush inside the gap since the last wake-up defers it:
+        the first such flush calls the pacer's `on_owed(due_ns)`, which calls `flush_owed()`
+        at `due_ns` (monotonic). True when something was published."""
         if self._ahead:
             self._ahead = False
             self._words[self._ahead_index] = 0
         pos = self._ring_pos[0]
         if pos == self._flushed_pos:
             return False
+        if self._wake_gap_ns:
+            now_ns = time.monotonic_ns()
+            if now_ns < self._wake_next_ns:
+                if not self._owed:
+                    self._owed = True
+                    self._on_owed(self._wake_next_ns)
+                return True
+            self._wake_next_ns = now_ns + self._wake_gap_ns
+        self._owed = False
         self._flushed_pos = pos
         try:
             self._wake()
@@ -251,12 +283,39 @@ class ShardWriter:
         self._words[self._flushes_index] += 1
         return True
 
+    def pace_wakes(self, gap_ns_per_client: int, on_owed) -> None:
+        """Pace wake-ups from PACE_CLIENTS_MIN attached clients on (module essay): at most one
+        per `clients_n * gap_ns_per_client` ns (0: never pace). `on_owed(due_ns)` is called
+        once per deferred wake-up, and must make `flush_owed()` run at monotonic `due_ns`.
+        Takes effect at the next heartbeat, where the client count is read."""
+        assert gap_ns_per_client >= 0
+        assert on_owed is not None or gap_ns_per_client == 0
+        self._gap_ns_per_client = gap_ns_per_client
+        self._on_owed = on_owed
+
+    def flush_owed(self) -> bool:
+        """The pacer's call when a deferred wake-up is due: write it now if still owed (a
+        flush since may have paid it). True when it wrote."""
+        if not self._owed:
+            return False
+        self._wake_next_ns = 0
+        return self.flush()
+
+    @property
+    def wake_gap_ns(self) -> int:
+        """The least time between two wake-ups now (0: not pacing)."""
+        return self._wake_gap_ns
+
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Bump this shard's heartbeat (C9); the shard calls it at its heartbeat period.
 
-        Also where wake mode auto follows the number of attached clients (segment header)."""
+        Also where wake mode auto and pacing follow the number of attached clients (segment
+        header)."""
         self._swords[self._heartbeat_index] = time.time_ns() if now_ns is None else now_ns
-        self._wake = self._waker.choose(self._words[self._clients_index])
+        clients_n = self._words[self._clients_index]
+        self._wake = self._waker.choose(clients_n)
+        self._wake_gap_ns = (clients_n * self._gap_ns_per_client
+                             if clients_n >= PACE_CLIENTS_MIN else 0)
 
     def book_stats(self, book_index: int) -> "BookStats":
         """The counters of one book, living in the segment, for the shard to update."""
