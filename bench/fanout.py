@@ -135,8 +135,9 @@ def reader_child(socket_path: str, k: int, ready_w: int, result_w: int, nice: in
         os._exit(code)
 
 
-MODES = {"paced": "", "unpaced": "wake_gap_us_per_client = 0\n",
-         "paced+slice": "shard_slice_us = {slice_us}\n"}
+PACED = "wake_gap_us_per_client = 40\n"       # the value README suggests (off by default)
+MODES = {"paced": PACED, "unpaced": "wake_gap_us_per_client = 0\n",
+         "paced+slice": PACED + "shard_slice_us = {slice_us}\n"}
 
 
 def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
@@ -288,7 +289,7 @@ def report(args, counts, runs, load_start: float) -> None:
           f"{'pinned to --cores ' + args.cores if args.cores else 'in the supervisor'}; "
           f"N blocking obclient readers (processes, each checking its sequence numbers); "
           f"{args.window_s} s windows, median of {args.rounds} interleaved rounds; "
-          f"'paced': wake_gap_us_per_client default, 'unpaced': 0, '+slice': shard_slice_us = "
+          f"'paced': wake_gap_us_per_client = 40, 'unpaced': 0 (the default), '+slice': shard_slice_us = "
           f"{args.slice_us}; readers at nice "
           f"+{args.readers_nice}; cpu in CPUs; latency: "
           f"publish to reader, all readers' records; load {load_start:.2f} at start, "
