@@ -63,7 +63,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CLIENTS_MAX = 256
 CLIENTS_PER_UID_MAX = 128
 CLIENTS_PER_PID_MAX = 32
-CLIENTS_LIMIT_MAX = 65536        # a connection is an fd: past this the fd limit decides first
+# Each client waits on its own epoll holding a shard's eventfd, inside the client's own epoll:
+# Linux allows 500 such two-level paths to one eventfd (fs/eventpoll.c, path limits), so the
+# 501st client of a shard could not attach (EINVAL). Past this, BUSY says so instead.
+CLIENTS_LIMIT_MAX = 500
 CLIENT_IDLE_S = 60.0             # obclient pings after half of it, from any call or wait
 CLIENT_IDLE_S_MAX = 86400.0
 
