@@ -20,6 +20,8 @@ import ctypes
 import logging
 import os
 
+from observer.telemetry.logs import log_event
+
 SLICE_NS_MIN = 100_000  # the kernel's clamp: 0.1 ms .. 100 ms
 SLICE_NS_MAX = 100_000_000
 _SYS_SCHED_SETATTR = 314  # x86-64
@@ -62,7 +64,7 @@ def request_slice(slice_ns: int) -> bool:
             errno = ctypes.get_errno()
             raise OSError(errno, f"sched_setattr: {os.strerror(errno)}")
     except OSError as exc:
-        log.warning("shard slice %d us not set (%s): the shard runs in the default slices",
-                    slice_ns // 1000, exc)
+        log_event(log, "shard_slice_refused", level=logging.WARNING, slice_us=slice_ns // 1000,
+                  error=str(exc), note="the shard runs in the default slices")
         return False
     return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import struct
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from obproto.segment import SegmentReader
 from observer import loom
 from observer.shard.runner import Shard
+from observer.shard.tickfeed import TickedFeed
 from observer.shm.wake import PACE_CLIENTS_MIN
 from obproto import layout
 from obproto.layout import BookDesc
@@ -106,9 +108,10 @@ def test_a_writer_without_a_pacer_never_defers(make_segment):
 
 
 class BurstFeed:
-    """A sans-IO feed (the Shard's interface) that publishes RECORDS_N updates of one book, one
-    per pass as fast as the loop turns, then nothing: the last ones land inside a gap, with no
-    flush after them, so only the pacer can announce them."""
+    """A clock-driven sans-IO adapter (run by TickedFeed, as the synthetic walk is) that
+    publishes RECORDS_N updates of one book, one per pass as fast as the loop turns, then
+    nothing: the last ones land inside a gap, with no flush after them, so only the pacer can
+    announce them."""
 
     exchange = "x"
 
@@ -126,7 +129,7 @@ class BurstFeed:
         if self.sent >= RECORDS_N:
             return []
         self.sent += 1
-        self.books["BTCUSD"] = _book(self.sent)
+        self.books["BTCUSD"].set([(100, 1)], [(101, 1)], self.sent, 0)   # in place: the sink holds it
         return [Publish("BTCUSD")]
 
     def next_deadline_ns(self):
@@ -165,6 +168,7 @@ def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(ma
     ready_r, ready_w = os.pipe()
     out_r, out_w = os.pipe()
     pids = []
+    results = None
     try:
         for _ in range(READERS_N):
             pid = os.fork()
@@ -181,7 +185,7 @@ def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(ma
             got += chunk
         seg.set_clients(READERS_N)  # as the supervisor does
         writer = seg.writer(0, wake="eventfd")
-        shard = Shard(0, writer, [BurstFeed()], {("x", "BTCUSD"): 0},
+        shard = Shard(0, writer, [TickedFeed(BurstFeed())], {("x", "BTCUSD"): 0},
                       wake_gap_us_per_client=GAP_NS_PER_CLIENT // 1000)
         results = _run_until_reported(shard, out_r)
         view = _observer(seg)
@@ -192,6 +196,8 @@ def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(ma
             if fd_ >= 0:
                 os.close(fd_)
         for pid in pids:
+            if results is None:          # the shard failed: readers would wait for ever
+                os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     assert len(results) == READERS_N
     for records, holes, laps, last in results:
