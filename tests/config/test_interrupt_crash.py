@@ -9,7 +9,8 @@ ijl/orjson#310): an exception raised by the handler inside `uuid`'s import is su
 The fix (observer/process/stopsignals.py): a signal that lands while an import runs is only
 recorded, and raised at the next `checkpoint()`.
 
-Two tests, the first exact, the second broad:
+Two tests of the stop signals, the first exact, the second broad, and two of what a crash
+leaves (faulthandler, enabled by the observer and the zygote: its stack in the log):
 
 - For every import that an extension module's initialisation makes itself while the observer
   imports what it runs on, a child process sends itself SIGINT from inside that import (a
@@ -23,6 +24,7 @@ Two tests, the first exact, the second broad:
   runs), so they land in the same phases however loaded the machine is; wall-clock instants
   on a busy machine all fall into the interpreter's start-up. Before the fix, 3 in 200 such
   runs with instants in the first 400 ms died by SIGSEGV in orjson's init.
+- An observer, then a shard, killed by SIGSEGV: the log holds the Python stack.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import sys
 import pytest
 
 from observer.process.instance import InstanceLock
-from kit.procs import processes_with, shm_entries, unique_name, wait_until
+from kit.procs import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
 
 WAIT_S = 60.0
 PARALLEL = 4
@@ -223,3 +225,39 @@ def test_stop_signals_at_cpu_instants_of_start_up_and_stop(tmp_path, busy_cores,
         for future in futures:
             future.result()
     assert len(FIRST_MS) >= 32
+
+
+# -- a crash says where it happened --------------------------------------------------------------
+
+def _stack_in(text: str) -> bool:
+    """faulthandler's report: the fatal signal, then at least one Python frame."""
+    return "Fatal Python error: Segmentation fault" in text and 'File "' in text
+
+
+def test_a_crashed_observer_leaves_its_stack_in_the_log():
+    """SIGSEGV (sent, as a crash would raise it) kills the observer, and its log says where
+    it was; the reaper still removes the socket file, and nothing else is left."""
+    with ObserverProcess() as obs:
+        obs.wait_ready(WAIT_S).close()
+        obs.send_signal(signal.SIGSEGV)
+        assert obs.proc.wait(WAIT_S) == -signal.SIGSEGV
+        assert _stack_in(obs.log_text()), obs.log_text()
+        wait_until(lambda: not os.path.exists(obs.socket_path), WAIT_S, "the reaper")
+        wait_until(lambda: not processes_with(obs.name), WAIT_S, "every observer process gone")
+        assert shm_entries(obs.name) == []
+
+
+def test_a_crashed_shard_leaves_its_stack_in_the_log():
+    """Shards are forks of the zygote and inherit its faulthandler: a shard's crash is in the
+    observer's log, the shard is restarted, and the observer still stops cleanly."""
+    core = str(sorted(os.sched_getaffinity(0))[0])
+    with ObserverProcess(extra_args=("--cores", core)) as obs:
+        obs.wait_ready(WAIT_S).close()
+        shard_pid = wait_until(lambda: processes_with(obs.name, "ob-shard"), WAIT_S,
+                               "the shard process")[0]
+        os.kill(shard_pid, signal.SIGSEGV)
+        wait_until(lambda: _stack_in(obs.log_text()), WAIT_S, "the shard's stack in the log")
+        wait_until(lambda: [p for p in processes_with(obs.name, "ob-shard") if p != shard_pid],
+                   WAIT_S, "the restarted shard")
+        assert obs.stop(signal.SIGTERM) == 0, obs.log_text()
+        wait_until(lambda: not processes_with(obs.name), WAIT_S, "every observer process gone")
