@@ -7,12 +7,22 @@ and `make run` (demo.py) install these handlers as the first act of `main`, and 
 signal is data, in two phases:
 
 - Until `hold()`, while nothing exists that a stop must undo (arguments, the config file), the
-  first signal raises `Interrupted` once, wherever main is, and main returns its exit status.
-  Such a phase may block (a config "file" that is a pipe) and still stops at once.
+  first signal raises `Interrupted` once, wherever main is but inside an import, and main
+  returns its exit status. Such a phase may block (a config "file" that is a pipe) and still
+  stops at once.
 - From `hold()` on, a signal is only recorded, and its number also arrives as one byte on
   `reader` (`signal.set_wakeup_fd`), which the observer's loop reads like any socket: the stop
   then runs as ordinary fiber code once start-up is complete, and nothing in start-up or
   shutdown is ever cut in half.
+
+Never inside an import. An extension module's initialisation may import Python modules, and
+an exception raised from the handler there makes that import fail under C code that may not
+check: orjson 3.13's init dereferences the NULL it gets back (ijl/orjson#310), so a Ctrl-C
+while `import orjson` imported `uuid` or `json` killed the observer with SIGSEGV and an empty
+log. So a signal that lands while any import runs (its frames are in the handler's frame
+chain) is only recorded, and raised by the next `checkpoint()` or `deferred()`, or seen by
+main after `hold()` (`signum` is set and the wakeup fd has its byte): the stop is then a few
+imports later, and still clean.
 
 The handler raises at most once: having raised, it holds, so the cleanup that `Interrupted`
 unwinds through is never interrupted by a second Ctrl-C. `deferred()` holds for one step
@@ -34,6 +44,20 @@ import signal
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 0}    # 130 = 128 + SIGINT, as shells report
+
+
+# The frames of Python's import machinery, present in a signal handler's frame chain exactly
+# while an import runs (whatever the importer: an `import` statement or an extension's init).
+_IMPORT_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+
+
+def _importing(frame) -> bool:
+    """True while `frame`, or a frame that called it, is importing a module."""
+    while frame is not None:
+        if frame.f_code.co_filename in _IMPORT_FILES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Interrupted(BaseException):
@@ -71,9 +95,17 @@ class StopSignals:
     def _on_signal(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum
-        if not self.holding:
-            self.holding = True             # raise once; the unwinding cleanup is not cut
-            raise Interrupted(signum)
+        if self.holding or _importing(frame):
+            return                          # recorded; an import is never cut (module essay)
+        self.holding = True                 # raise once; the unwinding cleanup is not cut
+        raise Interrupted(signum)
+
+    def checkpoint(self) -> None:
+        """Raise `Interrupted` now for a signal that came during an import and was kept for
+        later; call it between the imports and a step that may block."""
+        if self.signum is not None and not self.holding:
+            self.holding = True
+            raise Interrupted(self.signum)
 
     def hold(self) -> None:
         """From here on a signal is only recorded (and readable on `reader`)."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import logging
 import os
 import select
@@ -332,6 +333,7 @@ def main(argv=None) -> int:
     # SIGTERM handler.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    faulthandler.enable(sys.stderr)     # a crash logs its stack (cli.py); shards inherit it
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
         eventfds = [int(fd) for fd in args.eventfds.split(",") if fd]
