@@ -20,6 +20,7 @@ import time
 
 import obclient
 from obrelay.config import RelayConfig, RelayConfigError, build_config, parse_args
+from obrelay.logs import log_event, setup as setup_logs
 from obproto import messages
 from obproto import relay as wire
 
@@ -49,12 +50,11 @@ def main(argv=None) -> int:
     if NATS_MISSING:
         print(f"obrelay: {NATS_MISSING}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s obrelay %(levelname)s %(message)s")
+    setup_logs(config.log_format, config.log_level)
     try:
         return asyncio.run(run(config))
     except LinkError as exc:
-        log.error("%s", exc)
+        log_event(log, "relay_failed", level=logging.ERROR, error=str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
@@ -80,8 +80,9 @@ async def run(config: RelayConfig) -> int:
                 await link.ensure_stream(observer)
                 incarnation = _next_incarnation(await link.last_heartbeat(observer))
             relay = Relay(config, client, link, observer, incarnation)
-            log.info("relaying observer %s as incarnation %d on %s", observer, incarnation,
-                     wire.observer_wildcard(config.subject_prefix, observer))
+            log_event(log, "relay_started", observer=observer, incarnation=incarnation,
+                      subjects=wire.observer_wildcard(config.subject_prefix, observer),
+                      nats=link.server_url(), stream=config.stream)
             await relay.run(stop)
         finally:
             await link.close()
@@ -98,7 +99,8 @@ async def _observer_name(client, stop: asyncio.Event) -> str | None:
             return client.stats().observer["name"]
         except obclient.ObserverUnavailable as exc:
             if not warned:
-                log.warning("waiting for the observer (%s); or pass --name", exc)
+                log_event(log, "observer_waiting", level=logging.WARNING, error=str(exc),
+                          hint="or pass --name")
                 warned = True
         await _sleep_unless(stop, OBSERVER_WAIT_S)
     return None
@@ -112,7 +114,8 @@ def _next_incarnation(last_hb_payload: bytes | None) -> int:
     try:
         last = wire.decode(last_hb_payload)
     except wire.RelayMessageError as exc:
-        log.warning("the stream's last heartbeat is unreadable (%s); using the clock", exc)
+        log_event(log, "stream_heartbeat_unreadable", level=logging.WARNING, error=str(exc),
+                  incarnation_from="clock")
         return now_ns
     if type(last) is not wire.Heartbeat:
         return now_ns

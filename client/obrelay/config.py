@@ -49,6 +49,7 @@ class RelayConfig:
     stream_replicas: int = 1
     stream_storage: str = "memory"
     log_level: str = "info"
+    log_format: str = "text"             # text: one k=v line per event; json: one object
 
     @property
     def tls(self) -> bool:
@@ -101,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stream-replicas", type=int, default=1)
     p.add_argument("--stream-storage", choices=("memory", "file"), default="memory")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="each line an event name with key=value fields (text) or a JSON object")
     return p.parse_args(argv)
 
 
@@ -112,7 +115,7 @@ def build_config(args: argparse.Namespace) -> RelayConfig:
         subject_prefix=args.subject_prefix, heartbeat_ms=args.heartbeat_ms,
         stats_s=args.stats_s, inflight_bytes_max=args.inflight_bytes_max, stream=args.stream,
         stream_replicas=args.stream_replicas, stream_storage=args.stream_storage,
-        log_level=args.log_level)
+        log_level=args.log_level, log_format=args.log_format)
     validate(config)
     return config
 

@@ -36,6 +36,7 @@ import nats.js.errors
 from nats.js import api as js_api
 
 from obrelay.config import RelayConfig, tls_context
+from obrelay.logs import log_event
 from obproto import relay as wire
 
 log = logging.getLogger("obrelay")
@@ -141,7 +142,7 @@ class NatsLink:
             return False
         self.nc = connecting.result()
         self._flusher = loop.create_task(self._flush_loop())
-        log.info("connected to NATS at %s", self.server_url())
+        log_event(log, "nats_connected", url=self.server_url())
         return True
 
     async def _on_error(self, exc: BaseException) -> None:
@@ -156,25 +157,27 @@ class NatsLink:
         kind = type(exc).__name__
         if kind not in self._errors_seen:
             self._errors_seen.add(kind)
-            log.warning("NATS: %s; retrying", refusal or repr(exc))
+            log_event(log, "nats_retrying", level=logging.WARNING, error=refusal or repr(exc))
         else:
-            log.debug("NATS: %r", exc)
+            log_event(log, "nats_error", level=logging.DEBUG, error=repr(exc))
 
     async def _on_disconnected(self) -> None:
         if self._closing:
             return
         self.disconnects += 1
-        log.warning("NATS connection lost; reconnecting (%s)", ", ".join(self.config.nats_urls))
+        log_event(log, "nats_disconnected", level=logging.WARNING,
+                  servers=",".join(self.config.nats_urls))
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
         self.acked_bytes = self.sent_bytes       # unknowable: the relay re-sends every book
-        log.warning("NATS reconnected to %s; re-sending every book", self.server_url())
+        log_event(log, "nats_reconnected", level=logging.WARNING, url=self.server_url(),
+                  resend="every_book")
         self.on_reconnected()
         self.on_ready()
 
     async def _on_closed(self) -> None:
-        log.info("NATS connection closed")
+        log_event(log, "nats_closed")
 
     def server_url(self) -> str:
         url = self.nc.connected_url if self.nc is not None else None
@@ -204,7 +207,7 @@ class NatsLink:
             await self.nc.publish(subject, payload)
         except (nats.errors.Error, OSError) as exc:
             self.publish_errors += 1
-            log.debug("publish on %s failed: %r", subject, exc)
+            log_event(log, "publish_failed", level=logging.DEBUG, subject=subject, error=repr(exc))
             return False
         self.sent_bytes += pub_bytes(subject, len(payload))
         inflight = self.sent_bytes - self.acked_bytes
@@ -232,7 +235,7 @@ class NatsLink:
             try:
                 await nc.flush(FLUSH_TIMEOUT_S)
             except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-                log.debug("flush: %r", exc)
+                log_event(log, "flush_failed", level=logging.DEBUG, error=repr(exc))
                 self._flush_wanted.set()
                 await asyncio.sleep(FLUSH_RETRY_S)
                 continue
@@ -264,7 +267,7 @@ class NatsLink:
                         f"JetStream did not answer within {JS_READY_TIMEOUT_S:.0f} s ({exc}): is "
                         f"it enabled on the server (nats-server -js)? Or pass --no-stream to "
                         f"relay without late join") from None
-                log.info("JetStream not ready yet (%s); retrying", exc)
+                log_event(log, "jetstream_retrying", error=str(exc))
                 await asyncio.sleep(JS_RETRY_S)
 
     async def _ensure_stream_once(self, observer: str) -> str:
@@ -281,7 +284,7 @@ class NatsLink:
             info = await jsm.stream_info(want.name)
         except nats.js.errors.NotFoundError:
             await self._js_call(jsm.add_stream, want, "create")
-            log.info("created stream %s for %s", want.name, want.subjects[0])
+            log_event(log, "stream_created", stream=want.name, subjects=want.subjects[0])
             return want.name
         have = info.config
         have_storage = js_api.StorageType(have.storage).value    # the API gives a str
@@ -292,7 +295,8 @@ class NatsLink:
         if (have.subjects != want.subjects or have.max_msgs_per_subject != 1
                 or not have.allow_direct or have.num_replicas != want.num_replicas):
             await self._js_call(jsm.update_stream, want, "update")
-            log.info("updated stream %s to keep the last message per subject", want.name)
+            log_event(log, "stream_updated", stream=want.name, subjects=want.subjects[0],
+                      max_msgs_per_subject=1)
         return want.name
 
     async def _js_call(self, call, config, what: str):
@@ -313,7 +317,8 @@ class NatsLink:
             return None
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             # Only the clock orders this incarnation then; say so rather than wait.
-            log.warning("cannot read the previous relay's heartbeat (%r)", exc)
+            log_event(log, "previous_heartbeat_unreadable", level=logging.WARNING,
+                      error=repr(exc), incarnation_from="clock")
             return None
         return msg.data
 
@@ -328,5 +333,5 @@ class NatsLink:
             if self.nc.is_connected:
                 await self.nc.flush(FLUSH_TIMEOUT_S)
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-            log.warning("final flush failed: %r", exc)
+            log_event(log, "final_flush_failed", level=logging.WARNING, error=repr(exc))
         await self.nc.close()

@@ -30,6 +30,7 @@ from obclient.client import BookNotFound, ObserverUnavailable
 from obrelay.books import BookTable, FollowedBook
 from obrelay.config import RelayConfig
 from obrelay.link import NatsLink
+from obrelay.logs import log_event
 from obproto import relay as wire
 
 log = logging.getLogger("obrelay")
@@ -102,7 +103,7 @@ class Relay:
             return
         while True:
             await asyncio.sleep(self.config.stats_s)
-            log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
+            log_event(log, "relay_stats", **self.stats())
 
     # -- the pump ----------------------------------------------------------------------------
 
@@ -129,11 +130,11 @@ class Relay:
         except ObserverUnavailable:
             return                 # gone again already; the next pump sees it
         followed = self.table.attach(generation, infos)
-        log.info("observer generation %d: relaying %d of its %d books", generation,
-                 len(followed), len(infos))
+        log_event(log, "observer_attached", generation=generation, books_relayed=len(followed),
+                  books=len(infos))
         if not followed:
-            log.warning("no book of the observer matches --books %s",
-                        ",".join(self.config.books))
+            log_event(log, "books_unmatched", level=logging.WARNING,
+                      patterns=",".join(self.config.books))
 
     async def _publish_dirty(self) -> None:
         table, link = self.table, self.link
@@ -215,7 +216,7 @@ class Relay:
                 if book.last is not None:
                     await self.publish_book(book, stale=True)
             await self.publish_heartbeat(stopping=True)
-        log.info("stopping: %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
+        log_event(log, "relay_stopping", **self.stats())
 
 
 def _observer_heartbeat_ns(client) -> int:

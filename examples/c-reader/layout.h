@@ -58,6 +58,8 @@
 #define D_EXCHANGE_BYTES 16
 #define D_SYMBOL 16
 #define D_SYMBOL_BYTES 48
+#define D_NATIVE 64
+#define D_NATIVE_BYTES 56
 #define D_SHARD_INDEX 120
 
 /* Shard header. */

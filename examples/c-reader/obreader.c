@@ -21,6 +21,7 @@
  * 6 a book could not be read (no stable copy within the latch retry bound, out of memory).
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -484,39 +485,207 @@ static void map_segment(Segment *s, int fd, const Welcome *w) {
 typedef struct {
     uint32_t index, shard;
     char name[16 + 1 + 48 + 1];  /* exchange:symbol */
-    const char *exchange, *symbol;
-    size_t exchange_len, symbol_len;
+    const char *exchange, *symbol, *native;
+    size_t exchange_len, symbol_len, native_len;
 } BookDesc;
 
 static BookDesc book_desc(const Segment *s, uint32_t index) {
     const char *d = s->map + s->descs_offset + (size_t)index * BOOK_DESC_BYTES;
-    BookDesc b = {.index = index, .exchange = d + D_EXCHANGE, .symbol = d + D_SYMBOL};
+    BookDesc b = {.index = index, .exchange = d + D_EXCHANGE, .symbol = d + D_SYMBOL,
+                  .native = d + D_NATIVE};
     b.exchange_len = strnlen(b.exchange, D_EXCHANGE_BYTES);
     b.symbol_len = strnlen(b.symbol, D_SYMBOL_BYTES);
+    b.native_len = strnlen(b.native, D_NATIVE_BYTES);
     b.shard = header_u32(d, D_SHARD_INDEX);
     snprintf(b.name, sizeof b.name, "%.*s:%.*s", (int)b.exchange_len, b.exchange,
              (int)b.symbol_len, b.symbol);
     return b;
 }
 
-/* `SYMBOL` (one venue has it) or `exchange:SYMBOL`, without regard to (ASCII) case. */
-static BookDesc resolve(const Segment *s, const char *name) {
-    const char *colon = strchr(name, ':');
-    BookDesc hit = {0};
-    int hits = 0;
-    char choices[1024] = "";
+/* ------------------------------------------------------------------ book names
+ *
+ * As PROTOCOL.md says (and obclient does): a name is `exchange:SYMBOL` or a bare `SYMBOL`
+ * (accepted when exactly one book matches), without regard to (ASCII) case. SYMBOL matches a
+ * book when it is the book's normalised symbol (`BTCUSD`), the exchange's native spelling
+ * (`BTC/USD` on Kraken, `BTC-USD` on Coinbase) or a spelling that normalises to the symbol
+ * (`XBT/USD`). The messages are obclient's, word for word, so a script sees one text. */
+
+#define SYMBOL_CHARS_MAX 40
+
+static const char *const QUOTES[] = {   /* longest first: BTCUSDT is BTC/USDT, not BTCUSD/T */
+    "FDUSD", "USDT", "USDC", "BUSD", "DAI", "USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD",
+    "TRY", "BRL", "BTC", "ETH", "XBT", "BNB", "SOL", "DOT"};
+
+/* Kraken's legacy asset codes as the other venues name them. */
+static const char *asset_alias(const char *asset, size_t len) {
+    if (len == 3 && !memcmp(asset, "XBT", 3)) return "BTC";
+    if (len == 3 && !memcmp(asset, "XDG", 3)) return "DOGE";
+    return NULL;
+}
+
+static void append_asset(char *out, size_t *n, const char *asset, size_t len) {
+    const char *alias = asset_alias(asset, len);
+    if (alias) len = strlen(asset = alias);
+    memcpy(out + *n, asset, len);
+    *n += len;
+}
+
+/* The normalised symbol of an upper-case `text` into `out` (room for 2x its length), or 0 if
+ * it is not a symbol's shape (empty, too long, foreign characters): then only exact names hit. */
+static int normalise(const char *text, char *out) {
+    size_t len = strlen(text), n = 0;
+    if (len == 0 || len > SYMBOL_CHARS_MAX) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!(((unsigned char)text[i] < 128 && isalnum((unsigned char)text[i]))
+              || strchr("/-_.", text[i])))
+            return 0;
+    for (const char *sep = "/-_"; *sep; sep++) {       /* the first separator kind present */
+        if (!strchr(text, *sep)) continue;
+        for (const char *part = text;;) {
+            const char *end = strchr(part, *sep);
+            size_t part_len = end ? (size_t)(end - part) : strlen(part);
+            append_asset(out, &n, part, part_len);
+            if (!end) break;
+            part = end + 1;
+        }
+        out[n] = '\0';
+        return 1;
+    }
+    for (size_t q = 0; q < sizeof QUOTES / sizeof *QUOTES; q++) {
+        size_t quote_len = strlen(QUOTES[q]);
+        if (len > quote_len && !strcmp(text + len - quote_len, QUOTES[q])) {
+            append_asset(out, &n, text, len - quote_len);
+            append_asset(out, &n, QUOTES[q], quote_len);
+            out[n] = '\0';
+            return 1;
+        }
+    }
+    memcpy(out, text, len + 1);
+    return 1;
+}
+
+/* `text` as Python's repr() writes an ASCII str, which obclient's messages quote. */
+static void put_repr(char *out, size_t size, const char *text) {
+    char quote = strchr(text, '\'') && !strchr(text, '"') ? '"' : '\'';
+    size_t n = 0;
+    out[n++] = quote;
+    for (const unsigned char *p = (const unsigned char *)text; *p && n + 6 < size; p++) {
+        if (*p == '\\' || *p == (unsigned char)quote) n += (size_t)sprintf(out + n, "\\%c", *p);
+        else if (*p == '\n') n += (size_t)sprintf(out + n, "\\n");
+        else if (*p == '\r') n += (size_t)sprintf(out + n, "\\r");
+        else if (*p == '\t') n += (size_t)sprintf(out + n, "\\t");
+        else if (*p < 0x20 || *p == 0x7f) n += (size_t)sprintf(out + n, "\\x%02x", *p);
+        else out[n++] = (char)*p;
+    }
+    out[n++] = quote;
+    out[n] = '\0';
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const BookDesc *)a)->name, ((const BookDesc *)b)->name);
+}
+
+static int by_string(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The exchanges of the segment, sorted and each once, joined by ", ". */
+static void list_venues(const Segment *s, char *out, size_t size) {
+    const char **venues = calloc(s->books_n + 1, sizeof *venues);
+    if (!venues) die(EXIT_FAILED, "out of memory");
+    BookDesc *descs = calloc(s->books_n + 1, sizeof *descs);
+    if (!descs) die(EXIT_FAILED, "out of memory");
+    for (uint32_t i = 0; i < s->books_n; i++) {
+        descs[i] = book_desc(s, i);
+        descs[i].name[descs[i].exchange_len] = '\0';      /* the exchange alone */
+        venues[i] = descs[i].name;
+    }
+    qsort(venues, s->books_n, sizeof *venues, by_string);
+    out[0] = '\0';
+    for (uint32_t i = 0; i < s->books_n; i++) {
+        if (i && !strcmp(venues[i], venues[i - 1])) continue;
+        if (out[0]) strncat(out, ", ", size - strlen(out) - 1);
+        strncat(out, venues[i], size - strlen(out) - 1);
+    }
+    free(venues);
+    free(descs);
+}
+
+static int has_exchange(const Segment *s, const char *upper) {
     for (uint32_t i = 0; i < s->books_n; i++) {
         BookDesc b = book_desc(s, i);
-        int match = colon ? strcasecmp(name, b.name) == 0
-                          : strlen(name) == b.symbol_len
-                                && strncasecmp(name, b.symbol, b.symbol_len) == 0;
-        if (!match) continue;
-        if (hits++) strncat(choices, ", ", sizeof choices - strlen(choices) - 1);
-        strncat(choices, b.name, sizeof choices - strlen(choices) - 1);
-        hit = b;
+        if (strlen(upper) == b.exchange_len && !strncasecmp(upper, b.exchange, b.exchange_len))
+            return 1;
     }
-    if (hits == 0) die(EXIT_USAGE, "unknown book '%s'", name);
-    if (hits > 1) die(EXIT_USAGE, "book '%s' is ambiguous: say one of %s", name, choices);
+    return 0;
+}
+
+static int matches(const BookDesc *b, const char *exchange, const char *symbol,
+                   const char *normalised) {
+    if (*exchange && (strlen(exchange) != b->exchange_len
+                      || strncasecmp(exchange, b->exchange, b->exchange_len)))
+        return 0;
+    for (const char *want = symbol; want; want = want == symbol ? normalised : NULL)
+        if (strlen(want) == b->symbol_len && !strncasecmp(want, b->symbol, b->symbol_len))
+            return 1;
+    return strlen(symbol) == b->native_len && !strncasecmp(symbol, b->native, b->native_len);
+}
+
+static void die_unmatched(const Segment *s, const char *name, const char *exchange) {
+    char quoted[512], venues[1024];
+    put_repr(quoted, sizeof quoted, name);
+    if (*exchange && !has_exchange(s, exchange)) {
+        char lower[256], quoted_exchange[600];
+        snprintf(lower, sizeof lower, "%s", exchange);
+        for (char *p = lower; *p; p++) *p = (char)tolower((unsigned char)*p);
+        put_repr(quoted_exchange, sizeof quoted_exchange, lower);
+        list_venues(s, venues, sizeof venues);
+        die(EXIT_USAGE, "unknown book %s: no exchange %s here (books are on %s)", quoted,
+            quoted_exchange, venues);
+    }
+    die(EXIT_USAGE, "unknown book %s", quoted);
+}
+
+static BookDesc resolve(const Segment *s, const char *name) {
+    size_t len = strlen(name);
+    while (len && isspace((unsigned char)name[len - 1])) len--;
+    const char *start = name;
+    while (start < name + len && isspace((unsigned char)*start)) start++;
+    len -= (size_t)(start - name);
+    char quoted[512];
+    put_repr(quoted, sizeof quoted, name);
+    if (len == 0) die(EXIT_USAGE, "a book name is SYMBOL or exchange:SYMBOL, got %s", quoted);
+    char *upper = malloc(3 * len + 3), *normalised = upper + len + 1;
+    BookDesc *hits = calloc(s->books_n + 1, sizeof *hits);
+    if (!upper || !hits) die(EXIT_FAILED, "out of memory");
+    for (size_t i = 0; i < len; i++) upper[i] = (char)toupper((unsigned char)start[i]);
+    upper[len] = '\0';
+    char *colon = strrchr(upper, ':'), *symbol = upper;
+    const char *exchange = "";
+    if (colon) {
+        *colon = '\0';
+        exchange = upper;
+        symbol = colon + 1;
+    }
+    if (!normalise(symbol, normalised)) normalised[0] = '\0';
+    uint32_t hits_n = 0;
+    for (uint32_t i = 0; i < s->books_n; i++) {
+        BookDesc b = book_desc(s, i);
+        if (matches(&b, exchange, symbol, normalised[0] ? normalised : NULL)) hits[hits_n++] = b;
+    }
+    if (hits_n == 0) die_unmatched(s, name, exchange);
+    if (hits_n > 1) {
+        char choices[2048] = "";
+        qsort(hits, hits_n, sizeof *hits, by_name);
+        for (uint32_t i = 0; i < hits_n; i++) {
+            if (i) strncat(choices, ", ", sizeof choices - strlen(choices) - 1);
+            strncat(choices, hits[i].name, sizeof choices - strlen(choices) - 1);
+        }
+        die(EXIT_USAGE, "%s is ambiguous: %s", name, choices);
+    }
+    BookDesc hit = hits[0];
+    free(upper);
+    free(hits);
     return hit;
 }
 

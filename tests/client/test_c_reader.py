@@ -28,6 +28,7 @@ from observer.process.supervisor import RING_RECORDS
 from kit.procs import ObserverProcess, unique_name
 from obproto import framing, latch, layout
 from obproto import messages as m
+from venuekit import venue_observer
 
 SOURCE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "c-reader")
 WAIT_S = 60.0               # a bound, never a timing assertion (the machine may be very busy)
@@ -462,3 +463,41 @@ def test_the_default_socket_path_is_the_same_in_c_and_python(obreader, tmp_path,
     peer.close()
     assert done.stderr == "obreader: refused by the observer: BUSY: here\n"
 
+
+
+# -- book names: the reader resolves them as obclient does -----------------------------------
+
+# Against obsim's Kraken (BTC/USD, ETH/USD) and Coinbase (BTC-USD): native spellings, any case,
+# Kraken's legacy codes, bare symbols one venue has, and every way a name fails.
+NAMES = ["kraken:BTCUSD", "kraken:BTC/USD", "KRAKEN:btc/usd", "kraken:XBT/USD", "kraken:xbtusd",
+         "coinbase:btc-usd", "Coinbase:BTC-USD", "coinbase:BTC_USD", "coinbase:btcusd",
+         "ETHUSD", "eth/usd", "ETH-USD", "xethusd", "  ETHUSD ", ":ETHUSD", "kraken:eth.usd",
+         "BTCUSD", "btcusd", "BTC/USD", "XBT/USD", "btc-usd",
+         "DOGEUSD", "kraken:DOGEUSD", "coinbase:ETHUSD", "bitstamp:BTCUSD", "Bitstamp:btcusd",
+         "a:b:ETHUSD", "BTC USD", "it's", "", "   ", "kraken:", "X" * 60, "kraken:ETH\\USD"]
+
+
+@pytest.fixture(scope="module")
+def venues():
+    with venue_observer() as obs:
+        yield obs
+
+
+def test_names_resolve_as_obclient_resolves_them(obreader, venues):
+    """Each name: the same book, or the same one-line error (exit 2), as obclient says it."""
+    with obclient.connect(venues.socket_path) as client:
+        expected = {}
+        for name in NAMES:
+            try:
+                expected[name] = (0, client.book(name).name)
+            except obclient.BookNotFound as exc:
+                expected[name] = (2, f"obreader: {exc}\n")
+    kinds = {code for code, _ in expected.values()}
+    assert kinds == {0, 2}, expected                  # the table exercises both outcomes
+    assert expected["BTCUSD"][1].endswith(" is ambiguous: coinbase:BTCUSD, kraken:BTCUSD\n")
+    got = {}
+    for name in NAMES:
+        done = run(obreader, "--socket", venues.socket_path, "snapshot", name, "--depth", "1")
+        got[name] = ((0, json.loads(done.stdout)["book"]) if done.returncode == 0
+                     else (done.returncode, done.stderr))
+    assert got == expected

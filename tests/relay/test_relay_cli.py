@@ -50,7 +50,7 @@ def test_an_unreachable_nats_is_retried_until_sigterm(tmp_path):
                                  "--nats-url", f"nats://127.0.0.1:{port}"],
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     try:
-        wait_until(lambda: "retrying" in log.read_text(), WAIT_S, "the retry warning")
+        wait_until(lambda: " nats_retrying " in log.read_text(), WAIT_S, "the retry warning")
         # Still trying (not a quiet wait): its next attempt reaches a listener opened now,
         # which never answers; SIGTERM in the middle of that attempt still ends it cleanly.
         with socket.create_server(("127.0.0.1", port)) as listener:
@@ -63,7 +63,7 @@ def test_an_unreachable_nats_is_retried_until_sigterm(tmp_path):
     finally:
         proc.kill()
         proc.wait(WAIT_S)
-    assert log.read_text().count("retrying") == 1        # said once, not per attempt
+    assert log.read_text().count(" nats_retrying ") == 1       # said once, not per attempt
 
 
 def test_a_server_without_jetstream_is_exit_2_unless_no_stream(workdir, observer):
@@ -79,7 +79,7 @@ def test_a_server_without_jetstream_is_exit_2_unless_no_stream(workdir, observer
         assert "JetStream is not enabled" in relay.log_text()
         with RelayProcess(observer, server.url, "--name", unique_name("n"), "--no-stream",
                           workdir=observer.workdir) as relay:
-            wait_until(lambda: "relaying observer" in relay.log_text(), WAIT_S, "the relay")
+            wait_until(lambda: " relay_started " in relay.log_text(), WAIT_S, "the relay")
             assert relay.stop() == 0, relay.log_text()
     finally:
         server.close()
@@ -87,7 +87,7 @@ def test_a_server_without_jetstream_is_exit_2_unless_no_stream(workdir, observer
 
 def test_obrelay_imports_neither_the_server_nor_greenlet():
     """obrelay is a client of the observer like any strategy: obclient and proto only."""
-    code = ("import sys, obrelay.cli, obrelay.relay, obrelay.link, obrelay.books; "
+    code = ("import sys, obrelay.cli, obrelay.relay, obrelay.link, obrelay.books, obrelay.logs; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'observer', 'greenlet', 'posix_ipc', 'orjson'}); print(bad)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -144,8 +144,8 @@ def test_an_existing_stream_is_fixed_to_keep_one_message_per_subject(nats_server
                 max_msgs_per_subject=10, storage="memory")
     with RelayProcess(observer, nats_server.url, "--name", name,
                       workdir=observer.workdir) as relay:
-        wait_until(lambda: "relaying observer" in relay.log_text(), WAIT_S, "the relay")
-        assert "updated stream" in relay.log_text()
+        wait_until(lambda: " relay_started " in relay.log_text(), WAIT_S, "the relay")
+        assert " stream_updated " in relay.log_text()
         config = _stream_config(nats_server, name)
         assert config.max_msgs_per_subject == 1
         assert config.allow_direct
