@@ -11,7 +11,14 @@ feeds it what happened. Per feed it runs:
 - one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, staggered snapshots,
   pings and silence deadlines live in the adapter and are released there);
 - one short fiber per REST snapshot (`FetchSnapshot`), so a slow or refused snapshot never
-  blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin.
+  blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin (as many as
+  the adapter may have snapshots in flight, so a burst reuses its connections).
+- a `CatchUp` (a book's buffered frames still to apply after its snapshot) continues in a new
+  fiber, that is after the loop has polled and run everyone else, so a backlog is applied a
+  chunk per turn and never stalls the loop;
+- when the last book that waited for a snapshot has gone live, the heap's free pages are given
+  back to the system (observer/memtrim.py): a sync burst's parsed snapshots otherwise kept
+  RSS at its peak.
 
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
 into the segment); `Send`, `FetchSnapshot` and `Reconnect` are done here.
@@ -48,7 +55,10 @@ from urllib.parse import urlsplit
 
 from observer import loom
 from observer.feeds import make_adapter
-from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Send, Stale
+from observer import memtrim
+from observer.feeds.sync import State
+from observer.feeds.actions import (CatchUp, FeedProtocolError, FetchSnapshot, Publish,
+                                   Reconnect, Send, Stale)
 from observer.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
@@ -58,7 +68,7 @@ log = logging.getLogger("observer.feeds.session")
 time_ns = time.time_ns
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
-HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
+HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin, or as many as the adapter fetches at once
 ERRORS_LOGGED_MAX = 1024  # distinct (connection, kind) errors logged once each, then counted
 SUPPRESSED_LOG_EVERY = 1000  # past that bound, one line for the first and every 1000th dropped
 
@@ -66,7 +76,8 @@ SUPPRESSED_LOG_EVERY = 1000  # past that bound, one line for the first and every
 class SessionStats:
     __slots__ = ("connects", "connect_failures", "disconnects", "reconnects", "messages",
                  "protocol_errors", "sends", "send_failures", "snapshot_fetches",
-                 "snapshot_failures", "internal_errors", "errors_suppressed")
+                 "snapshot_failures", "internal_errors", "errors_suppressed", "catch_ups",
+                 "memory_trims")
 
     def __init__(self):
         for name in self.__slots__:
@@ -109,6 +120,9 @@ class Session:
         self.reconnect_reasons = {}  # conn_id -> why a reconnect was asked for
         self.http_idle = {}  # origin -> [HttpClient]
         self.errors_logged = set()
+        scheduler = getattr(adapter, "scheduler", None)
+        self.http_idle_max = max(HTTP_CLIENTS_IDLE_MAX, getattr(scheduler, "inflight_max", 0))
+        self.syncing = False  # some book waited for a snapshot at the last tick
         self.loop = None
         self.fibers = []
         self.stopping = False
@@ -269,9 +283,20 @@ class Session:
             loom.sleep(self.tick_s)
             try:
                 self.perform(self.adapter.on_tick(time.time_ns()), 0)
+                self.trim_after_sync()
             except Exception:  # a bug: keep ticking (keepalives), but loudly
                 self.stats.internal_errors += 1
                 log.exception("%s: internal error in on_tick", self.adapter.exchange)
+
+    def trim_after_sync(self):
+        """Once no book waits for its snapshot any more, return the burst's free heap memory
+        (once per burst: only on the tick that sees the last one done)."""
+        syncing = any(sync.state is State.SUBSCRIBING or sync.state is State.AWAITING_SNAPSHOT
+                      for sync in self.adapter.syncs.values())
+        if self.syncing and not syncing:
+            self.stats.memory_trims += 1
+            memtrim.trim()
+        self.syncing = syncing
 
     # ------------------------------------------------------------------------- actions
 
@@ -300,6 +325,9 @@ class Session:
                 self.stats.snapshot_fetches += 1
                 self.fibers.append(self.loop.spawn(self.fetch_snapshot, action, name="snapshot"))
                 self.fibers = [fiber for fiber in self.fibers if not fiber.done]
+            elif kind is CatchUp:
+                self.stats.catch_ups += 1
+                self.fibers.append(self.loop.spawn(self.catch_up, action.symbol, name="catch-up"))
             elif kind is Reconnect:
                 self.request_reconnect(action.conn_id, action.reason)
             else:
@@ -348,7 +376,7 @@ class Session:
             client.close()
             client = None
             status, headers, body = 0, {}, b""
-        if client is not None and not self.stopping and len(idle) < HTTP_CLIENTS_IDLE_MAX:
+        if client is not None and not self.stopping and len(idle) < self.http_idle_max:
             idle.append(client)
         elif client is not None:
             client.close()
@@ -358,6 +386,17 @@ class Session:
         except FeedProtocolError as exc:
             self.stats.protocol_errors += 1
             self.log_once(-1, "snapshot-body", f"bad snapshot: {exc}")
+            actions = self.adapter.drain()
+        self.perform(actions, recv_ns)
+
+    def catch_up(self, symbol):
+        """The next chunk of a book's backlog (a fiber of its own: the loop ran meanwhile)."""
+        recv_ns = time.time_ns()
+        try:
+            actions = self.adapter.on_catch_up(symbol, recv_ns)
+        except FeedProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self.log_once(-1, "catch-up", f"bad buffered frame: {exc}")
             actions = self.adapter.drain()
         self.perform(actions, recv_ns)
 

@@ -24,6 +24,7 @@ and the same bytes go to every subscriber: this is the venue the ingest benchmar
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
@@ -38,7 +39,6 @@ from observer.sim.wire import Conn, text_frame
 
 HISTORY_LEN = 10                  # snapshots kept for the "snapshot older than the stream" fault
 HISTORY_EVERY_S = 0.5
-REST_WINDOW_S = 60.0
 
 
 class BinanceSpot(Venue):
@@ -58,6 +58,7 @@ class BinanceSpot(Venue):
         self.pong_timeout_s = getattr(opts, f"{prefix}_pong_timeout_s")
         self.lifetime_s = getattr(opts, f"{prefix}_lifetime_s")
         self.rest_weight_max = getattr(opts, f"{prefix}_rest_weight_max")
+        self.rest_window_s = getattr(opts, f"{prefix}_rest_window_s")
         self.ban_s = opts.binance_ban_s
         self.rest_log: deque[tuple[float, int]] = deque(maxlen=100_000)
         self.retry_until_s = 0.0
@@ -75,6 +76,9 @@ class BinanceSpot(Venue):
         market.state["u"] = 1_000_000
         market.state["rng"] = random.Random(stable_seed(self.opts.seed, self.name, "ids", market.symbol))
         market.state["history"] = deque(maxlen=HISTORY_LEN)
+        # the seeded book is the first kept state: a stale_snapshot right after start-up
+        # must not depend on whether the housekeeper has run yet
+        market.state["history"].append((market.state["u"], market.current_book().copy()))
         market.state["subs"] = {}                 # conn -> list of stream names
 
     def sequence_of(self, market: Market):
@@ -288,7 +292,7 @@ class BinanceSpot(Venue):
             return json_response(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
         used = self.charge_weight(now_s, self.weight_of(limit))
         if used > self.rest_weight_max:
-            return self.too_many(now_s, "Too much request weight used")
+            return self.too_many(now_s, "Too much request weight used", self.window_frees_s(now_s))
         if self.armed["rest_stall"]:
             self.armed["rest_stall"] -= 1
             delay_s = float(self.fault_params["rest_stall"].get("duration_s", 2.0))
@@ -362,10 +366,10 @@ class BinanceSpot(Venue):
             return self.refuse_rest(now_s)
         return None
 
-    def too_many(self, now_s: float, msg: str):
+    def too_many(self, now_s: float, msg: str, wait_s: float = 1.0):
         self.counters["rest_429"] += 1
-        self.retry_until_s = max(self.retry_until_s, now_s + 1.0)
-        retry_s = max(1, round(self.retry_until_s - now_s))
+        self.retry_until_s = max(self.retry_until_s, now_s + wait_s)
+        retry_s = max(1, math.ceil(self.retry_until_s - now_s))  # never early: that is a ban
         return json_response(429, {"code": -1003, "msg": msg}, (("Retry-After", str(retry_s)),))
 
     def parse_limit(self, text: str | None) -> int | None:
@@ -384,10 +388,22 @@ class BinanceSpot(Venue):
         return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
     def charge_weight(self, now_s: float, weight: int) -> int:
-        while self.rest_log and now_s - self.rest_log[0][0] > REST_WINDOW_S:
+        """Weight used in the sliding window, this request included (a refused one counts)."""
+        while self.rest_log and now_s - self.rest_log[0][0] >= self.rest_window_s:
             self.rest_log.popleft()
         self.rest_log.append((now_s, weight))
         return sum(w for _, w in self.rest_log)
+
+    def window_frees_s(self, now_s: float) -> float:
+        """Seconds until the used weight is back under the limit (what Retry-After says)."""
+        used = sum(w for _, w in self.rest_log)
+        wait_s = 1.0
+        for sent_s, weight in self.rest_log:
+            if used <= self.rest_weight_max:
+                break
+            used -= weight
+            wait_s = sent_s + self.rest_window_s - now_s
+        return max(1.0, wait_s)
 
     def snapshot_body(self, market: Market, limit: int) -> bytes:
         update_id, book = market.state["u"], market.current_book()

@@ -131,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
         a(f"--{prefix}-pong-timeout-s", type=SECONDS, default=pong_s)
         a(f"--{prefix}-lifetime-s", type=SECONDS, default=86400.0)
         a(f"--{prefix}-rest-weight-max", type=COUNT, default=weight)
+        a(f"--{prefix}-rest-window-s", type=SECONDS, default=60.0,
+          help="the REST weight window (a sliding minute; shorter scales time in tests)")
     a("--binance-ban-s", type=_number(float, 0.0), default=120.0)
     a("--binance-streams-max", type=AT_LEAST_1, default=1024, help="streams per connection")
     for name, attempts, per in (("binance", 300, "5 min"), ("binance-futures", 300, "5 min"), ("coinbase", 8, "1 s"),

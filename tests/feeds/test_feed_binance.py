@@ -5,7 +5,7 @@ import pytest
 
 import feedrec
 from observer.book import ASK, BID
-from observer.feeds.actions import FeedProtocolError, FetchSnapshot, Publish, Reconnect, Stale
+from observer.feeds.actions import CatchUp, FeedProtocolError, FetchSnapshot, Publish, Reconnect, Stale
 from observer.feeds.binance import BinanceAdapter
 from observer.feeds.binance_futures import BinanceFuturesAdapter
 from observer.feeds.sync import State
@@ -25,7 +25,7 @@ def replay(adapter_cls, ws_name, http_name):
     for url, ts, body in feedrec.http_replies(http_name):
         symbol = url.split("symbol=")[1].split("&")[0]
         replies[symbol] = (ts, body)
-    adapter = adapter_cls(list(replies), snapshot_interval_s=0, paranoid=True)
+    adapter = adapter_cls(list(replies), paranoid=True)
     adapter.scheduler.inflight_max = len(replies)
     wanted = set()
     start_ns = int(frames[0][0] * NS) - NS
@@ -100,7 +100,7 @@ def snapshot(last_id, bids=(("100.0", "1"),), asks=(("101.0", "1"),)):
 
 @pytest.fixture
 def spot():
-    adapter = BinanceAdapter(["BTCUSDT"], snapshot_interval_s=0, paranoid=True)
+    adapter = BinanceAdapter(["BTCUSDT"], paranoid=True)
     actions = adapter.on_open(0, 10 * NS)
     assert kinds(actions, FetchSnapshot) == [
         FetchSnapshot("BTCUSDT", "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=1000")
@@ -206,7 +206,7 @@ def test_malformed_messages_raise_and_change_nothing(spot, data):
     with pytest.raises(FeedProtocolError):
         spot.on_message(0, data, 11 * NS)
     assert spot.syncs["BTCUSDT"].state is State.AWAITING_SNAPSHOT
-    assert spot.syncs["BTCUSDT"].buffer == []
+    assert not spot.syncs["BTCUSDT"].buffer
 
 
 def test_bad_level_mid_message_resyncs(spot):
@@ -229,7 +229,7 @@ def test_bad_snapshot_body_is_retried(spot):
 
 @pytest.fixture
 def futures():
-    adapter = BinanceFuturesAdapter(["BTCUSDT"], snapshot_interval_s=0, paranoid=True)
+    adapter = BinanceFuturesAdapter(["BTCUSDT"], paranoid=True)
     assert kinds(adapter.on_open(0, 10 * NS), FetchSnapshot)[0].url.startswith(
         "https://fapi.binance.com/fapi/v1/depth?symbol=BTCUSDT")
     return adapter
@@ -272,7 +272,7 @@ def test_futures_old_snapshot_is_fetched_again(futures):
 
 
 def test_events_of_one_symbol_never_touch_another():
-    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"], snapshot_interval_s=0, paranoid=True)
+    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"], paranoid=True)
     adapter.scheduler.inflight_max = 2
     adapter.on_open(0, 0)
     adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 1)
@@ -284,7 +284,7 @@ def test_events_of_one_symbol_never_touch_another():
 
 
 def test_book_walking_out_of_the_snapshot_range_is_refetched():
-    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=5, depth=3, snapshot_interval_s=0, paranoid=True)
+    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=5, depth=3, paranoid=True)
     adapter.on_open(0, 0)
     bids = [(str(100 - i), "1") for i in range(5)]
     asks = [(str(101 + i), "1") for i in range(5)]
@@ -300,7 +300,92 @@ def test_book_walking_out_of_the_snapshot_range_is_refetched():
 
 
 def test_a_whole_snapshot_is_never_thin():
-    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=100, depth=3, snapshot_interval_s=0)
+    adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=100, depth=3)
     adapter.on_open(0, 0)
     adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10, [("100", "1")], [("101", "1")]), 1)
     assert adapter.on_message(0, depth("BTCUSDT", 11, 11, bids=[("100", "0")]), 2) == [Publish("BTCUSDT")]
+
+
+# ------------------------------------------------------- waiting books, catching up
+
+
+def test_a_waiting_book_keeps_raw_frames_and_only_the_last_while_queued():
+    # Budget for one 1000-level snapshot: BTCUSDT's is in flight, ETHUSDT's waits in the queue.
+    adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"], snapshot_limit=1000, rest_weight_max=50,
+                             rest_reserve=0, paranoid=True)
+    assert [a.symbol for a in kinds(adapter.on_open(0, 0), FetchSnapshot)] == ["BTCUSDT"]
+    frames = {symbol: [depth(symbol, 10 + i, 10 + i, bids=[("99.0", str(i + 1))]) for i in range(100)]
+              for symbol in ("BTCUSDT", "ETHUSDT")}
+    for i in range(100):
+        for symbol in frames:
+            assert adapter.on_message(0, memoryview(frames[symbol][i]), 1) == []
+    btc, eth = adapter.syncs["BTCUSDT"], adapter.syncs["ETHUSDT"]
+    # bytes, copied (the message's memoryview is the connection's buffer), every one while in flight
+    assert all(type(frame) is bytes for frame in btc.buffer)
+    assert list(btc.buffer) == frames["BTCUSDT"]
+    assert btc.buffer_bytes == sum(map(len, frames["BTCUSDT"]))
+    # queued: only the last buffer_queued_max can matter to a snapshot that is not asked for yet
+    assert list(eth.buffer) == frames["ETHUSDT"][-adapter.buffer_queued_max:]
+    assert eth.buffer_bytes == sum(map(len, eth.buffer))
+    assert adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(49), 2) == [Publish("BTCUSDT")]
+    assert adapter.books["BTCUSDT"].update_id == 109
+    assert adapter.books["BTCUSDT"].levels(BID) == [(1000, 1), (990, 100)]
+    assert not btc.buffer and btc.buffer_bytes == 0
+
+
+def test_a_buffer_past_its_byte_bound_restarts():
+    adapter = BinanceAdapter(["BTCUSDT"], paranoid=True)
+    adapter.buffer_bytes_max = 2000
+    adapter.on_open(0, 0)
+    frame = depth("BTCUSDT", 1, 1, bids=[("99.0", "1")])
+    n = 2000 // len(frame)
+    for i in range(n + 1):
+        adapter.on_message(0, depth("BTCUSDT", 1 + i, 1 + i, bids=[("99.0", "1")]), 1)
+    sync = adapter.syncs["BTCUSDT"]
+    assert sync.stats.overflows == 1
+    assert len(sync.buffer) == 1 and sync.buffer_bytes <= adapter.buffer_bytes_max
+
+
+def test_a_backlog_is_applied_a_chunk_per_turn_to_the_same_book():
+    def synced(catch_up_bytes):
+        adapter = BinanceAdapter(["BTCUSDT"], paranoid=True)
+        adapter.catch_up_bytes = catch_up_bytes
+        adapter.on_open(0, 0)
+        for i in range(40):
+            level = (str(99 - i % 7), str(i % 3))  # sets and deletes
+            adapter.on_message(0, depth("BTCUSDT", 10 + 2 * i, 11 + 2 * i, bids=[level],
+                                        asks=[(str(102 + i % 5), str(i % 4))]), 1)
+        actions = adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(30), 2)
+        turns = 1
+        while kinds(actions, CatchUp):
+            assert actions == [CatchUp("BTCUSDT")]  # nothing published before it is caught up
+            assert adapter.syncs["BTCUSDT"].state is State.AWAITING_SNAPSHOT
+            # a frame arriving meanwhile queues behind the backlog
+            if turns == 2:
+                assert adapter.on_message(0, depth("BTCUSDT", 90, 90, bids=[("50.0", "5")]), 3) == []
+            actions = adapter.on_catch_up("BTCUSDT", 3)
+            turns += 1
+        assert actions == [Publish("BTCUSDT")]
+        return adapter.books["BTCUSDT"], turns
+
+    chunked, turns = synced(400)
+    whole, one = synced(1 << 20)
+    assert turns > 3 and one == 1
+    # at once, the frame that came "meanwhile" arrives after the book is live: same result
+    assert whole.update_id == 89
+    chunked_levels = (chunked.levels(BID), chunked.levels(ASK))
+    assert chunked.update_id == 90
+    assert (1000, 1) in chunked_levels[0] and (500, 5) in chunked_levels[0]
+    assert chunked_levels[1] == whole.levels(ASK)
+    assert [level for level in chunked_levels[0] if level[0] != 500] == whole.levels(BID)
+
+
+def test_limits_follow_the_depth():
+    assert BinanceAdapter(["BTCUSDT"], depth=50).scheduler.limit_pref == 500
+    assert BinanceAdapter(["BTCUSDT"], depth=50).scheduler.limit_min == 100
+    assert BinanceAdapter(["BTCUSDT"], depth=1000).scheduler.limit_min == 5000
+    futures = BinanceFuturesAdapter(["BTCUSDT"], depth=10).scheduler
+    assert (futures.limit_min, futures.weight_min, futures.limit_pref) == (50, 2, 100)
+    adapter = BinanceAdapter(["BTCUSDT"], depth=50)
+    (fetch,) = kinds(adapter.on_open(0, 0), FetchSnapshot)
+    assert fetch.url.endswith("&limit=500")
