@@ -139,10 +139,12 @@ class SnapshotScheduler:
 
     `tiers`: (limit, weight) pairs the exchange offers, `limit_min` <= `limit_pref` among
     them (module essay: which one a request gets). `due` hands out (symbol, limit) pairs.
+    A burst (up to `inflight_max` at once) goes only within `fresh_s` of a good reply; else
+    one request probes first.
     """
 
     def __init__(self, budget, *, tiers, limit_pref, limit_min=None, inflight_max=8,
-                 retry_s=1.0, retry_max_s=30.0, queue_max=4096, weight_header=None):
+                 retry_s=1.0, retry_max_s=30.0, queue_max=4096, weight_header=None, fresh_s=1.0):
         weights = dict(tiers)
         limit_min = limit_pref if limit_min is None else limit_min
         assert limit_pref in weights and limit_min in weights and limit_min <= limit_pref
@@ -163,6 +165,8 @@ class SnapshotScheduler:
         self.queued = set()
         self.inflight = {}  # symbol -> (its budget entry, limit)
         self.blocked_until_ns = 0
+        self.fresh_ns = int(fresh_s * NS_PER_S)
+        self.fresh_until_ns = 0  # a good reply came recently: bursts may go (see `due`)
         self.failures_in_row = 0
         self.requests = 0
         self.requests_small = 0  # at limit_min for lack of budget
@@ -189,7 +193,11 @@ class SnapshotScheduler:
         if now_ns < self.blocked_until_ns:
             return started
         queue = self.queue
-        while queue and len(self.inflight) < self.inflight_max:
+        # Without a recent good reply, one request goes alone and the burst waits for its
+        # answer: our estimate may be wrong (another user of the IP), and requests already on
+        # their way when a 429 comes back count as asking again during Retry-After (a ban).
+        inflight_max = self.inflight_max if now_ns < self.fresh_until_ns else 1
+        while queue and len(self.inflight) < inflight_max:
             room = self.budget.room(now_ns)
             # the deep limit only while everyone else waiting could still go at the small one
             if room - self.weight_pref >= self.weight_min * (len(queue) - 1):
@@ -214,6 +222,7 @@ class SnapshotScheduler:
             self.observe_weight(headers, entry[0], now_ns)
         if status == 200:
             self.failures_in_row = 0
+            self.fresh_until_ns = now_ns + self.fresh_ns
             return True
         if status in (429, 418):
             self.rate_limited += 1

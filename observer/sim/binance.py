@@ -10,8 +10,10 @@ Limits enforced as Binance does: more than `inbound_per_s_max` client messages i
 closes the connection (5 spot, 10 futures); the server pings every `ping_interval_s` (20 s spot,
 180 s futures) and drops a connection that has not answered within `pong_timeout_s` (60 s, 600 s);
 a connection is closed at `lifetime_s` (24 h); REST weight is counted per minute (6000 spot,
-2400 futures) with 429 + Retry-After past it, and 418 (banned for `ban_s`) for a client that
-keeps asking during a Retry-After; a `rest_stall` fault holds the next reply for `duration_s`
+2400 futures) in a sliding window, with 429 + Retry-After (until the window frees) past it,
+and 418 (banned for `ban_s`) for a client that keeps asking during a Retry-After (requests
+arriving within `retry_grace_s` of the 429 were on their way before the client could read it:
+refused with 429 again, not banned); a `rest_stall` fault holds the next reply for `duration_s`
 (the connection open, nothing sent), so a client's other symbols must not wait on it. Each limit has a command-line flag so tests can scale time.
 
 `/api/v3/exchangeInfo` (`/fapi/v1/exchangeInfo`) lists the served symbols with their tick and
@@ -62,6 +64,8 @@ class BinanceSpot(Venue):
         self.ban_s = opts.binance_ban_s
         self.rest_log: deque[tuple[float, int]] = deque(maxlen=100_000)
         self.retry_until_s = 0.0
+        self.refused_at_s = float("-inf")
+        self.retry_grace_s = opts.binance_retry_grace_s
         self.banned_until_s = 0.0
         self.history_due_s = 0.0
         super().__init__(opts, symbols, replay)
@@ -359,15 +363,21 @@ class BinanceSpot(Venue):
                                  (("Retry-After", str(retry_s)),))
         if self.armed["rest_429"]:
             self.armed["rest_429"] -= 1
-            self.retry_until_s = now_s + float(self.fault_params["rest_429"].get("retry_after_s", 1))
-            return self.too_many(now_s, "Too many requests (fault)")
+            self.retry_until_s = 0.0                        # a refusal of its own
+            return self.too_many(now_s, "Too many requests (fault)",
+                                 float(self.fault_params["rest_429"].get("retry_after_s", 1)))
         if now_s < self.retry_until_s:
+            if now_s - self.refused_at_s < self.retry_grace_s:
+                # on its way before the client could have read the 429: refused, not banned
+                return self.too_many(now_s, "Too many requests (in flight at the 429)")
             self.banned_until_s = now_s + self.ban_s       # asked again during Retry-After
             return self.refuse_rest(now_s)
         return None
 
     def too_many(self, now_s: float, msg: str, wait_s: float = 1.0):
         self.counters["rest_429"] += 1
+        if now_s >= self.retry_until_s:
+            self.refused_at_s = now_s                       # a new refusal: its grace starts
         self.retry_until_s = max(self.retry_until_s, now_s + wait_s)
         retry_s = max(1, math.ceil(self.retry_until_s - now_s))  # never early: that is a ban
         return json_response(429, {"code": -1003, "msg": msg}, (("Retry-After", str(retry_s)),))

@@ -24,32 +24,55 @@ def request_all(scheduler, n):
         scheduler.request(f"S{i}")
 
 
+def probe(scheduler, now_ns=0):
+    """The first request goes alone; a good reply lets the burst go."""
+    (symbol, limit), = scheduler.due(now_ns)
+    assert scheduler.due(now_ns) == []
+    assert scheduler.on_reply(symbol, 200, {}, now_ns)
+    return symbol, limit
+
+
+def test_a_burst_waits_for_one_good_reply_and_again_after_a_429():
+    scheduler = scheduler_of()
+    request_all(scheduler, 4)
+    assert len(scheduler.due(0)) == 1 and scheduler.due(0) == []
+    assert not scheduler.on_reply("S0", 429, {"retry-after": "1"}, 0)
+    assert scheduler.due(NS_PER_S // 2) == []
+    assert scheduler.due(NS_PER_S) == [("S0", 1000)]   # alone again, not S0..S3
+    assert scheduler.due(NS_PER_S) == []
+    assert scheduler.on_reply("S0", 200, {}, NS_PER_S)
+    assert [s for s, _ in scheduler.due(NS_PER_S)] == ["S1", "S2", "S3"]
+
+
 def test_a_burst_spends_the_whole_budget_then_waits_for_the_window():
     scheduler = scheduler_of(6000)
     request_all(scheduler, 200)
-    first = scheduler.due(0)
+    first = [probe(scheduler)] + scheduler.due(0)
     assert len(first) == 120 and all(limit == 1000 for _, limit in first)  # 6000 / 50, at once
-    for symbol, _ in first:
+    for symbol, _ in first[1:]:
         assert scheduler.on_reply(symbol, 200, {HEADER: "6000"}, NS_PER_S)
     # a request leaves the window a minute after its reply (when the exchange counted it is
     # not known, only that it was before the reply)
-    assert scheduler.due(60 * NS_PER_S) == []
-    assert len(scheduler.due(61 * NS_PER_S)) == 80
+    assert scheduler.due(59 * NS_PER_S) == []
+    (again,) = scheduler.due(60 * NS_PER_S)   # the probe's weight is back: it goes, alone
+    assert scheduler.on_reply(again[0], 200, {}, 60 * NS_PER_S + 1)
+    assert len(scheduler.due(61 * NS_PER_S)) == 79
 
 
 def test_in_flight_bound():
     scheduler = scheduler_of(inflight_max=3)
-    request_all(scheduler, 5)
-    assert [s for s, _ in scheduler.due(0)] == ["S0", "S1", "S2"]
+    request_all(scheduler, 6)
+    probe(scheduler)
+    assert [s for s, _ in scheduler.due(0)] == ["S1", "S2", "S3"]
     assert scheduler.due(0) == []
-    scheduler.on_reply("S1", 200, {}, 1)
-    assert [s for s, _ in scheduler.due(1)] == ["S3"]
+    scheduler.on_reply("S2", 200, {}, 1)
+    assert [s for s, _ in scheduler.due(1)] == ["S4"]
 
 
 def test_the_small_limit_when_the_budget_cannot_serve_everyone_deep():
     scheduler = scheduler_of(1000, limit_pref=500, limit_min=100)
     request_all(scheduler, 100)
-    limits = [limit for _, limit in scheduler.due(0)]
+    limits = [probe(scheduler)[1]] + [limit for _, limit in scheduler.due(0)]
     # deep (25) while the rest could still go at 5: 1000 - 25 n >= 5 (99 - n + ... ) -> 25 deep
     assert len(limits) == 100
     assert limits.count(500) == 25 and limits.count(100) == 75
@@ -65,6 +88,7 @@ def test_the_header_counts_what_others_spent():
     scheduler.request("B")
     scheduler.request("C")
     assert scheduler.due(2 * NS_PER_S) == [("B", 1000)]  # room for one: 5950 + 50 = 6000
+    assert scheduler.on_reply("B", 200, {}, 3 * NS_PER_S)
     assert scheduler.budget.used(60 * NS_PER_S) == 6000
     assert scheduler.due(60 * NS_PER_S) == []
     # a window after A's reply, all that header counted has left; B has not
@@ -75,7 +99,7 @@ def test_the_header_counts_what_others_spent():
 def test_a_lower_header_never_lets_us_spend_past_our_own_log():
     scheduler = scheduler_of(1000, limit_pref=100)
     request_all(scheduler, 300)
-    sent = scheduler.due(0)
+    sent = [probe(scheduler)] + scheduler.due(0)
     assert len(sent) == 200  # 1000 / 5
     assert scheduler.due(NS_PER_S) == []
     # the exchange's fixed minute turned over: it counts only this request
@@ -87,7 +111,8 @@ def test_a_lower_header_never_lets_us_spend_past_our_own_log():
 def test_share_caps_this_feed_below_the_ip():
     scheduler = scheduler_of(6000, share=0.5)
     request_all(scheduler, 200)
-    assert len(scheduler.due(0)) == 60
+    probe(scheduler)
+    assert len(scheduler.due(0)) == 59
 
 
 def test_the_budget_minimum():
