@@ -32,7 +32,7 @@ def replay(adapter_cls, ws_name, http_name):
     for action in adapter.on_open(0, start_ns):
         if isinstance(action, FetchSnapshot):
             wanted.add(action.symbol)
-    assert wanted == set(replies)
+    assert len(wanted) == 1  # a probe first; the others once its good reply is in
     refs = {symbol: feedrec.RefBook() for symbol in replies}
     ref_id = {}
     pending = dict(replies)
@@ -46,6 +46,8 @@ def replay(adapter_cls, ws_name, http_name):
                 ref_id[symbol] = snap["lastUpdateId"]
                 for action in adapter.on_snapshot(symbol, 200, {}, body.encode(), int(reply_ts * NS)):
                     assert not isinstance(action, Stale)
+                    if isinstance(action, FetchSnapshot):
+                        wanted.add(action.symbol)
         event = orjson.loads(text)["data"]
         symbol = event["s"]
         if symbol in ref_id and event["u"] > ref_id[symbol]:
@@ -58,6 +60,7 @@ def replay(adapter_cls, ws_name, http_name):
             assert not isinstance(action, (Stale, Reconnect, FetchSnapshot)), action
             if isinstance(action, Publish):
                 published[action.symbol] += 1
+    assert wanted == set(replies)
     return adapter, refs, published
 
 
