@@ -63,7 +63,7 @@ class BinanceAdapter(Adapter):
     # that lags the stream. Once requested, every frame is kept, up to buffer_bytes_max.
     buffer_queued_max = 64
     buffer_bytes_max = 4 << 20
-    catch_up_bytes = 32 << 10  # buffered frames applied per loop turn after a snapshot
+    catch_up_bytes = 16 << 10  # buffered frames applied per loop turn after a snapshot
 
     def __init__(self, symbols, *, snapshot_limit=None, stream_suffix="@depth@100ms",
                  rest_weight_max=None, rest_window_s=60.0, rest_weight_share=1.0,
@@ -271,7 +271,10 @@ class BinanceAdapter(Adapter):
         sync.vouched = self.vouched_range(self.books[sync.symbol], len(bids), len(asks), limit)
         del snap, bids, asks  # the parsed body is the largest thing alive here: let it go
         sync.catching_up = True
-        self.catch_up(sync)
+        if sync.buffer:
+            self.queue.append(CatchUp(sync.symbol))  # its own turn: a snapshot's is enough
+        else:
+            self.catch_up(sync)
 
     def on_catch_up(self, symbol, now_ns):
         self.now_ns = now_ns

@@ -17,6 +17,14 @@ def kinds(actions, cls):
     return [a for a in actions if isinstance(a, cls)]
 
 
+def snapshot_synced(adapter, symbol, status, headers, body, now_ns):
+    """on_snapshot, then the backlog's turns (CatchUp) as the session would run them."""
+    actions = adapter.on_snapshot(symbol, status, headers, body, now_ns)
+    while CatchUp(symbol) in actions:
+        actions = [a for a in actions if a != CatchUp(symbol)] + adapter.on_catch_up(symbol, now_ns)
+    return actions
+
+
 def replay(adapter_cls, ws_name, http_name):
     """Feed a recording: depth frames in order, each REST reply once its time has come and
     the adapter has asked for it. Returns the adapter and a reference book per symbol."""
@@ -44,7 +52,7 @@ def replay(adapter_cls, ws_name, http_name):
                 snap = orjson.loads(body)
                 refs[symbol].load(snap["bids"], snap["asks"])
                 ref_id[symbol] = snap["lastUpdateId"]
-                for action in adapter.on_snapshot(symbol, 200, {}, body.encode(), int(reply_ts * NS)):
+                for action in snapshot_synced(adapter, symbol, 200, {}, body.encode(), int(reply_ts * NS)):
                     assert not isinstance(action, Stale)
                     if isinstance(action, FetchSnapshot):
                         wanted.add(action.symbol)
@@ -123,7 +131,7 @@ def test_buffers_until_snapshot_and_never_publishes_unsynced(spot):
     actions = spot.on_message(0, depth("BTCUSDT", 8, 9, asks=[("101.5", "3")]), 11 * NS)
     assert actions == []
     assert spot.syncs["BTCUSDT"].state is State.AWAITING_SNAPSHOT
-    actions = spot.on_snapshot("BTCUSDT", 200, {}, snapshot(7), 12 * NS)
+    actions = snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(7), 12 * NS)
     assert actions == [Publish("BTCUSDT")]
     book = spot.books["BTCUSDT"]
     assert book.update_id == 9
@@ -135,18 +143,18 @@ def test_buffers_until_snapshot_and_never_publishes_unsynced(spot):
 
 def test_old_snapshot_is_fetched_again(spot):
     spot.on_message(0, depth("BTCUSDT", 20, 21), 11 * NS)
-    actions = spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    actions = snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     assert kinds(actions, FetchSnapshot)
     assert not kinds(actions, Publish)
     sync = spot.syncs["BTCUSDT"]
     assert sync.stats.snapshots_old == 1
     assert sync.state is State.AWAITING_SNAPSHOT
-    assert spot.on_snapshot("BTCUSDT", 200, {}, snapshot(20), 13 * NS) == [Publish("BTCUSDT")]
+    assert snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(20), 13 * NS) == [Publish("BTCUSDT")]
     assert spot.books["BTCUSDT"].update_id == 21
 
 
 def test_gap_refetches_and_keeps_the_connection(spot):
-    spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     assert spot.on_message(0, depth("BTCUSDT", 11, 12, bids=[("100.0", "2")]), 13 * NS) == [Publish("BTCUSDT")]
     actions = spot.on_message(0, depth("BTCUSDT", 15, 16), 14 * NS)
     assert Stale("BTCUSDT", "gap") in actions
@@ -157,13 +165,13 @@ def test_gap_refetches_and_keeps_the_connection(spot):
     assert spot.books["BTCUSDT"].depth(BID) == 0  # never published from a broken book
     # The event after the gap starts the new buffer; a fresh snapshot resumes.
     spot.on_message(0, depth("BTCUSDT", 17, 18, asks=[("102.0", "4")]), 14 * NS)
-    assert spot.on_snapshot("BTCUSDT", 200, {}, snapshot(16), 15 * NS) == [Publish("BTCUSDT")]
+    assert snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(16), 15 * NS) == [Publish("BTCUSDT")]
     assert spot.books["BTCUSDT"].update_id == 18
     assert spot.books["BTCUSDT"].levels(ASK) == [(1010, 1), (1020, 4)]
 
 
 def test_crossed_book_resyncs(spot):
-    spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     actions = spot.on_message(0, depth("BTCUSDT", 11, 11, bids=[("101.0", "1")]), 13 * NS)
     assert Stale("BTCUSDT", "crossed") in actions
     assert kinds(actions, FetchSnapshot)
@@ -171,7 +179,7 @@ def test_crossed_book_resyncs(spot):
 
 
 def test_duplicates_and_unknown_deletes(spot):
-    spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     message = depth("BTCUSDT", 11, 11, bids=[("99.0", "1"), ("99.0", "5"), ("98.0", "0")],
                     asks=[("105.0", "0")])
     assert spot.on_message(0, message, 13 * NS) == [Publish("BTCUSDT")]
@@ -180,7 +188,7 @@ def test_duplicates_and_unknown_deletes(spot):
 
 
 def test_rate_limited_snapshot_waits_for_retry_after(spot):
-    actions = spot.on_snapshot("BTCUSDT", 429, {"retry-after": "30"}, b"", 12 * NS)
+    actions = snapshot_synced(spot, "BTCUSDT", 429, {"retry-after": "30"}, b"", 12 * NS)
     assert not kinds(actions, FetchSnapshot)
     assert spot.on_tick(41 * NS) == []
     assert kinds(spot.on_tick(43 * NS), FetchSnapshot)
@@ -193,7 +201,7 @@ def test_server_shutdown_asks_for_reconnect(spot):
 
 
 def test_close_marks_stale_and_reopen_refetches(spot):
-    spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     assert spot.on_close(0, "eof") == [Stale("BTCUSDT", "disconnect")]
     assert spot.syncs["BTCUSDT"].state is State.DOWN
     assert kinds(spot.on_open(0, 20 * NS), FetchSnapshot)
@@ -213,7 +221,7 @@ def test_malformed_messages_raise_and_change_nothing(spot, data):
 
 
 def test_bad_level_mid_message_resyncs(spot):
-    spot.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 12 * NS)
+    snapshot_synced(spot, "BTCUSDT", 200, {}, snapshot(10), 12 * NS)
     with pytest.raises(FeedProtocolError):
         spot.on_message(0, depth("BTCUSDT", 11, 11, bids=[("99.0", "1"), ("1_0", "1")]), 13 * NS)
     actions = spot.drain()
@@ -223,7 +231,7 @@ def test_bad_level_mid_message_resyncs(spot):
 
 def test_bad_snapshot_body_is_retried(spot):
     with pytest.raises(FeedProtocolError):
-        spot.on_snapshot("BTCUSDT", 200, {}, b"<html>", 12 * NS)
+        snapshot_synced(spot, "BTCUSDT", 200, {}, b"<html>", 12 * NS)
     assert kinds(spot.on_tick(20 * NS), FetchSnapshot)
 
 
@@ -241,7 +249,7 @@ def futures():
 def test_futures_pu_chain_with_noncontiguous_ids(futures):
     futures.on_message(0, depth("BTCUSDT", 90, 95, prev=80), 11 * NS)
     futures.on_message(0, depth("BTCUSDT", 99, 120, bids=[("99.0", "1")], prev=95), 11 * NS)
-    assert futures.on_snapshot("BTCUSDT", 200, {}, snapshot(100), 12 * NS) == [Publish("BTCUSDT")]
+    assert snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(100), 12 * NS) == [Publish("BTCUSDT")]
     assert futures.books["BTCUSDT"].update_id == 120
     # Not contiguous (U jumps from 121 to 140), but pu chains: no gap.
     assert futures.on_message(0, depth("BTCUSDT", 140, 150, prev=120), 13 * NS) == [Publish("BTCUSDT")]
@@ -251,7 +259,7 @@ def test_futures_pu_chain_with_noncontiguous_ids(futures):
 
 
 def test_futures_first_event_must_span_last_update_id(futures):
-    futures.on_snapshot("BTCUSDT", 200, {}, snapshot(100), 12 * NS)
+    snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(100), 12 * NS)
     actions = futures.on_message(0, depth("BTCUSDT", 101, 110, prev=100), 13 * NS)
     # U <= lastUpdateId <= u fails (101 > 100): spot's +1 rule must not be used here.
     assert Stale("BTCUSDT", "gap") in actions
@@ -266,11 +274,11 @@ def test_futures_requires_pu():
 
 def test_futures_old_snapshot_is_fetched_again(futures):
     futures.on_message(0, depth("BTCUSDT", 200, 210, prev=190), 11 * NS)
-    actions = futures.on_snapshot("BTCUSDT", 200, {}, snapshot(150), 12 * NS)
+    actions = snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(150), 12 * NS)
     assert kinds(actions, FetchSnapshot)
     assert futures.syncs["BTCUSDT"].stats.snapshots_old == 1
     # lastUpdateId == U is enough on futures (no +1): this one bridges.
-    assert futures.on_snapshot("BTCUSDT", 200, {}, snapshot(200), 13 * NS) == [Publish("BTCUSDT")]
+    assert snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(200), 13 * NS) == [Publish("BTCUSDT")]
     assert futures.books["BTCUSDT"].update_id == 210
 
 
@@ -278,8 +286,8 @@ def test_events_of_one_symbol_never_touch_another():
     adapter = BinanceAdapter(["BTCUSDT", "ETHUSDT"], paranoid=True)
     adapter.scheduler.inflight_max = 2
     adapter.on_open(0, 0)
-    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10), 1)
-    adapter.on_snapshot("ETHUSDT", 200, {}, snapshot(10), 1)
+    snapshot_synced(adapter, "BTCUSDT", 200, {}, snapshot(10), 1)
+    snapshot_synced(adapter, "ETHUSDT", 200, {}, snapshot(10), 1)
     actions = adapter.on_message(0, depth("ETHUSDT", 20, 21), 2)
     assert Stale("ETHUSDT", "gap") in actions
     assert adapter.syncs["BTCUSDT"].state is State.LIVE
@@ -291,7 +299,7 @@ def test_book_walking_out_of_the_snapshot_range_is_refetched():
     adapter.on_open(0, 0)
     bids = [(str(100 - i), "1") for i in range(5)]
     asks = [(str(101 + i), "1") for i in range(5)]
-    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10, bids, asks), 1)
+    snapshot_synced(adapter, "BTCUSDT", 200, {}, snapshot(10, bids, asks), 1)
     # New levels beyond the snapshot are known (they were sent); they do not make it thin.
     assert adapter.on_message(0, depth("BTCUSDT", 11, 11, bids=[("90", "1")]), 2) == [Publish("BTCUSDT")]
     assert adapter.on_message(0, depth("BTCUSDT", 12, 12, bids=[("100", "0"), ("99", "0")]), 3) == [
@@ -305,7 +313,7 @@ def test_book_walking_out_of_the_snapshot_range_is_refetched():
 def test_a_whole_snapshot_is_never_thin():
     adapter = BinanceAdapter(["BTCUSDT"], snapshot_limit=100, depth=3)
     adapter.on_open(0, 0)
-    adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(10, [("100", "1")], [("101", "1")]), 1)
+    snapshot_synced(adapter, "BTCUSDT", 200, {}, snapshot(10, [("100", "1")], [("101", "1")]), 1)
     assert adapter.on_message(0, depth("BTCUSDT", 11, 11, bids=[("100", "0")]), 2) == [Publish("BTCUSDT")]
 
 
@@ -330,7 +338,7 @@ def test_a_waiting_book_keeps_raw_frames_and_only_the_last_while_queued():
     # queued: only the last buffer_queued_max can matter to a snapshot that is not asked for yet
     assert list(eth.buffer) == frames["ETHUSDT"][-adapter.buffer_queued_max:]
     assert eth.buffer_bytes == sum(map(len, eth.buffer))
-    assert adapter.on_snapshot("BTCUSDT", 200, {}, snapshot(49), 2) == [Publish("BTCUSDT")]
+    assert snapshot_synced(adapter, "BTCUSDT", 200, {}, snapshot(49), 2) == [Publish("BTCUSDT")]
     assert adapter.books["BTCUSDT"].update_id == 109
     assert adapter.books["BTCUSDT"].levels(BID) == [(1000, 1), (990, 100)]
     assert not btc.buffer and btc.buffer_bytes == 0
@@ -373,7 +381,7 @@ def test_a_backlog_is_applied_a_chunk_per_turn_to_the_same_book():
 
     chunked, turns = synced(400)
     whole, one = synced(1 << 20)
-    assert turns > 3 and one == 1
+    assert turns > 3 and one == 2  # the snapshot's turn, then the whole backlog in one
     # at once, the frame that came "meanwhile" arrives after the book is live: same result
     assert whole.update_id == 89
     chunked_levels = (chunked.levels(BID), chunked.levels(ASK))

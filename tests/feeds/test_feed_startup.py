@@ -115,9 +115,10 @@ def test_snapshots_spend_the_budget_in_bursts_and_never_draw_a_429():
         counters = sim.counters("binance")
     assert counters["rest_429"] == 0 and counters["rest_418"] == 0
     assert scheduler.requests == 20 and scheduler.rate_limited == 0
-    # the whole budget at once, then the rest when the first burst left the window
-    assert bursts[0][1] == weight_max // 5
-    later = [now_ns for now_ns, _ in bursts[1:]]
+    # one probe, then the rest of the budget at once on its good reply, then the others as
+    # that weight leaves the window
+    assert bursts[0][1] == 1 and bursts[1][1] == weight_max // 5 - 1
+    later = [now_ns for now_ns, _ in bursts[2:]]
     assert all(now_ns - bursts[0][0] >= window_s * 1e9 for now_ns in later)
     assert sum(n for _, n in bursts) == 20
 
