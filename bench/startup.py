@@ -112,12 +112,14 @@ def observer_run(n: int, args) -> dict:
                                  "every book live after the reconnect") - dropped
             time.sleep(SETTLE_S)
             peak2_mb, after2_mb = status_kb(pid, "VmHWM") / 1024, status_kb(pid, "VmRSS") / 1024
+            counters = sim.counters("binance")
             client.close()
             assert obs.stop() == 0, obs.log_text()[-2000:]
         finally:
             obs.close()
         return {"live_s": live_s, "again_s": again_s, "peak_mb": peak_mb, "after_mb": after_mb,
-                "peak2_mb": peak2_mb, "after2_mb": after2_mb, "since_sync_s": dropped - connected}
+                "peak2_mb": peak2_mb, "after2_mb": after2_mb, "since_sync_s": dropped - connected,
+                "rest_429": counters["rest_429"], "rest_418": counters["rest_418"]}
 
 
 def _connect(socket_path):
@@ -166,6 +168,7 @@ with Obsim(args) as sim:
         out["stalls"] = loop.stats().watchdog_reports
         out["stall_max_s"] = max((r.ran_s for r in reports), default=0.0)
         out["stall_fibers"] = sorted({r.fiber_name for r in reports})
+        out["stall_stacks"] = [r.stack[-1500:] for r in reports]
         out["catch_ups"] = session.stats.catch_ups
         loop.stop()
 
@@ -217,29 +220,43 @@ def main(argv=None) -> int:
     p.add_argument("--sim-depth", type=int, default=1000, help="levels a side of obsim's books")
     p.add_argument("--rate", type=float, default=10.0, help="events a second per symbol")
     p.add_argument("--skip-loop", action="store_true", help="only the observer process")
+    p.add_argument("--skip-observer", action="store_true", help="only the loop, in-process")
+    p.add_argument("--stacks", action="store_true", help="print the watchdog's stacks")
     args = p.parse_args(argv)
     for n in (int(x) for x in args.books.split(",")):
-        obs = observer_run(n, args)
-        minimum_s, figures = budget_minimum(n, args.depth)
-        again_min_s, again_figures = budget_minimum(n, args.depth, obs["since_sync_s"])
-        load = os.getloadavg()[0]
-        print(f"startup {n:>3} books: all live {obs['live_s']:6.2f} s after connect "
-              f"(budget minimum {minimum_s:.0f} s: {figures}); after a reconnect "
-              f"{obs['again_s']:6.2f} s (budget minimum {again_min_s:.0f} s: {again_figures}); "
-              f"load {load:.1f}", flush=True)
-        print(f"rss     {n:>3} books: peak {obs['peak_mb']:6.1f} MB, after sync {obs['after_mb']:6.1f} MB; "
-              f"after the reconnect peak {obs['peak2_mb']:6.1f} MB, after {obs['after2_mb']:6.1f} MB; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        if not args.skip_observer:
+            report_observer(n, args)
         if not args.skip_loop:
-            loop = loop_run(n, args)
-            print(f"loop    {n:>3} books: while syncing, a 1 ms sleeper woke at most "
-                  f"{loop['late_max_s'] * 1000:6.1f} ms late, the loop's CPU between two of its wakes "
-                  f"at most {loop['cpu_max_s'] * 1000:5.1f} ms; watchdog turns >= {WATCHDOG_S * 1000:.0f} ms on "
-                  f"the loop's CPU: {loop['stalls']} (longest {loop['stall_max_s'] * 1000:.1f} ms"
-                  f"{', ' + ','.join(loop['stall_fibers']) if loop['stall_fibers'] else ''}); "
-                  f"live in {loop['live_s']:.2f} s in-process, {loop.get('catch_ups', 0)} catch-up "
-                  f"turns; load {os.getloadavg()[0]:.1f}", flush=True)
+            report_loop(n, args)
     return 0
+
+
+def report_observer(n: int, args) -> None:
+    obs = observer_run(n, args)
+    minimum_s, figures = budget_minimum(n, args.depth)
+    again_min_s, again_figures = budget_minimum(n, args.depth, obs["since_sync_s"])
+    print(f"startup {n:>3} books: all live {obs['live_s']:6.2f} s after connect "
+          f"(budget minimum {minimum_s:.0f} s: {figures}); after a reconnect "
+          f"{obs['again_s']:6.2f} s (budget minimum {again_min_s:.0f} s: {again_figures}); "
+          f"obsim answered {obs['rest_429']} x 429, {obs['rest_418']} x 418; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"rss     {n:>3} books: peak {obs['peak_mb']:6.1f} MB, after sync {obs['after_mb']:6.1f} MB; "
+          f"after the reconnect peak {obs['peak2_mb']:6.1f} MB, after {obs['after2_mb']:6.1f} MB; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def report_loop(n: int, args) -> None:
+    loop = loop_run(n, args)
+    print(f"loop    {n:>3} books: while syncing, a 1 ms sleeper woke at most "
+          f"{loop['late_max_s'] * 1000:6.1f} ms late, the loop's CPU between two of its wakes "
+          f"at most {loop['cpu_max_s'] * 1000:5.1f} ms; watchdog turns >= {WATCHDOG_S * 1000:.0f} ms "
+          f"on the loop's CPU: {loop['stalls']} (longest {loop['stall_max_s'] * 1000:.1f} ms"
+          f"{', ' + ','.join(loop['stall_fibers']) if loop['stall_fibers'] else ''}); "
+          f"live in {loop['live_s']:.2f} s in-process, {loop['catch_ups']} catch-up turns; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    if args.stacks:
+        for stack in loop["stall_stacks"]:
+            print(stack, file=sys.stderr)
 
 
 if __name__ == "__main__":

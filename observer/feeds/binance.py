@@ -82,7 +82,8 @@ class BinanceAdapter(Adapter):
                               window_s=rest_window_s, share=rest_weight_share, reserve=rest_reserve)
         self.scheduler = SnapshotScheduler(
             budget, tiers=tuple(tiers.items()), limit_pref=limit_pref, limit_min=limit_min,
-            inflight_max=snapshot_inflight_max, weight_header="x-mbx-used-weight-1m")
+            inflight_max=snapshot_inflight_max, weight_header="x-mbx-used-weight-1m",
+            books_kept=len(self.books) if limit_min < limit_pref else 0)
         self.limit_of = {}  # symbol -> the limit its snapshot in flight was asked with
 
     # ------------------------------------------------------------------ subclass hooks

@@ -32,8 +32,11 @@ The snapshot's `limit` is the other half of the cost. A deeper snapshot costs mo
 vouches for more levels beyond the published depth, so the book walks out of the vouched range
 (and is refetched, going stale meanwhile: binance.py `too_thin`) less often. Each request gets
 the preferred (deep) limit while the budget could still serve everyone else in the queue at
-the small one, and the small one otherwise: a cold start of many books, or a reconnect inside
-the minute, goes live at the small limit instead of waiting a minute for weight.
+the small one, and the small one otherwise, and only while a resync of every book at the small one would still
+fit after it: a cold start of many books goes live at once on a mix of the two, and so does a
+reconnect inside the same minute, instead of waiting a minute for weight (200 books at depth
+50: 170 at 500 levels and 30 at 100 on a cold start, 4400 of the 5400 usable; all 200 at 100
+levels, the remaining 1000, on a reconnect).
 """
 
 from collections import deque
@@ -140,11 +143,13 @@ class SnapshotScheduler:
     `tiers`: (limit, weight) pairs the exchange offers, `limit_min` <= `limit_pref` among
     them (module essay: which one a request gets). `due` hands out (symbol, limit) pairs.
     A burst (up to `inflight_max` at once) goes only within `fresh_s` of a good reply; else
-    one request probes first.
+    one request probes first. `books_kept`: deep requests leave room for that many small ones
+    (the adapter's book count: a reconnect right after a cold start still goes at once).
     """
 
     def __init__(self, budget, *, tiers, limit_pref, limit_min=None, inflight_max=8,
-                 retry_s=1.0, retry_max_s=30.0, queue_max=4096, weight_header=None, fresh_s=1.0):
+                 retry_s=1.0, retry_max_s=30.0, queue_max=4096, weight_header=None, fresh_s=1.0,
+                 books_kept=0):
         weights = dict(tiers)
         limit_min = limit_pref if limit_min is None else limit_min
         assert limit_pref in weights and limit_min in weights and limit_min <= limit_pref
@@ -155,6 +160,7 @@ class SnapshotScheduler:
         self.weight_pref = weights[limit_pref]
         self.weight_min = weights[limit_min]
         self.weights = weights
+        self.books_kept = books_kept  # books whose resync at limit_min deep requests leave room for
         assert self.weight_min <= budget.own_max, "a snapshot must fit in the budget"
         self.inflight_max = inflight_max
         self.retry_ns = int(retry_s * NS_PER_S)
@@ -199,8 +205,10 @@ class SnapshotScheduler:
         inflight_max = self.inflight_max if now_ns < self.fresh_until_ns else 1
         while queue and len(self.inflight) < inflight_max:
             room = self.budget.room(now_ns)
-            # the deep limit only while everyone else waiting could still go at the small one
-            if room - self.weight_pref >= self.weight_min * (len(queue) - 1):
+            # the deep limit only while everyone else waiting could still go at the small one,
+            # and a resync of every book at the small one (a reconnect) would still fit
+            spare = room - self.weight_pref - self.weight_min * self.books_kept
+            if spare >= self.weight_min * (len(queue) - 1):
                 limit, weight = self.limit_pref, self.weight_pref
             elif room >= self.weight_min:
                 limit, weight = self.limit_min, self.weight_min

@@ -80,6 +80,19 @@ def test_the_small_limit_when_the_budget_cannot_serve_everyone_deep():
     assert scheduler.budget.room(0) == 0
 
 
+def test_deep_requests_keep_room_for_a_reconnect_at_the_small_limit():
+    scheduler = scheduler_of(6000, limit_pref=500, limit_min=100, reserve=0.1, books_kept=200)
+    request_all(scheduler, 200)
+    cold = [probe(scheduler)[1]] + [limit for _, limit in scheduler.due(0)]
+    # 5400 usable: n deep (25) + (200 - n) small (5) + 200 kept x 5 <= 5400 -> n = 170
+    assert (cold.count(500), cold.count(100)) == (170, 30)
+    for i in range(1, 200):
+        scheduler.on_reply(f"S{i}", 200, {}, NS_PER_S)
+    request_all(scheduler, 200)                          # a reconnect: every book again
+    again = scheduler.due(NS_PER_S + 1)
+    assert [limit for _, limit in again] == [100] * 200  # the kept 1000, all at once
+
+
 def test_the_header_counts_what_others_spent():
     scheduler = scheduler_of(6000)
     scheduler.request("A")
