@@ -17,9 +17,9 @@ the @100ms stream sends them), with the exchange's own REST budget (6000 weight 
    load does not inflate much); and the loop's watchdog, bound at 10 ms, counts turns that ran
    that long with at least half of it on the loop's own CPU.
 
-The budget's minimum is what the budget alone allows: 0 when every snapshot fits in what is
-left of the window, else until enough weight has left it (feeds/scheduler.py, `minimum_s`).
-For the reconnect it starts from the first sync's spend.
+The budget's minimum is when the budget lets the last snapshot start, under the scheduler's
+own choice of limits, had every reply come back at once (0 when all fit in what is left of the
+window). For the reconnect it starts from the first sync's spend, that long after it.
 
 Machine load changes every figure here: the load average is printed on each line.
 
@@ -39,8 +39,8 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 
 import obclient  # noqa: E402
-from observer.feeds.binance import BinanceAdapter, choose_limits  # noqa: E402
-from observer.feeds.scheduler import NS_PER_S, WeightBudget  # noqa: E402
+from observer.feeds.binance import BinanceAdapter  # noqa: E402
+from observer.feeds.scheduler import NS_PER_S  # noqa: E402
 from observer.sim.harness import Obsim  # noqa: E402
 from observer.simconfig import write_config  # noqa: E402
 from observer.testing import ObserverProcess, unique_name  # noqa: E402
@@ -191,26 +191,30 @@ def loop_run(n: int, args) -> dict:
 
 
 def budget_minimum(n: int, depth: int, since_sync_s: float | None = None) -> tuple[float, str]:
-    """The budget's minimum for n books, from an empty budget or (since_sync_s) after the
-    first sync spent its weight that long ago; and the figures it comes from."""
-    tiers = dict(BinanceAdapter.depth_tiers)
-    limit_min, limit_pref = choose_limits(BinanceAdapter.depth_tiers, depth,
-                                          BinanceAdapter.limit_margin_min,
-                                          BinanceAdapter.limit_margin_pref, BinanceAdapter.limit_pref_cap)
-    budget = WeightBudget(weight_max=BinanceAdapter.weight_per_minute)
-    usable = budget.ip_max
-    deep = n * tiers[limit_pref]
+    """The budget's minimum for n books: when the scheduler's own policy (limits, probe, kept
+    room) lets the last snapshot start, had every reply come back at once. From an empty
+    budget, or (since_sync_s) for a reconnect that long after the first sync. Also the
+    weight spent, for the report."""
+    scheduler = BinanceAdapter(symbols_of(n), depth=depth).scheduler
+
+    def sync(start_ns):
+        for symbol in symbols_of(n):
+            scheduler.request(symbol)
+        now_ns, weight = start_ns, 0
+        while scheduler.queue:
+            started = scheduler.due(now_ns)
+            for symbol, limit in started:
+                weight += scheduler.weights[limit]
+                scheduler.on_reply(symbol, 200, {}, now_ns)
+            if not started:
+                now_ns += NS_PER_S // 100  # waiting for weight to come back
+        return (now_ns - start_ns) / NS_PER_S, weight
+
+    first_s, first_weight = sync(0)
     if since_sync_s is None:
-        weight = deep if deep <= usable else n * tiers[limit_min]
-        return budget.minimum_s(weight), (f"{n}x{weight // n} = {weight} of {usable} usable "
-                                          f"(limits {limit_min}/{limit_pref})")
-    first = deep if deep <= usable else n * tiers[limit_min]
-    budget.settle(budget.spend(first, 0), 0)
-    now_ns = int(since_sync_s * NS_PER_S)
-    room = budget.room(now_ns)
-    weight = n * tiers[limit_pref] if n * tiers[limit_pref] <= room else n * tiers[limit_min]
-    return budget.minimum_s(weight, now_ns), (f"{n}x{weight // n} = {weight}, {max(room, 0)} left "
-                                              f"{since_sync_s:.1f} s after the first {first}")
+        return first_s, f"{first_weight} weight of {scheduler.budget.ip_max} usable"
+    again_s, again_weight = sync(int((first_s + since_sync_s) * NS_PER_S))
+    return again_s, f"{again_weight} weight, {since_sync_s:.1f} s after the first {first_weight}"
 
 
 def main(argv=None) -> int:
