@@ -313,8 +313,8 @@ class BinanceAdapter(Adapter):
 def vouched_range_of(book, n_bids, n_asks, limit):
     """(worst bid, worst ask) of a snapshot that may have been cut at `limit` levels; 0 for
     a side the snapshot returned whole (fewer levels than asked for)."""
-    worst_bid = book.levels(BID)[-1][0] if n_bids >= limit and book.depth(BID) else 0
-    worst_ask = book.levels(ASK)[-1][0] if n_asks >= limit and book.depth(ASK) else 0
+    worst_bid = book.worst(BID) if n_bids >= limit else 0  # O(1): no list of every level
+    worst_ask = book.worst(ASK) if n_asks >= limit else 0
     return worst_bid, worst_ask
 
 
