@@ -138,9 +138,10 @@ from observer.feeds.session import Session
 from observer.sim.harness import Obsim
 
 args, symbols, depth = json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+options = json.loads(sys.argv[7])
 with Obsim(args) as sim:
     adapter = make_adapter("binance", symbols, ws_url=sim.ws_url("binance"),
-                           rest_url=sim.rest_url("binance"), depth=depth)
+                           rest_url=sim.rest_url("binance"), depth=depth, **options)
     session = Session(adapter, lambda actions, recv_ns: None, ca_file=sim.ca_file, seed=1)
     loop = loom.Loop(watchdog_s=float(sys.argv[5]))
     probe_s = float(sys.argv[6])
@@ -182,9 +183,11 @@ with Obsim(args) as sim:
 
 def loop_run(n: int, args) -> dict:
     """Part 2: the feed in a child process with a lag probe and a 10 ms watchdog."""
+    options = {"snapshot_inflight_max": args.inflight} if args.inflight else {}
     done = subprocess.run([sys.executable, "-c", _LOOP_CHILD, REPO, json.dumps(sim_args(n, args)),
                            json.dumps(symbols_of(n)), str(args.depth), str(WATCHDOG_S),
-                           str(PROBE_SLEEP_S)], capture_output=True, text=True, timeout=600)
+                           str(PROBE_SLEEP_S), json.dumps(options)],
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"loop child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -226,6 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-loop", action="store_true", help="only the observer process")
     p.add_argument("--skip-observer", action="store_true", help="only the loop, in-process")
     p.add_argument("--stacks", action="store_true", help="print the watchdog's stacks")
+    p.add_argument("--inflight", type=int, default=0,
+                   help="snapshots in flight at once in the loop part (default: the adapter's)")
     args = p.parse_args(argv)
     for n in (int(x) for x in args.books.split(",")):
         if not args.skip_observer:

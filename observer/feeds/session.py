@@ -8,7 +8,7 @@ feeds it what happened. Per feed it runs:
   WebSocket, `on_open`, then `recv()` -> `on_message` until the connection fails or the adapter
   asks for a reconnect; `on_close`; then wait an exponential backoff with jitter and go again,
   forever. Every attempt is counted (session stats, and `reconnects` on each book it carries).
-- one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, staggered snapshots,
+- one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, budgeted snapshots,
   pings and silence deadlines live in the adapter and are released there);
 - one short fiber per REST snapshot (`FetchSnapshot`), so a slow or refused snapshot never
   blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin (as many as
