@@ -160,7 +160,7 @@ class BinanceAdapter(Adapter):
             self.buffer(sync, data)
 
     def buffer(self, sync, data):
-        """Keep the frame's bytes (not the parsed event: a tenth of the memory) until the
+        """Keep the frame's bytes (not the parsed event: a fifth of the memory) until the
         snapshot. A copy: `data` may be the connection's reused receive buffer."""
         frame = bytes(data)
         buffer = sync.buffer
