@@ -53,12 +53,11 @@ import random
 import time
 from urllib.parse import urlsplit
 
-from observer import loom
+from observer import loom, memtrim
 from observer.feeds import make_adapter
-from observer import memtrim
-from observer.feeds.sync import State
 from observer.feeds.actions import (CatchUp, FeedProtocolError, FetchSnapshot, Publish,
                                    Reconnect, Send, Stale)
+from observer.feeds.sync import State
 from observer.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
