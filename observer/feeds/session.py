@@ -122,6 +122,7 @@ class Session:
         scheduler = getattr(adapter, "scheduler", None)
         self.http_idle_max = max(HTTP_CLIENTS_IDLE_MAX, getattr(scheduler, "inflight_max", 0))
         self.syncing = False  # some book waited for a snapshot at the last tick
+        self.read_turn = -1  # the loop turn of the last socket read (before_read)
         self.loop = None
         self.fibers = []
         self.stopping = False
@@ -209,7 +210,7 @@ class Session:
         self.reconnect_reasons.pop(conn_id, None)
         delivered = False
         reason = "closed"
-        ws.before_read = self.end_batch
+        ws.before_read = self.before_read
         stats = self.stats
         try:
             self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
@@ -270,6 +271,23 @@ class Session:
                           f"internal error in on_message on conn {conn_id}", exc_info=exc,
                           level=logging.ERROR)
         return self.adapter.drain()
+
+    def before_read(self):
+        """The connection's hook before each read from its socket: the batch ends (its
+        after_frame), and a second read in the same loop turn first lets the others run.
+
+        Discussion: loom lets a fiber whose calls complete at once go on for 64 of them in a
+        turn. A connection whose socket filled while the loop was busy (200 snapshots being
+        applied) then parsed 64 reads of up to 64 KiB, thousands of messages, in one turn: the
+        watchdog's 10-40 ms turns at start-up. One read per turn bounds it at one read's
+        messages; with nobody else ready the yield costs a pass of the loop per 64 KiB.
+        """
+        self.end_batch()
+        turn = self.loop.switches
+        if turn == self.read_turn:
+            loom.sleep(0)
+            turn = self.loop.switches
+        self.read_turn = turn
 
     def end_batch(self):
         """The batch's after_frame: before the connection reads again, and when it closes."""
