@@ -30,13 +30,14 @@ window is treated as sliding, and a fixed minute is never stricter than that.
 
 The snapshot's `limit` is the other half of the cost. A deeper snapshot costs more weight but
 vouches for more levels beyond the published depth, so the book walks out of the vouched range
-(and is refetched, going stale meanwhile: binance.py `too_thin`) less often. Each request gets
-the preferred (deep) limit while the budget could still serve everyone else in the queue at
-the small one, and the small one otherwise, and only while a resync of every book at the small one would still
-fit after it: a cold start of many books goes live at once on a mix of the two, and so does a
-reconnect inside the same minute, instead of waiting a minute for weight (200 books at depth
-50: 170 at 500 levels and 30 at 100 on a cold start, 4400 of the 5400 usable; all 200 at 100
-levels, the remaining 1000, on a reconnect).
+(and is refetched, going stale meanwhile: binance.py `too_thin`) less often. A request gets the
+preferred (deep) limit only while everyone else in the queue could still go at the small one
+and a resync of every book at the small one would still fit afterwards; else the small one.
+So a cold start of many books goes live at once on a mix of the two, and so does a reconnect
+inside the same minute, instead of waiting a minute for weight (200 books at depth 50: 170 at
+500 levels and 30 at 100 on a cold start, 4400 of the 5400 usable; all 200 at 100 levels, the
+remaining 1000, on a reconnect). Without a good reply in the last `fresh_s`, one request goes
+alone before any burst (see `due`).
 """
 
 from collections import deque
@@ -118,23 +119,6 @@ class WeightBudget:
         """Weight we may still spend now."""
         used = self.used(now_ns)
         return min(self.own_max - self.spent_sum, self.ip_max - used)
-
-    def minimum_s(self, total_weight, now_ns=None):
-        """Seconds until requests weighing `total_weight` can all have started, from an empty
-        budget (now_ns None) or from now (our weight coming back as it leaves the window):
-        the budget's minimum, for reports."""
-        ceiling = min(self.own_max, self.ip_max)
-        room = ceiling if now_ns is None else self.room(now_ns)
-        need = total_weight - room
-        if need <= 0:
-            return 0.0
-        if now_ns is not None:
-            for sent_ns, weight, replied_ns in self.spent:
-                need -= weight
-                if need <= 0:
-                    return ((replied_ns or sent_ns) + self.window_ns - now_ns) / NS_PER_S
-        windows = -(-need // ceiling)  # whole windows of weight coming back
-        return windows * self.window_ns / NS_PER_S
 
 
 class SnapshotScheduler:

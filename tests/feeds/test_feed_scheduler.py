@@ -128,15 +128,6 @@ def test_share_caps_this_feed_below_the_ip():
     assert len(scheduler.due(0)) == 59
 
 
-def test_the_budget_minimum():
-    budget = WeightBudget(weight_max=6000, window_s=60, reserve=0.1)
-    assert budget.minimum_s(200 * 25) == 0.0
-    assert budget.minimum_s(200 * 50) == 60.0
-    assert budget.minimum_s(500 * 50) == 240.0
-    budget.settle(budget.spend(5000, 0), 2 * NS_PER_S)
-    assert budget.minimum_s(200 * 5, 10 * NS_PER_S) == 52.0  # the burst leaves at 62 s
-
-
 def test_retry_after_blocks_the_queue():
     scheduler = scheduler_of()
     scheduler.request("A")
