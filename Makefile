@@ -8,26 +8,30 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test bench clean venv
 
-$(STAMP): pyproject.toml setup.py proto/_latch_c.c observer/book/_book_c.c
+# Two distributions, installed editable: obclient (client/: obclient, obproto, obrelay, obctl)
+# first, then observer (the server and obsim), which depends on it.
+$(STAMP): pyproject.toml setup.py client/pyproject.toml client/setup.py \
+		client/obproto/_latch_c.c observer/book/_book_c.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sim]'
+	$(PY) -m pip install -qq --upgrade pip 'setuptools>=77' wheel
+	$(PY) -m pip install -qq -e './client[relay]'
+	$(PY) -m pip install -qq -e '.[test,sim]'
 	@touch $@
 
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m observer.demo
+	$(PY) -m obsim.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,sim,bench]'
+	$(PY) -m pip install -qq -e '.[test,sim,bench]'
 	@touch $@
 
 bench: $(BENCH_STAMP)
 	@for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info client/build client/*.egg-info .pytest_cache

@@ -1,9 +1,9 @@
-"""The compiled part of the build: proto/_latch_c.c and observer/book/_book_c.c (everything
-else is in pyproject.toml).
+"""The compiled part of the observer distribution: observer/book/_book_c.c (everything else is
+in pyproject.toml; obproto's _latch_c is built by client/setup.py, the obclient distribution).
 
 `optional=True`: on a machine without a C compiler the install still succeeds and
-proto/latch.py and observer/book/book.py run their pure-Python code (the same bytes and the
-same books, more interpreter time per message).
+observer/book/book.py runs its pure-Python code (the same books, more interpreter time per
+message).
 """
 
 from setuptools import Extension, setup
@@ -12,8 +12,6 @@ COMPILE_ARGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"
                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 
 setup(ext_modules=[
-    Extension("proto._latch_c", ["proto/_latch_c.c"], optional=True,
-              extra_compile_args=COMPILE_ARGS),
     Extension("observer.book._book_c", ["observer/book/_book_c.c"], optional=True,
               extra_compile_args=COMPILE_ARGS),
 ])

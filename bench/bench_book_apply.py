@@ -9,7 +9,7 @@ Contenders (all fed the same decimal text):
 - observer.book.Book: exact ints, bisect lists, export_top into int64 views.
 - order-book (cryptofeed's C SortedDict book) with Decimal keys, as cryptofeed uses it.
 - sortedcontainers.SortedDict with Decimal keys: the usual pure-Python sorted book.
-- dict + sort on read: the re-sort that makes cryptofeed fall behind (MEASUREMENTS.md).
+- dict + sort on read: the re-sort that makes cryptofeed fall behind (docs/FIGURES.md section 1).
 
 Prints one line per contender: µs per message and the ratio to ours (>1 = slower than ours);
 then one line per leaf of the book (ns per call).
@@ -156,7 +156,8 @@ def main():
 
 
 def bench_leaves(bids, asks):
-    """The book's leaves on their own (STYLE 10), on the same 1000-level book."""
+    """The book's leaves on their own (arrays and scalars in, values out), on the same
+    1000-level book."""
     from observer.book.book import side_export, side_set
     from observer.book.fixed import parse_decimal
 

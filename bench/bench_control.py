@@ -70,7 +70,7 @@ def line(name: str, samples: list[float], floor_p50: float) -> None:
 
 def floor_samples(workdir: str) -> list[float]:
     from obclient.protocol import ClientProtocol
-    from proto import messages as m
+    from obproto import messages as m
 
     path = os.path.join(workdir, "echo.sock")
     proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, path], stdout=subprocess.PIPE,
@@ -98,7 +98,7 @@ def floor_samples(workdir: str) -> list[float]:
 def pipelined_samples(socket_path: str) -> list[float]:
     """Microseconds per request, PIPELINED describes at a time on a raw connection."""
     from obclient.protocol import ClientProtocol
-    from proto import messages as m
+    from obproto import messages as m
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
@@ -121,8 +121,8 @@ def pipelined_samples(socket_path: str) -> list[float]:
 
 
 def main() -> int:
-    from observer.testing import ObserverProcess
-    from proto import messages as m
+    from obsim.observerproc import ObserverProcess
+    from obproto import messages as m
 
     print(f"bench_control: {ROUNDS} rounds, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="obs-bench-") as workdir:

@@ -1,8 +1,9 @@
 """obsim's send rate: how many Binance depth messages/s a `websockets` client receives from it.
 
 The ingest benchmark feeds the observer and cryptofeed from obsim at rates a plain `websockets`
-client keeps up with (24k messages/s and more, MEASUREMENTS.md), so obsim must send well beyond
-that. Two senders, the same client, one run (seeded, over wss:// on loopback, no compression):
+client keeps up with (24k messages/s and more, docs/FIGURES.md section 3), so obsim must send well
+beyond that. Two senders, the same client, one run (seeded, over wss:// on loopback, no
+compression):
 
   obsim       `obsim --exchanges binance`, one symbol, 10 level changes per event, the random
               walk precomputed as a 20000-event closed cycle (`--precompute-events`: the true
@@ -35,7 +36,7 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from observer.sim.harness import Obsim  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
 
 SEED = 7
 WARMUP_S = 1.0
@@ -74,7 +75,7 @@ async def serve_plain(cert_dir: Path) -> None:
 
     from websockets.asyncio.server import serve
 
-    from observer.sim.tls import make_certificates, server_context
+    from obsim.tls import make_certificates, server_context
     _, cert, key = make_certificates(cert_dir)
     rng = random.Random(SEED)
     messages = []

@@ -25,16 +25,4 @@ def live():
     return adapter
 
 
-def levels(msg):
-    data = msg["data"]
-    for p, s in data["b"]:
-        yield 0, p, s
-    for p, s in data["a"]:
-        yield 1, p, s
-
-
-feedbench.report("bench_parse_binance_futures", [
-    ("observer BinanceFuturesAdapter", feedbench.adapter_consumer(live)),
-    ("orjson.loads only (floor)", feedbench.floor_consumer),
-    ("orjson+Decimal+order-book (cf)", feedbench.cryptofeed_style(levels)),
-], messages)
+feedbench.report_against_peers("bench_parse_binance_futures", "observer BinanceFuturesAdapter", live, feedbench.data_levels, messages)

@@ -35,8 +35,5 @@ def levels(msg):
         yield (0 if update["side"] == "bid" else 1), update["price_level"], update["new_quantity"]
 
 
-feedbench.report("bench_parse_coinbase", [
-    ("observer CoinbaseAdapter", feedbench.adapter_consumer(live)),
-    ("orjson.loads only (floor)", feedbench.floor_consumer),
-    ("orjson+Decimal+order-book (cf)", feedbench.cryptofeed_style(levels)),
-], messages)
+feedbench.report_against_peers("bench_parse_coinbase", "observer CoinbaseAdapter", live, levels,
+                               messages)

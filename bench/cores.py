@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from observer.testing import ObserverProcess, unique_name  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
 
 SYMBOLS_PER_FEED = 16
 # Two feeds of 16 symbols. Why 16: a synthetic feed applies at most 64 updates per symbol per

@@ -45,9 +45,9 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
 
-from observer.sim.harness import Obsim  # noqa: E402
-from observer.simconfig import write_config  # noqa: E402
-from observer.testing import ObserverProcess, unique_name  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
+from obsim.simconfig import write_config  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
 
 SEED = 7
 RATE_TOTAL = 12_000

@@ -41,17 +41,17 @@ if "--pure" in sys.argv:
 import orjson  # noqa: E402
 
 from observer.book import BookUpdate  # noqa: E402
-from observer.exchangefeed import ExchangeFeed  # noqa: E402
+from observer.shard.exchangefeed import ExchangeFeed  # noqa: E402
 from observer.feeds.actions import FetchSnapshot  # noqa: E402
 from observer.feeds.binance import NS_PER_MS, BinanceAdapter  # noqa: E402
 from observer.feeds.session import Session  # noqa: E402
 from observer.net.wsframe import FrameReader  # noqa: E402
 from observer.shm.segment import Segment  # noqa: E402
-from observer.sim import cli as sim_cli  # noqa: E402
-from observer.sim.binance import BinanceSpot  # noqa: E402
-from observer.sim.tls import make_certificates, server_context  # noqa: E402
-from observer.testing import unique_name  # noqa: E402
-from proto.layout import BookDesc  # noqa: E402
+from obsim import cli as sim_cli  # noqa: E402
+from obsim.binance import BinanceSpot  # noqa: E402
+from obsim.tls import make_certificates, server_context  # noqa: E402
+from obsim.observerproc import unique_name  # noqa: E402
+from obproto.layout import BookDesc  # noqa: E402
 
 SEED = 7
 RATE_TOTAL = 12_000
@@ -273,7 +273,6 @@ class Shard:
 
     def close(self) -> None:
         self.segment.close()
-        self.segment.unlink()
 
 
 def stage_export(stream: Stream, shard: Shard) -> int:

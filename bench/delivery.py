@@ -2,7 +2,7 @@
 
 One run, side by side, one line per contender, ratios against the raw eventfd wake-up measured
 in the same run. Every contender carries the same top-of-book record (the ring record body of
-proto.layout: book index, kind, flags, exponents, sequence, update id, three timestamps, best
+obproto.layout: book index, kind, flags, exponents, sequence, update id, three timestamps, best
 bid and ask) from a writer process to a reader process; latency is the reader's clock after it
 holds the record minus the writer's clock just before it published (CLOCK_REALTIME, one host).
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from obclient.segment import SegmentReader  # noqa: E402
+from obproto.segment import SegmentReader  # noqa: E402
 from observer.shm import Segment  # noqa: E402
-from proto import layout  # noqa: E402
-from proto.layout import BookDesc  # noqa: E402
+from obproto import layout  # noqa: E402
+from obproto.layout import BookDesc  # noqa: E402
 
 BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
 TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"

@@ -98,9 +98,10 @@ def floor_consumer(messages):
 
 def cryptofeed_style(levels_of):
     """orjson + Decimal + order-book; `levels_of(msg)` yields (side, price_text, size_text)."""
-    from order_book import OrderBook
 
     def consume(messages):
+        from order_book import OrderBook  # here: report() skips the peer when not installed
+
         book = OrderBook(max_depth=0)
         sides = (book.bids, book.asks)
         for data in messages:
@@ -115,6 +116,25 @@ def cryptofeed_style(levels_of):
             book.bids.index(0) if len(book.bids) else None
 
     return consume
+
+
+def data_levels(msg):
+    """(side, price, size) of a message whose `data` holds `b` and `a` (Binance, Bybit)."""
+    data = msg["data"]
+    for p, s in data["b"]:
+        yield 0, p, s
+    for p, s in data["a"]:
+        yield 1, p, s
+
+
+def report_against_peers(bench, adapter_name, live, levels_of, messages):
+    """The three contenders every exchange has: our adapter (`live()` makes it synced), the
+    orjson floor and the cryptofeed-style book (`levels_of` reads a message's levels)."""
+    report(bench, [
+        (adapter_name, adapter_consumer(live)),
+        ("orjson.loads only (floor)", floor_consumer),
+        ("orjson+Decimal+order-book (cf)", cryptofeed_style(levels_of)),
+    ], messages)
 
 
 def report(bench, contenders, messages):

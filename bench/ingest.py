@@ -43,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from observer.sim.harness import Obsim  # noqa: E402
-from observer.simconfig import write_config  # noqa: E402
-from observer.testing import ObserverProcess, unique_name  # noqa: E402
-from proto import layout  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
+from obsim.simconfig import write_config  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
+from obproto import layout  # noqa: E402
 
 SEED = 7
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

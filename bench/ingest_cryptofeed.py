@@ -9,7 +9,7 @@ endpoints at obsim; the WebSocket trusts obsim's CA through the endpoint options
 side (requests for exchangeInfo, aiohttp for the depth snapshot) through REQUESTS_CA_BUNDLE and
 SSL_CERT_FILE, set by the parent. Book checks are on (`cross_check=True`); the depth is the
 default (full book, 1000-level REST snapshot), because `max_depth=10` asks for a 10-level
-snapshot and publishes wrong tops (MEASUREMENTS.md).
+snapshot and publishes wrong tops (docs/FIGURES.md section 2).
 
 Measured per L2_BOOK callback for `measure_s`, after a warm-up that ends at the first callback
 less than `caught_up_s` behind (after `warmup_min_s`, at the latest at `warmup_max_s`): the

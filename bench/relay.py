@@ -39,11 +39,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "relay"))
+sys.path.insert(0, str(ROOT / "tests"))          # kit: the test helpers
 
 import obclient  # noqa: E402
 from natskit import NatsServer, free_port, nats_server_binary  # noqa: E402
-from observer.testing import ObserverProcess, unique_name, wait_until  # noqa: E402
-from proto import relay as wire  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
+from kit.procs import wait_until  # noqa: E402
+from obproto import relay as wire  # noqa: E402
 
 DEPTH = 10
 LAT_RATE_HZ = 200.0

@@ -28,8 +28,8 @@ os.environ["OBSERVER_PURE_PYTHON"] = "1"     # the cache belongs to the pure-Pyt
 import orjson  # noqa: E402
 
 from observer.book import Book, BookError, BookUpdate  # noqa: E402
-from observer.sim import cli as sim_cli  # noqa: E402
-from observer.sim.binance import BinanceSpot  # noqa: E402
+from obsim import cli as sim_cli  # noqa: E402
+from obsim.binance import BinanceSpot  # noqa: E402
 
 RECORDINGS_DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "recordings"
 OBSIM_LONG_LEVELS = 100_000

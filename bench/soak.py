@@ -27,7 +27,7 @@ memory. They still take every record through the spin path (laps would show if t
 behind). The "next" readers and the lap counts use obclient's segment reader and follower
 directly (`client._att.reader`, `stream._follower`), as bench/cores.py does.
 
-`OBSERVER_TRACEMALLOC_S` (see observer/memtrace.py) is passed through with `--tracemalloc-s`,
+`OBSERVER_TRACEMALLOC_S` (see observer/telemetry/memtrace.py) is passed through with `--tracemalloc-s`,
 so each shard logs its top allocation differences into the observer's log; `--keep-log FILE`
 copies that log out before the work directory is removed.
 
@@ -56,10 +56,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from observer.sim.harness import Obsim  # noqa: E402
-from observer.simconfig import write_config  # noqa: E402
-from observer.testing import ObserverProcess, unique_name  # noqa: E402
-from proto import layout  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
+from obsim.simconfig import write_config  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
+from obproto import layout  # noqa: E402
 
 SEED = 13
 VENUES = ("binance", "kraken", "okx", "bybit")   # two default symbols each: 8 books
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
                    help="inject the next fault (disconnect, gap; venue by venue) this often; "
                         "0: none (the steady state alone)")
     p.add_argument("--tracemalloc-s", type=float, default=0.0,
-                   help="shards log tracemalloc differences this often (observer/memtrace.py)")
+                   help="shards log tracemalloc differences this often (observer/telemetry/memtrace.py)")
     p.add_argument("--keep-log", help="copy the observer's log here before it is removed")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--socket", help=argparse.SUPPRESS)

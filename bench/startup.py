@@ -41,9 +41,9 @@ sys.path.insert(0, REPO)
 import obclient  # noqa: E402
 from observer.feeds.binance import BinanceAdapter  # noqa: E402
 from observer.feeds.scheduler import NS_PER_S  # noqa: E402
-from observer.sim.harness import Obsim  # noqa: E402
-from observer.simconfig import write_config  # noqa: E402
-from observer.testing import ObserverProcess, unique_name  # noqa: E402
+from obsim.harness import Obsim  # noqa: E402
+from obsim.observerproc import ObserverProcess, unique_name  # noqa: E402
+from obsim.simconfig import write_config  # noqa: E402
 
 POLL_S = 0.01
 LIVE_DEADLINE_S = 300.0
@@ -135,7 +135,7 @@ sys.path.insert(0, sys.argv[1])
 from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.session import Session
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 args, symbols, depth = json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 options = json.loads(sys.argv[7])

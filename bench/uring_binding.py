@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from observer.loom import _uring_ring as ur  # noqa: E402
+from observer.loom import uring as ur  # noqa: E402
 
 BATCH = 32
 

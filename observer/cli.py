@@ -4,7 +4,7 @@
     observer --feed binance:BTCUSDT,ETHUSDT --feed kraken:BTC/USD [--ca-file CA.pem]
     observer --config observer.toml [--cores 2,3] [--backend epoll] [--log-format json]
 
-Why it is thin: configuration is observer/config.py (one frozen ObserverConfig from a file and
+Why it is thin: configuration is observer/config/settings.py (one frozen ObserverConfig from a file and
 flags), the long-lived objects are `Supervisor` and `Shard` (or `ShardManager`), and this module
 only wires them on one loom loop and turns signals into a clean stop. Signals arrive through
 `signal.set_wakeup_fd` on a socketpair that a fiber reads, so the stop runs as ordinary fiber
@@ -12,9 +12,9 @@ code (no work inside a signal handler, no interrupted loop internals). A clean s
 socket file and closes the segment (a memfd, which never had a name).
 
 Process model (C1). With `--cores LIST` (or `cores = [...]`) every listed core gets one shard
-process (observer/shardproc.py, forked by the zygote, observer/zygote.py), pinned to it,
-started and restarted by `ShardManager` (observer/shards.py); feeds are partitioned across
-them (observer/shardplan.py). The cores are
+process (observer/process/shardproc.py, forked by the zygote, observer/process/zygote.py), pinned to it,
+started and restarted by `ShardManager` (observer/process/shardmanager.py); feeds are partitioned across
+them (observer/config/shardplan.py). The cores are
 checked against the ones this process may use before anything is created, so a bad list leaves
 nothing behind. Without --cores there is one shard, unpinned, in the supervisor's own process
 and loop. Why not a child there too: with no core to isolate, a second process would buy only
@@ -22,11 +22,11 @@ crash isolation, at the price of a second interpreter and a pickled hand-over fo
 set-ups (a laptop, a test); a feed bug there is already contained to its fiber and marks its
 books stale. Anyone who wants restarts asks for `--cores`.
 
-Bad input: every key and flag is checked before anything is created (observer/commandline.py,
-through observer/config.py's key table), so a bad command line or file is one line on stderr
+Bad input: every key and flag is checked before anything is created (observer/config/commandline.py,
+through observer/config/settings.py's key table), so a bad command line or file is one line on stderr
 and exit 2, with nothing left behind.
 
-Signals: `main` takes SIGINT and SIGTERM as its first act (observer/stopsignals.py), which is
+Signals: `main` takes SIGINT and SIGTERM as its first act (observer/process/stopsignals.py), which is
 why this module imports nothing heavy at its top: the time before `main` runs is time in which
 a Ctrl-C would be Python's KeyboardInterrupt. While the arguments and the file are read, a
 signal ends the process at once; from the moment anything is created it is a request to stop,
@@ -35,7 +35,7 @@ always the orderly one, and a second signal during it is only recorded.
 
 Exit codes: 0 after a clean stop by SIGTERM, 130 after a clean stop by SIGINT (Ctrl-C; 128 +
 SIGINT, what shells report), 1 after a stop forced by the loss of a part that cannot be
-replaced (the zygote, observer/zygote.py: a service manager should start a new generation), 2
+replaced (the zygote, observer/process/zygote.py: a service manager should start a new generation), 2
 for a bad command line or configuration (one line on stderr; a core that does not exist or is
 not allowed names the allowed ones), 3 when another observer already holds the name or the
 socket.
@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 import sys
 
-from observer.stopsignals import Interrupted, StopSignals
+from observer.process.stopsignals import Interrupted, StopSignals
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,15 +59,15 @@ class StartError(RuntimeError):
 
 
 def parse_args(argv):
-    """The command line's flags, as text (observer/commandline.py)."""
-    from observer import commandline
+    """The command line's flags, as text (observer/config/commandline.py)."""
+    from observer.config import commandline
 
     return commandline.parse_args(argv)
 
 
 def build_config(args):
-    """The ObserverConfig in effect, every check made (observer/commandline.py)."""
-    from observer import commandline
+    """The ObserverConfig in effect, every check made (observer/config/commandline.py)."""
+    from observer.config import commandline
 
     return commandline.build_config(args)
 
@@ -75,8 +75,8 @@ def build_config(args):
 def plan(config):
     """Book descriptors (shard indexes set), the feed objects that fill them, the book index of
     each (exchange, symbol), and the shard of each configured feed."""
-    from observer.feedplan import plan as feed_plan
-    from observer.shardplan import assign, partition
+    from observer.shard.feedplan import plan as feed_plan
+    from observer.config.shardplan import assign, partition
 
     descs, feeds, index_of = feed_plan(config)
     shard_of = partition(config.feeds, len(config.cores) if config.cores else 1)
@@ -86,10 +86,10 @@ def plan(config):
 def run(config, stop: StopSignals) -> int:
     """Serve until a stop signal; the exit status of the stop. `stop` is installed (main)."""
     from observer import loom
-    from observer.shard import Shard
-    from observer.supervisor import Supervisor
-    from proto import messages as m
-    from proto.layout import LayoutError
+    from observer.shard.runner import Shard
+    from observer.process.supervisor import Supervisor
+    from obproto import messages as m
+    from obproto.layout import LayoutError
 
     descs, feeds, index_of, shard_of = plan(config)       # a bad symbol: ConfigError, exit 2
     shards_n = len(config.cores) if config.cores else 1
@@ -134,9 +134,9 @@ def _shard_manager(loop, supervisor, config, descs, index_of, shard_of):
     """One ShardSpec per core: the config's feeds of that shard and their book indexes."""
     import logging
 
-    from observer.logs import log_event
-    from observer.shardproc import ShardSpec
-    from observer.shards import ShardManager
+    from observer.telemetry.logs import log_event
+    from observer.process.shardproc import ShardSpec
+    from observer.process.shardmanager import ShardManager
 
     log = logging.getLogger("observer")
     specs = []
@@ -155,7 +155,7 @@ def _serve(loop, supervisor, shard, stop: StopSignals, socket_path) -> None:
     import logging
 
     from observer import loom
-    from observer.logs import log_event
+    from observer.telemetry.logs import log_event
 
     log = logging.getLogger("observer")
     if stop.signum is None:             # a signal during start-up: stop without starting feeds
@@ -185,15 +185,15 @@ def main(argv=None) -> int:
 
 
 def _main(argv, stop: StopSignals) -> int:
-    from observer import config as cfg
-    from observer.commandline import UsageError
+    from observer.config import settings as cfg
+    from observer.config.commandline import UsageError
 
     try:
         config = build_config(parse_args(argv))
     except (UsageError, cfg.ConfigError) as exc:
         return _refuse(exc, EXIT_USAGE)
-    from observer import logs
-    from observer.instance import AlreadyRunning
+    from observer.telemetry import logs
+    from observer.process.instance import AlreadyRunning
     from observer.server.control import SocketInUse
 
     logs.setup(config.log_format, config.log_level)

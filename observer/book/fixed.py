@@ -26,6 +26,9 @@ from itertools import repeat
 MANTISSA_MAX = 2**63 - 1
 # The finest exponent accepted: 10**-18 covers every exchange's tick and lot (ETH wei).
 DECIMALS_MAX = 18
+# Integer digits an exponent-notation text may reach: MANTISSA_MAX has 19, so a value with
+# more is refused before `10**exponent` is computed ("1e10000000" would take minutes).
+WHOLE_DIGITS_MAX = len(str(MANTISSA_MAX))
 
 _SLOW_CHARS = frozenset("0123456789.eE+-")
 
@@ -100,7 +103,9 @@ def parse_decimal_slow(text):
     assert sign == 0
     mantissa = int("".join(map(str, digit_tuple)))
     if exponent >= 0:
-        return mantissa * 10**exponent, 0
+        if mantissa and len(digit_tuple) + exponent > WHOLE_DIGITS_MAX:
+            raise ValueError(f"more than {WHOLE_DIGITS_MAX} integer digits: {text!r}")
+        return mantissa * 10**exponent if mantissa else 0, 0
     decimals = -exponent
     if decimals > DECIMALS_MAX:
         raise ValueError(f"more than {DECIMALS_MAX} fraction digits: {text!r}")

@@ -1,11 +1,11 @@
 """What every exchange adapter shares: books, sync table, action queue, keepalive, limits.
 
-An adapter is one feed (exchange + symbols + config), sans-IO (STYLE 7): the session driver
-owns the sockets and calls `on_open`, `on_message`, `on_snapshot`, `on_close` and `on_tick`
+An adapter is one feed (exchange + symbols + config), sans-IO (no sockets, no loom): the session
+driver owns the sockets and calls `on_open`, `on_message`, `on_snapshot`, `on_close` and `on_tick`
 with the time; each returns the actions to perform (actions.py). An exchange module subclasses
-`Adapter` and fills in four things: how symbols map onto connections and URLs, what to send on
-open and to resubscribe, how to read one message, and how to recover a book (resubscribe, or
-for Binance refetch a REST snapshot).
+`Adapter` and fills in four things: how symbols map onto connections and URLs, what to send on open
+and to resubscribe, how to read one message, and how to recover a book (resubscribe, or for Binance
+refetch a REST snapshot).
 
 Why the queue: a message can fail half-way (a bad level after two good ones). The adapter then
 marks the book for resync, queuing the actions, and raises FeedProtocolError; the driver counts
@@ -14,9 +14,10 @@ applied twice. Any other exception out of a message is a bug: `on_message` resyn
 of that connection (which one it touched is not known), queuing the same actions, and lets it
 propagate; the driver counts and logs it, drains, and goes on.
 
-Keepalive and liveness are data, not code paths: `ping_text` sent when the connection has
-been quiet for `ping_idle_s` (OKX's text `ping`, Bybit's `{"op":"ping"}`, Kraken's app ping),
-and a Reconnect when nothing at all arrived for `silence_max_s`. A book still unsynced
+Keepalive and liveness live here, for every exchange: `ping_message()` is sent when the
+connection has been quiet for `ping_idle_s` (OKX's fixed text `ping` is its `ping_text`; Bybit
+and Kraken number their pings, so they build the text per send), and a Reconnect when nothing
+at all arrived for `silence_max_s`. A book still unsynced
 `sync_timeout_s` after it was asked for is asked for again, whatever was lost on the way.
 """
 
@@ -25,10 +26,11 @@ import abc
 import orjson
 
 from observer.book import Book, BookCrossed
-from observer.feeds.actions import FeedProtocolError, Publish, Reconnect, Send, Stale
-from observer.feeds.scheduler import NS_PER_S, SendLimiter
+from observer.feeds.actions import ConnSpec, FeedProtocolError, Publish, Reconnect, Send, Stale
+from observer.feeds.clock import NS_PER_S
+from observer.feeds.scheduler import SendLimiter
 from observer.feeds.sync import Kind, State, SymbolSync
-from proto import symbols as symbol_names
+from obproto import symbols as symbol_names
 
 # The bad shapes a JSON message can take; each is a FeedProtocolError, never a crash.
 MESSAGE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
@@ -105,9 +107,19 @@ class Adapter(abc.ABC):
         """Truncation depth for the books (0: none). Depth-limited channels override."""
         return 0
 
-    @abc.abstractmethod
     def plan_connections(self):
-        raise NotImplementedError
+        """The symbols in order, `symbols_per_conn_max` per connection, all on `ws_url`.
+        Exchanges that name the streams in the URL (Binance) override it."""
+        symbols = list(self.books)
+        return [
+            ConnSpec(i, self.ws_url, tuple(symbols[start : start + self.symbols_per_conn_max]))
+            for i, start in enumerate(range(0, len(symbols), self.symbols_per_conn_max))
+        ]
+
+    def ping_message(self):
+        """The keepalive text sent to a quiet connection, None for none: `ping_text`, or one
+        built per send where the exchange numbers its pings (Bybit, Kraken)."""
+        return self.ping_text
 
     @abc.abstractmethod
     def subscribe_conn(self, conn_id):
@@ -193,8 +205,10 @@ class Adapter(abc.ABC):
                 silent.add(conn_id)
                 continue
             idle_ns = now_ns - max(self.last_recv_ns[conn_id], self.last_send_ns[conn_id])
-            if self.ping_text and idle_ns > self.ping_idle_s * NS_PER_S:
-                self.send(conn_id, self.ping_text)
+            if idle_ns > self.ping_idle_s * NS_PER_S:
+                ping = self.ping_message()
+                if ping is not None:
+                    self.send(conn_id, ping)
         self.check_sync_deadlines(now_ns)
         for conn_id in sorted(self.open_conns - silent):
             self.flush_sends(conn_id)
@@ -235,6 +249,25 @@ class Adapter(abc.ABC):
                 resynced.add(sync.symbol)
         self.queue = [action for action in self.queue
                       if type(action) is not Publish or action.symbol not in resynced]
+
+    def resync_symbol(self, symbol):
+        """A bug interrupted `on_snapshot` for `symbol`: the book is started afresh, and
+        not published from what the snapshot queued (as `resync_conn` for a message)."""
+        sync = self.syncs.get(symbol)
+        if sync is not None and sync.state is not State.DOWN and sync.conn_id in self.open_conns:
+            self.resync(sync, "bad_message")
+            self.queue = [action for action in self.queue
+                          if type(action) is not Publish or action.symbol != symbol]
+
+    def abandon_conn(self, conn_id):
+        """A bug interrupted `on_close`: whatever state its books were left in, the connection
+        is gone; each book is emptied (stale if it was live) and `on_open` starts it afresh."""
+        self.open_conns.discard(conn_id)
+        for sync in self.conn_syncs(conn_id):
+            if sync.state is State.LIVE:
+                self.mark_stale(sync, "disconnect")
+            self.books[sync.symbol].clear()
+        self.queue = [action for action in self.queue if type(action) is not Publish]
 
     def sync_for_native(self, native):
         symbol = self.by_native.get(native)
@@ -293,7 +326,7 @@ class Adapter(abc.ABC):
         except MESSAGE_ERRORS as exc:
             self.resync(sync, "bad_message")
             raise FeedProtocolError(f"{book.name}: bad level: {exc}"[:300]) from exc
-        sync.stats.updates += 1
+        sync.stats.messages += 1
         return True
 
     def publish(self, sync):

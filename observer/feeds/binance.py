@@ -1,4 +1,4 @@
-"""Binance spot: diff depth stream + REST snapshot (PROTOCOLS.md section 1).
+"""Binance spot: diff depth stream + REST snapshot (docs/EXCHANGES.md section 1).
 
 The book comes from two sources that race: the WebSocket diff stream (`U`..`u` per event) and
 a REST snapshot (`lastUpdateId`). Per symbol:
@@ -31,10 +31,10 @@ from orjson import JSONDecodeError, loads
 from observer.book import ASK, BID, BookUpdate
 from observer.feeds.actions import CatchUp, ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
+from observer.feeds.clock import NS_PER_MS
 from observer.feeds.scheduler import SnapshotScheduler, WeightBudget
 from observer.feeds.sync import TRANSITIONS, Kind, State
 
-NS_PER_MS = 1_000_000
 
 # A delta leaves a live book live: on_depth skips the table lookup for that one pair.
 assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE
@@ -48,7 +48,7 @@ class BinanceAdapter(Adapter):
     symbols_per_conn_max = 200
     silence_max_s = 0
 
-    # REST budget per IP (PROTOCOLS.md): weight a minute, and what a depth snapshot costs by
+    # REST budget per IP (docs/EXCHANGES.md): weight a minute, and what a depth snapshot costs by
     # its limit, as (largest limit, weight) per step: any limit up to 100 costs 5, and so on.
     weight_per_minute = 6000
     depth_tiers = ((100, 5), (500, 25), (1000, 50), (5000, 250))

@@ -1,4 +1,4 @@
-"""Binance USD-M futures: the spot machinery with the `pu` chain (PROTOCOLS.md section 1b).
+"""Binance USD-M futures: the spot machinery with the `pu` chain (docs/EXCHANGES.md section 1b).
 
 Update ids on futures are not contiguous (previous `u` 600917, next `U` 601193), so the spot
 rule `U == u + 1` would see a gap on every event. Instead each event names the final id of the

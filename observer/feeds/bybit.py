@@ -1,4 +1,4 @@
-"""Bybit v5 public `orderbook.{depth}.{symbol}` (PROTOCOLS.md section 5), spot and linear.
+"""Bybit v5 public `orderbook.{depth}.{symbol}` (docs/EXCHANGES.md section 5), spot and linear.
 
 After a subscribe Bybit pushes a `snapshot`, then `delta`s. The rules:
 - Any `snapshot` replaces the book: the first one, a server-side reset, and the level-1 stream
@@ -19,14 +19,14 @@ cuts a connection after 10 min without traffic); spot takes at most 10 args per 
 import orjson
 
 from observer.book import BookUpdate
-from observer.feeds.actions import ConnSpec, FeedProtocolError
+from observer.feeds.actions import FeedProtocolError
 from observer.feeds.base import Adapter
+from observer.feeds.clock import NS_PER_MS
 from observer.feeds.sync import Kind, State
 
 DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000)}
 ARGS_PER_REQUEST_MAX = 10
 PENDING_REQUESTS_MAX = 1024  # subscribes awaiting their ack (acks name no topic, only req_id)
-NS_PER_MS = 1_000_000
 
 
 class BybitAdapter(Adapter):
@@ -49,7 +49,6 @@ class BybitAdapter(Adapter):
         super().__init__(symbols, ws_url=ws_url or default_url, depth=depth, **options)
         self.req_id = 0
         self.requests = {}  # req_id -> natives of a pending subscribe
-        self.ping_text = None  # built per send with a fresh req_id
 
     @staticmethod
     def subscription_depths(category="spot"):
@@ -57,13 +56,6 @@ class BybitAdapter(Adapter):
 
     def book_depth_max(self):
         return self.depth
-
-    def plan_connections(self):
-        symbols = list(self.books)
-        return [
-            ConnSpec(i, self.ws_url, tuple(symbols[start : start + self.symbols_per_conn_max]))
-            for i, start in enumerate(range(0, len(symbols), self.symbols_per_conn_max))
-        ]
 
     def topic(self, native):
         return f"orderbook.{self.depth}.{native}"
@@ -87,13 +79,9 @@ class BybitAdapter(Adapter):
         self.request(sync.conn_id, "unsubscribe", [sync.native])
         self.request(sync.conn_id, "subscribe", [sync.native])
 
-    def on_tick(self, now_ns):
-        for conn_id in self.open_conns:
-            idle_ns = now_ns - max(self.last_recv_ns[conn_id], self.last_send_ns[conn_id])
-            if idle_ns > self.ping_idle_s * 1e9:
-                self.req_id += 1
-                self.send(conn_id, orjson.dumps({"req_id": str(self.req_id), "op": "ping"}).decode())
-        return super().on_tick(now_ns)
+    def ping_message(self):
+        self.req_id += 1
+        return orjson.dumps({"req_id": str(self.req_id), "op": "ping"}).decode()
 
     # ------------------------------------------------------------------------ messages
 

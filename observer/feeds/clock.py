@@ -16,6 +16,9 @@ feed, which a soak of an hour still saw as a leak (bench/soak.py).
 import calendar
 import time
 
+NS_PER_S = 1_000_000_000      # the feeds' time units, in one place
+NS_PER_MS = 1_000_000
+
 prefix_cache_max = 64         # seconds remembered (see the discussion above)
 _prefix_ns = {}
 
@@ -25,7 +28,7 @@ def rfc3339_ns(text):
     prefix = text[:19]
     base_ns = _prefix_ns.get(prefix)
     if base_ns is None:
-        base_ns = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000
+        base_ns = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S")) * NS_PER_S
         if len(_prefix_ns) >= prefix_cache_max:
             _prefix_ns.clear()
         _prefix_ns[prefix] = base_ns

@@ -1,4 +1,4 @@
-"""Coinbase Advanced Trade `level2` (PROTOCOLS.md section 2).
+"""Coinbase Advanced Trade `level2` (docs/EXCHANGES.md section 2).
 
 The book: a `snapshot` event replaces it (full depth, both sides: asks are labelled `offer`,
 the label cryptofeed misses), `update` events set absolute sizes in order. There is no
@@ -18,7 +18,7 @@ and the book loads them by sorting once.
 import orjson
 
 from observer.book import BookUpdate
-from observer.feeds.actions import ConnSpec, FeedProtocolError
+from observer.feeds.actions import FeedProtocolError
 from observer.feeds.base import Adapter
 from observer.feeds.clock import rfc3339_ns
 from observer.feeds.sync import Kind, State
@@ -40,13 +40,6 @@ class CoinbaseAdapter(Adapter):
         super().__init__(symbols, **options)
         self.conn_seq = {}  # conn_id -> last sequence_num
         self.resubscribe_pending = {}  # conn_id -> set of natives
-
-    def plan_connections(self):
-        symbols = list(self.books)
-        return [
-            ConnSpec(i, self.ws_url, tuple(symbols[start : start + self.symbols_per_conn_max]))
-            for i, start in enumerate(range(0, len(symbols), self.symbols_per_conn_max))
-        ]
 
     def request_text(self, kind, channel, natives):
         return orjson.dumps({"type": kind, "product_ids": natives, "channel": channel}).decode()

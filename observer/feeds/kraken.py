@@ -1,4 +1,4 @@
-"""Kraken spot WebSocket v2, `book` channel, with the CRC32 checksum (PROTOCOLS.md section 3).
+"""Kraken spot WebSocket v2, `book` channel, with the CRC32 checksum (docs/EXCHANGES.md section 3).
 
 Kraken has no sequence numbers: the checksum is the only integrity check, and it is computed
 over the decimal TEXT of the top 10 levels per side. v2 sends prices and sizes as JSON numbers,
@@ -30,7 +30,7 @@ from itertools import chain
 import orjson
 
 from observer.book import ASK, BID, BookUpdate
-from observer.feeds.actions import ConnSpec, FeedProtocolError
+from observer.feeds.actions import FeedProtocolError
 from observer.feeds.base import Adapter
 from observer.feeds.clock import rfc3339_ns
 from observer.feeds.sync import Kind, State
@@ -87,7 +87,6 @@ class KrakenAdapter(Adapter):
             raise ValueError(f"kraken: depth must be one of {DEPTHS}, got {depth}")
         super().__init__(symbols, depth=depth, **options)
         self.req_id = 0
-        self.ping_text = None  # built per send: carries a fresh req_id
 
     @staticmethod
     def subscription_depths(category=None):
@@ -95,13 +94,6 @@ class KrakenAdapter(Adapter):
 
     def book_depth_max(self):
         return self.depth
-
-    def plan_connections(self):
-        symbols = list(self.books)
-        return [
-            ConnSpec(i, self.ws_url, tuple(symbols[start : start + self.symbols_per_conn_max]))
-            for i, start in enumerate(range(0, len(symbols), self.symbols_per_conn_max))
-        ]
 
     def request_text(self, method, natives):
         self.req_id += 1
@@ -119,13 +111,9 @@ class KrakenAdapter(Adapter):
         self.send(sync.conn_id, self.request_text("unsubscribe", [sync.native]))
         self.send(sync.conn_id, self.request_text("subscribe", [sync.native]))
 
-    def on_tick(self, now_ns):
-        for conn_id in self.open_conns:
-            idle_ns = now_ns - max(self.last_recv_ns[conn_id], self.last_send_ns[conn_id])
-            if idle_ns > self.ping_idle_s * 1e9:
-                self.req_id += 1
-                self.send(conn_id, orjson.dumps({"method": "ping", "req_id": self.req_id}).decode())
-        return super().on_tick(now_ns)
+    def ping_message(self):
+        self.req_id += 1
+        return orjson.dumps({"method": "ping", "req_id": self.req_id}).decode()
 
     # ------------------------------------------------------------------------ messages
 

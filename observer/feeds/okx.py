@@ -1,4 +1,4 @@
-"""OKX v5 public `books` channel (PROTOCOLS.md section 4).
+"""OKX v5 public `books` channel (docs/EXCHANGES.md section 4).
 
 Continuity is a chain, not a counter: every update names the previous message's `seqId` in its
 `prevSeqId`, and ids jump (7-93 apart). So the rule is `prevSeqId == last seqId`, and two cases
@@ -26,8 +26,9 @@ import orjson
 
 from observer.book import ASK, BID, BookUpdate
 from observer.book.fixed import render_minimal
-from observer.feeds.actions import ConnSpec, FeedProtocolError, Reconnect
+from observer.feeds.actions import FeedProtocolError, Reconnect
 from observer.feeds.base import Adapter
+from observer.feeds.clock import NS_PER_MS
 from observer.feeds.sync import Kind, State
 
 CHECKSUM_LEVELS = 25
@@ -35,7 +36,6 @@ CHECKSUM_LEVELS = 25
 # the connection's start (not per hour) is stricter and needs no clock.
 OPS_PER_CONN_MAX = 470
 BOOKS_DEPTH = 400
-NS_PER_MS = 1_000_000
 
 
 # Rendered texts of recent (mantissa, exp) pairs: the top 25 levels barely change between
@@ -93,13 +93,6 @@ class OkxAdapter(Adapter):
 
     def book_depth_max(self):
         return BOOKS_DEPTH
-
-    def plan_connections(self):
-        symbols = list(self.books)
-        return [
-            ConnSpec(i, self.ws_url, tuple(symbols[start : start + self.symbols_per_conn_max]))
-            for i, start in enumerate(range(0, len(symbols), self.symbols_per_conn_max))
-        ]
 
     def request_text(self, op, natives):
         args = [{"channel": self.channel, "instId": native} for native in natives]

@@ -1,6 +1,6 @@
 """Rate-limit policy, sans-IO: what may be sent or fetched now, given the time passed in.
 
-Two exchange limits bite a long-running book server (PROTOCOLS.md):
+Two exchange limits bite a long-running book server (docs/EXCHANGES.md sections 1 and 2):
 - REST snapshots are weighted and budgeted per IP (Binance spot: 6000 weight a minute, a
   snapshot costs 5/25/50/250 by its `limit`; USD-M futures: 2400, 2/5/10/20). Re-snapshotting
   every symbol at once after a reconnect is how peers get 429 storms and then 418 bans, and
@@ -13,8 +13,8 @@ Two exchange limits bite a long-running book server (PROTOCOLS.md):
 - Inbound message limits on a connection (Binance 5/s, Coinbase 8/s per IP): `SendLimiter` is
   a token bucket per connection; texts wait in a bounded queue until a token is free.
 
-Both take `now_ns` from the caller and never read a clock (STYLE 5), so tests drive them with
-plain integers.
+Both take `now_ns` from the caller and never read a clock (time is passed in, as in loom's
+timers), so tests drive them with plain integers.
 
 The budget, and what the exchange's header adds. Our own log of what we sent in the last window
 is exact for our own weight, but the exchange counts per IP: another process, another feed of
@@ -42,7 +42,7 @@ alone before any burst (see `due`).
 
 from collections import deque
 
-NS_PER_S = 1_000_000_000
+from observer.feeds.clock import NS_PER_S
 
 
 class WeightBudget:

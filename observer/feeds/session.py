@@ -1,4 +1,4 @@
-"""The session driver: runs any sans-IO adapter on loom over observer/net (STYLE 7).
+"""The session driver: runs any sans-IO adapter on loom over observer/net; adapters never do I/O.
 
 The adapter decides everything about the protocol; this module only performs its actions and
 feeds it what happened. Per feed it runs:
@@ -17,7 +17,7 @@ feeds it what happened. Per feed it runs:
   fiber, that is after the loop has polled and run everyone else, so a backlog is applied a
   chunk per turn and never stalls the loop;
 - when the last book that waited for a snapshot has gone live, the heap's free pages are given
-  back to the system (observer/memtrim.py): a sync burst's parsed snapshots otherwise kept
+  back to the system (observer/telemetry/memtrim.py): a sync burst's parsed snapshots otherwise kept
   RSS at its peak.
 
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
@@ -37,7 +37,10 @@ ones are only counted, `errors_suppressed`, with one line per `SUPPRESSED_LOG_EV
 `adapter.drain()` collects what the adapter queued before failing. Any other exception from
 `on_message` is a bug in the adapter: it is counted (`internal_errors`) and logged once per
 kind with its traceback, the adapter has resynced the books of that connection (feeds/base.py),
-and the connection goes on, as after a bad message. Any other failure of a connection's fiber
+and the connection goes on, as after a bad message. `on_open`, `on_close` and `on_snapshot`
+are contained the same way (`adapter_input`): the books they may have left half-done are
+resynced (for `on_close`, emptied until the next `on_open`), and the connection, the ticker and
+the process go on. Any other failure of a connection's fiber
 is a bug too: logged with its traceback, counted, and it ends only that connection, which
 reconnects. A reconnect requested from another fiber cancels the connection fiber's current
 wait (loom `Fiber.cancel`), which closes that socket.
@@ -51,14 +54,16 @@ a server that accepts and drops at once backs off like one that refuses.
 import logging
 import random
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from observer import loom, memtrim
+from observer import loom
 from observer.feeds import make_adapter
 from observer.feeds.actions import (CatchUp, FeedProtocolError, FetchSnapshot, Publish,
                                    Reconnect, Send, Stale)
 from observer.feeds.sync import State
-from observer.logs import log_event
+from observer.telemetry import memtrim
+from observer.telemetry.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
 from observer.net import websocket
@@ -67,9 +72,38 @@ log = logging.getLogger("observer.feeds.session")
 time_ns = time.time_ns
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
+# (the other limits, with their defaults, are SessionLimits below)
 HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin, or as many as the adapter fetches at once
 ERRORS_LOGGED_MAX = 1024  # distinct (connection, kind) errors logged once each, then counted
 SUPPRESSED_LOG_EVERY = 1000  # past that bound, one line for the first and every 1000th dropped
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """How long a session waits for what, and how big a message may be; one per session."""
+
+    tick_s: float = 0.1                 # on_tick period (the adapters' contract: <= 0.25 s)
+    connect_timeout_s: float = 10.0
+    recv_timeout_s: float = 60.0
+    message_bytes_max: int = MESSAGE_BYTES_MAX
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 30.0
+    healthy_after_s: float = 10.0       # a connection delivering this long resets the backoff
+    http_timeout_s: float = 10.0
+
+    def __post_init__(self):
+        assert 0 < self.tick_s <= 0.25
+        assert 0 < self.backoff_initial_s <= self.backoff_max_s
+        assert self.connect_timeout_s > 0 and self.recv_timeout_s > 0 and self.http_timeout_s > 0
+        assert self.message_bytes_max > 0 and self.healthy_after_s >= 0
+
+
+class LoomClock:
+    """The session's clock: monotonic seconds, and a sleep that lets the loop run. Tests pass
+    a fake one, so backoff and health are checked without waiting real seconds."""
+
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(loom.sleep)
 
 
 class SessionStats:
@@ -89,24 +123,14 @@ class SessionStats:
 class Session:
     """Runs one adapter. `start(loop)` spawns its fibers; `stop()` ends them."""
 
-    def __init__(self, adapter, sink, *, ca_file=None, ssl_context=None, tick_s=0.1,
-                 connect_timeout_s=10.0, recv_timeout_s=60.0, message_bytes_max=MESSAGE_BYTES_MAX,
-                 backoff_initial_s=0.25, backoff_max_s=30.0, healthy_after_s=10.0,
-                 http_timeout_s=10.0, seed=None, on_frame=None, after_frame=None):
-        assert 0 < tick_s <= 0.25  # the adapters' contract: on_tick at least every 0.25 s
-        assert 0 < backoff_initial_s <= backoff_max_s
+    def __init__(self, adapter, sink, *, limits=SessionLimits(), ca_file=None, ssl_context=None,
+                 seed=None, on_frame=None, after_frame=None, clock=LoomClock):
         self.adapter = adapter
         self.sink = sink
+        self.limits = limits
+        self.clock = clock
         self.ca_file = ca_file
         self.ssl_context = ssl_context
-        self.tick_s = tick_s
-        self.connect_timeout_s = connect_timeout_s
-        self.recv_timeout_s = recv_timeout_s
-        self.message_bytes_max = message_bytes_max
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.healthy_after_s = healthy_after_s
-        self.http_timeout_s = http_timeout_s
         # Called around each batch of messages (one read's): the shard's writer.wake_ahead and
         # writer.flush, so clients' wake-ups start while the first message is parsed.
         self.on_frame = on_frame or _nothing
@@ -129,7 +153,7 @@ class Session:
 
     @classmethod
     def for_feed(cls, feed, sink, *, depth, **options):
-        """A session for one configured feed (observer.config.FeedConfig: exchange, symbols,
+        """A session for one configured feed (observer.config.settings.FeedConfig: exchange, symbols,
         ws_url, rest_url, ca_file, category, depth); `depth` is the observer's depth, used when
         the feed sets none. Paranoid invariant checks stay off here (tests turn them on)."""
         adapter = make_adapter(feed.exchange, list(feed.symbols), ws_url=feed.ws_url,
@@ -166,41 +190,48 @@ class Session:
     # --------------------------------------------------------------------- connections
 
     def run_connection(self, spec, start_delay_s=0.0):
+        clock = self.clock
         failures = 0
         first = True
         while not self.stopping:
-            started_s = time.monotonic()
+            started_s = clock.monotonic()
             try:
                 if first and start_delay_s:
-                    loom.sleep(start_delay_s)  # the first connections are spaced per IP
+                    clock.sleep(start_delay_s)  # the first connections are spaced per IP
                 if not first:
-                    loom.sleep(self.backoff_s(failures))
+                    clock.sleep(self.backoff_s(failures))
                 first = False
-                started_s = time.monotonic()
+                started_s = clock.monotonic()
                 delivered = self.connect_once(spec)
             except loom.Cancelled:
                 if self.stopping:
                     return
                 delivered = True  # a reconnect the adapter asked for
-            # Only a connection that lived and delivered resets the backoff: one that flaps
-            # (accepted, then closed at once) must not become a reconnect storm.
-            healthy = delivered and time.monotonic() - started_s >= self.healthy_after_s
-            failures = 0 if healthy else failures + 1
+            failures = self.failures_after(failures, delivered, clock.monotonic() - started_s)
             self.stats.reconnects += 1
             for symbol in spec.symbols:
                 self.adapter.syncs[symbol].stats.reconnects += 1
 
+    def failures_after(self, failures, delivered, lived_s):
+        """Only a connection that lived and delivered resets the backoff: one that flaps
+        (accepted, then closed at once) must not become a reconnect storm."""
+        healthy = delivered and lived_s >= self.limits.healthy_after_s
+        return 0 if healthy else failures + 1
+
     def backoff_s(self, failures):
-        ceiling_s = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures, 30))
+        limits = self.limits
+        ceiling_s = min(limits.backoff_max_s, limits.backoff_initial_s * 2 ** min(failures, 30))
         return ceiling_s / 2 + self.rng.uniform(0, ceiling_s / 2)
 
     def connect_once(self, spec):
         """One connection's life. Returns True if at least one message arrived."""
         self.stats.connects += 1
         try:
+            limits = self.limits
             ws = websocket.connect(spec.url, ca_file=self.ca_file, ssl_context=self.ssl_context,
-                                   timeout_s=self.connect_timeout_s, recv_timeout_s=self.recv_timeout_s,
-                                   message_bytes_max=self.message_bytes_max)
+                                   timeout_s=limits.connect_timeout_s,
+                                   recv_timeout_s=limits.recv_timeout_s,
+                                   message_bytes_max=limits.message_bytes_max)
         except NetError as exc:
             self.stats.connect_failures += 1
             self.log_once(spec.conn_id, "connect", f"connect to {spec.url} failed: {exc}")
@@ -213,7 +244,8 @@ class Session:
         ws.before_read = self.before_read
         stats = self.stats
         try:
-            self.perform(self.adapter.on_open(conn_id, time.time_ns()), 0)
+            self.perform(self.adapter_input("on_open", conn_id, self.adapter.resync_conn,
+                                            self.adapter.on_open, conn_id, time.time_ns()), 0)
             while conn_id not in self.reconnect_reasons:
                 message = ws.recv()
                 delivered = True
@@ -243,7 +275,8 @@ class Session:
                           exchange=self.adapter.exchange, conn=conn_id, reason=reason,
                           books=",".join(spec.symbols))
                 ws.close(timeout_s=0.5)
-            self.perform(self.adapter.on_close(conn_id, reason), 0)
+            self.perform(self.adapter_input("on_close", conn_id, self.adapter.abandon_conn,
+                                            self.adapter.on_close, conn_id, reason), 0)
         return delivered
 
     def deliver(self, conn_id, data):
@@ -289,6 +322,25 @@ class Session:
             turn = self.loop.switches
         self.read_turn = turn
 
+    def adapter_input(self, where, conn_id, recover, call, *args):
+        """`call(*args)` (an adapter input other than a message), contained as `parse` contains
+        on_message: a FeedProtocolError is counted and logged once per kind; any other
+        exception is a bug, counted and logged once per kind with its traceback, after which
+        `recover(conn_id)` starts afresh the books the input may have left half-done. What the
+        adapter queued is returned either way."""
+        try:
+            return call(*args)
+        except FeedProtocolError as exc:
+            self.stats.protocol_errors += 1
+            self.log_once(conn_id, f"{where} {str(exc)[:40]}", f"bad input in {where}: {exc}")
+        except Exception as exc:  # a bug in the adapter: loud, but the feed goes on
+            self.stats.internal_errors += 1
+            self.log_once(conn_id, f"internal {where} {type(exc).__name__}",
+                          f"internal error in {where} on conn {conn_id}", exc_info=exc,
+                          level=logging.ERROR)
+            recover(conn_id)
+        return self.adapter.drain()
+
     def end_batch(self):
         """The batch's after_frame: before the connection reads again, and when it closes."""
         if self.batch_open:
@@ -297,7 +349,7 @@ class Session:
 
     def run_ticker(self):
         while not self.stopping:
-            loom.sleep(self.tick_s)
+            self.clock.sleep(self.limits.tick_s)
             try:
                 self.perform(self.adapter.on_tick(time.time_ns()), 0)
                 self.trim_after_sync()
@@ -382,8 +434,8 @@ class Session:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         idle = self.http_idle.setdefault(origin, [])
         client = idle.pop() if idle else net_http.HttpClient(
-            origin, ca_file=self.ca_file, ssl_context=self.ssl_context, timeout_s=self.http_timeout_s,
-            body_bytes_max=self.message_bytes_max)
+            origin, ca_file=self.ca_file, ssl_context=self.ssl_context,
+            timeout_s=self.limits.http_timeout_s, body_bytes_max=self.limits.message_bytes_max)
         try:
             response = client.get(path)
             status, headers, body = response.status, response.headers, response.body
@@ -398,23 +450,17 @@ class Session:
         elif client is not None:
             client.close()
         recv_ns = time.time_ns()
-        try:
-            actions = self.adapter.on_snapshot(action.symbol, status, headers, body, recv_ns)
-        except FeedProtocolError as exc:
-            self.stats.protocol_errors += 1
-            self.log_once(-1, "snapshot-body", f"bad snapshot: {exc}")
-            actions = self.adapter.drain()
+        symbol = action.symbol
+        actions = self.adapter_input("on_snapshot", -1, lambda _: self.adapter.resync_symbol(symbol),
+                                     self.adapter.on_snapshot, symbol, status, headers, body,
+                                     recv_ns)
         self.perform(actions, recv_ns)
 
     def catch_up(self, symbol):
         """The next chunk of a book's backlog (a fiber of its own: the loop ran meanwhile)."""
         recv_ns = time.time_ns()
-        try:
-            actions = self.adapter.on_catch_up(symbol, recv_ns)
-        except FeedProtocolError as exc:
-            self.stats.protocol_errors += 1
-            self.log_once(-1, "catch-up", f"bad buffered frame: {exc}")
-            actions = self.adapter.drain()
+        actions = self.adapter_input("on_catch_up", -1, lambda _: self.adapter.resync_symbol(symbol),
+                                     self.adapter.on_catch_up, symbol, recv_ns)
         self.perform(actions, recv_ns)
 
     def log_once(self, conn_id, kind, text, exc_info=None, level=logging.WARNING):

@@ -1,4 +1,4 @@
-"""The sync state of one book, as one table shared by all six exchanges (STYLE 8).
+"""The sync state of one book, as one table shared by all six exchanges.
 
 Every exchange walks the same four states; they differ only in which message kinds they feed
 in and in how they recover:
@@ -75,10 +75,12 @@ del S, K
 
 
 class SymbolStats:
-    """Counters for one book. Plain ints; the driver copies them into the segment."""
+    """Counters for one book. Plain ints; the driver copies them into the segment.
+    `messages`: updates applied to the book (a snapshot counts as one); `snapshots`: snapshots
+    applied, from REST (Binance) or the exchange's WebSocket (the others)."""
 
     __slots__ = (
-        "updates", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
+        "messages", "snapshots", "snapshots_old", "gaps", "resyncs", "checksum_errors",
         "checksums_ok", "crossed", "resets", "bad_messages", "overflows", "disconnects",
         "stale_dropped", "keepalives", "reconnects", "thin", "sync_timeouts",
     )

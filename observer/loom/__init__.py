@@ -15,9 +15,9 @@ back; the backend decides how. See loop.py for the design and docs/SEAMS.md for 
 from ._common import Cancelled, ClosedError, LoomError, LoomInternalError
 from .backend import PROBE_ORDER, BackendUnavailable, available_backends
 from .calls import (JoinReport, accept, cancel_and_join, close, connect, join_all, read, recv,
-                    recv_into, run_in_thread, sendall, sleep, timeout, wait_readable,
-                    wait_writable, write)
-from .fiber import Fiber, current_fiber
+                    recv_into, run_in_thread, sendall, sleep, wait_readable, wait_writable,
+                    write)
+from .fiber import Fiber, current_fiber, timeout
 from .loop import Loop, LoopStats, TimerHandle
 from .pin import allowed_cores, pin
 from .sync import Event, Queue, QueueEmpty, QueueFull

@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 
-from . import _uring_ring as ur
+from . import uring as ur
 from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, READ_KINDS, RECV, SEND, WRITE,
                       FdState, LoomError, Op, connect_result, deliver)
 from .backend import Backend, BackendStats, BackendUnavailable

@@ -29,7 +29,7 @@ from greenlet import getcurrent
 
 from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRITE, Cancelled,
                       LoomError, Op)
-from .fiber import current_fiber, end_turn, suspend, yield_now
+from .fiber import current_fiber, end_turn, join_fiber, suspend, timeout, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
 
@@ -263,23 +263,6 @@ def run_in_thread(fn, *args):
     return suspend(fiber, pool.abandon, job)
 
 
-def join_fiber(target, timeout_s: float | None) -> None:
-    fiber = current_fiber()
-    if target is fiber:
-        raise LoomError(f"fiber {fiber.name!r} cannot join itself")
-    if target.joiners is None:
-        target.joiners = []
-    target.joiners.append(fiber)
-    with timeout(timeout_s):
-        suspend(fiber, _leave_joiners, (target, fiber))
-
-
-def _leave_joiners(target_fiber) -> None:
-    target, fiber = target_fiber
-    if target.joiners and fiber in target.joiners:
-        target.joiners.remove(fiber)
-
-
 @dataclass(frozen=True)
 class JoinReport:
     """What `cancel_and_join` / `join_all` saw when they returned."""
@@ -361,43 +344,3 @@ def _running_fiber():
     if fiber is None or fiber.loop.current is not fiber:
         return None
     return fiber
-
-
-class timeout:
-    """`with loom.timeout(s):` raises TimeoutError at the fiber's wait point after `s` seconds.
-
-    None means no limit. Nested scopes each fire on their own deadline; a scope that fired but
-    whose error was never delivered (the fiber had already been woken) clears it on exit.
-    """
-
-    __slots__ = ("delay_s", "fiber", "entry", "error")
-
-    def __init__(self, delay_s: float | None):
-        self.delay_s = delay_s
-        self.fiber = None
-        self.entry = None
-        self.error = None
-
-    def __enter__(self):
-        if self.delay_s is not None:
-            fiber = self.fiber = current_fiber()
-            self.entry = fiber.loop.arm_timer(self.delay_s, _fire_timeout, self)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.entry is not None:
-            self.fiber.loop.cancel_timer(self.entry)
-            self.entry = None
-        if self.error is not None and self.fiber.deferred is self.error:
-            self.fiber.deferred = None
-        return False
-
-    @property
-    def expired(self) -> bool:
-        return self.error is not None
-
-
-def _fire_timeout(scope: timeout) -> None:
-    scope.entry = None
-    scope.error = TimeoutError(f"timed out after {scope.delay_s} s")
-    scope.fiber.loop.interrupt(scope.fiber, scope.error)

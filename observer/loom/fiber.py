@@ -15,6 +15,10 @@ Two functions move control, and nothing else in loom calls `greenlet.switch`:
 `yield_now` (to the back of the queue) and `end_turn` (the turn budget ran out) are the two
 ways a running fiber gives up its turn without waiting for anything.
 
+Waiting on another fiber (`join_fiber`, behind `Fiber.join`) and the `timeout` scope live here
+too, not in calls.py: `Fiber.join` needs both, and calls.py imports this module, never the
+other way round.
+
 Exactly one wake per wait: `Loop.reschedule` asserts the fiber is WAITING and moves it to READY,
 so a second wake is a loop bug and fails loudly. A cancel or timeout that arrives while the
 fiber is READY (already woken) is deferred and raised at its next wait point, so a value already
@@ -113,8 +117,7 @@ class Fiber:
     def join(self, timeout: float | None = None):
         """Wait for the fiber to finish; return its result or re-raise its exception."""
         if self.state != DONE:
-            from . import calls                      # calls imports fiber; import late
-            calls.join_fiber(self, timeout)
+            join_fiber(self, timeout)
         if self.error is not None:
             raise self.error
         return self.result
@@ -219,3 +222,60 @@ def _runner_main() -> None:
         if not loop.runners.park(runner):
             return                               # the greenlet ends; control goes to the loop
         loop.greenlet.switch()                   # parked until resume hands it a new fiber
+
+
+def join_fiber(target, timeout_s: float | None) -> None:
+    fiber = current_fiber()
+    if target is fiber:
+        raise LoomError(f"fiber {fiber.name!r} cannot join itself")
+    if target.joiners is None:
+        target.joiners = []
+    target.joiners.append(fiber)
+    with timeout(timeout_s):
+        suspend(fiber, _leave_joiners, (target, fiber))
+
+
+def _leave_joiners(target_fiber) -> None:
+    target, fiber = target_fiber
+    if target.joiners and fiber in target.joiners:
+        target.joiners.remove(fiber)
+
+
+class timeout:
+    """`with loom.timeout(s):` raises TimeoutError at the fiber's wait point after `s` seconds.
+
+    None means no limit. Nested scopes each fire on their own deadline; a scope that fired but
+    whose error was never delivered (the fiber had already been woken) clears it on exit.
+    """
+
+    __slots__ = ("delay_s", "fiber", "entry", "error")
+
+    def __init__(self, delay_s: float | None):
+        self.delay_s = delay_s
+        self.fiber = None
+        self.entry = None
+        self.error = None
+
+    def __enter__(self):
+        if self.delay_s is not None:
+            fiber = self.fiber = current_fiber()
+            self.entry = fiber.loop.arm_timer(self.delay_s, _fire_timeout, self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.entry is not None:
+            self.fiber.loop.cancel_timer(self.entry)
+            self.entry = None
+        if self.error is not None and self.fiber.deferred is self.error:
+            self.fiber.deferred = None
+        return False
+
+    @property
+    def expired(self) -> bool:
+        return self.error is not None
+
+
+def _fire_timeout(scope: timeout) -> None:
+    scope.entry = None
+    scope.error = TimeoutError(f"timed out after {scope.delay_s} s")
+    scope.fiber.loop.interrupt(scope.fiber, scope.error)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import collections
 
-from .calls import timeout
-from .fiber import current_fiber, suspend
+from .fiber import current_fiber, suspend, timeout
 
 
 class QueueFull(Exception):

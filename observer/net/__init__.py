@@ -5,24 +5,6 @@ events out, no sockets) so that it is tested byte by byte without a network; `tc
 `http` and `websocket` run it over loom fibers. Every failure is a `NetError` subclass.
 """
 
-from observer.net.errors import (
-    ConnectError,
-    ConnectionClosed,
-    DnsError,
-    HttpError,
-    NetError,
-    NetTimeout,
-    ProtocolError,
-    TlsError,
-)
-
-__all__ = [
-    "NetError",
-    "DnsError",
-    "ConnectError",
-    "TlsError",
-    "NetTimeout",
-    "ProtocolError",
-    "ConnectionClosed",
-    "HttpError",
-]
+# The package's public names are its errors, listed once in errors.py.
+from observer.net.errors import *  # noqa: F403
+from observer.net.errors import __all__  # noqa: F401

@@ -23,8 +23,8 @@ from __future__ import annotations
 import errno
 import os
 
-from observer.config import ClientLimits
-from proto import messages as m
+from observer.config.settings import ClientLimits
+from obproto import messages as m
 
 
 class Admission:

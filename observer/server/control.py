@@ -26,8 +26,9 @@ shard (observer/shm/segment.py says why never the shard eventfds). The kernel gi
 its own copies, so the server closes its copies once the frame is sent, or when the client goes
 first (`Outbound.release`).
 
-The socket path is ours only while we live: `ControlServer.bind` refuses a path where a live
-server answers, replaces a stale socket file (a killed observer's), and `close` unlinks it.
+The socket path is ours only while we live: `bind_socket` refuses a path where a live server
+answers, replaces a stale socket file (a killed observer's), and `ControlServer.close` unlinks
+it.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import struct
 import time
 
 from observer import loom
-from observer.config import ClientLimits
-from observer.logs import log_event
+from observer.config.settings import ClientLimits
+from observer.config.kinds import UNIX_PATH_BYTES_MAX
+from observer.telemetry.logs import log_event
 from observer.server.admission import OUT_OF_FDS, Admission, ReserveFd
 from observer.server.protocol import ServerConnection
 from observer.server.transport import ClientTransport
-from proto import framing
-from proto import messages as m
+from obproto import framing
+from obproto import messages as m
 
 log = logging.getLogger("observer.server")
 
@@ -72,6 +74,10 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 def bind_socket(path: str, mode: int = SOCKET_MODE_DEFAULT) -> socket.socket:
     """A listening unix socket at `path` with `mode`; replaces a stale socket file."""
+    path_bytes = len(os.fsencode(path))
+    if path_bytes > UNIX_PATH_BYTES_MAX:  # bind's own error has no errno: "[Errno None]"
+        raise OSError(errno.ENAMETOOLONG, f"cannot bind control socket {path[:80]}...: path is "
+                      f"{path_bytes} bytes, at most {UNIX_PATH_BYTES_MAX}")
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o777 & ~mode)
@@ -79,7 +85,8 @@ def bind_socket(path: str, mode: int = SOCKET_MODE_DEFAULT) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot bind control socket {path}: {exc.strerror}") from None
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot bind control socket {path}: {reason}") from None
     except BaseException:
         sock.close()
         raise

@@ -32,8 +32,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from proto import framing
-from proto import messages as m
+from obproto import framing
+from obproto import messages as m
 
 log = logging.getLogger("observer.server")
 

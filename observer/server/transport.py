@@ -33,9 +33,9 @@ import socket
 import time
 
 from observer import loom
-from observer.logs import log_event
-from proto import framing
-from proto import messages as m
+from observer.telemetry.logs import log_event
+from obproto import framing
+from obproto import messages as m
 
 log = logging.getLogger("observer.server")
 

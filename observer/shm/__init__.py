@@ -2,7 +2,7 @@
 
 `Segment.create(...)` makes the segment (a memfd, sealed by `seal()`) and one eventfd per shard;
 `segment.writer(shard_index)` returns the `ShardWriter` that publishes that shard's books.
-The layout lives in `proto.layout`, the store ordering in `proto.latch`.
+The layout lives in `obproto.layout`, the store ordering in `obproto.latch`.
 """
 
 from observer.shm.segment import Segment

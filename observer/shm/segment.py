@@ -1,7 +1,7 @@
 """The segment: one sealed memfd per observer instance, plus one eventfd per shard.
 
 Why this module. The supervisor creates the segment once at start-up, sized from the book list
-and the limits in `proto.layout`, and never resizes it (a shrinking mapping kills readers with
+and the limits in `obproto.layout`, and never resizes it (a shrinking mapping kills readers with
 SIGBUS, C9). It writes the header and book descriptors, then hands each shard a `ShardWriter`
 (observer/shm/writer.py) for its own books and ring.
 
@@ -16,7 +16,7 @@ exist keep writing, and nothing else can: a writable shared mmap through any fd 
 reopen of /proc/self/fd/N included), write/pwrite, ftruncate, fallocate and mprotect to
 PROT_WRITE are refused by the kernel, for root as well; the seals cannot be removed. A process
 started after the seal can therefore never write the segment: shard processes are forked from
-a zygote that mapped it before (observer/zygote.py). The file mode is `mode` (0o400 by
+a zygote that mapped it before (observer/process/zygote.py). The file mode is `mode` (0o400 by
 default: nobody has a reason to reopen it writable, even before the seal).
 
 What a client gets (`client_fds()`, all new fds the caller closes once passed):
@@ -51,8 +51,9 @@ import time
 
 import numpy as np
 
-from proto import latch, layout
-from proto.layout import BookDesc, Geometry, LayoutError
+from obproto import latch, layout
+from obproto.layout import BookDesc, Geometry, LayoutError
+from observer.shm.writer import ShardWriter
 
 HEARTBEAT_PERIOD_S_DEFAULT = 0.1
 SEGMENT_MODE_DEFAULT = 0o400
@@ -216,8 +217,6 @@ class Segment:
         `wake_ahead`: whether `writer.wake_ahead()` writes (PROTOCOL.md, Wake-ups). Both are
         taken when the writer is made.
         """
-        from observer.shm.writer import ShardWriter  # writer imports this module
-
         if not 0 <= shard_index < self.geometry.shards_n:
             raise ValueError(f"shard_index {shard_index} outside 0..{self.geometry.shards_n - 1}")
         if shard_index not in self._writers:

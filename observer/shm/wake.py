@@ -22,7 +22,9 @@ import functools
 import logging
 import os
 
-WAKE_MODES = ("auto", "eventfd", "io_uring")
+from observer.config.settings import WAKE_MODES  # one list: the config key's choices are these modes
+from observer.loom import uring as ur
+
 AUTO_URING_CLIENTS = 16  # auto: from this many attached clients, wake through io_uring
 RING_ENTRIES = 16  # writes in flight at most; more means the worker is behind: write directly
 _IOSQE_ASYNC = 1 << 4  # always punt to an io-wq worker, never complete inline in the enter
@@ -48,8 +50,6 @@ class UringWaker:
     """
 
     def __init__(self, fd: int, entries: int = RING_ENTRIES):
-        from observer.loom import _uring_ring as ur
-
         self.fd = fd
         self._ring = ur.Ring(entries, entries * 2)
         self._ring.fill_all(ur.OP_WRITE, fd, 0, ctypes.addressof(_ONE), 8, 0, 0, _IOSQE_ASYNC)
@@ -118,11 +118,9 @@ class ShardWaker:
 
     def _uring_wake(self):
         if self._uring is None and not self._uring_refused:
-            from observer.loom._uring_ring import RingRefused
-
             try:
                 self._uring = UringWaker(self.fd)
-            except (RingRefused, OSError) as exc:
+            except (ur.RingRefused, OSError) as exc:
                 self._uring_refused = True
                 log.warning("wake = %s: io_uring refused (%s); flushes write the eventfd "
                             "directly", self.mode, exc)

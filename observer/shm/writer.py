@@ -16,7 +16,7 @@ may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once
 first message of such a batch arrives, before it is parsed, so that waking sleeping clients
 overlaps parsing and publishing (PROTOCOL.md).
 
-The order of stores that makes readers safe is in proto/latch.py; this module only says what
+The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
 """
 
@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from observer.shm.wake import ShardWaker
-from proto import latch, layout
+from obproto import latch, layout
+from obproto.layout import CopyHead, RecordBody
 
 _COPY_HEAD = struct.Struct(layout.COPY_HEAD_FORMAT)
 _RECORD_BODY = struct.Struct(layout.RECORD_BODY_FORMAT)
@@ -106,22 +107,25 @@ class ShardWriter:
         self._szo_words = g.depth_max  # bid_sz[0] is depth_max words after bid_px[0]
 
     def _publisher(self, i: int):
-        """Book i's hot path (proto/latch.book_publisher), everything located once."""
-        copies = tuple((offset, views, offset // _WORD_BYTES + self._bid0_word,
-                        offset // _WORD_BYTES + self._ask0_word)
+        """Book i's hot path (client/obproto/latch.book_publisher), everything located once."""
+        copies = tuple(latch.CopyPlace(head_offset=offset, views=views,
+                                       bid0_word=offset // _WORD_BYTES + self._bid0_word,
+                                       ask0_word=offset // _WORD_BYTES + self._ask0_word)
                        for offset, views in zip(self._head_offset[i], self._views[i]))
-        return latch.book_publisher(self._words, self._swords, self._map, i, self._seq_index[i],
-                                    copies, self.depth_max,
-                                    (self._ring_word0, self._ring_mask, self._head_index),
-                                    self._seq, self._ring_pos,
-                                    (self._stats_word0[i], _STAT_LAST_UPDATE, _STAT_LAST_RECV,
-                                     _STAT_LAST_EXCH))
+        return latch.book_publisher(
+            words=self._words, swords=self._swords, buf=self._map, book_index=i,
+            seq_index=self._seq_index[i], copies=copies, depth_max=self.depth_max,
+            ring=latch.RingPlace(word0=self._ring_word0, mask=self._ring_mask,
+                                 head_index=self._head_index),
+            seqs=self._seq, ring_pos=self._ring_pos,
+            stats=latch.StatPlaces(word0=self._stats_word0[i], last_update=_STAT_LAST_UPDATE,
+                                   last_recv=_STAT_LAST_RECV, last_exch=_STAT_LAST_EXCH))
 
     def _locate_ring(self, g) -> None:
         shard_offset = g.shards_offset + self.shard_index * layout.SHARD.itemsize
         self._head_index = shard_offset // _WORD_BYTES
         self._ring_pos = [self._words[self._head_index]]  # resume after restart; shared with
-        # every book's publisher (proto/latch.book_publisher), which advances it
+        # every book's publisher (client/obproto/latch.book_publisher), which advances it
         self._ring_offset = g.rings_offset + self.shard_index * g.ring_bytes
         self._ring_word0 = self._ring_offset // _WORD_BYTES
         self._ring_mask = g.ring_records - 1
@@ -142,7 +146,7 @@ class ShardWriter:
     def publisher(self, book_index: int):
         """Book `book_index`'s hot path itself: `publish(book, flags, recv_ts_ns) -> seq`, the
         same as `publish` without its Python frame (flags from `flags()`), for a caller that
-        publishes per message (observer/exchangefeed.py)."""
+        publishes per message (observer/shard/exchangefeed.py)."""
         publish = self._publish[book_index]
         if publish is None:
             raise ValueError(f"book {book_index} does not belong to shard {self.shard_index}")
@@ -161,24 +165,27 @@ class ShardWriter:
         seq_next = self._seq[book_index] + 1
         copies = self._copy_bytes[book_index]
         copies[seq_next & 1][:] = copies[1 - (seq_next & 1)]  # the visible copy, bulk
-        head = _COPY_HEAD.unpack_from(self._map, self._head_offset[book_index][seq_next & 1])
+        head = CopyHead._make(_COPY_HEAD.unpack_from(self._map,
+                                                     self._head_offset[book_index][seq_next & 1]))
+        flags = head.flags | layout.FLAG_STALE | layout.FLAG_PUBLISHED
         self._commit(book_index, seq_next, layout.KIND_STALE,
-                     (seq_next, *head[1:5], head[5] | layout.FLAG_STALE | layout.FLAG_PUBLISHED,
-                      *head[6:9], publish_ts_ns))
+                     head._replace(book_seq=seq_next, flags=flags, publish_ts_ns=publish_ts_ns))
         self._swords[self._stats_word0[book_index] + _STAT_WORD["stale_marks"]] += 1
         return seq_next
 
-    def _commit(self, book_index: int, seq_next: int, kind: int, head: tuple) -> None:
-        """Make the idle copy visible and append its ring record (order: proto/latch.py)."""
+    def _commit(self, book_index: int, seq_next: int, kind: int, head: CopyHead) -> None:
+        """Make the idle copy visible and append its ring record (order: client/obproto/latch.py)."""
         copy_offset = self._head_offset[book_index][seq_next & 1]
-        n_bids, n_asks = head[1], head[2]
         s = self._swords
         bid = copy_offset // _WORD_BYTES + self._bid0_word
         ask = copy_offset // _WORD_BYTES + self._ask0_word
-        record = (book_index, kind, head[5], head[3], head[4], seq_next, head[6], head[7],
-                  head[8], head[9], s[bid] if n_bids else 0,
-                  s[bid + self._szo_words] if n_bids else 0, s[ask] if n_asks else 0,
-                  s[ask + self._szo_words] if n_asks else 0)
+        record = RecordBody(
+            book_index=book_index, kind=kind, flags=head.flags, price_exp=head.price_exp,
+            size_exp=head.size_exp, book_seq=seq_next, update_id=head.update_id,
+            exch_ts_ns=head.exch_ts_ns, recv_ts_ns=head.recv_ts_ns,
+            publish_ts_ns=head.publish_ts_ns,
+            bid_px=s[bid] if head.n_bids else 0, bid_sz=s[bid + self._szo_words] if head.n_bids else 0,
+            ask_px=s[ask] if head.n_asks else 0, ask_sz=s[ask + self._szo_words] if head.n_asks else 0)
         pos = self._ring_pos[0]
         record_offset = self._ring_offset + (pos & self._ring_mask) * layout.RING_RECORD.itemsize
         latch.publish_commit(self._words, self._map, self._seq_index[book_index], seq_next,
@@ -267,7 +274,7 @@ class BookStats:
 
     def word(self, name: str) -> tuple[memoryview, int]:
         """(words, index) of one counter, for a per-message store `words[index] = value`
-        without the property's two calls (one aligned word store: proto/latch.store_word)."""
+        without the property's two calls (one aligned word store: client/obproto/latch.store_word)."""
         return self._words, self._word0 + _STAT_WORD[name]
 
 

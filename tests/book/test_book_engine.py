@@ -14,7 +14,8 @@ from observer.book.fixed import parse_decimal, render_fixed, render_minimal
 @pytest.mark.parametrize(
     "text, expected",
     [("0.35130000", (35130000, 8)), ("30316", (30316, 0)), ("5.16", (516, 2)), ("0", (0, 0)),
-     ("1e-05", (1, 5)), ("2.5E+3", (2500, 0)), ("00.10", (10, 2)), (".5", (5, 1))],
+     ("1e-05", (1, 5)), ("2.5E+3", (2500, 0)), ("00.10", (10, 2)), (".5", (5, 1)),
+     ("9e18", (9 * 10**18, 0)), ("0e100", (0, 0))],
 )
 def test_parse_decimal_exact(text, expected):
     assert parse_decimal(text) == expected
@@ -24,6 +25,14 @@ def test_parse_decimal_exact(text, expected):
                                   "0x10", "1.2.3", "1e-40"])
 def test_parse_decimal_rejects(text):
     with pytest.raises(ValueError):
+        parse_decimal(text)
+
+
+@pytest.mark.parametrize("text", ["1e19", "1e10000000", "12.5e99999999", "1E+999999999999"])
+def test_parse_decimal_refuses_huge_exponents_at_once(text):
+    """Past int64's 19 digits the text is refused before 10**exponent is computed (on the old
+    code "1e10000000" ran for minutes)."""
+    with pytest.raises(ValueError, match="integer digits"):
         parse_decimal(text)
 
 

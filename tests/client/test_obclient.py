@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import obclient
-from observer.testing import ObserverProcess, unique_name, wait_until
-from proto import layout
+from kit.procs import ObserverProcess, unique_name, wait_until
+from obproto import layout
 
 WAIT_S = 30.0
 # Tests that check an unbroken run of updates must not see a reattach because this busy machine
@@ -60,7 +60,7 @@ def test_an_observer_that_dies_during_the_handshake_is_observer_unavailable(tmp_
 
 
 def test_default_socket_path_follows_the_environment(monkeypatch, tmp_path):
-    from proto.messages import default_socket_path
+    from obproto.messages import default_socket_path
 
     monkeypatch.setenv("OBSERVER_SOCKET", str(tmp_path / "x.sock"))
     assert default_socket_path() == str(tmp_path / "x.sock")
@@ -226,32 +226,6 @@ def test_obclient_and_obctl_import_neither_the_server_nor_greenlet():
                           timeout=WAIT_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-def test_fileno_drives_asyncio_add_reader(observer):
-    import asyncio
-
-    async def first_updates(client):
-        loop = asyncio.get_running_loop()
-        woke = asyncio.Event()
-        loop.add_reader(client.fileno(), woke.set)
-        stream = client.stream(["BTCUSD"])
-        try:
-            got = stream.poll()                       # attaches the cursor at the ring heads
-            while len(got) < 20:
-                await asyncio.wait_for(woke.wait(), WAIT_S)
-                woke.clear()
-                got.extend(stream.poll())
-            return got
-        finally:
-            loop.remove_reader(client.fileno())
-
-    with obclient.connect(observer.socket_path, stale_after_s=PATIENT_S) as client:
-        got = asyncio.run(first_updates(client))
-        assert len(got) >= 20
-        assert {u.book_index for u in got} == {client._att.index_of("BTCUSD")}
-        seqs = [u.book_seq for u in got]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))     # none skipped
 
 
 def test_a_segment_of_another_layout_is_refused_clearly(observer, monkeypatch):

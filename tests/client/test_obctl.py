@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from observer.testing import ObserverProcess, wait_until
+from kit.procs import ObserverProcess, wait_until
 
 WAIT_S = 30.0
 
@@ -93,8 +93,34 @@ def test_errors_are_one_line_and_non_zero(observer, tmp_path):
     unknown = obctl("snapshot", "DOGEUSD", socket_path=observer.socket_path)
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "obctl: unknown book 'DOGEUSD'"
-    bad_depth = obctl("snapshot", "BTCUSD", "--depth", "0", socket_path=observer.socket_path)
-    assert bad_depth.returncode == 2
+    for depth in ("-1", "2.5", "ten", ""):
+        bad_depth = obctl("snapshot", "BTCUSD", "--depth", depth, socket_path=observer.socket_path)
+        assert bad_depth.returncode == 2
+        assert bad_depth.stderr == (f"obctl: --depth: depth must be an integer >= 0 (0: all "
+                                    f"levels), got {depth!r}\n")
+
+
+def test_depth_zero_is_every_level_as_in_python_and_on_the_wire(observer):
+    """One depth rule: obctl --depth 0, book.snapshot(depth=0) and the wire's depth 0 all mean
+    every level; a negative depth is refused by all three."""
+    import obclient
+    from obproto import messages as m
+
+    done = obctl("snapshot", "ETHUSD", "--json", "--depth", "0", socket_path=observer.socket_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    with obclient.connect(observer.socket_path) as client:
+        book = client.book("ETHUSD")
+        everything = book.snapshot(depth=None)
+        assert book.snapshot(depth=0).n_bids == everything.n_bids > 10
+        assert len(doc["bids"]) > 10
+        wire = client.request(m.SnapshotRequest, "ETHUSD", 0)
+        assert len(wire.bids) > 10
+        for bad in (-1, 2.5, True, "3"):
+            with pytest.raises(ValueError, match="depth must be an integer >= 0"):
+                book.snapshot(depth=bad)
+        with pytest.raises(obclient.RequestFailed, match="depth must be 0..4096"):
+            client.request(m.SnapshotRequest, "ETHUSD", -1)
 
 
 def _sigint_default():

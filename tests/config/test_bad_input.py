@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pytest
 
 from observer import cli, loom
-from observer.instance import InstanceLock
-from observer.testing import processes_with, shm_entries, unique_name
+from observer.process.instance import InstanceLock
+from kit.procs import processes_with, shm_entries, unique_name
 
 WAIT_S = 60.0
 ALLOWED = sorted(os.sched_getaffinity(0))
@@ -125,7 +125,7 @@ CASES = [
     obs("cores", '"0-1"', "got '0-1'"),
     toml("observer-unknown-key", "[observer]\ndepht = 5\n" + SYN, ":2: [observer] depht: unknown key"),
     toml("observer-cores-missing", f"[observer]\ncores = [{ALLOWED[-1] + 1}]\n" + SYN,
-         f"allowed cores: {ALLOWED_TEXT}"),
+         f".toml: cores: core(s) {ALLOWED[-1] + 1} do not exist"),   # the file's key, not --cores
     toml("observer-backend-kqueue", '[observer]\nbackend = "kqueue"\n' + SYN,
          "backend kqueue: not available on this machine"),
     # -- [[feed]] --------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def no_loop(monkeypatch):
 def prepare(case: Case, tmp_path) -> tuple[list[str], str, str]:
     """The argv with paths filled in, plus the name and socket path the case runs under."""
     (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
-    from observer.sim.tls import make_certificates
+    from obsim.tls import make_certificates
 
     if "{dir}/ca.pem" in " ".join(case.argv):
         make_certificates(tmp_path)
@@ -366,14 +366,14 @@ def test_bad_input_as_real_processes(tmp_path):
 # -- obctl and obsim: the same class of mistakes, the same one line and exit 2 ------------------
 
 OBCTL_CASES = [
-    (("snapshot", "BTCUSD", "--depth", "x"), "--depth: must be an integer from 1, got 'x'"),
-    (("snapshot", "BTCUSD", "--depth", "0"), "--depth: must be an integer from 1, got '0'"),
-    (("snapshot", "BTCUSD", "--depth", "9" * 5000), "--depth: must be an integer from 1"),
+    (("snapshot", "BTCUSD", "--depth", "x"), "--depth: depth must be an integer >= 0 (0: all levels), got 'x'"),
+    (("snapshot", "BTCUSD", "--depth", "-1"), "--depth: depth must be an integer >= 0 (0: all levels), got '-1'"),
+    (("snapshot", "BTCUSD", "--depth", "9" * 5000), "(5000 chars)"),
     (("--socket", "", "list"), "--socket: must be a unix socket path, got ''"),
     (("--socket", "/" + "s" * 120, "list"), "is 121 bytes; a unix socket path holds at most 107"),
     (("bogus",), "invalid choice: 'bogus'"),
     ((), "the following arguments are required: command"),
-    (("snapshot",), "the following arguments are required: symbol"),
+    (("snapshot",), "the following arguments are required: BOOK"),
     (("stats", "--json", "--prometheus"), "not allowed with argument --json"),
     (("list", "--sock", "x"), "unrecognized arguments: --sock x"),
 ]
@@ -425,7 +425,7 @@ def test_obctl_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys):
 @pytest.mark.parametrize("argv,fragment", OBSIM_CASES, ids=lambda v: " ".join(v)[:40]
                          if isinstance(v, tuple) else None)
 def test_obsim_bad_command_line_is_one_line_and_exit_2(argv, fragment, capsys, monkeypatch):
-    from observer.sim import cli as obsim
+    from obsim import cli as obsim
 
     def tripwire(coro):
         coro.close()

@@ -1,6 +1,6 @@
 import pytest
 
-from observer.config import (
+from observer.config.settings import (
     ConfigError,
     config_from_dict,
     load_config,
@@ -108,7 +108,7 @@ def test_sample_config_in_docs_shows_every_key():
     import re
     from pathlib import Path
 
-    from observer.config import FEED_KEYS, OBSERVER_KEYS
+    from observer.config.settings import FEED_KEYS, OBSERVER_KEYS
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "observer.toml").read_text()
     shown = set(re.findall(r"^#?\s*([a-z_]+) = ", text, re.MULTILINE))

@@ -1,13 +1,13 @@
 """Ctrl-C at any instant of the observer's start-up or shutdown, or of `make run`, is a clean stop.
 
 Issue 12, point 11. SIGINT goes to a real `observer` process at many instants from the moment
-it is started, and to `python -m observer.demo` at each of its steps. Every run must end with
+it is started, and to `python -m obsim.demo` at each of its steps. Every run must end with
 the documented status (130 after SIGINT, 0 after SIGTERM: cli.py's essay), no traceback
 anywhere in its output, and nothing left: no socket file, no /dev/shm entry, no process (shard,
 reaper, obsim, obctl), the instance name free.
 
 How the processes are started: with SIGINT and SIGTERM blocked, the documented way to start
-them with no window at all (observer/stopsignals.py): the interpreter's own start-up, before
+them with no window at all (observer/process/stopsignals.py): the interpreter's own start-up, before
 observer code runs, is Python's. `main` unblocks them once its handlers are in place, so a
 signal sent at 0 ms is handled by observer code too. One test starts the observer the way a
 shell does (nothing blocked) and signals it once its handlers are visibly installed.
@@ -26,8 +26,8 @@ import time
 import pytest
 
 import obclient
-from observer.instance import InstanceLock
-from observer.testing import processes_with, shm_entries, unique_name, wait_until
+from observer.process.instance import InstanceLock
+from kit.procs import processes_with, shm_entries, unique_name, wait_until
 
 WAIT_S = 60.0
 DEMO_WAIT_S = 150.0          # make run waits up to 90 s for live books from four TLS venues
@@ -195,11 +195,11 @@ DEMO_STEPS = (None, "obsim: serving", "observer: started", "$ obctl list")
 
 
 def _demo_interrupted_at(tmp_path, step: str | None) -> None:
-    """Run `python -m observer.demo` in a session of its own with TMPDIR in `tmp_path`, and send
+    """Run `python -m obsim.demo` in a session of its own with TMPDIR in `tmp_path`, and send
     SIGINT to its process group (a terminal's Ctrl-C) when it prints `step`."""
     private_tmp = tmp_path / f"tmp-{DEMO_STEPS.index(step)}"
     private_tmp.mkdir()
-    proc = start_blocked([sys.executable, "-m", "observer.demo"], stdout=subprocess.PIPE,
+    proc = start_blocked([sys.executable, "-m", "obsim.demo"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True,
                          env=dict(os.environ, TMPDIR=str(private_tmp)))
     out, err = b"", b""

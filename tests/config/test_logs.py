@@ -3,7 +3,7 @@ import logging
 
 import orjson
 
-from observer import logs
+from observer.telemetry import logs
 
 
 def _capture(fmt):

@@ -8,9 +8,9 @@ import pytest
 
 import obclient
 from e2ekit import RingRecorder
-from observer.sim.harness import Obsim
-from observer.simconfig import write_config
-from observer.testing import ObserverProcess, unique_name
+from obsim.harness import Obsim
+from obsim.simconfig import write_config
+from kit.procs import ObserverProcess, unique_name
 
 SIM_EXCHANGES = ("binance", "binance-futures", "coinbase", "kraken", "okx", "bybit")
 SIM_ARGS = ["--exchanges", ",".join(SIM_EXCHANGES), "--rate", "40", "--depth", "60", "--seed", "11",

@@ -12,26 +12,20 @@ import time
 from decimal import Decimal
 
 import obclient
-from proto import symbols as symbol_names
+from kit.procs import wait_until
+from obproto import symbols as symbol_names
 
 DEADLINE_S = 30.0
 POLL_S = 0.02
-QUIET_S = 0.3
 COMPARE_DEPTH = 10
-STATS_SETTLE_S = 0.5       # over two periods of the shard's stats copy (0.2 s)
+STATS_PERIOD_NS = 200_000_000   # the shard's stats copy period (exchangefeed.STATS_PERIOD_S)
+AGE_ROUNDING_NS = 1_000_000      # obctl stats rounds heartbeat ages to the millisecond
 RECORDS_PER_BOOK_MAX = 200_000  # the recorder's own limit; a run produces far fewer
 
 
 def wait(predicate, what, timeout_s=DEADLINE_S):
     """A deadline for something to happen, never a timing assertion."""
-    deadline_s = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(POLL_S)
+    return wait_until(predicate, timeout_s, what, poll_s=POLL_S)
 
 
 class RingRecorder:
@@ -110,10 +104,33 @@ class Venue:
         wait(self.live, f"{self.exchange}: every book live ({what})")
 
     def settled_stats(self):
-        """Stats once the shard's periodic counter copy (every 0.2 s) has caught up with the
-        previous fault, so a baseline does not miss a count that is still on its way."""
-        time.sleep(STATS_SETTLE_S)
+        """Stats once the shards' periodic counter copy has run since this call, so a baseline
+        does not miss a count of the previous fault that is still on its way. Shown by the
+        shards' own clocks, not ours: every shard wrote a heartbeat after a copy period had
+        passed (so the copy's timer had fired by that loop turn), then another (that turn is
+        over, the copy done)."""
+        mark_ns = time.time_ns()
+        first = wait(lambda: self._heartbeats_after(mark_ns + STATS_PERIOD_NS),
+                     f"{self.exchange}: shard heartbeats a stats period on")
+        wait(lambda: self._heartbeats_after(first), f"{self.exchange}: the next shard heartbeats")
         return self.stats()
+
+    def _heartbeats_after(self, after_ns):
+        """Upper bounds of each shard's heartbeat time if every one is surely later than
+        `after_ns` (one time for all, or one per shard), else None. The bounds come from the heartbeat's
+        age in `obctl stats`, between our clock before and after the request."""
+        before_ns = time.time_ns()
+        shards = self.client.stats().observer["shard_list"]
+        after_request_ns = time.time_ns()
+        if any(row["heartbeat_age_s"] is None for row in shards):
+            return None                            # a shard that has not beaten yet
+        ages_ns = [int(row["heartbeat_age_s"] * 1e9) for row in shards]
+        lower = [before_ns - age - AGE_ROUNDING_NS for age in ages_ns]
+        if isinstance(after_ns, int):
+            after_ns = [after_ns] * len(lower)
+        if any(lo <= t for lo, t in zip(lower, after_ns, strict=True)):
+            return None
+        return [after_request_ns - age + AGE_ROUNDING_NS for age in ages_ns]
 
     def wait_grew(self, field, before, what):
         """A per-book counter in `obctl stats` grew past its value before the fault."""

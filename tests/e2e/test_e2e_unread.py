@@ -15,9 +15,9 @@ import pytest
 
 import obclient
 from e2ekit import wait
-from observer.sim.harness import Obsim
-from observer.simconfig import write_config
-from observer.testing import ObserverProcess, unique_name
+from obsim.harness import Obsim
+from obsim.simconfig import write_config
+from kit.procs import ObserverProcess, unique_name
 
 SYMBOL = "BTCUSDT"
 BOOK = f"binance:{SYMBOL}"

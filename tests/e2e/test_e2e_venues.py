@@ -13,11 +13,10 @@ top of book, and a live book must equal the true book. Throughout, no live recor
 crossed, and a disconnect must publish every book of the connection stale.
 """
 
-import time
 
 import pytest
 
-from e2ekit import COMPARE_DEPTH, QUIET_S, Venue, record_top, true_top, wait
+from e2ekit import COMPARE_DEPTH, Venue, record_top, true_top, wait
 
 REST_EXCHANGES = ("binance", "binance-futures")
 
@@ -65,9 +64,11 @@ def step_after_gap(v, name, native):
     """Send events one at a time after the gap; True once the book was published stale."""
     for _ in range(GAP_STEPS_MAX):
         mark = v.ring.mark(name)
+        applied = v.stats()[name]["messages"]
         step_until_sent(v, native)
         true = v.sim.book(v.exchange, native, depth=COMPARE_DEPTH)
-        wait(lambda: settled(v, name, native), f"{name}: stale, or live and equal to the true book")
+        wait(lambda: settled(v, name, native, mark, applied),
+             f"{name}: the event taken in, and the book stale or live and equal to the true book")
         updates = v.ring.since(name, mark)
         for update in updates:
             if not update.stale:
@@ -87,11 +88,11 @@ def step_until_sent(v, native):
     raise AssertionError(f"{v.exchange}: {STEPS_TO_SEND_MAX} events stepped and none sent")
 
 
-def settled(v, name, native):
-    """Nothing new for QUIET_S, and the book is stale or equal to the true book."""
-    mark = v.ring.mark(name)
-    time.sleep(QUIET_S)
-    if v.ring.mark(name) != mark:
+def settled(v, name, native, mark, applied):
+    """The stepped event was taken in (a record published since `mark`, or a message applied
+    since `applied`: a book waiting for its snapshot buffers and publishes nothing), and the
+    book is stale or equal to the true book."""
+    if v.ring.mark(name) == mark and v.stats()[name]["messages"] == applied:
         return False
     return v.client.snapshot(name, 0).stale or v.equal_to_true(name, native)
 

@@ -1,5 +1,5 @@
-"""The wiring from configuration to books (observer/feedplan.py) and the exchange feed's sink
-(observer/exchangefeed.py) on a real segment: names, refusals, stale/live and lag flags."""
+"""The wiring from configuration to books (observer/shard/feedplan.py) and the exchange feed's sink
+(observer/shard/exchangefeed.py) on a real segment: names, refusals, stale/live and lag flags."""
 
 import logging
 import os
@@ -10,16 +10,16 @@ import time
 
 import pytest
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer import cli
-from observer import config as cfg
+from observer.config import settings as cfg
 from observer.book import BookUpdate
-from observer.exchangefeed import ExchangeFeed
-from observer.feedplan import plan
+from observer.shard.exchangefeed import ExchangeFeed
+from observer.shard.feedplan import plan
 from observer.feeds.actions import Publish, Stale
+from observer.feeds.clock import NS_PER_MS
 from observer.shm import Segment
 
-NS_PER_MS = 1_000_000
 
 
 def config_of(*feeds, **top):
@@ -67,7 +67,7 @@ def test_two_spellings_of_one_book_are_refused():
 
 
 def test_feed_shorthand_and_flags_reach_the_plan(tmp_path):
-    from observer.sim.tls import make_certificates
+    from obsim.tls import make_certificates
 
     ca_file = make_certificates(tmp_path)[0]      # a real CA: the file is checked at start-up
     args = cli.parse_args(["--feed", "binance:BTCUSDT,ETHUSDT", "--feed", "kraken:BTC/USD",

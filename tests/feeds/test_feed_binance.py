@@ -90,7 +90,7 @@ def test_recording_syncs_with_zero_gaps(adapter_cls, ws_name, http_name):
         book = adapter.books[symbol]
         for side in (BID, ASK):
             assert feedrec.as_decimal_levels(book, side) == refs[symbol].levels(side), (symbol, side)
-    assert sum(sync.stats.updates for sync in adapter.syncs.values()) > 50
+    assert sum(sync.stats.messages for sync in adapter.syncs.values()) > 50
 
 
 # ------------------------------------------------------------------------- synthetic

@@ -19,15 +19,17 @@ from observer import loom
 from observer.book import ASK, BID
 from observer.feeds import make_adapter
 from observer.feeds.actions import Publish, Stale
-from observer.feeds.session import Session
+from observer.feeds.session import Session, SessionLimits
 from observer.feeds.sync import State
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
+from kit.procs import wait_until
 
 EXCHANGES = ("binance", "binance-futures", "coinbase", "kraken", "okx", "bybit")
 DEADLINE_S = 30.0
 STALL_S = 3 * DEADLINE_S       # a Kraken stall outlasting the waits of the test that makes it
 QUIET_PASSES = 25              # checks (each after a loop pass) that saw no Kraken publish
 COMPARE_DEPTH = {"kraken": 10, "bybit": 50}
+FAST_BACKOFF = SessionLimits(backoff_initial_s=0.05, backoff_max_s=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +61,22 @@ class Recorder:
 
 def wait(predicate, what, timeout_s=DEADLINE_S):
     """A deadline for something to happen (inside a fiber), never a timing assertion."""
-    deadline_s = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        loom.sleep(0.02)
+    return wait_until(predicate, timeout_s, what, sleep=loom.sleep)
+
+
+def bracketed_session(sim, adapter, recorder, seed):
+    """A session whose sink and frame hooks also log "publish", "frame" and "after" in order
+    (the returned list), to check that every batch's publishes fall inside its frame."""
+    events = []
+
+    def sink(actions, recv_ns):
+        events.append("publish")
+        recorder(actions, recv_ns)
+
+    session = Session(adapter, sink, ca_file=sim.ca_file, seed=seed,
+                      on_frame=lambda: events.append("frame"),
+                      after_frame=lambda: events.append("after"))
+    return events, session
 
 
 def all_live(adapter):
@@ -127,7 +140,7 @@ SPECIAL = {
                 (["server_shutdown"], session_grew("reconnects"))],
     "binance-futures": [(["server_shutdown"], session_grew("reconnects"))],
 }
-OPTIONS = {}  # per exchange: adapter options beyond the defaults
+OPTIONS = {"binance": {}, "binance-futures": {}}  # per exchange: adapter options beyond the defaults
 
 
 def counters(adapter, session):
@@ -144,8 +157,7 @@ def test_session_survives_faults_and_matches_the_true_book(sim, exchange):
     adapter = make_adapter(exchange, symbols, ws_url=sim.ws_url(exchange), rest_url=sim.rest_url(exchange),
                            depth=COMPARE_DEPTH.get(exchange, 50), paranoid=True, **OPTIONS.get(exchange, {}))
     recorder = Recorder(adapter)
-    session = Session(adapter, recorder, ca_file=sim.ca_file, backoff_initial_s=0.05, backoff_max_s=0.5,
-                      seed=1)
+    session = Session(adapter, recorder, ca_file=sim.ca_file, limits=FAST_BACKOFF, seed=1)
     loop = loom.Loop()
 
     def main():
@@ -251,16 +263,8 @@ def test_frame_hooks_bracket_every_message_and_its_publishes(sim):
     read's messages are done (the shard's writer.wake_ahead and writer.flush); each publish
     of a message falls between the two."""
     adapter = make_adapter("okx", sim.info["exchanges"]["okx"]["symbols"], ws_url=sim.ws_url("okx"))
-    events = []
     recorder = Recorder(adapter)
-
-    def sink(actions, recv_ns):
-        events.append("publish")
-        recorder(actions, recv_ns)
-
-    session = Session(adapter, sink, ca_file=sim.ca_file, seed=4,
-                      on_frame=lambda: events.append("frame"),
-                      after_frame=lambda: events.append("after"))
+    events, session = bracketed_session(sim, adapter, recorder, seed=4)
     loop = loom.Loop()
 
     def main():
@@ -315,15 +319,7 @@ def test_a_bug_in_on_message_is_contained_like_a_bad_message(sim, caplog):
     exchange = "bybit"
     adapter = buggy_adapter(exchange, sim, COMPARE_DEPTH[exchange])
     recorder = Recorder(adapter)
-    events = []
-
-    def sink(actions, recv_ns):
-        events.append("publish")
-        recorder(actions, recv_ns)
-
-    session = Session(adapter, sink, ca_file=sim.ca_file, seed=5,
-                      on_frame=lambda: events.append("frame"),
-                      after_frame=lambda: events.append("after"))
+    events, session = bracketed_session(sim, adapter, recorder, seed=5)
     loop = loom.Loop()
 
     def main():
@@ -358,6 +354,81 @@ def test_a_bug_in_on_message_is_contained_like_a_bad_message(sim, caplog):
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is InjectedBug]
     assert len(logged) == 1
     assert logged[0].levelno == logging.ERROR
+
+
+def hooks_bug_adapter(sim):
+    """The real Binance adapter (it takes REST snapshots), with one bug each in on_open,
+    on_close and on_snapshot that can be armed: inside on_open once the subscriptions are
+    queued, inside on_snapshot once the snapshot was applied (the book live, its publish
+    queued), and at the start of on_close (nothing closed)."""
+    base = make_adapter("binance", ["BTCUSDT"]).__class__
+
+    class HooksBug(base):
+        armed = set()
+
+        def fire(self, hook):
+            if hook in self.armed:
+                self.armed.discard(hook)
+                raise InjectedBug(f"injected bug in {hook}")
+
+        def subscribe_conn(self, conn_id):
+            super().subscribe_conn(conn_id)
+            self.fire("on_open")
+
+        def on_close(self, conn_id, reason):
+            self.fire("on_close")
+            return super().on_close(conn_id, reason)
+
+        def take_snapshot(self, sync, body):
+            super().take_snapshot(sync, body)
+            self.fire("on_snapshot")
+
+    return HooksBug(sim.info["exchanges"]["binance"]["symbols"], ws_url=sim.ws_url("binance"),
+                    rest_url=sim.rest_url("binance"), depth=50, **OPTIONS["binance"])
+
+
+@pytest.mark.timeout(120)
+def test_a_bug_in_on_open_on_close_or_on_snapshot_is_contained_like_one_in_on_message(sim, caplog):
+    """A non-FeedProtocolError out of on_snapshot, on_close or on_open: counted and logged once
+    with its traceback, the books it left half-done start afresh, and the connection fiber
+    lives on (before, on_close's escaped and ended the connection for good, on_snapshot's ended
+    its fetch with the book left waiting); the books end equal to the true books."""
+    adapter = hooks_bug_adapter(sim)
+    recorder = Recorder(adapter)
+    session = Session(adapter, recorder, ca_file=sim.ca_file, limits=FAST_BACKOFF, seed=8)
+    loop = loom.Loop()
+
+    def main():
+        session.start(loop)
+        try:
+            wait(lambda: all_live(adapter), "all books live")
+            adapter.armed = {"on_snapshot"}
+            sim.fault("binance", "gap")                   # a resync: a REST snapshot
+            wait(lambda: session.stats.internal_errors == 1, "the on_snapshot bug hit")
+            wait(lambda: all_live(adapter), "all books live again after the on_snapshot bug")
+            connects = session.stats.connects
+            adapter.armed = {"on_close", "on_open"}
+            sim.fault("binance", "disconnect")
+            wait(lambda: session.stats.internal_errors == 3, "the on_close and on_open bugs hit")
+            assert session.stats.connects == connects + 1
+            wait(lambda: all_live(adapter), "all books live again after the on_open bug")
+            assert not any(fiber.done for fiber in session.conn_fibers.values())
+            sim.pause("binance")
+            try:
+                converge(sim, "binance", adapter)
+            finally:
+                sim.resume("binance")
+        finally:
+            session.stop()
+
+    with caplog.at_level(logging.WARNING, logger="observer.feeds.session"):
+        loop.run(main)
+    loop.close()
+    assert recorder.unsynced == []
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is InjectedBug]
+    assert sorted(str(r.exc_info[1]) for r in logged) == [
+        "injected bug in on_close", "injected bug in on_open", "injected bug in on_snapshot"]
+    assert all(r.levelno == logging.ERROR for r in logged)
 
 
 def test_log_once_fails_closed_with_a_count_of_what_it_dropped(caplog):
@@ -418,10 +489,10 @@ def test_a_shard_stopper_cancelled_midway_stops_every_feed_then_raises(sim):
     import os
     import secrets
 
-    from observer.exchangefeed import ExchangeFeed
-    from observer.shard import Shard
+    from observer.shard.exchangefeed import ExchangeFeed
+    from observer.shard.runner import Shard
     from observer.shm import Segment
-    from proto.layout import BookDesc
+    from obproto.layout import BookDesc
 
     feeds = []
     for exchange in ("okx", "bybit"):
@@ -461,10 +532,10 @@ def test_a_read_of_many_messages_costs_two_eventfd_writes_not_two_per_message(tm
     """Messages that arrive in one read are one batch: one wake-ahead before the first is
     parsed and one flush after the last, so a burst of a hundred diffs wakes clients twice,
     and every record is in the ring when the flush wakes them."""
-    from observer.exchangefeed import ExchangeFeed
+    from observer.shard.exchangefeed import ExchangeFeed
     from observer.shm.segment import Segment
-    from observer.testing import unique_name
-    from proto.layout import BookDesc
+    from kit.procs import unique_name
+    from obproto.layout import BookDesc
 
     args = ["--exchanges", "binance", "--start-paused", "--depth", "50", "--seed", "5",
             "--changes-per-event", "10", "--binance-rest-weight-max", "100000"]

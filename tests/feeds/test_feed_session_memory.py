@@ -4,7 +4,7 @@ Why this matters more than it looks: a shard in steady state allocates almost no
 (measured: no collection at all, not even of generation 0, over 80k messages), so CPython's
 cyclic GC may not run for hours. Anything a reconnect or a REST resync leaves in a reference
 cycle is then kept as if leaked: a dead WebSocket with its TLS state and 256 KiB frame buffer,
-a finished snapshot fiber with its Op, fd state and socket (bench/soak.py, observer/memtrace.py).
+a finished snapshot fiber with its Op, fd state and socket (bench/soak.py, observer/telemetry/memtrace.py).
 
 The probe runs in a fresh interpreter (the GC is switched off process-wide while it counts),
 against a real obsim over WebSocket + TLS and HTTPS: Binance, because it has both paths (the
@@ -25,24 +25,22 @@ _PROBE = r"""
 import collections, gc, json, sys, time
 from observer import loom
 from observer.feeds import make_adapter
-from observer.feeds.session import Session
-from observer.sim.harness import Obsim
+from observer.feeds.session import Session, SessionLimits
+from obsim.harness import Obsim
+from kit.procs import wait_until
 
 FAULTS_N = int(sys.argv[1])
 DEADLINE_S = 60.0
 
 def wait(predicate, what):
-    deadline_s = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline_s, what
-        loom.sleep(0.02)
+    wait_until(predicate, DEADLINE_S, what, sleep=loom.sleep)
 
 with Obsim(["--exchanges", "binance", "--rate", "50", "--seed", "5",
             "--binance-rest-weight-max", "100000", "--binance-connects-max", "0"]) as sim:
     adapter = make_adapter("binance", sim.info["exchanges"]["binance"]["symbols"],
                            ws_url=sim.ws_url("binance"), rest_url=sim.rest_url("binance"))
     session = Session(adapter, lambda actions, recv_ns: None, ca_file=sim.ca_file,
-                      backoff_initial_s=0.05, backoff_max_s=0.1, seed=1)
+                      limits=SessionLimits(backoff_initial_s=0.05, backoff_max_s=0.1), seed=1)
     live = lambda: all(sync.live for sync in adapter.syncs.values())
     resyncs = lambda: sum(sync.stats.resyncs for sync in adapter.syncs.values())
 

@@ -14,9 +14,9 @@ import pytest
 from observer import loom
 from observer.book import ASK, BID
 from observer.feeds import make_adapter
-from observer.feeds.session import Session
+from observer.feeds.session import Session, SessionLimits
 from observer.feeds.sync import State
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -65,8 +65,8 @@ def converge(sim, adapter):
 
 
 def run(adapter, sim, body):
-    session = Session(adapter, lambda actions, recv_ns: None, ca_file=sim.ca_file,
-                      backoff_initial_s=0.05, backoff_max_s=0.5, seed=3)
+    session = Session(adapter, lambda actions, recv_ns: None, ca_file=sim.ca_file, seed=3,
+                      limits=SessionLimits(backoff_initial_s=0.05, backoff_max_s=0.5))
     loop = loom.Loop()
 
     def main():
@@ -156,5 +156,5 @@ def test_a_waiting_book_syncs_exactly_from_its_buffered_frames():
     assert seen["bytes"] == sum(map(len, seen["frames"]))
     stats = sync.stats
     assert (stats.snapshots, stats.gaps, stats.snapshots_old, stats.overflows) == (1, 0, 0, 0)
-    assert stats.updates == 1 + steps, str(stats.as_dict())  # the snapshot, then every buffered frame
+    assert stats.messages == 1 + steps, str(stats.as_dict())  # the snapshot, then every buffered frame applied
     assert session.stats.catch_ups >= 1          # applied over more than one turn

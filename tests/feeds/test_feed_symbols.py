@@ -1,8 +1,8 @@
-"""Symbol naming (proto/symbols.py): normalised names, books named exchange:SYMBOL."""
+"""Symbol naming (client/obproto/symbols.py): normalised names, books named exchange:SYMBOL."""
 
 import pytest
 
-from proto.symbols import SymbolError, book_name, native, normalise
+from obproto.symbols import SymbolError, book_name, native, normalise
 
 
 @pytest.mark.parametrize("given", ["BTC/USD", "BTC-USD", "XBT/USD", "btcusd", "XBTUSD", "btc_usd"])

@@ -12,7 +12,7 @@ import pytest
 
 from observer import loom
 from observer.loom.backend import BACKENDS, PROBE_ORDER
-from observer.testing import (SYS_EPOLL_CREATE, SYS_EPOLL_CREATE1, SYS_IO_URING_SETUP,
+from kit.procs import (SYS_EPOLL_CREATE, SYS_EPOLL_CREATE1, SYS_IO_URING_SETUP,
                               refusing_prelude, unique_name)
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,6 +13,17 @@ import threading
 from pathlib import Path
 
 
+def run(fn, *args, backend=None):
+    """`fn(*args)` as the main fiber of a fresh loom loop (`backend`: forced, or the default)."""
+    from observer import loom
+
+    loop = loom.Loop(backend)
+    try:
+        return loop.run(fn, *args)
+    finally:
+        loop.close()
+
+
 def make_cert(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1; returns (cert_file, key_file)."""
     from cryptography import x509

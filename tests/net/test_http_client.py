@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from netpeers import SNAPSHOT
+from netpeers import SNAPSHOT, run
 from observer import loom
 from observer.net import tcp, tls
 from observer.net.errors import (
@@ -21,12 +21,6 @@ from observer.net.errors import (
 from observer.net.http import HttpClient
 
 
-def run(fn, *args, backend=None):
-    loop = loom.Loop(backend)
-    try:
-        return loop.run(fn, *args)
-    finally:
-        loop.close()
 
 
 def client_for(server, certs, **kwargs):

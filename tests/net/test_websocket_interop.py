@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from netpeers import WsServer, server_ssl_context
+from netpeers import WsServer, run, server_ssl_context
 from observer import loom
 from observer.net import websocket
 from observer.net.errors import (
@@ -22,12 +22,6 @@ from observer.net.errors import (
     TlsError,
 )
 
-def run(fn, *args, backend=None):
-    loop = loom.Loop(backend)
-    try:
-        return loop.run(fn, *args)
-    finally:
-        loop.close()
 
 
 def url(server, path):

@@ -1,4 +1,4 @@
-"""observer/memtrace.py: a shard's memory tracing, off unless its environment variable asks.
+"""observer/telemetry/memtrace.py: a shard's memory tracing, off unless its environment variable asks.
 
 A real Shard (synthetic feed, real segment, real loom loop) in this process: with the variable
 unset nothing is traced and no fiber is added; with it set the shard logs its reports every
@@ -13,10 +13,11 @@ import tracemalloc
 
 import pytest
 
-from observer import loom, memtrace
-from observer.config import FeedConfig, ObserverConfig
-from observer.feedplan import plan
-from observer.shard import Shard
+from observer import loom
+from observer.telemetry import memtrace
+from observer.config.settings import FeedConfig, ObserverConfig
+from observer.shard.feedplan import plan
+from observer.shard.runner import Shard
 from observer.shm import Segment
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,10 +67,10 @@ def test_off_unless_asked(monkeypatch):
 def test_a_shard_reports_every_period_and_stops_tracing_when_it_stops(monkeypatch, caplog):
     assert not tracemalloc.is_tracing()            # else this test would stop someone's tracing
     monkeypatch.setenv(memtrace.ENV_PERIOD_S, str(PERIOD_S))
-    caplog.set_level(logging.INFO, logger="observer.memtrace")
+    caplog.set_level(logging.INFO, logger="observer.telemetry.memtrace")
 
     def events():
-        return [r.getMessage() for r in caplog.records if r.name == "observer.memtrace"]
+        return [r.getMessage() for r in caplog.records if r.name == "observer.telemetry.memtrace"]
 
     shard = run_shard(lambda shard: events().count("memtrace_totals") >= REPORTS_N)
     assert shard.fibers_started == 3

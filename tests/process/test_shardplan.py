@@ -6,8 +6,8 @@ import re
 import pytest
 
 from obclient.prometheus import escape, render
-from observer import config as cfg
-from observer.shardplan import check_cores, expected_rate_hz, partition
+from observer.config import settings as cfg
+from observer.config.shardplan import check_cores, expected_rate_hz, partition
 
 
 def feed(exchange="synthetic", symbols=("A",), **kw):

@@ -16,9 +16,10 @@ import pytest
 
 import obclient
 from observer import loom
-from observer.instance import InstanceLock
-from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
-from proto import layout
+from observer.process.instance import InstanceLock
+from kit.procs import (ObserverForker, ObserverProcess, processes_with, shm_entries,
+                              unique_name, wait_until)
+from obproto import layout
 
 from prockit import ALLOWED, TWO_CORES, Watcher, needs_two_cores
 
@@ -168,19 +169,8 @@ def test_a_core_this_machine_lacks_is_a_clear_error_and_leaves_nothing(tmp_path)
     lock.release()
 
 
-# A parent that has imported the observer once and forks one supervisor per cycle (the zygote
+# Each cycle forks a supervisor from a parent that imported the observer once (the zygote
 # each supervisor starts is a fresh interpreter, and its shards are its forks, as in production).
-FORKER = """
-import os, signal, sys
-import observer.cli, observer.supervisor, observer.shards, observer.feeds.synthetic
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed supervisors
-for line in sys.stdin:
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os._exit(observer.cli.main(sys.argv[1:]))
-    print(pid, flush=True)
-"""
 # 25 cycles, each one until both shards run (forks of a zygote that has mapped the segment and
 # imported a shard's modules: a whole start-up); kills from the first instant of start-up on are
 # tests/process/test_startup_kills.py's.
@@ -192,18 +182,12 @@ LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before t
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")
-    shard_marker = f"observer.zygote --name {name} "
-    log = open(tmp_path / "observer.log", "wb")
-    forker = subprocess.Popen(
-        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--feed",
-         "synthetic:SOLUSD", "--rate", "50", "--cores", TWO_CORES, "--name", name,
-         "--socket", path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
+    shard_marker = f"observer.process.zygote --name {name} "
+    args = ["--feed", "synthetic:BTCUSD,ETHUSD", "--feed", "synthetic:SOLUSD", "--rate", "50",
+            "--cores", TWO_CORES, "--name", name, "--socket", path]
+    with ObserverForker(args, tmp_path / "observer.log") as forker:
         for cycle in range(KILL_CYCLES):
-            forker.stdin.write("go\n")
-            forker.stdin.flush()
-            pid = int(forker.stdout.readline())
+            pid = forker.start()
             wait_until(lambda: len(processes_with(shard_marker, "ob-shard")) == 2, WAIT_S,
                        f"two shard processes (cycle {cycle})")
             if cycle % LIVE_EVERY == LIVE_EVERY - 1:
@@ -213,8 +197,7 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
                        f"the socket removed after kill -9 (cycle {cycle})")
             wait_until(lambda: not processes_with(shard_marker), WAIT_S,
                        f"the zygote and shards to die with their supervisor (cycle {cycle})")
-        forker.stdin.close()
-        assert forker.wait(WAIT_S) == 0
+        assert forker.close() == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
@@ -222,10 +205,6 @@ def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
         with ObserverProcess(name=name, socket_path=path,
                              extra_args=["--cores", TWO_CORES]) as again:   # all free
             again.wait_ready().close()
-    finally:
-        forker.kill()
-        forker.wait()
-        log.close()
 
 
 def _books_live(path) -> bool:
@@ -250,7 +229,7 @@ def test_a_shard_that_ignores_sigterm_is_killed_after_the_deadline_and_a_twin_is
                                os.path.join(obs.workdir, "twin.sock")],
                               capture_output=True, text=True, timeout=WAIT_S)
         assert twin.returncode == 3 and "already running" in twin.stderr
-        assert len(processes_with(f"observer.zygote --name {obs.name} ", "ob-shard")) == 2
+        assert len(processes_with(f"observer.process.zygote --name {obs.name} ", "ob-shard")) == 2
         os.kill(pids[0], signal.SIGSTOP)
         assert obs.stop(signal.SIGTERM) == 0
         assert not os.path.exists(obs.socket_path)
@@ -270,7 +249,7 @@ def test_a_dead_zygote_stops_the_observer_with_an_error_and_leaves_nothing():
         client = obs.wait_ready()
         shard_pids = [s["pid"] for s in client.stats().observer["shard_list"]]
         assert not client.snapshot("BTCUSD", 0).stale
-        zygotes = processes_with(f"observer.zygote --name {obs.name} ", "ob-zygote")
+        zygotes = processes_with(f"observer.process.zygote --name {obs.name} ", "ob-zygote")
         assert len(zygotes) == 1
         os.kill(zygotes[0], signal.SIGKILL)
         assert obs.proc.wait(WAIT_S) == 1

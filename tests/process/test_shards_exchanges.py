@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from observer.sim.harness import Obsim
-from observer.simconfig import write_config
-from observer.testing import ObserverProcess, unique_name, wait_until
+from obsim.harness import Obsim
+from obsim.simconfig import write_config
+from kit.procs import ObserverProcess, unique_name, wait_until
 
 from prockit import TWO_CORES, Watcher, needs_two_cores
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from natskit import NatsServer, nats_server_binary, tempdir
-from observer.testing import unique_name
+from kit.procs import unique_name
 from relaykit import synthetic_observer
 
 

@@ -22,8 +22,8 @@ import nats
 from obrelay.link import pub_bytes
 from observer.book import ASK, BID
 from observer.feeds.synthetic import SyntheticFeed
-from observer.testing import ObserverProcess, wait_until
-from proto import relay as wire
+from kit.procs import ObserverProcess, log_text, wait_until
+from obproto import relay as wire
 
 SEED = 7
 OBSERVER_DEPTH = 50
@@ -97,11 +97,7 @@ class RelayProcess:
         return self
 
     def log_text(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return log_text(self.log_path)
 
     def wait_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         return self.proc.wait(timeout_s)

@@ -2,8 +2,8 @@
 subscriber that checks every message against the book the observer held at its update id."""
 
 import obclient
-from observer.testing import unique_name
-from proto import relay as wire
+from kit.procs import unique_name
+from obproto import relay as wire
 from relaykit import (RELAY_DEPTH, ExactnessCheck, RelayProcess, Subscriber, fetch_last_values,
                       levels_of, synthetic_observer)
 

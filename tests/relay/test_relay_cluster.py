@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from natskit import NatsCluster, tempdir
-from observer.testing import unique_name
+from kit.procs import unique_name
 from relaykit import (ExactnessCheck, RelayProcess, Subscriber, fetch_last_values,
                       synthetic_observer)
 

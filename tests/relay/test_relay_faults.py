@@ -4,8 +4,8 @@ killed and restarted (a new incarnation that receivers tell from a gap)."""
 
 import time
 
-from observer.testing import unique_name
-from proto import relay as wire
+from kit.procs import unique_name
+from obproto import relay as wire
 from relaykit import ExactnessCheck, RelayProcess, Subscriber, fetch_last_values
 
 BOOKS = ("synthetic:BTCUSD", "synthetic:ETHUSD")

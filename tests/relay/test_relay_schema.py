@@ -1,4 +1,4 @@
-"""The relay's wire contract (proto/relay.py) on its own: subject tokens, messages, the
+"""The relay's wire contract (client/obproto/relay.py) on its own: subject tokens, messages, the
 receiver's ordering rule. No processes."""
 
 import random
@@ -7,7 +7,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from proto import relay as wire
+from obproto import relay as wire
 
 
 class Snap:      # the fields of an obclient BookSnapshot that encode_book reads

@@ -9,7 +9,7 @@ import ssl
 import pytest
 
 from natskit import NatsServer, make_operator_auth, make_tls_files, tempdir, tls_conf
-from observer.testing import unique_name
+from kit.procs import unique_name
 from relaykit import ExactnessCheck, RelayProcess, Subscriber
 
 BOOKS = ("synthetic:BTCUSD", "synthetic:ETHUSD")

@@ -35,8 +35,8 @@ import socket
 import sys
 
 from obclient.protocol import ClientProtocol
-from obclient.segment import SegmentReader
-from proto import layout
+from obproto.segment import SegmentReader
+from obproto import layout
 
 SATURATED = 2**64 - 2
 SPAM_WRITES = 100

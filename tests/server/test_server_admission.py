@@ -2,6 +2,7 @@
 the admission rules (SO_PEERCRED allow-list, clients_max, per-uid and per-pid limits) that a
 full observer cannot vary, and what a refused client is told."""
 
+import errno
 import os
 import socket
 import stat
@@ -14,10 +15,10 @@ import pytest
 import obclient
 from obclient.protocol import ClientProtocol
 from observer import loom
-from observer.config import ClientLimits
+from observer.config.settings import ClientLimits
 from observer.server.control import ControlServer, SocketInUse, bind_socket, peer_credentials
-from observer.testing import unique_name, wait_until
-from proto import messages as m
+from kit.procs import unique_name, wait_until
+from obproto import messages as m
 
 from test_server_protocol import TableCatalog
 
@@ -167,8 +168,17 @@ def test_a_regular_file_is_never_replaced(path):
     assert open(path).read() == "precious"
 
 
-def _as_nobody(path) -> str:
-    """Fork, become uid/gid 65534, connect to `path`: 'EACCES', or the first error code name."""
+def test_an_over_long_path_is_a_clear_error(tmp_path):
+    """bind's own OSError for a path past sun_path has no errno ("[Errno None]")."""
+    long_path = str(tmp_path / ("s" * 120))
+    with pytest.raises(OSError, match=r"path is \d+ bytes, at most 107") as caught:
+        bind_socket(long_path)
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert not os.path.exists(long_path)
+
+
+def _as_nobody(what) -> str:
+    """Fork, become uid/gid 65534, run `what()` (-> bytes): its result, "?" if it raised."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -176,12 +186,7 @@ def _as_nobody(path) -> str:
         try:
             os.setgid(65534)
             os.setuid(65534)
-            try:
-                sock = connect(path)
-            except PermissionError:
-                result = b"EACCES"
-            else:
-                result = m.ErrorCode.NAMES[first_message_then_eof(sock).code].encode()
+            result = what()
         finally:
             os.write(write_fd, result)
             os._exit(0)
@@ -190,6 +195,20 @@ def _as_nobody(path) -> str:
     result = os.read(read_fd, 64).decode()
     os.close(read_fd)
     return result
+
+
+def _connect_result(path) -> bytes:
+    """b"EACCES", or the name of the error code the server sent before closing."""
+    try:
+        sock = connect(path)
+    except PermissionError:
+        return b"EACCES"
+    return m.ErrorCode.NAMES[first_message_then_eof(sock).code].encode()
+
+
+def _hello_result(path) -> bytes:
+    sock, proto = connect(path), ClientProtocol()
+    return exchange(sock, proto, *proto.hello(want_fds=False)).TYPE.encode()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
@@ -202,9 +221,11 @@ def test_another_uid_is_kept_out_by_mode_0660_and_by_peer_credentials():
     path = os.path.join(workdir, "observer.sock")
     try:
         with ServerThread(path) as st:
-            assert _as_nobody(path) == "EACCES"      # mode 0660, owner root: no connect
+            # mode 0660, owner root: no connect
+            assert _as_nobody(lambda: _connect_result(path)) == "EACCES"
             os.chmod(path, 0o666)                    # an operator widened it by mistake
-            assert _as_nobody(path) == "DENIED"      # SO_PEERCRED still refuses uid 65534
+            # SO_PEERCRED still refuses uid 65534
+            assert _as_nobody(lambda: _connect_result(path)) == "DENIED"
             assert st.server.denied == 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -221,30 +242,10 @@ def test_allow_uids_admits_another_uid():
     try:
         with ServerThread(path, allow_uids=(65534,)):
             os.chmod(path, 0o666)
-            sock_result = _as_nobody_hello(path)
+            sock_result = _as_nobody(lambda: _hello_result(path))
             assert sock_result == "welcome"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _as_nobody_hello(path) -> str:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        result = b"?"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            sock, proto = connect(path), ClientProtocol()
-            result = exchange(sock, proto, *proto.hello(want_fds=False)).TYPE.encode()
-        finally:
-            os.write(write_fd, result)
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
-    result = os.read(read_fd, 64).decode()
-    os.close(read_fd)
-    return result
 
 
 @pytest.mark.parametrize("backend", loom.available_backends())
@@ -418,7 +419,7 @@ def test_a_uid_at_its_limit_leaves_room_for_another_uid():
             os.chmod(path, 0o666)
             socks = [hello_or_refusal(path) for _ in range(3)]
             assert [type(r) for _, r in socks] == [m.Welcome, m.Welcome, m.Error]
-            assert _as_nobody_hello(path) == "welcome"
+            assert _as_nobody(lambda: _hello_result(path)) == "welcome"
             for sock, _ in socks:
                 sock.close()
     finally:

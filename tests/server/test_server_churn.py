@@ -9,8 +9,8 @@ collector ran, and the heap never gave the peak back. Nothing here calls the col
 import subprocess
 import sys
 
-from observer.testing import ObserverProcess, wait_until
-from proto import messages as m
+from kit.procs import ObserverProcess, wait_until
+from obproto import messages as m
 
 CYCLES = 50_000
 WARMUP_CYCLES = 2_000

@@ -14,9 +14,9 @@ import pytest
 
 import obclient
 from obclient.protocol import ClientProtocol
-from observer.testing import ObserverProcess, wait_until
-from proto import framing
-from proto import messages as m
+from kit.procs import ObserverProcess, wait_until
+from obproto import framing
+from obproto import messages as m
 
 REPLY_WAIT_S = 20.0
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from observer.testing import ObserverProcess
-from proto import layout
+from kit.procs import ObserverProcess
+from obproto import layout
 
 PEERS = Path(__file__).resolve().parent / "isolation_peers.py"
 WAIT_S = 60.0                 # deadlines for "until" steps only

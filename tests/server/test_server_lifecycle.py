@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import obclient
-from observer.testing import ObserverProcess, processes_with, shm_entries, unique_name, wait_until
+from kit.procs import (ObserverForker, ObserverProcess, processes_with, shm_entries,
+                              unique_name, wait_until)
 
 KILL_CYCLES = 50
 WAIT_S = 30.0
@@ -84,21 +85,6 @@ def test_bad_command_lines_are_one_line_errors():
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-# A parent that has imported the observer once and forks one real observer process per cycle,
-# so 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports on a busy machine.
-FORKER = """
-import os, signal, sys
-import observer.cli, observer.supervisor, observer.shard, observer.feeds.synthetic
-signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # the kernel reaps the killed observers
-for line in sys.stdin:
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os._exit(observer.cli.main(sys.argv[1:]))
-    print(pid, flush=True)
-"""
-
-
 def _connectable(path):
     try:
         obclient.connect(path, timeout_s=WAIT_S).close()
@@ -112,33 +98,23 @@ def test_kill_9_cycles_leave_nothing_behind(tmp_path):
     never had a name to leave; the lock is an abstract socket the kernel frees."""
     name = unique_name("k")
     path = str(tmp_path / "observer.sock")
-    log = open(tmp_path / "observer.log", "wb")
-    forker = subprocess.Popen(
-        [sys.executable, "-c", FORKER, "--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50",
-         "--name", name, "--socket", path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
+    args = ["--feed", "synthetic:BTCUSD,ETHUSD", "--rate", "50", "--name", name, "--socket", path]
+    # forked from one parent: 50 cycles cost 50 start-ups, not 50 interpreter and numpy imports
+    with ObserverForker(args, tmp_path / "observer.log") as forker:
         for cycle in range(KILL_CYCLES):
-            forker.stdin.write("go\n")
-            forker.stdin.flush()
-            pid = int(forker.stdout.readline())
+            pid = forker.start()
             wait_until(lambda: _connectable(path), WAIT_S, f"observer up (cycle {cycle})")
             assert shm_entries(name) == [], cycle
             os.kill(pid, signal.SIGKILL)
             wait_until(lambda: not os.path.exists(path), WAIT_S,
                        f"the socket to be removed after kill -9 (cycle {cycle})")
-        forker.stdin.close()
-        assert forker.wait(WAIT_S) == 0
+        assert forker.close() == 0
         wait_until(lambda: not processes_with(name), WAIT_S, "every observer process to be gone")
         assert shm_entries(name) == []
         assert sorted(os.listdir(tmp_path)) == ["observer.log"]
         assert "Traceback" not in (tmp_path / "observer.log").read_text()
         with ObserverProcess(name=name, socket_path=path) as again:   # name and path free
             again.wait_ready().close()
-    finally:
-        forker.kill()
-        forker.wait()
-        log.close()
 
 
 def test_config_file_sets_depth_and_feeds(tmp_path):
@@ -176,8 +152,8 @@ def _start_and_die_after_bind(path: str) -> int:
     try:
         from observer import loom
         from observer.server.control import ControlServer
-        from observer.supervisor import Supervisor
-        from proto.layout import BookDesc
+        from observer.process.supervisor import Supervisor
+        from obproto.layout import BookDesc
 
         bind = ControlServer.start
 
@@ -204,7 +180,7 @@ def test_a_reaper_told_nothing_leaves_what_is_not_a_dead_socket(tmp_path):
     """Without the socket's identity (its observer died before binding, or while binding), the
     reaper removes only a socket nobody listens on: never a file that is not a socket, never
     a socket a live server answers on."""
-    from observer.reaper import Reaper
+    from observer.process.reaper import Reaper
 
     not_socket = tmp_path / "plain"
     not_socket.write_text("precious")

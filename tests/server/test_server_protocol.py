@@ -9,8 +9,8 @@ import pytest
 from obclient.protocol import ClientProtocol, ProtocolError
 from observer.server.protocol import (MESSAGES_PER_BATCH_MAX, OUTBOUND_BYTES_MAX,
                                      ServerConnection)
-from proto import framing
-from proto import messages as m
+from obproto import framing
+from obproto import messages as m
 
 
 class TableCatalog:

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shm_doubles, shm_reader_proc
 
 from observer.shm import Segment  # noqa: E402
-from proto.layout import BookDesc  # noqa: E402
+from obproto.layout import BookDesc  # noqa: E402
 
 @pytest.fixture
 def segment_name():

@@ -1,4 +1,4 @@
-"""proto/_latch_c against proto/latch.py's own code: the same bytes, the same records, the
+"""client/obproto/_latch_c against client/obproto/latch.py's own code: the same bytes, the same records, the
 same refusals. The compiled path is what runs by default; the Python path is its reference."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import time
 import numpy as np
 import pytest
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer.book import ASK, BID, Book, BookUpdate
-from proto import latch, layout
-from proto.layout import BookDesc
+from obproto import latch, layout
+from obproto.layout import BookDesc
 from shm_doubles import BookDouble
 
 pytestmark = pytest.mark.skipif(
-    latch._latch_c is None, reason="proto._latch_c was not built: no C compiler or Python headers "
+    latch._latch_c is None, reason="obproto._latch_c was not built: no C compiler or Python headers "
                                    "at install (tests/test_package.py fails if they were there)")
 
 DESCS = [BookDesc("binance", "BTCUSDT", "btcusdt", 0), BookDesc("kraken", "BTCUSD", "XBT/USD", 0)]

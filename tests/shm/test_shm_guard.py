@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from obclient.segment import SegmentReader
-from proto import layout
-from proto.layout import LayoutError
+from obproto.segment import SegmentReader
+from obproto import layout
+from obproto.layout import LayoutError
 from shm_doubles import BookDouble
 
 

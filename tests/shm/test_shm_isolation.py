@@ -17,9 +17,9 @@ import select
 
 import pytest
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer.shm.segment import F_ADD_SEALS, F_SEAL_FUTURE_WRITE, SEALS, Segment
-from proto import layout
+from obproto import layout
 from shm_doubles import BookDouble
 
 _libc = ctypes.CDLL(None, use_errno=True)

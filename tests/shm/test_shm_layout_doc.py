@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proto import layout
+from obproto import layout
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 

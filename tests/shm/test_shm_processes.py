@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proto import latch, layout
-from proto.layout import BookDesc
+from obproto import latch, layout
+from obproto.layout import BookDesc
 from shm_doubles import RampBook
 
 READER = Path(__file__).resolve().parent / "shm_reader_proc.py"
@@ -121,9 +121,9 @@ def run_torn(segment, fd, writer_fn, readers_n, duration_s, torn_stop, depth):
 def test_latch_gives_zero_torn_reads_and_control_tears(make_segment, reader_fd_of, monkeypatch,
                                                        compiled):
     if compiled and latch._latch_c is None:
-        pytest.skip("proto._latch_c was not built: no C compiler or Python headers at install "
+        pytest.skip("obproto._latch_c was not built: no C compiler or Python headers at install "
                     "(tests/test_package.py fails if they were there)")
-    monkeypatch.setattr(latch, "COMPILED", compiled)  # the writer's path (proto/latch.py)
+    monkeypatch.setattr(latch, "COMPILED", compiled)  # the writer's path (client/obproto/latch.py)
     depth = 256
     segment = make_segment([BookDesc("sim", "TORN", "torn", 0)], depth_max=depth)
     fd = reader_fd_of(segment)

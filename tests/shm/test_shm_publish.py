@@ -9,10 +9,10 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from obclient.segment import SegmentReader
+from obproto.segment import SegmentReader
 from observer.shm import Segment
-from proto import layout
-from proto.layout import BookDesc
+from obproto import layout
+from obproto.layout import BookDesc
 from shm_doubles import BookDouble
 
 DESCS = [BookDesc("binance", "BTCUSDT", "btcusdt", 0), BookDesc("kraken", "BTCUSD", "XBT/USD", 1),
@@ -78,7 +78,10 @@ def test_depth_limits_and_clamps(seg, reader):
     assert reader.snapshot(0).n_bids == 4  # depth_max of the segment
     top = reader.top(0)
     assert (top.n_bids, top.n_asks) == (1, 1)
-    assert reader.snapshot(0, depth=0).n_bids == 0
+    assert reader.snapshot(0, depth=0).n_bids == 4  # 0 = all levels, as on the wire
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="depth must be an integer >= 0"):
+            reader.snapshot(0, depth=bad)
 
 
 def test_flags_stale_lagging_and_mark_stale(seg, reader):
@@ -284,7 +287,7 @@ def test_publish_allocates_nothing_once_warm(seg):
     # Count only what our code allocates: in the full suite other tests' threads may still be
     # allocating in this process, and tracemalloc traces every thread.
     ours = [tracemalloc.Filter(True, f"*{part}*") for part in
-            ("observer/shm/", "proto/", "obclient/", "tests/shm/")]
+            ("observer/shm/", "client/obproto/", "client/obclient/", "tests/shm/")]
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot().filter_traces(ours)

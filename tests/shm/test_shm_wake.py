@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import obclient
-from obclient import updates
-from obclient.segment import SegmentReader
-from observer.config import ConfigError, config_from_dict
+from obproto import updates
+from obproto.segment import SegmentReader
+from observer.config.settings import ConfigError, config_from_dict
 from observer.shm.wake import AUTO_URING_CLIENTS, ShardWaker, UringWaker
-from observer.testing import NO_IO_URING_PRELUDE, ObserverProcess, wait_until
-from proto import layout
-from proto.layout import BookDesc
+from kit.procs import NO_IO_URING_PRELUDE, ObserverProcess, wait_until
+from obproto import layout
+from obproto.layout import BookDesc
 from shm_doubles import BookDouble
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,8 +1,8 @@
 """Shared helpers for the obsim tests: an independent little book, a client, waits.
 
-The clients here are written from PROTOCOLS.md with the `websockets` library and share no code
-with obsim (nor with observer.feeds / observer.book): they are a second, independent reading of
-each protocol, so a test passing means two implementations agree.
+The clients here are written from the exchanges' rules (docs/EXCHANGES.md) with the `websockets`
+library and share no code with obsim (nor with observer.feeds / observer.book): they are a second,
+independent reading of each protocol, so a test passing means two implementations agree.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 RECORDINGS = Path(__file__).resolve().parents[2] / ".." / "shared" / "recordings"
 TEST_TIMEOUT_S = 60.0

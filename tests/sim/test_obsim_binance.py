@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread, wait_for
 from .rawws import RawWs
 
@@ -25,8 +25,11 @@ def sim():
         yield sim
 
 
+EVENTS_AFTER_SYNC = 20     # about 0.1 s of one symbol at --rate 200
+
+
 class DepthSync:
-    """Binance's documented local-book procedure, spot or futures, written from PROTOCOLS.md."""
+    """Binance's documented local-book procedure, spot or futures (docs/EXCHANGES.md 1, 1b)."""
 
     def __init__(self, futures: bool) -> None:
         self.futures = futures
@@ -36,6 +39,7 @@ class DepthSync:
         self.first_U: int | None = None
         self.gaps = 0
         self.noncontiguous = 0
+        self.applied = 0        # events applied to the book (not buffered, not dropped)
 
     def on_event(self, ev: dict) -> None:
         if self.first_U is None:
@@ -85,6 +89,7 @@ class DepthSync:
         for price, size in ev["a"]:
             self.book.set("ask", price, size)
         self.last_u = ev["u"]
+        self.applied += 1
 
     def restart(self) -> None:
         self.last_u = None
@@ -119,12 +124,14 @@ async def sync_and_compare(sim: Obsim, exchange: str, symbol: str, inject=None, 
         fetching = asyncio.ensure_future(fetch_until_synced())
         await fetching
         if inject is not None:
+            gaps = sync.gaps
             await to_thread(inject)
-            await asyncio.sleep(0.3)
-            fetching = asyncio.ensure_future(fetch_until_synced())
-            await wait_for(lambda: sync.last_u is None or sync.gaps, 10)
-            await fetching
-        await asyncio.sleep(0.2)
+            # The gap seen first, then the resync: a fetch started before the gap is noticed
+            # ends at once (the book is still synced) and the book is never rebuilt.
+            await wait_for(lambda: sync.gaps > gaps, 10)
+            await fetch_until_synced()
+        applied = sync.applied          # the comparison covers live events, not only a snapshot
+        await wait_for(lambda: sync.applied >= applied + EVENTS_AFTER_SYNC, 10)
         await to_thread(sim.pause, exchange)
         true = await to_thread(sim.book, exchange, symbol, 1000)
         await wait_for(lambda: sync.last_u == true["sequence"])

@@ -7,13 +7,15 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from observer.sim.harness import Obsim, ObsimError
+from obsim.harness import Obsim, ObsimError
+from kit.procs import wait_until
 
+WAIT_S = 15.0
+TICKED_EVENTS = 10      # Kraken events at --rate 50: a fifth of a second of the sim's ticks
 ALL = ["binance", "binance-futures", "coinbase", "kraken", "okx", "bybit", "bybit-linear"]
 
 
@@ -71,7 +73,7 @@ def test_bad_arguments_fail_clearly():
     with pytest.raises(ObsimError, match="needs --recordings"):
         with Obsim(["--source", "replay"]):
             pass
-    result = subprocess.run([sys.executable, "-m", "observer.sim.cli", "--rate", "fast"],
+    result = subprocess.run([sys.executable, "-m", "obsim.cli", "--rate", "fast"],
                             capture_output=True, timeout=30)
     assert result.returncode == 2 and b"--rate" in result.stderr
 
@@ -79,16 +81,19 @@ def test_bad_arguments_fail_clearly():
 def test_fault_at_start_and_step_while_paused():
     with Obsim(["--exchanges", "kraken,binance", "--fault", "kraken:gap:at_s=0.2,count=2",
                 "--fault", "binance:rest_429", "--rate", "50"]) as sim:
-        deadline = time.monotonic() + 15
-        while sim.counters("kraken").get("faults_injected", 0) < 1:
-            assert time.monotonic() < deadline, "start-time fault never injected"
-            time.sleep(0.05)
+        wait_until(lambda: sim.counters("kraken").get("faults_injected", 0) >= 1, WAIT_S,
+                   "the start-time fault injected")
         status, _ = sim.request(sim.rest_url("binance"), "GET", "/api/v3/depth", {"symbol": "BTCUSDT"})
         assert status == 429
         sim.pause("binance")
         before = sim.book("binance", "ETHUSDT")
-        time.sleep(0.2)
-        assert sim.book("binance", "ETHUSDT") == before               # paused: nothing moves
+        # Paused, nothing moves: shown once the sim has ticked on (Kraken, still running and
+        # ticked in the same turns, made TICKED_EVENTS events), not after a wall-clock wait.
+        kraken = sim.info["exchanges"]["kraken"]["symbols"][0]
+        kraken_events = sim.book("kraken", kraken)["events"]
+        wait_until(lambda: sim.book("kraken", kraken)["events"] >= kraken_events + TICKED_EVENTS,
+                   WAIT_S, "kraken ticked on while binance is paused")
+        assert sim.book("binance", "ETHUSDT") == before
         assert sim.step("binance", count=7, symbol="ETHUSDT") == {"events": 7, "messages": 0}  # no subscriber
         after = sim.book("binance", "ETHUSDT")
         assert after["events"] == before["events"] + 7 and after["sequence"] > before["sequence"]
@@ -102,9 +107,16 @@ def test_fault_at_start_and_step_while_paused():
         assert status == 404 and "error" in json.loads(body)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_obsim_exits_when_the_process_that_started_it_dies():
     # A parent that starts obsim through the harness and is then killed without cleaning up.
-    script = ("import sys, time; from observer.sim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
+    script = ("import sys, time; from obsim.harness import Obsim; s = Obsim(['--exchanges', 'okx']); "
               "s.start(); print(s.proc.pid, s.ca_file, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     try:
@@ -114,9 +126,6 @@ def test_obsim_exits_when_the_process_that_started_it_dies():
         parent.wait()
         parent.stdout.close()
     pid = int(pid_text)
-    deadline = time.monotonic() + 15
-    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-        assert time.monotonic() < deadline, "obsim outlived its parent"
-        time.sleep(0.05)
+    wait_until(lambda: not _running(pid), WAIT_S, "obsim to end with its parent")
     assert not Path(ca_file).parent.exists()            # and it cleaned up on the way out
     Path(ca_file).parent.parent.rmdir()                 # the dead parent's harness directory

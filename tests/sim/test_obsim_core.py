@@ -7,10 +7,10 @@ import zlib
 
 import pytest
 
-from observer.sim import replay
-from observer.sim.book import (ASK, BID, Instrument, TrueBook, kraken_checksum, okx_checksum, parse_scaled,
+from obsim import replay
+from obsim.book import (ASK, BID, Instrument, TrueBook, kraken_checksum, okx_checksum, parse_scaled,
                                scaled_text, window, window_diff)
-from observer.sim.source import CycleSource, RandomWalk, ReplaySource
+from obsim.source import CycleSource, RandomWalk, ReplaySource
 
 from .simkit import recordings_dir
 

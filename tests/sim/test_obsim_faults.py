@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 from .rawws import RawWs
 
@@ -123,7 +123,7 @@ def test_ping_deadline_mutes_pongs_then_they_come_back(sim, venue, ping, is_pong
 
 
 def test_control_rejects_unknown_faults_and_symbols(sim):
-    from observer.sim.harness import ObsimError
+    from obsim.harness import ObsimError
     with pytest.raises(ObsimError, match="no fault"):
         sim.fault("coinbase", "bad_checksum")
     with pytest.raises(ObsimError, match="no symbol"):

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from observer.sim.harness import Obsim
+from obsim.harness import Obsim
 
 from .simkit import LittleBook, open_ws, recordings_dir, recv_json, run, to_thread
 
