@@ -10,8 +10,10 @@ Limits enforced as Binance does: more than `inbound_per_s_max` client messages i
 closes the connection (5 spot, 10 futures); the server pings every `ping_interval_s` (20 s spot,
 180 s futures) and drops a connection that has not answered within `pong_timeout_s` (60 s, 600 s);
 a connection is closed at `lifetime_s` (24 h); REST weight is counted per minute (6000 spot,
-2400 futures) with 429 + Retry-After past it, and 418 (banned for `ban_s`) for a client that
-keeps asking during a Retry-After; a `rest_stall` fault holds the next reply for `duration_s`
+2400 futures) in a sliding window, with 429 + Retry-After (until the window frees) past it,
+and 418 (banned for `ban_s`) for a client that keeps asking during a Retry-After (requests
+arriving within `retry_grace_s` of the 429 were on their way before the client could read it:
+refused with 429 again, not banned); a `rest_stall` fault holds the next reply for `duration_s`
 (the connection open, nothing sent), so a client's other symbols must not wait on it. Each limit has a command-line flag so tests can scale time.
 
 `/api/v3/exchangeInfo` (`/fapi/v1/exchangeInfo`) lists the served symbols with their tick and
@@ -24,6 +26,7 @@ and the same bytes go to every subscriber: this is the venue the ingest benchmar
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
@@ -38,7 +41,6 @@ from obsim.wire import Conn, text_frame
 
 HISTORY_LEN = 10                  # snapshots kept for the "snapshot older than the stream" fault
 HISTORY_EVERY_S = 0.5
-REST_WINDOW_S = 60.0
 
 
 class BinanceSpot(Venue):
@@ -58,9 +60,12 @@ class BinanceSpot(Venue):
         self.pong_timeout_s = getattr(opts, f"{prefix}_pong_timeout_s")
         self.lifetime_s = getattr(opts, f"{prefix}_lifetime_s")
         self.rest_weight_max = getattr(opts, f"{prefix}_rest_weight_max")
+        self.rest_window_s = getattr(opts, f"{prefix}_rest_window_s")
         self.ban_s = opts.binance_ban_s
         self.rest_log: deque[tuple[float, int]] = deque(maxlen=100_000)
         self.retry_until_s = 0.0
+        self.refused_at_s = float("-inf")
+        self.retry_grace_s = opts.binance_retry_grace_s
         self.banned_until_s = 0.0
         self.history_due_s = 0.0
         super().__init__(opts, symbols, replay)
@@ -75,6 +80,9 @@ class BinanceSpot(Venue):
         market.state["u"] = 1_000_000
         market.state["rng"] = random.Random(stable_seed(self.opts.seed, self.name, "ids", market.symbol))
         market.state["history"] = deque(maxlen=HISTORY_LEN)
+        # the seeded book is the first kept state: a stale_snapshot right after start-up
+        # must not depend on whether the housekeeper has run yet
+        market.state["history"].append((market.state["u"], market.current_book().copy()))
         market.state["subs"] = {}                 # conn -> list of stream names
 
     def sequence_of(self, market: Market):
@@ -288,7 +296,7 @@ class BinanceSpot(Venue):
             return json_response(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
         used = self.charge_weight(now_s, self.weight_of(limit))
         if used > self.rest_weight_max:
-            return self.too_many(now_s, "Too much request weight used")
+            return self.too_many(now_s, "Too much request weight used", self.window_frees_s(now_s))
         if self.armed["rest_stall"]:
             self.armed["rest_stall"] -= 1
             delay_s = float(self.fault_params["rest_stall"].get("duration_s", 2.0))
@@ -355,17 +363,23 @@ class BinanceSpot(Venue):
                                  (("Retry-After", str(retry_s)),))
         if self.armed["rest_429"]:
             self.armed["rest_429"] -= 1
-            self.retry_until_s = now_s + float(self.fault_params["rest_429"].get("retry_after_s", 1))
-            return self.too_many(now_s, "Too many requests (fault)")
+            self.retry_until_s = 0.0                        # a refusal of its own
+            return self.too_many(now_s, "Too many requests (fault)",
+                                 float(self.fault_params["rest_429"].get("retry_after_s", 1)))
         if now_s < self.retry_until_s:
+            if now_s - self.refused_at_s < self.retry_grace_s:
+                # on its way before the client could have read the 429: refused, not banned
+                return self.too_many(now_s, "Too many requests (in flight at the 429)")
             self.banned_until_s = now_s + self.ban_s       # asked again during Retry-After
             return self.refuse_rest(now_s)
         return None
 
-    def too_many(self, now_s: float, msg: str):
+    def too_many(self, now_s: float, msg: str, wait_s: float = 1.0):
         self.counters["rest_429"] += 1
-        self.retry_until_s = max(self.retry_until_s, now_s + 1.0)
-        retry_s = max(1, round(self.retry_until_s - now_s))
+        if now_s >= self.retry_until_s:
+            self.refused_at_s = now_s                       # a new refusal: its grace starts
+        self.retry_until_s = max(self.retry_until_s, now_s + wait_s)
+        retry_s = max(1, math.ceil(self.retry_until_s - now_s))  # never early: that is a ban
         return json_response(429, {"code": -1003, "msg": msg}, (("Retry-After", str(retry_s)),))
 
     def parse_limit(self, text: str | None) -> int | None:
@@ -384,10 +398,22 @@ class BinanceSpot(Venue):
         return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
     def charge_weight(self, now_s: float, weight: int) -> int:
-        while self.rest_log and now_s - self.rest_log[0][0] > REST_WINDOW_S:
+        """Weight used in the sliding window, this request included (a refused one counts)."""
+        while self.rest_log and now_s - self.rest_log[0][0] >= self.rest_window_s:
             self.rest_log.popleft()
         self.rest_log.append((now_s, weight))
         return sum(w for _, w in self.rest_log)
+
+    def window_frees_s(self, now_s: float) -> float:
+        """Seconds until the used weight is back under the limit (what Retry-After says)."""
+        used = sum(w for _, w in self.rest_log)
+        wait_s = 1.0
+        for sent_s, weight in self.rest_log:
+            if used <= self.rest_weight_max:
+                break
+            used -= weight
+            wait_s = sent_s + self.rest_window_s - now_s
+        return max(1.0, wait_s)
 
     def snapshot_body(self, market: Market, limit: int) -> bytes:
         update_id, book = market.state["u"], market.current_book()

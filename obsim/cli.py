@@ -143,7 +143,11 @@ def parser() -> argparse.ArgumentParser:
         a(f"--{prefix}-pong-timeout-s", type=SECONDS, default=pong_s)
         a(f"--{prefix}-lifetime-s", type=SECONDS, default=86400.0)
         a(f"--{prefix}-rest-weight-max", type=COUNT, default=weight)
+        a(f"--{prefix}-rest-window-s", type=SECONDS, default=60.0,
+          help="the REST weight window (a sliding minute; shorter scales time in tests)")
     a("--binance-ban-s", type=_number(float, 0.0), default=120.0)
+    a("--binance-retry-grace-s", type=_number(float, 0.0), default=1.0,
+      help="requests arriving this soon after a 429 were already on their way: 429, not a ban")
     a("--binance-streams-max", type=AT_LEAST_1, default=1024, help="streams per connection")
     for name, attempts, per in (("binance", 300, "5 min"), ("binance-futures", 300, "5 min"), ("coinbase", 8, "1 s"),
                                 ("kraken", 0, "1 s"), ("okx", 3, "1 s"), ("bybit", 500, "5 min"),

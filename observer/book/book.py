@@ -286,6 +286,13 @@ class Book:
     def depth(self, side):
         return len(self._keys[side])
 
+    def worst(self, side):
+        """The price of a side's worst level as an int, 0 for an empty side. O(1)."""
+        keys = self._keys[side]
+        if not keys:
+            return 0
+        return -keys[0] if side == ASK else keys[0]
+
     def count_at_least(self, side, price):
         """Levels of a side at `price` or better (bids >= price, asks <= price). O(log n)."""
         keys = self._keys[side]

@@ -47,6 +47,14 @@ class FetchSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Buffered frames of this book are still to be applied: after letting the loop run,
+    call `adapter.on_catch_up(symbol, now_ns)` (a backlog is applied a chunk per turn)."""
+
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
 class Publish:
     """The book changed and is synced: publish it live."""
 

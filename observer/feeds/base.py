@@ -186,6 +186,9 @@ class Adapter(abc.ABC):
     def on_snapshot(self, symbol, status, headers, body, recv_ns):
         raise FeedProtocolError(f"{self.exchange}: takes no REST snapshots")
 
+    def on_catch_up(self, symbol, now_ns):
+        raise FeedProtocolError(f"{self.exchange}: buffers no backlog")
+
     def on_close(self, conn_id, reason):
         self.open_conns.discard(conn_id)
         for sync in self.conn_syncs(conn_id):
@@ -282,6 +285,7 @@ class Adapter(abc.ABC):
             self.mark_stale(sync, "disconnect")
         sync.on(Kind.CLOSE)
         sync.buffer.clear()
+        sync.buffer_bytes = 0
         sync.seq = None
         sync.bridged = False
         self.books[sync.symbol].clear()
@@ -370,5 +374,6 @@ class Adapter(abc.ABC):
         sync.seq = None
         sync.bridged = False
         sync.buffer.clear()
+        sync.buffer_bytes = 0
         self.books[sync.symbol].clear()
         self.recover(sync)

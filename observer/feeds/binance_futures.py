@@ -4,7 +4,7 @@ Update ids on futures are not contiguous (previous `u` 600917, next `U` 601193),
 rule `U == u + 1` would see a gap on every event. Instead each event names the final id of the
 previous one (`pu`), and continuity is `pu == book.update_id`. Bridging after a snapshot is also
 one off from spot: events with `u < lastUpdateId` are dropped and the first applied one must have
-`U <= lastUpdateId <= u` (no +1). Everything else (buffering, staggered REST snapshots,
+`U <= lastUpdateId <= u` (no +1). Everything else (buffering, budgeted REST snapshots,
 refetch on a gap while the WebSocket stays) is BinanceAdapter's.
 """
 
@@ -18,11 +18,12 @@ class BinanceFuturesAdapter(BinanceAdapter):
     rest_url_default = "https://fapi.binance.com"
     depth_path = "/fapi/v1/depth"
     weight_per_minute = 2400
+    depth_tiers = ((50, 2), (100, 5), (500, 10), (1000, 20))  # limits 5..1000 only
 
-    def on_depth(self, conn_id, event):
+    def on_depth(self, conn_id, event, data):
         if type(event.get("pu")) is not int:
             raise FeedProtocolError("binance-futures: depth event without an integer pu")
-        super().on_depth(conn_id, event)
+        super().on_depth(conn_id, event, data)
 
     def first_u_min(self, book):
         return book.update_id  # drop u < lastUpdateId

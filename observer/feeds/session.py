@@ -8,10 +8,17 @@ feeds it what happened. Per feed it runs:
   WebSocket, `on_open`, then `recv()` -> `on_message` until the connection fails or the adapter
   asks for a reconnect; `on_close`; then wait an exponential backoff with jitter and go again,
   forever. Every attempt is counted (session stats, and `reconnects` on each book it carries).
-- one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, staggered snapshots,
+- one ticker fiber calling `on_tick` every `tick_s` (rate-limited sends, budgeted snapshots,
   pings and silence deadlines live in the adapter and are released there);
 - one short fiber per REST snapshot (`FetchSnapshot`), so a slow or refused snapshot never
-  blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin.
+  blocks the WebSocket or the other symbols. Idle HTTP clients are kept per origin (as many as
+  the adapter may have snapshots in flight, so a burst reuses its connections).
+- a `CatchUp` (a book's buffered frames still to apply after its snapshot) continues in a new
+  fiber, that is after the loop has polled and run everyone else, so a backlog is applied a
+  chunk per turn and never stalls the loop;
+- when the last book that waited for a snapshot has gone live, the heap's free pages are given
+  back to the system (observer/telemetry/memtrim.py): a sync burst's parsed snapshots otherwise kept
+  RSS at its peak.
 
 `Publish` and `Stale` go to the `sink(actions, recv_ns)` the shard passes in (it publishes
 into the segment); `Send`, `FetchSnapshot` and `Reconnect` are done here.
@@ -52,8 +59,10 @@ from urllib.parse import urlsplit
 
 from observer import loom
 from observer.feeds import make_adapter
-from observer.feeds.actions import (FeedProtocolError, FetchSnapshot, Invalid, Publish, Reconnect,
-                                    Send, Stale)
+from observer.feeds.actions import (CatchUp, FeedProtocolError, FetchSnapshot, Invalid, Publish,
+                                    Reconnect, Send, Stale)
+from observer.feeds.sync import State
+from observer.telemetry import memtrim
 from observer.telemetry.logs import log_event
 from observer.net import NetError
 from observer.net import http as net_http
@@ -64,7 +73,7 @@ time_ns = time.time_ns
 
 MESSAGE_BYTES_MAX = 64 << 20  # Coinbase BTC-USD snapshots are multi-megabyte single frames
 # (the other limits, with their defaults, are SessionLimits below)
-HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin
+HTTP_CLIENTS_IDLE_MAX = 4  # kept per origin, or as many as the adapter fetches at once
 ERRORS_LOGGED_MAX = 1024  # distinct (connection, kind) errors logged once each, then counted
 SUPPRESSED_LOG_EVERY = 1000  # past that bound, one line for the first and every 1000th dropped
 
@@ -100,7 +109,8 @@ class LoomClock:
 class SessionStats:
     __slots__ = ("connects", "connect_failures", "disconnects", "reconnects", "messages",
                  "protocol_errors", "sends", "send_failures", "snapshot_fetches",
-                 "snapshot_failures", "internal_errors", "errors_suppressed")
+                 "snapshot_failures", "internal_errors", "errors_suppressed", "catch_ups",
+                 "memory_trims")
 
     def __init__(self):
         for name in self.__slots__:
@@ -133,6 +143,10 @@ class Session:
         self.reconnect_reasons = {}  # conn_id -> why a reconnect was asked for
         self.http_idle = {}  # origin -> [HttpClient]
         self.errors_logged = set()
+        scheduler = getattr(adapter, "scheduler", None)
+        self.http_idle_max = max(HTTP_CLIENTS_IDLE_MAX, getattr(scheduler, "inflight_max", 0))
+        self.syncing = False  # some book waited for a snapshot at the last tick
+        self.read_turn = -1  # the loop turn of the last socket read (before_read)
         self.loop = None
         self.fibers = []
         self.stopping = False
@@ -227,7 +241,7 @@ class Session:
         self.reconnect_reasons.pop(conn_id, None)
         delivered = False
         reason = "closed"
-        ws.before_read = self.end_batch
+        ws.before_read = self.before_read
         stats = self.stats
         try:
             self.perform(self.adapter_input("on_open", conn_id, self.adapter.resync_conn,
@@ -291,6 +305,23 @@ class Session:
                           exc_info=exc, level=logging.ERROR, conn=conn_id, where="on_message")
         return self.adapter.drain()
 
+    def before_read(self):
+        """The connection's hook before each read from its socket: the batch ends (its
+        after_frame), and a second read in the same loop turn first lets the others run.
+
+        Discussion: loom lets a fiber whose calls complete at once go on for 64 of them in a
+        turn. A connection whose socket filled while the loop was busy (200 snapshots being
+        applied) then parsed 64 reads of up to 64 KiB, thousands of messages, in one turn: the
+        watchdog's 10-40 ms turns at start-up. One read per turn bounds it at one read's
+        messages; with nobody else ready the yield costs a pass of the loop per 64 KiB.
+        """
+        self.end_batch()
+        turn = self.loop.switches
+        if turn == self.read_turn:
+            loom.sleep(0)
+            turn = self.loop.switches
+        self.read_turn = turn
+
     def adapter_input(self, where, conn_id, recover, call, *args):
         """`call(*args)` (an adapter input other than a message), contained as `parse` contains
         on_message: a FeedProtocolError is counted and logged once per kind; any other
@@ -321,10 +352,21 @@ class Session:
             self.clock.sleep(self.limits.tick_s)
             try:
                 self.perform(self.adapter.on_tick(time.time_ns()), 0)
+                self.trim_after_sync()
             except Exception:  # a bug: keep ticking (keepalives), but loudly
                 self.stats.internal_errors += 1
                 log_event(log, "internal_error", level=logging.ERROR, exc_info=True,
                           exchange=self.adapter.exchange, where="on_tick")
+
+    def trim_after_sync(self):
+        """Once no book waits for its snapshot any more, return the burst's free heap memory
+        (once per burst: only on the tick that sees the last one done)."""
+        syncing = any(sync.state is State.SUBSCRIBING or sync.state is State.AWAITING_SNAPSHOT
+                      for sync in self.adapter.syncs.values())
+        if self.syncing and not syncing:
+            self.stats.memory_trims += 1
+            memtrim.trim()
+        self.syncing = syncing
 
     # ------------------------------------------------------------------------- actions
 
@@ -353,6 +395,9 @@ class Session:
                 self.stats.snapshot_fetches += 1
                 self.fibers.append(self.loop.spawn(self.fetch_snapshot, action, name="snapshot"))
                 self.fibers = [fiber for fiber in self.fibers if not fiber.done]
+            elif kind is CatchUp:
+                self.stats.catch_ups += 1
+                self.fibers.append(self.loop.spawn(self.catch_up, action.symbol, name="catch-up"))
             elif kind is Reconnect:
                 self.request_reconnect(action.conn_id, action.reason)
             else:
@@ -401,7 +446,7 @@ class Session:
             client.close()
             client = None
             status, headers, body = 0, {}, b""
-        if client is not None and not self.stopping and len(idle) < HTTP_CLIENTS_IDLE_MAX:
+        if client is not None and not self.stopping and len(idle) < self.http_idle_max:
             idle.append(client)
         elif client is not None:
             client.close()
@@ -410,6 +455,13 @@ class Session:
         actions = self.adapter_input("on_snapshot", -1, lambda _: self.adapter.resync_symbol(symbol),
                                      self.adapter.on_snapshot, symbol, status, headers, body,
                                      recv_ns)
+        self.perform(actions, recv_ns)
+
+    def catch_up(self, symbol):
+        """The next chunk of a book's backlog (a fiber of its own: the loop ran meanwhile)."""
+        recv_ns = time.time_ns()
+        actions = self.adapter_input("on_catch_up", -1, lambda _: self.adapter.resync_symbol(symbol),
+                                     self.adapter.on_catch_up, symbol, recv_ns)
         self.perform(actions, recv_ns)
 
     def log_once(self, conn_id, kind, event, exc_info=None, level=logging.WARNING, **fields):

@@ -23,6 +23,7 @@ bumps one counter, which the driver copies into the segment's per-book stats.
 """
 
 import enum
+from collections import deque
 
 from observer.feeds.actions import FeedProtocolError
 
@@ -100,7 +101,7 @@ class SymbolSync:
     """State, counters and the per-exchange sequence memory of one book."""
 
     __slots__ = ("symbol", "native", "conn_id", "state", "stats", "seq", "bridged", "buffer",
-                 "vouched", "waiting_since_ns")
+                 "buffer_bytes", "catching_up", "vouched", "waiting_since_ns")
 
     def __init__(self, symbol, native, conn_id):
         self.symbol = symbol
@@ -110,7 +111,9 @@ class SymbolSync:
         self.stats = SymbolStats()
         self.seq = None  # the exchange's last applied sequence id (u, seqId, ...)
         self.bridged = False  # the first delta after a snapshot passed its bridging rule
-        self.buffer = []  # events held while a REST snapshot is fetched (Binance)
+        self.buffer = deque()  # frames (bytes) held while a REST snapshot is fetched (Binance)
+        self.buffer_bytes = 0
+        self.catching_up = False  # the snapshot is in, buffered frames are being applied
         self.vouched = None  # (worst bid, worst ask) a depth-limited REST snapshot covered
         self.waiting_since_ns = None  # first tick that saw the book unsynced (base.on_tick)
 

@@ -5,7 +5,7 @@ book must be known, named and checked before anything starts. This turns an `Obs
 into that list and into one feed object per `[[feed]]` table:
 
 - Exchange feeds become an adapter (`observer.feeds.make_adapter`, endpoints and depth from the
-  config, C10) wrapped in an `ExchangeFeed` (observer/shard/exchangefeed.py), which runs the session
+  config, C10; feeds of one exchange split its REST budget, `rest_share`) wrapped in an `ExchangeFeed` (observer/shard/exchangefeed.py), which runs the session
   driver into the shard's writer. Synthetic feeds stay as they were.
 - Books are named `exchange:SYMBOL` with the normalised symbol (`kraken:BTCUSD` for `XBT/USD`
   or `BTC/USD`); the exchange's own spelling goes into the descriptor's `native` field, which
@@ -125,14 +125,29 @@ def _synthetic(config, feed_cfg):
     return TickedFeed(walk, lag_bound_ms=config.lag_bound_ms)
 
 
+def rest_share(config, feed_cfg) -> float:
+    """This feed's share of its exchange's REST weight budget, which the exchange counts per
+    IP: feeds of one exchange (one REST origin) split it by their symbols, wherever they run
+    (the exchange's used-weight header shows each what the others spent; the share keeps
+    their first bursts from adding up past it)."""
+    def origin(feed):
+        return (feed.exchange, feed.rest_url)
+
+    symbols_n = sum(len(feed.symbols) for feed in config.feeds if origin(feed) == origin(feed_cfg))
+    return len(feed_cfg.symbols) / symbols_n
+
+
 def _exchange(config, feed_cfg, where):
     from observer.shard.exchangefeed import ExchangeFeed
-    from observer.feeds import make_adapter
+    from observer.feeds import adapter_class, make_adapter
 
+    options = {}
+    if hasattr(adapter_class(feed_cfg.exchange), "weight_per_minute"):  # REST snapshots, budgeted
+        options["rest_weight_share"] = rest_share(config, feed_cfg)
     try:
         adapter = make_adapter(feed_cfg.exchange, list(feed_cfg.symbols), ws_url=feed_cfg.ws_url,
                                rest_url=feed_cfg.rest_url, depth=feed_cfg.depth or config.depth,
-                               category=feed_cfg.category)
+                               category=feed_cfg.category, **options)
     except ValueError as exc:           # SymbolError is a ValueError, so are duplicate symbols
         raise cfg.ConfigError(f"{where}: {exc}") from None
     return ExchangeFeed(adapter, book_exchange=book_exchange(feed_cfg), ca_file=feed_cfg.ca_file,

@@ -84,6 +84,10 @@ def test_depth_max_truncates_worst_levels():
     assert [p for p, _ in book.levels(BID)] == [99, 98, 97]
     assert [p for p, _ in book.levels(ASK)] == [100, 101, 102]
     assert book.levels_dropped == 0  # truncation to the subscribed depth is the protocol, not a loss
+    assert (book.worst(BID), book.worst(ASK)) == (97, 102)
+    assert (book.levels(BID)[-1][0], book.levels(ASK)[-1][0]) == (97, 102)
+    book.clear()
+    assert (book.worst(BID), book.worst(ASK)) == (0, 0)
 
 
 def test_levels_max_drops_and_counts():

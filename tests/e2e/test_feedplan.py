@@ -26,6 +26,18 @@ def config_of(*feeds, **top):
     return cfg.config_from_dict({"observer": top, "feed": list(feeds)})
 
 
+def test_feeds_of_one_exchange_split_its_rest_budget_by_symbols():
+    config = config_of({"exchange": "binance", "symbols": [f"A{i}USDT" for i in range(30)]},
+                       {"exchange": "binance", "symbols": [f"B{i}USDT" for i in range(10)]},
+                       {"exchange": "binance", "symbols": ["BTCUSDT"], "rest_url": "https://127.0.0.1:1"},
+                       {"exchange": "binance-futures", "symbols": ["BTCUSDT"]},
+                       {"exchange": "bybit", "symbols": ["BTCUSDT"]})
+    _, feeds, _ = plan(config)
+    budgets = [feed.adapter.scheduler.budget for feed in feeds[:4]]
+    assert [b.own_max for b in budgets] == [int(5400 * 0.75), int(5400 * 0.25), 5400, 2160]
+    assert not hasattr(feeds[4].adapter, "scheduler")
+
+
 def test_books_are_named_exchange_symbol_with_the_native_symbol_kept():
     config = config_of({"exchange": "kraken", "symbols": ["XBT/USD", "ETH/USD"]},
                        {"exchange": "binance", "symbols": ["btcusdt"]},

@@ -24,7 +24,7 @@ CASES = 400
 
 
 def binance(cls, pu):
-    adapter = cls(["BTCUSDT"], snapshot_interval_s=0, paranoid=True)
+    adapter = cls(["BTCUSDT"], paranoid=True)
     adapter.on_open(0, 0)
     snapshot = orjson.dumps({"lastUpdateId": 10, "bids": [["100.0", "1"]], "asks": [["101.0", "1"]]})
     adapter.on_snapshot("BTCUSDT", 200, {}, snapshot, 1)

@@ -140,7 +140,7 @@ SPECIAL = {
                 (["server_shutdown"], session_grew("reconnects"))],
     "binance-futures": [(["server_shutdown"], session_grew("reconnects"))],
 }
-OPTIONS = {"binance": {"snapshot_interval_s": 0.2}, "binance-futures": {"snapshot_interval_s": 0.2}}
+OPTIONS = {"binance": {}, "binance-futures": {}}  # per exchange: adapter options beyond the defaults
 
 
 def counters(adapter, session):

@@ -15,7 +15,8 @@ from .rawws import RawWs
 ARGS = ["--exchanges", "binance,binance-futures", "--rate", "200", "--depth", "60",
         "--binance-ping-interval-s", "0.3", "--binance-pong-timeout-s", "5",
         "--binance-futures-ping-interval-s", "0.3", "--binance-futures-pong-timeout-s", "5",
-        "--binance-rest-weight-max", "100000", "--binance-ban-s", "0.5"]
+        "--binance-rest-weight-max", "100000", "--binance-ban-s", "0.5",
+        "--binance-retry-grace-s", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +288,16 @@ def test_rest_errors_429_then_418_with_retry_after(sim):
     status, _ = sim.request(base, "GET", path, {"symbol": "BTCUSDT"})
     assert status == 418
     run(wait_for(lambda: sim.request(base, "GET", path, {"symbol": "BTCUSDT"})[0] == 200, every_s=0.3))
+
+
+def test_requests_already_on_their_way_at_a_429_are_refused_not_banned():
+    with Obsim(["--exchanges", "binance", "--binance-retry-grace-s", "30"]) as sim:
+        base, path = sim.rest_url("binance"), "/api/v3/depth"
+        sim.fault("binance", "rest_429", retry_after_s=60)
+        assert sim.request(base, "GET", path, {"symbol": "BTCUSDT"})[0] == 429
+        assert sim.request(base, "GET", path, {"symbol": "BTCUSDT"})[0] == 429   # within the grace
+        counters = sim.counters("binance")
+        assert (counters["rest_429"], counters["rest_418"]) == (2, 0)
 
 
 def test_rest_weight_limit_gives_429():
