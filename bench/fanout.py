@@ -266,7 +266,7 @@ def main(argv=None) -> int:
                    help="readers lower their own priority by this much (a deployment choice: "
                    "strategies below the observer)")
     p.add_argument("--sliced", default="256", help="reader counts to run again with "
-                   "shard_slice_us = --slice-us (observer/shard/runner/schedslice.py); '' for none")
+                   "shard_slice_us = --slice-us (observer/shard/schedslice.py); '' for none")
     p.add_argument("--slice-us", type=int, default=100)
     p.add_argument("--unpaced", default="256", help="reader counts to run again with pacing "
                    "off (wake_gap_us_per_client = 0), for the before/after ratio; '' for none")

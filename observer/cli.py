@@ -100,7 +100,7 @@ def run(config, stop: StopSignals) -> int:
     from obproto.layout import LayoutError
 
     if any(feed.exchange == "nats" and not feed.symbols for feed in config.feeds):
-        from observer.shard.runner.natsdiscover import with_relay_books
+        from observer.shard.natsdiscover import with_relay_books
 
         config = with_relay_books(config)                  # the relay's books, from NATS
     descs, per_feed, index_of, shard_of = plan(config)    # a bad symbol: ConfigError, exit 2

@@ -124,7 +124,7 @@ OBSERVER_KEYS = (
         "so their wake-ups use a bounded share of the CPU; 0: wake on every flush"),
     Key("shard_slice_us", Integer(0, 100_000), 0, "ask Linux (6.12+) to run shards in slices "
         "of this many us (100 to 100000; 0: the kernel's default), so a shard waits less behind "
-        "a burst of woken clients (observer/shard/runner/schedslice.py)"),
+        "a burst of woken clients (observer/shard/schedslice.py)"),
     Key("wake_ahead", Flag(), True, "wake clients when a message arrives, before it is parsed "
         "(false for hosts whose clients all busy-poll)"),
     Key("log_format", Choice(LOG_FORMATS), "text", "log line format", "--log-format"),
@@ -219,7 +219,7 @@ class ObserverConfig:
     wake: str = "auto"  # how flushes wake clients: auto, eventfd or io_uring (observer/shm/wake.py)
     wake_ahead: bool = True  # wake clients when a message arrives, before it is parsed
     wake_gap_us_per_client: int = WAKE_GAP_US_PER_CLIENT  # pacing, observer/shm/writer.py
-    shard_slice_us: int = 0  # observer/shard/runner/schedslice.py; 0: the kernel's default slice
+    shard_slice_us: int = 0  # observer/shard/schedslice.py; 0: the kernel's default slice
     log_format: str = "text"
     log_level: str = "info"
     lag_bound_ms: float = 1000.0

@@ -244,8 +244,7 @@ class BinanceAdapter(Adapter):
         try:
             reason = refusal(status, body)
             if reason is not None:
-                self.scheduler.inflight.discard(symbol)     # answered, and never asked again
-                self.scheduler.check_weight(headers, recv_ns)
+                self.scheduler.on_refused(symbol, headers, recv_ns)   # never asked again
                 self.refuse(sync, reason)
             elif self.scheduler.on_reply(symbol, status, headers, recv_ns):
                 self.take_snapshot(sync, body)

@@ -229,6 +229,15 @@ class SnapshotScheduler:
             self.queued.add(symbol)
         return False
 
+    def on_refused(self, symbol, headers, now_ns):
+        """The exchange refused the symbol itself (not listed): its weight is settled and it is
+        never asked for again; the queue is not blocked (the refusal says nothing of the budget)."""
+        entry, _ = self.inflight.pop(symbol, (None, None))
+        if entry is not None:
+            self.budget.settle(entry, now_ns)
+            self.observe_weight(headers, entry[0], now_ns)
+        self.cancel(symbol)
+
     def observe_weight(self, headers, sent_ns, now_ns):
         if not self.weight_header or not headers:
             return

@@ -62,7 +62,7 @@ def mirrored_names(feed_cfg: cfg.FeedConfig, where: str) -> list:
     """(exchange, symbol, native) of each mirrored book: the names as the source has them."""
     if importlib.util.find_spec("nats") is None:
         raise cfg.ConfigError(f"{where}: needs nats-py: pip install 'observer[nats]'")
-    if not feed_cfg.symbols:          # observer/shard/runner/natsdiscover.py lists them first
+    if not feed_cfg.symbols:          # observer/shard/natsdiscover.py lists them first
         raise cfg.ConfigError(f"{where}: no books to mirror")
     out, seen = [], set()
     for name in feed_cfg.symbols:

@@ -23,7 +23,7 @@ import logging
 import time
 
 from observer import loom
-from observer.shard.runner import schedslice
+from observer.shard import schedslice
 from observer.telemetry import memtrace
 
 log = logging.getLogger("observer.shard.runner")

@@ -1,4 +1,4 @@
-"""The shard's scheduler slice (observer/shard/runner/schedslice.py): asked of the real kernel, in a child
+"""The shard's scheduler slice (observer/shard/schedslice.py): asked of the real kernel, in a child
 process so the test runner keeps its own."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import platform
 
 import pytest
 
-from observer.shard.runner import schedslice
+from observer.shard import schedslice
 
 def _kernel() -> tuple[int, int]:
     major, minor = platform.release().split(".")[:2]
