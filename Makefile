@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test bench clean venv
 
-$(STAMP): pyproject.toml setup.py proto/_latch_c.c observer/book/_book_c.c
+$(STAMP): pyproject.toml setup.py proto/_latch_c.c observer/book/_book_c.c observer/feeds/_binance_c.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,sim]'

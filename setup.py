@@ -1,9 +1,9 @@
-"""The compiled part of the build: proto/_latch_c.c and observer/book/_book_c.c (everything
-else is in pyproject.toml).
+"""The compiled part of the build: proto/_latch_c.c, observer/book/_book_c.c and
+observer/feeds/_binance_c.c (everything else is in pyproject.toml).
 
 `optional=True`: on a machine without a C compiler the install still succeeds and
-proto/latch.py and observer/book/book.py run their pure-Python code (the same bytes and the
-same books, more interpreter time per message).
+proto/latch.py, observer/book/book.py and observer/feeds/binance.py run their pure-Python
+code (the same bytes and the same books, more interpreter time per message).
 """
 
 from setuptools import Extension, setup
@@ -15,5 +15,7 @@ setup(ext_modules=[
     Extension("proto._latch_c", ["proto/_latch_c.c"], optional=True,
               extra_compile_args=COMPILE_ARGS),
     Extension("observer.book._book_c", ["observer/book/_book_c.c"], optional=True,
+              extra_compile_args=COMPILE_ARGS),
+    Extension("observer.feeds._binance_c", ["observer/feeds/_binance_c.c"], optional=True,
               extra_compile_args=COMPILE_ARGS),
 ])

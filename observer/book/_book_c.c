@@ -198,11 +198,149 @@ static PyObject *set_levels(PyObject *module, PyObject *const *args, Py_ssize_t 
     return PyLong_FromSsize_t(i);
 }
 
+/* ------------------------------------------------------------------ levels as wire text
+
+set_text_levels reads the levels of a diff straight from the message's bytes: the spans of
+its bid and ask arrays, `[["price","size"],...]`, as an adapter's scanner found them
+(observer/feeds/_binance_c.c). Nothing is made per level but the ints the book keeps. It is
+all or nothing: a first pass checks that every level of both spans is plain (the same rule as
+plain_value, on bytes) and only then are they applied, so on False the book is untouched and
+the caller takes the reference path (orjson and set_levels/book.py) for the whole message. */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* A quoted plain decimal at p (after whitespace) into *value; the position after it, or NULL. */
+static const char *text_value(const char *p, const char *end, int target, int64_t *value) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '"')
+        return NULL;
+    p++;
+    int64_t mantissa = 0;
+    int digits = 0, decimals = 0, dot = 0;
+    for (; p < end && *p != '"'; p++) {
+        char c = *p;
+        if (c >= '0' && c <= '9') {
+            if (++digits > DIGITS_MAX)
+                return NULL;
+            mantissa = mantissa * 10 + (c - '0');
+            decimals += dot;
+        } else if (c == '.' && !dot) {
+            dot = 1;
+        } else {
+            return NULL;
+        }
+    }
+    if (p >= end || digits == 0 || decimals > target)
+        return NULL;
+    if (__builtin_mul_overflow(mantissa, POW10[target - decimals], value))
+        return NULL;
+    return p + 1;
+}
+
+/* One `["price","size"]` at p into price and size; the position after it, or NULL. */
+static const char *text_level(const char *p, const char *end, int price_decimals,
+                              int size_decimals, int64_t *price, int64_t *size) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[')
+        return NULL;
+    p = text_value(p + 1, end, price_decimals, price);
+    if (p == NULL || (p = skip_ws(p, end)) >= end || *p != ',')
+        return NULL;
+    p = text_value(p + 1, end, size_decimals, size);
+    if (p == NULL || (p = skip_ws(p, end)) >= end || *p != ']')
+        return NULL;
+    return p + 1;
+}
+
+/* Walk one span `[level, ...]` exactly; apply each level when keys is not NULL.
+   1: walked (and applied), 0: not plain (nothing applied when keys is NULL), -1: error set. */
+static int text_side(const char *p, const char *end, int price_decimals, int size_decimals,
+                     PyObject *keys, PyObject *sizes, int negate) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[')
+        return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return skip_ws(p + 1, end) == end;
+    for (;;) {
+        int64_t price, size;
+        p = text_level(p, end, price_decimals, size_decimals, &price, &size);
+        if (p == NULL)
+            return 0;
+        if (keys != NULL && side_set(keys, sizes, negate ? -price : price, size) < 0)
+            return -1;
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        return p < end && *p == ']' && skip_ws(p + 1, end) == end;
+    }
+}
+
+/* set_text_levels(bid_keys, bid_sizes, ask_keys, ask_sizes, data, b0, b1, a0, a1,
+                   price_decimals, size_decimals) -> bool */
+static PyObject *set_text_levels(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "set_text_levels(bid_keys, bid_sizes, ask_keys, "
+                        "ask_sizes, data, b0, b1, a0, a1, price_decimals, size_decimals)");
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++)
+        if (!PyList_CheckExact(args[k])) {
+            PyErr_SetString(PyExc_TypeError, "set_text_levels: keys and sizes are lists");
+            return NULL;
+        }
+    Py_ssize_t span[4];
+    for (int k = 0; k < 4; k++)
+        span[k] = PyLong_AsSsize_t(args[5 + k]);
+    long price_decimals = PyLong_AsLong(args[9]), size_decimals = PyLong_AsLong(args[10]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[4], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1])
+        || PyList_GET_SIZE(args[2]) != PyList_GET_SIZE(args[3]) || price_decimals < 0
+        || price_decimals > DECIMALS_MAX || size_decimals < 0 || size_decimals > DECIMALS_MAX
+        || span[0] < 0 || span[0] > span[1] || span[1] > view.len || span[2] < 0
+        || span[2] > span[3] || span[3] > view.len) {
+        PyErr_SetString(PyExc_AssertionError, "set_text_levels: keys and sizes differ in "
+                                              "length, or an argument is out of range");
+        goto done;
+    }
+    const char *data = (const char *)view.buf;
+    int pd = (int)price_decimals, sd = (int)size_decimals;
+    /* Pass 1: everything plain? Pass 2: apply (cannot fail on the text any more). */
+    if (text_side(data + span[0], data + span[1], pd, sd, NULL, NULL, 0) != 1
+        || text_side(data + span[2], data + span[3], pd, sd, NULL, NULL, 0) != 1) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (text_side(data + span[0], data + span[1], pd, sd, args[0], args[1], 0) < 0
+        || text_side(data + span[2], data + span[3], pd, sd, args[2], args[3], 1) < 0)
+        goto done;
+    result = Py_NewRef(Py_True);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"set_levels", (PyCFunction)(void (*)(void))set_levels, METH_FASTCALL,
      "set_levels(keys, sizes, levels, start, negate, price_decimals, size_decimals) -> index: "
      "apply levels[start:] to one side in order, up to the first that is not plain "
      "(observer/book/book.py applies that one); returns its index, or len(levels)."},
+    {"set_text_levels", (PyCFunction)(void (*)(void))set_text_levels, METH_FASTCALL,
+     "set_text_levels(bid_keys, bid_sizes, ask_keys, ask_sizes, data, b0, b1, a0, a1, "
+     "price_decimals, size_decimals) -> bool: apply the bid span data[b0:b1] and the ask span "
+     "data[a0:a1] (JSON arrays of [\"price\",\"size\"] strings) if every level is plain; "
+     "False (nothing applied) if one is not."},
     {NULL},
 };
 

@@ -35,6 +35,11 @@ exponent, an odd text), which `apply_levels` here applies before the C goes on. 
 code is the reference and the fallback when the extension was not built or
 OBSERVER_PURE_PYTHON=1 (`COMPILED`); tests/book/test_book_c.py holds both to the same levels
 after every message. A compiled publisher reads the top of the book from `top_lists`.
+
+The book parses no messages, with one narrow exception on the hottest path: `apply_text_diff`
+takes a diff's two level arrays as the wire's bytes (spans an adapter's compiled scanner
+found) and its compiled loop reads the price and size texts in place, so no list or string is
+made per level; anything not plain there leaves the book untouched for the parsed path.
 """
 
 import os
@@ -142,6 +147,22 @@ class Book:
             self.apply_side(BID, update.bids)
             self.apply_side(ASK, update.asks)
         self.end_update(update.update_id, update.exch_ts_ns)
+
+    def apply_text_diff(self, data, b0, b1, a0, a1, update_id, exch_ts_ns):
+        """A delta whose levels are still wire text: `data[b0:b1]` and `data[a0:a1]` are its
+        bid and ask arrays, `[["price","size"],...]`, as an adapter's scanner found
+        them (observer/feeds/_binance_c.c). Applied only if every level is plain (then True,
+        with the same result as `apply` of the parsed levels, end_update included); else
+        False and the book is untouched: the caller parses the message and calls `apply`.
+        """
+        if not COMPILED:
+            return False
+        if not _book_c.set_text_levels(self._keys[BID], self._sizes[BID], self._keys[ASK],
+                                       self._sizes[ASK], data, b0, b1, a0, a1,
+                                       -self.price_exp, -self.size_exp):
+            return False
+        self.end_update(update_id, exch_ts_ns)
+        return True
 
     def apply_side(self, side, levels, done=0):
         """Set each level in wire order (a price may repeat in one message: last wins);
