@@ -256,10 +256,30 @@ static const char *text_level(const char *p, const char *end, int price_decimals
     return p + 1;
 }
 
-/* Walk one span `[level, ...]` exactly; apply each level when keys is not NULL.
-   1: walked (and applied), 0: not plain (nothing applied when keys is NULL), -1: error set. */
+/* The levels of the message being applied, parsed once: (price, size) pairs, both sides.
+   Reused (grown, never shrunk) across calls; the GIL is held throughout. */
+static int64_t *pairs;
+static Py_ssize_t pairs_cap; /* in pairs */
+
+static int pairs_reserve(Py_ssize_t n) {
+    if (n <= pairs_cap)
+        return 0;
+    Py_ssize_t cap = pairs_cap ? pairs_cap : 64;
+    while (cap < n)
+        cap *= 2;
+    int64_t *grown = PyMem_Realloc(pairs, (size_t)cap * 2 * sizeof(int64_t));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pairs = grown;
+    pairs_cap = cap;
+    return 0;
+}
+
+/* Parse one span `[level, ...]` exactly into pairs[*n...]. 1: parsed, 0: not plain, -1: error. */
 static int text_side(const char *p, const char *end, int price_decimals, int size_decimals,
-                     PyObject *keys, PyObject *sizes, int negate) {
+                     Py_ssize_t *n) {
     p = skip_ws(p, end);
     if (p >= end || *p != '[')
         return 0;
@@ -267,12 +287,12 @@ static int text_side(const char *p, const char *end, int price_decimals, int siz
     if (p < end && *p == ']')
         return skip_ws(p + 1, end) == end;
     for (;;) {
-        int64_t price, size;
-        p = text_level(p, end, price_decimals, size_decimals, &price, &size);
+        if (pairs_reserve(*n + 1) < 0)
+            return -1;
+        p = text_level(p, end, price_decimals, size_decimals, &pairs[2 * *n], &pairs[2 * *n + 1]);
         if (p == NULL)
             return 0;
-        if (keys != NULL && side_set(keys, sizes, negate ? -price : price, size) < 0)
-            return -1;
+        ++*n;
         p = skip_ws(p, end);
         if (p < end && *p == ',') {
             p++;
@@ -316,15 +336,24 @@ static PyObject *set_text_levels(PyObject *module, PyObject *const *args, Py_ssi
     }
     const char *data = (const char *)view.buf;
     int pd = (int)price_decimals, sd = (int)size_decimals;
-    /* Pass 1: everything plain? Pass 2: apply (cannot fail on the text any more). */
-    if (text_side(data + span[0], data + span[1], pd, sd, NULL, NULL, 0) != 1
-        || text_side(data + span[2], data + span[3], pd, sd, NULL, NULL, 0) != 1) {
-        result = Py_NewRef(Py_False);
+    /* Parse everything first (the book untouched if one level is not plain), then apply. */
+    Py_ssize_t n_bids = 0, n_all = 0;
+    int parsed = text_side(data + span[0], data + span[1], pd, sd, &n_bids);
+    if (parsed == 1) {
+        n_all = n_bids;
+        parsed = text_side(data + span[2], data + span[3], pd, sd, &n_all);
+    }
+    if (parsed != 1) {
+        result = parsed < 0 ? NULL : Py_NewRef(Py_False);
         goto done;
     }
-    if (text_side(data + span[0], data + span[1], pd, sd, args[0], args[1], 0) < 0
-        || text_side(data + span[2], data + span[3], pd, sd, args[2], args[3], 1) < 0)
-        goto done;
+    for (Py_ssize_t i = 0; i < n_all; i++) {
+        int ask = i >= n_bids;
+        int64_t price = pairs[2 * i];
+        if (side_set(args[ask ? 2 : 0], args[ask ? 3 : 1], ask ? -price : price,
+                     pairs[2 * i + 1]) < 0)
+            goto done;
+    }
     result = Py_NewRef(Py_True);
 done:
     PyBuffer_Release(&view);

@@ -15,8 +15,8 @@ The contract is narrow on purpose: it accepts only the plain shape Binance sends
 
 or the same payload object alone (a raw stream), keys in any order, whitespace anywhere JSON
 allows it, other payload keys with a string or integer value skipped. Strings must be printable
-ASCII without escapes; integers non-negative and below 2**63; a level exactly two strings; at
-most `levels_max` levels in all. Anything else (another event kind, a duplicate key, a float,
+ASCII without escapes; integers non-negative and below 2**63; the level arrays' spans short
+enough to hold fewer than `levels_max` levels (their levels are read, strictly, by the book). Anything else (another event kind, a duplicate key, a float,
 an escape, a nested value it does not know, bad JSON) returns None, and the adapter parses the
 message with orjson (observer/feeds/binance.py): that path is the reference, with every error
 message, and tests/feeds/test_binance_scan.py holds the two to the same books and actions. */
@@ -81,11 +81,11 @@ static int integer(Cursor *c, int64_t *out) {
     return 1;
 }
 
-/* `[["a","b"],...]`: its span and how many levels it holds. */
-static int levels(Cursor *c, Py_ssize_t *start, Py_ssize_t *stop, const char *base,
-                  Py_ssize_t *count) {
-    const char *s;
-    Py_ssize_t n;
+/* `[[...],...]`: its span, found by its first `]` followed by `]` (memchr from `]` to `]`),
+   without reading the levels: Book.apply_text_diff walks the span strictly (and fails, the
+   book untouched, on anything but plain levels), so a span cut short by a `]]` inside a string
+   is never applied, and a span that is applied was the array's true extent. */
+static int levels(Cursor *c, Py_ssize_t *start, Py_ssize_t *stop, const char *base) {
     if (!expect(c, '['))
         return 0;
     *start = c->p - 1 - base;
@@ -93,16 +93,16 @@ static int levels(Cursor *c, Py_ssize_t *start, Py_ssize_t *stop, const char *ba
         *stop = c->p - base;
         return 1;
     }
-    do {
-        if (!expect(c, '[') || !string(c, &s, &n) || !expect(c, ',') || !string(c, &s, &n)
-            || !expect(c, ']'))
+    for (;;) {
+        const char *q = memchr(c->p, ']', c->end - c->p);
+        if (q == NULL)
             return 0;
-        (*count)++;
-    } while (expect(c, ','));
-    if (!expect(c, ']'))
-        return 0;
-    *stop = c->p - base;
-    return 1;
+        c->p = q + 1;
+        if (expect(c, ']')) {
+            *stop = c->p - base;
+            return 1;
+        }
+    }
 }
 
 /* One key's name, compared as bytes. */
@@ -117,7 +117,7 @@ typedef struct {
     int seen;
     int64_t event_time, first_id, last_id;
     const char *symbol;
-    Py_ssize_t symbol_n, b0, b1, a0, a1, count;
+    Py_ssize_t symbol_n, b0, b1, a0, a1;
 } Diff;
 
 /* The payload object's members (the '{' already taken), up to its '}'. */
@@ -152,8 +152,8 @@ static int payload(Cursor *c, const char *base, Diff *d) {
         case F_S: ok = string(c, &d->symbol, &d->symbol_n); break;
         case F_FIRST: ok = integer(c, &d->first_id); break;
         case F_LAST: ok = integer(c, &d->last_id); break;
-        case F_B: ok = levels(c, &d->b0, &d->b1, base, &d->count); break;
-        case F_A: ok = levels(c, &d->a0, &d->a1, base, &d->count); break;
+        case F_B: ok = levels(c, &d->b0, &d->b1, base); break;
+        case F_A: ok = levels(c, &d->a0, &d->a1, base); break;
         default: { /* another key: a string or an integer, skipped */
             int64_t ignored;
             ws(c);
@@ -213,7 +213,10 @@ static PyObject *scan_diff(PyObject *module, PyObject *const *args, Py_ssize_t n
     Cursor c = {base, base + view.len};
     Diff d = {0};
     PyObject *result;
-    if (message(&c, base, &d) && (ws(&c), c.p == c.end) && d.count <= levels_max)
+    /* A level takes at least 10 bytes with its comma (`["1","1"],`): spans this short hold
+       fewer than levels_max levels. */
+    if (message(&c, base, &d) && (ws(&c), c.p == c.end)
+        && (d.b1 - d.b0) + (d.a1 - d.a0) <= 9 * levels_max)
         result = Py_BuildValue("(s#LLLnnnn)", d.symbol, d.symbol_n, (long long)d.event_time,
                                (long long)d.first_id, (long long)d.last_id, d.b0, d.b1, d.a0,
                                d.a1);

@@ -36,7 +36,7 @@ except ImportError:  # built without a C compiler: every message takes the parse
     scan_diff = None
 
 NS_PER_MS = 1_000_000
-SCAN_LEVELS_MAX = 5000  # a diff with more levels takes the parsed path (and its limits)
+SCAN_LEVELS_MAX = 5000  # a diff that may hold more levels takes the parsed path (and its limits)
 
 # A delta leaves a live book live: on_depth skips the table lookup for that one pair.
 assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE
@@ -171,7 +171,8 @@ class BinanceAdapter(Adapter):
         sync.stats.updates += 1
         if sync.vouched is not None and self.too_thin(book, sync.vouched):
             self.resync(sync, "thin")
-        self.publish(sync)
+        if sync.state is State.LIVE:  # self.publish(sync), without its frame
+            self.queue.append(self.publish_actions[symbol])
         return True
 
     def buffer(self, sync, event):
