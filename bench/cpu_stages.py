@@ -20,6 +20,8 @@ CPU time per message (thread time, best of REPEATS) is printed:
              read), minus adapter, publish and wake
   total      tls + websocket + Session.deliver
 
+and the memory blocks the whole deliver path keeps per message once warm (tracemalloc).
+
 Not here: the loop (epoll, fiber switches, timers) and the kernel's receive path; the live
 bench (cpu_per_msg.py) has those inside the shard's whole CPU time. `--pure` runs the
 pure-Python reference paths (OBSERVER_PURE_PYTHON=1) for comparison.
@@ -44,7 +46,7 @@ if "--pure" in sys.argv:
 
 import orjson  # noqa: E402
 
-from observer.book import BookUpdate  # noqa: E402
+from observer.book import ASK, BID, BookUpdate  # noqa: E402
 from observer.exchangefeed import ExchangeFeed  # noqa: E402
 from observer.feeds.actions import FetchSnapshot  # noqa: E402
 from observer.feeds.binance import NS_PER_MS, BinanceAdapter  # noqa: E402
@@ -367,6 +369,41 @@ def stage_deliver(stream: Stream, shard: Shard) -> tuple[int, float]:
     return ns, wakes_per_msg
 
 
+def net_blocks_per_msg(stream: Stream, shard: Shard) -> float:
+    """Memory blocks still allocated per message after Session.deliver's whole path ran over
+    the stream once warm (tracemalloc): what the hot path keeps per message, 0 when it
+    allocates nothing that lives on (the two ints of each level the books gained or lost
+    over the run are taken out: they are the books' state)."""
+    import tracemalloc
+
+    payloads = stream.payloads
+    feed = shard.feed(live_adapter(stream))
+    session = Session(feed.adapter, feed.sink, on_frame=shard.writer.wake_ahead,
+                      after_frame=shard.writer.flush)
+    half = len(payloads) // 2
+
+    def deliver(part):
+        for payload in part:
+            session.deliver(0, payload)
+        session.end_batch()
+
+    def levels():
+        return sum(book.depth(BID) + book.depth(ASK) for book in feed.adapter.books.values())
+
+    deliver(payloads[:half])                # warm: every path taken once
+    levels_before = levels()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        deliver(payloads[half:])
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    blocks = sum(stat.count_diff for stat in after.compare_to(before, "filename"))
+    blocks -= 2 * (levels() - levels_before)   # a level is two ints (key, size) in the book
+    return blocks / (len(payloads) - half)
+
+
 # What main measures, in its order: each is one best_of (one callgrind dump pair with --marks).
 RUNS = ("tls", "websocket", "parse", "apply", "adapter", "publish", "eventfd", "deliver")
 
@@ -402,6 +439,7 @@ def main(argv=None) -> int:
         publish_ns = stage_publish(stream, shard)
         eventfd_ns = stage_eventfd(stream, shard)
         deliver_ns, wakes = stage_deliver(stream, shard)
+        blocks = None if MARKS else net_blocks_per_msg(stream, shard)
     finally:
         shard.close()
     raw = [tls_ns, ws_ns, parse_ns, apply_ns, adapter_ns, publish_ns, eventfd_ns, deliver_ns]
@@ -409,7 +447,8 @@ def main(argv=None) -> int:
     mode = "pure Python" if args.pure else "compiled where built"
     parts = "  ".join(f"{name} {ns / n / 1e3:.2f}" for name, ns in per.items())
     print(f"cpu_stages: {args.books} books, {n} msgs ({mode}), us/msg: {parts}  "
-          f"(eventfd writes/msg {wakes:.2f}; load {os.getloadavg()[0]:.1f})")
+          f"(eventfd writes/msg {wakes:.2f}; net new memory blocks/msg, warm: "
+          f"{blocks if blocks is None else f'{blocks:.4f}'}; load {os.getloadavg()[0]:.1f})")
     return 0
 
 
