@@ -213,30 +213,30 @@ static const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
-/* A quoted plain decimal at p (after whitespace) into *value; the position after it, or NULL. */
+/* A quoted plain decimal at p (after whitespace) into *value; the position after it, or NULL.
+   plain_value's rule on bytes: digits, at most one '.', 1..DIGITS_MAX digits, at most `target`
+   fraction digits, and the value at `target` within int64. The whole part and the fraction
+   are two tight loops (no per-character test for the dot); the mantissa is accumulated
+   unsigned, so a text too long to be plain cannot overflow before it is refused. */
 static const char *text_value(const char *p, const char *end, int target, int64_t *value) {
     p = skip_ws(p, end);
     if (p >= end || *p != '"')
         return NULL;
-    p++;
-    int64_t mantissa = 0;
-    int digits = 0, decimals = 0, dot = 0;
-    for (; p < end && *p != '"'; p++) {
-        char c = *p;
-        if (c >= '0' && c <= '9') {
-            if (++digits > DIGITS_MAX)
-                return NULL;
-            mantissa = mantissa * 10 + (c - '0');
-            decimals += dot;
-        } else if (c == '.' && !dot) {
-            dot = 1;
-        } else {
-            return NULL;
-        }
+    const char *start = ++p;
+    uint64_t mantissa = 0;
+    while (p < end && (unsigned char)(*p - '0') < 10)
+        mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+    Py_ssize_t digits = p - start, decimals = 0;
+    if (p < end && *p == '.') {
+        const char *fraction = ++p;
+        while (p < end && (unsigned char)(*p - '0') < 10)
+            mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+        decimals = p - fraction;
+        digits += decimals;
     }
-    if (p >= end || digits == 0 || decimals > target)
+    if (p >= end || *p != '"' || digits == 0 || digits > DIGITS_MAX || decimals > target)
         return NULL;
-    if (__builtin_mul_overflow(mantissa, POW10[target - decimals], value))
+    if (__builtin_mul_overflow((int64_t)mantissa, POW10[target - decimals], value))
         return NULL;
     return p + 1;
 }
