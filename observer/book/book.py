@@ -232,7 +232,14 @@ class Book:
         if exch_ts_ns:
             self.exch_ts_ns = exch_ts_ns
         self.updates += 1
-        self.assert_invariants()
+        # The invariants (module essay), here rather than in a method: once per message.
+        bid_sizes, ask_sizes = self._sizes
+        assert len(bid_keys) == len(bid_sizes) and len(ask_keys) == len(ask_sizes)
+        assert len(bid_keys) <= self.levels_max and len(ask_keys) <= self.levels_max
+        assert not bid_sizes or bid_sizes[-1] > 0
+        assert not ask_sizes or ask_sizes[-1] > 0
+        if self.paranoid:
+            self.check()
         if bid_keys and ask_keys and bid_keys[-1] >= -ask_keys[-1]:
             raise BookCrossed(f"{self.name}: crossed book (bid {bid_keys[-1]} >= ask {-ask_keys[-1]})")
 
@@ -348,18 +355,6 @@ class Book:
         return n_bids, n_asks
 
     # -------------------------------------------------------------------------- invariants
-
-    def assert_invariants(self):
-        bid_keys, ask_keys = self._keys
-        bid_sizes, ask_sizes = self._sizes
-        assert len(bid_keys) == len(bid_sizes)
-        assert len(ask_keys) == len(ask_sizes)
-        assert len(bid_keys) <= self.levels_max
-        assert len(ask_keys) <= self.levels_max
-        assert not bid_sizes or bid_sizes[-1] > 0
-        assert not ask_sizes or ask_sizes[-1] > 0
-        if self.paranoid:
-            self.check()
 
     def check(self):
         """Full O(levels) check: strictly sorted sides, no zero or negative sizes, depth."""

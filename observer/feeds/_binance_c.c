@@ -197,6 +197,28 @@ static int message(Cursor *c, const char *base, Diff *d) {
     return stream && data && expect(c, '}');
 }
 
+/* (symbol, E, U, u, b0, b1, a0, a1), built directly (Py_BuildValue reads its format each call). */
+static PyObject *fields(const Diff *d) {
+    PyObject *tuple = PyTuple_New(8);
+    if (tuple == NULL)
+        return NULL;
+    PyObject *items[8] = {
+        PyUnicode_DecodeASCII(d->symbol, d->symbol_n, NULL), PyLong_FromLongLong(d->event_time),
+        PyLong_FromLongLong(d->first_id), PyLong_FromLongLong(d->last_id),
+        PyLong_FromSsize_t(d->b0), PyLong_FromSsize_t(d->b1), PyLong_FromSsize_t(d->a0),
+        PyLong_FromSsize_t(d->a1)};
+    int failed = 0;
+    for (int k = 0; k < 8; k++) {
+        failed |= items[k] == NULL;
+        PyTuple_SET_ITEM(tuple, k, items[k]); /* NULL items are freed as such by the tuple */
+    }
+    if (failed) {
+        Py_DECREF(tuple);
+        return NULL;
+    }
+    return tuple;
+}
+
 /* scan_diff(data, levels_max) -> (symbol, E, U, u, b0, b1, a0, a1) or None */
 static PyObject *scan_diff(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -217,9 +239,7 @@ static PyObject *scan_diff(PyObject *module, PyObject *const *args, Py_ssize_t n
        fewer than levels_max levels. */
     if (message(&c, base, &d) && (ws(&c), c.p == c.end)
         && (d.b1 - d.b0) + (d.a1 - d.a0) <= 9 * levels_max)
-        result = Py_BuildValue("(s#LLLnnnn)", d.symbol, d.symbol_n, (long long)d.event_time,
-                               (long long)d.first_id, (long long)d.last_id, d.b0, d.b1, d.a0,
-                               d.a1);
+        result = fields(&d);
     else
         result = Py_NewRef(Py_None);
     PyBuffer_Release(&view);
