@@ -8,15 +8,19 @@ CPU time per message (thread time, best of REPEATS) is printed:
   tls        decrypt obsim's TLS records (ssl.SSLObject over memory BIOs, as net/tls.py does,
              one read per record and the "want read" that ends each batch)
   websocket  FrameReader: plaintext -> messages
-  json       orjson.loads of each payload
-  apply      Book.apply of each parsed diff, books live from obsim's REST snapshot
-  adapter    BinanceAdapter.on_message, minus json and apply: sync rules and actions
-  export     Book.export_top into one slot's four views (depth 10)
-  latch      ShardWriter.publish, minus export: copy head, latch flip, ring record
+  parse      orjson.loads of each payload; where the adapter scans live diffs from their
+             bytes (observer/feeds/_binance_c.c), scan_diff of each instead
+  apply      Book.apply of each parsed diff, books live from obsim's REST snapshot; where
+             the adapter scans, Book.apply_text_diff of each payload's level spans
+  adapter    BinanceAdapter.on_message, minus parse and apply: sync rules and actions
+  publish    ShardWriter.publish: the top 10 levels into the idle copy (client/obproto/_latch_c reads
+             the book's lists), copy head, latch flip, ring record
   wake       eventfd writes per message (counted in the glue run) x one write's cost
   glue       Session.deliver (+ ExchangeFeed.sink), each obsim tick's messages one batch (one
              read), minus adapter, publish and wake
   total      tls + websocket + Session.deliver
+
+and the memory blocks the whole deliver path keeps per message once warm (tracemalloc).
 
 Not here: the loop (epoll, fiber switches, timers) and the kernel's receive path; the live
 bench (cpu_per_msg.py) has those inside the shard's whole CPU time. `--pure` runs the
@@ -34,13 +38,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# OBSERVER_TREE: the checkout whose code is measured (cpu_instructions.py --baseline).
+sys.path.insert(0, os.environ.get("OBSERVER_TREE")
+                or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 if "--pure" in sys.argv:
     os.environ["OBSERVER_PURE_PYTHON"] = "1"
 
 import orjson  # noqa: E402
 
-from observer.book import BookUpdate  # noqa: E402
+from observer.book import ASK, BID, BookUpdate  # noqa: E402
 from observer.shard.exchangefeed import ExchangeFeed  # noqa: E402
 from observer.feeds.actions import FetchSnapshot  # noqa: E402
 from observer.feeds.binance import NS_PER_MS, BinanceAdapter  # noqa: E402
@@ -123,14 +129,26 @@ def live_adapter(stream: Stream) -> BinanceAdapter:
     return adapter
 
 
+# `--marks` (bench/cpu_instructions.py): two runs per stage, the second (warm) between two
+# os.getppid() calls, which callgrind is told to dump its counters before: the instructions
+# of that run are then exact, in a file of their own.
+MARKS = "--marks" in sys.argv
+RUNS_EACH = 2 if MARKS else REPEATS
+
+
 def best_of(run, setup=None) -> int:
-    """Best thread CPU ns of REPEATS runs of `run(state)`, with `state = setup()` untimed."""
+    """Best thread CPU ns of RUNS_EACH runs of `run(state)`, with `state = setup()` untimed."""
     best = None
-    for _ in range(REPEATS):
+    for k in range(RUNS_EACH):
         state = setup() if setup else None
+        marked = MARKS and k == RUNS_EACH - 1
+        if marked:
+            os.getppid()
         start = time.thread_time_ns()
         run(state)
         elapsed = time.thread_time_ns() - start
+        if marked:
+            os.getppid()
         best = elapsed if best is None else min(best, elapsed)
     return best
 
@@ -206,13 +224,25 @@ def stage_websocket(stream: Stream) -> int:
     return best_of(run, FrameReader)
 
 
-def stage_json(stream: Stream) -> int:
-    payloads = stream.payloads
+def scanning(stream: Stream) -> bool:
+    """Whether the adapter reads live diffs from their bytes (observer/feeds/_binance_c.c)."""
+    return getattr(live_adapter(stream), "scan", None) is not None
 
-    def run(_):
-        loads = orjson.loads
-        for payload in payloads:
-            loads(payload)
+
+def stage_parse(stream: Stream) -> int:
+    """orjson.loads of each payload, or, where the adapter scans, scan_diff of each."""
+    payloads = stream.payloads
+    if scanning(stream):
+        from observer.feeds.binance import SCAN_LEVELS_MAX, scan_diff
+
+        def run(_):
+            for payload in payloads:
+                scan_diff(payload, SCAN_LEVELS_MAX)
+    else:
+        def run(_):
+            loads = orjson.loads
+            for payload in payloads:
+                loads(payload)
 
     return best_of(run)
 
@@ -227,6 +257,19 @@ def updates(stream: Stream) -> list[tuple[str, BookUpdate]]:
 
 
 def stage_apply(stream: Stream) -> int:
+    """Book.apply of each parsed diff, or, where the adapter scans, apply_text_diff of each
+    payload's level spans."""
+    if scanning(stream):
+        from observer.feeds.binance import SCAN_LEVELS_MAX, scan_diff
+        scanned = []
+        for payload in stream.payloads:
+            symbol, exch_ms, _, last_id, b0, b1, a0, a1 = scan_diff(payload, SCAN_LEVELS_MAX)
+            scanned.append((symbol, payload, b0, b1, a0, a1, last_id, exch_ms * NS_PER_MS))
+
+        def run(books):
+            for symbol, *args in scanned:
+                assert books[symbol].apply_text_diff(*args)
+        return best_of(run, lambda: live_adapter(stream).books)
     diffs = updates(stream)
 
     def run(books):
@@ -273,19 +316,6 @@ class Shard:
 
     def close(self) -> None:
         self.segment.close()
-
-
-def stage_export(stream: Stream, shard: Shard) -> int:
-    views = shard.writer._views[0][0]
-    book = live_adapter(stream).books[stream.symbols[0]]
-    n = len(stream.payloads)
-
-    def run(_):
-        export = book.export_top
-        for _ in range(n):
-            export(*views)
-
-    return best_of(run)
 
 
 def stage_publish(stream: Stream, shard: Shard) -> int:
@@ -335,8 +365,57 @@ def stage_deliver(stream: Stream, shard: Shard) -> tuple[int, float]:
 
     shard.count_wakes()
     ns = best_of(run, setup)
-    wakes_per_msg = shard.wakes / REPEATS / len(payloads)
+    wakes_per_msg = shard.wakes / RUNS_EACH / len(payloads)
     return ns, wakes_per_msg
+
+
+def net_blocks_per_msg(stream: Stream, shard: Shard) -> float:
+    """Memory blocks still allocated per message after Session.deliver's whole path ran over
+    the stream once warm (tracemalloc): what the hot path keeps per message, 0 when it
+    allocates nothing that lives on (the two ints of each level the books gained or lost
+    over the run are taken out: they are the books' state)."""
+    import tracemalloc
+
+    payloads = stream.payloads
+    feed = shard.feed(live_adapter(stream))
+    session = Session(feed.adapter, feed.sink, on_frame=shard.writer.wake_ahead,
+                      after_frame=shard.writer.flush)
+    half = len(payloads) // 2
+
+    def deliver(part):
+        for payload in part:
+            session.deliver(0, payload)
+        session.end_batch()
+
+    def levels():
+        return sum(book.depth(BID) + book.depth(ASK) for book in feed.adapter.books.values())
+
+    deliver(payloads[:half])                # warm: every path taken once
+    levels_before = levels()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        deliver(payloads[half:])
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    blocks = sum(stat.count_diff for stat in after.compare_to(before, "filename"))
+    blocks -= 2 * (levels() - levels_before)   # a level is two ints (key, size) in the book
+    return blocks / (len(payloads) - half)
+
+
+# What main measures, in its order: each is one best_of (one callgrind dump pair with --marks).
+RUNS = ("tls", "websocket", "parse", "apply", "adapter", "publish", "eventfd", "deliver")
+
+
+def stages(raw: list, wakes_per_msg: float) -> dict:
+    """The stages from the runs' costs (in RUNS order, any unit): each stage alone."""
+    tls, ws, parse, apply, adapter, publish, eventfd, deliver = raw
+    return {"tls": tls, "websocket": ws, "parse": parse, "apply": apply,
+            "adapter": adapter - parse - apply, "publish": publish,
+            "wake": eventfd * wakes_per_msg,
+            "glue": deliver - adapter - publish - eventfd * wakes_per_msg,
+            "total": tls + ws + deliver}
 
 
 def main(argv=None) -> int:
@@ -344,6 +423,8 @@ def main(argv=None) -> int:
     p.add_argument("--books", type=int, default=2)
     p.add_argument("--messages", type=int, default=12_000)
     p.add_argument("--pure", action="store_true", help="the pure-Python reference paths")
+    p.add_argument("--marks", action="store_true",
+                   help="one run per stage between os.getppid() marks (cpu_instructions.py)")
     args = p.parse_args(argv)
     stream = Stream(args.books, args.messages)
     n = len(stream.payloads)
@@ -352,24 +433,22 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="cpu-stages-") as workdir:
             tls_ns = stage_tls(stream, Path(workdir))
         ws_ns = stage_websocket(stream)
-        json_ns = stage_json(stream)
+        parse_ns = stage_parse(stream)
         apply_ns = stage_apply(stream)
         adapter_ns = stage_adapter(stream)
-        export_ns = stage_export(stream, shard)
         publish_ns = stage_publish(stream, shard)
         eventfd_ns = stage_eventfd(stream, shard)
         deliver_ns, wakes = stage_deliver(stream, shard)
+        blocks = None if MARKS else net_blocks_per_msg(stream, shard)
     finally:
         shard.close()
-    per = {"tls": tls_ns, "websocket": ws_ns, "json": json_ns, "apply": apply_ns,
-           "adapter": adapter_ns - json_ns - apply_ns, "export": export_ns,
-           "latch": publish_ns - export_ns, "wake": eventfd_ns * wakes,
-           "glue": deliver_ns - adapter_ns - publish_ns - eventfd_ns * wakes,
-           "total": tls_ns + ws_ns + deliver_ns}
+    raw = [tls_ns, ws_ns, parse_ns, apply_ns, adapter_ns, publish_ns, eventfd_ns, deliver_ns]
+    per = stages(raw, wakes)
     mode = "pure Python" if args.pure else "compiled where built"
     parts = "  ".join(f"{name} {ns / n / 1e3:.2f}" for name, ns in per.items())
     print(f"cpu_stages: {args.books} books, {n} msgs ({mode}), us/msg: {parts}  "
-          f"(eventfd writes/msg {wakes:.2f}; load {os.getloadavg()[0]:.1f})")
+          f"(eventfd writes/msg {wakes:.2f}; net new memory blocks/msg, warm: "
+          f"{blocks if blocks is None else f'{blocks:.4f}'}; load {os.getloadavg()[0]:.1f})")
     return 0
 
 

@@ -32,6 +32,7 @@ Seeded; nothing is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -53,6 +54,7 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 RATES_TOTAL = (1000, 2000, 4000, 6000, 8000, 12000, 16000, 24000, 32000)
 RATE_STEP_FACTOR = 1.5       # past the list: each step half again, until one fails
 RATE_MAX = 1_000_000         # a bound on the ladder itself
+ALLOWED_CORES = frozenset(os.sched_getaffinity(0))   # before main pins this process
 TARGET_RATIO = 5.0
 TARGET_ONE_CORE = 60_000
 WARMUP_MIN_S = 1.0
@@ -80,6 +82,18 @@ def pin(pid: int, core: int) -> None:
         pass                            # fewer cores than two: run unpinned, say so in the line
 
 
+@contextlib.contextmanager
+def all_cores():
+    """This thread unpinned for the block: a child started in it inherits its affinity, and
+    the observer's `--cores 0` is refused by a process allowed only the follower's core."""
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, ALLOWED_CORES)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, pinned)
+
+
 def percentile_ms(sorted_s: list, q: float) -> float:
     if not sorted_s:
         return float("nan")
@@ -96,7 +110,8 @@ def step_observer(rate_total: int) -> dict:
                          depth=10, lag_bound_ms=1000)
             obs.args += ["--config", config_path, "--log-level", "warning",
                          "--cores", str(CORE_CONTENDER)]
-            obs.start()
+            with all_cores():            # its shard pins itself to the contender's core
+                obs.start()
             client = obs.wait_ready(60)
             try:
                 result = follow(client, sim)

@@ -198,11 +198,178 @@ static PyObject *set_levels(PyObject *module, PyObject *const *args, Py_ssize_t 
     return PyLong_FromSsize_t(i);
 }
 
+/* ------------------------------------------------------------------ levels as wire text
+
+set_text_levels reads the levels of a diff straight from the message's bytes: the spans of
+its bid and ask arrays, `[["price","size"],...]`, as an adapter's scanner found them
+(observer/feeds/_binance_c.c). Nothing is made per level but the ints the book keeps. It is
+all or nothing: a first pass checks that every level of both spans is plain (the same rule as
+plain_value, on bytes) and only then are they applied, so on False the book is untouched and
+the caller takes the reference path (orjson and set_levels/book.py) for the whole message. */
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* A quoted plain decimal at p (after whitespace) into *value; the position after it, or NULL.
+   plain_value's rule on bytes: digits, at most one '.', 1..DIGITS_MAX digits, at most `target`
+   fraction digits, and the value at `target` within int64. The whole part and the fraction
+   are two tight loops (no per-character test for the dot); the mantissa is accumulated
+   unsigned, so a text too long to be plain cannot overflow before it is refused. */
+static const char *text_value(const char *p, const char *end, int target, int64_t *value) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '"')
+        return NULL;
+    const char *start = ++p;
+    uint64_t mantissa = 0;
+    while (p < end && (unsigned char)(*p - '0') < 10)
+        mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+    Py_ssize_t digits = p - start, decimals = 0;
+    if (p < end && *p == '.') {
+        const char *fraction = ++p;
+        while (p < end && (unsigned char)(*p - '0') < 10)
+            mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+        decimals = p - fraction;
+        digits += decimals;
+    }
+    if (p >= end || *p != '"' || digits == 0 || digits > DIGITS_MAX || decimals > target)
+        return NULL;
+    if (__builtin_mul_overflow((int64_t)mantissa, POW10[target - decimals], value))
+        return NULL;
+    return p + 1;
+}
+
+/* One `["price","size"]` at p into price and size; the position after it, or NULL. */
+static const char *text_level(const char *p, const char *end, int price_decimals,
+                              int size_decimals, int64_t *price, int64_t *size) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[')
+        return NULL;
+    p = text_value(p + 1, end, price_decimals, price);
+    if (p == NULL || (p = skip_ws(p, end)) >= end || *p != ',')
+        return NULL;
+    p = text_value(p + 1, end, size_decimals, size);
+    if (p == NULL || (p = skip_ws(p, end)) >= end || *p != ']')
+        return NULL;
+    return p + 1;
+}
+
+/* The levels of the message being applied, parsed once: (price, size) pairs, both sides.
+   Reused (grown, never shrunk) across calls; the GIL is held throughout. */
+static int64_t *pairs;
+static Py_ssize_t pairs_cap; /* in pairs */
+
+static int pairs_reserve(Py_ssize_t n) {
+    if (n <= pairs_cap)
+        return 0;
+    Py_ssize_t cap = pairs_cap ? pairs_cap : 64;
+    while (cap < n)
+        cap *= 2;
+    int64_t *grown = PyMem_Realloc(pairs, (size_t)cap * 2 * sizeof(int64_t));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pairs = grown;
+    pairs_cap = cap;
+    return 0;
+}
+
+/* Parse one span `[level, ...]` exactly into pairs[*n...]. 1: parsed, 0: not plain, -1: error. */
+static int text_side(const char *p, const char *end, int price_decimals, int size_decimals,
+                     Py_ssize_t *n) {
+    p = skip_ws(p, end);
+    if (p >= end || *p != '[')
+        return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return skip_ws(p + 1, end) == end;
+    for (;;) {
+        if (pairs_reserve(*n + 1) < 0)
+            return -1;
+        p = text_level(p, end, price_decimals, size_decimals, &pairs[2 * *n], &pairs[2 * *n + 1]);
+        if (p == NULL)
+            return 0;
+        ++*n;
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p++;
+            continue;
+        }
+        return p < end && *p == ']' && skip_ws(p + 1, end) == end;
+    }
+}
+
+/* set_text_levels(bid_keys, bid_sizes, ask_keys, ask_sizes, data, b0, b1, a0, a1,
+                   price_decimals, size_decimals) -> bool */
+static PyObject *set_text_levels(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "set_text_levels(bid_keys, bid_sizes, ask_keys, "
+                        "ask_sizes, data, b0, b1, a0, a1, price_decimals, size_decimals)");
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++)
+        if (!PyList_CheckExact(args[k])) {
+            PyErr_SetString(PyExc_TypeError, "set_text_levels: keys and sizes are lists");
+            return NULL;
+        }
+    Py_ssize_t span[4];
+    for (int k = 0; k < 4; k++)
+        span[k] = PyLong_AsSsize_t(args[5 + k]);
+    long price_decimals = PyLong_AsLong(args[9]), size_decimals = PyLong_AsLong(args[10]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[4], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1])
+        || PyList_GET_SIZE(args[2]) != PyList_GET_SIZE(args[3]) || price_decimals < 0
+        || price_decimals > DECIMALS_MAX || size_decimals < 0 || size_decimals > DECIMALS_MAX
+        || span[0] < 0 || span[0] > span[1] || span[1] > view.len || span[2] < 0
+        || span[2] > span[3] || span[3] > view.len) {
+        PyErr_SetString(PyExc_AssertionError, "set_text_levels: keys and sizes differ in "
+                                              "length, or an argument is out of range");
+        goto done;
+    }
+    const char *data = (const char *)view.buf;
+    int pd = (int)price_decimals, sd = (int)size_decimals;
+    /* Parse everything first (the book untouched if one level is not plain), then apply. */
+    Py_ssize_t n_bids = 0, n_all = 0;
+    int parsed = text_side(data + span[0], data + span[1], pd, sd, &n_bids);
+    if (parsed == 1) {
+        n_all = n_bids;
+        parsed = text_side(data + span[2], data + span[3], pd, sd, &n_all);
+    }
+    if (parsed != 1) {
+        result = parsed < 0 ? NULL : Py_NewRef(Py_False);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_all; i++) {
+        int ask = i >= n_bids;
+        int64_t price = pairs[2 * i];
+        if (side_set(args[ask ? 2 : 0], args[ask ? 3 : 1], ask ? -price : price,
+                     pairs[2 * i + 1]) < 0)
+            goto done;
+    }
+    result = Py_NewRef(Py_True);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"set_levels", (PyCFunction)(void (*)(void))set_levels, METH_FASTCALL,
      "set_levels(keys, sizes, levels, start, negate, price_decimals, size_decimals) -> index: "
      "apply levels[start:] to one side in order, up to the first that is not plain "
      "(observer/book/book.py applies that one); returns its index, or len(levels)."},
+    {"set_text_levels", (PyCFunction)(void (*)(void))set_text_levels, METH_FASTCALL,
+     "set_text_levels(bid_keys, bid_sizes, ask_keys, ask_sizes, data, b0, b1, a0, a1, "
+     "price_decimals, size_decimals) -> bool: apply the bid span data[b0:b1] and the ask span "
+     "data[a0:a1] (JSON arrays of [\"price\",\"size\"] strings) if every level is plain; "
+     "False (nothing applied) if one is not."},
     {NULL},
 };
 

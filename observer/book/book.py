@@ -35,6 +35,11 @@ exponent, an odd text), which `apply_levels` here applies before the C goes on. 
 code is the reference and the fallback when the extension was not built or
 OBSERVER_PURE_PYTHON=1 (`COMPILED`); tests/book/test_book_c.py holds both to the same levels
 after every message. A compiled publisher reads the top of the book from `top_lists`.
+
+The book parses no messages, with one narrow exception on the hottest path: `apply_text_diff`
+takes a diff's two level arrays as the wire's bytes (spans an adapter's compiled scanner
+found) and its compiled loop reads the price and size texts in place, so no list or string is
+made per level; anything not plain there leaves the book untouched for the parsed path.
 """
 
 import os
@@ -144,6 +149,22 @@ class Book:
             self.apply_side(ASK, update.asks)
         self.end_update(update.update_id, update.exch_ts_ns)
 
+    def apply_text_diff(self, data, b0, b1, a0, a1, update_id, exch_ts_ns):
+        """A delta whose levels are still wire text: `data[b0:b1]` and `data[a0:a1]` are its
+        bid and ask arrays, `[["price","size"],...]`, as an adapter's scanner found
+        them (observer/feeds/_binance_c.c). Applied only if every level is plain (then True,
+        with the same result as `apply` of the parsed levels, end_update included); else
+        False and the book is untouched: the caller parses the message and calls `apply`.
+        """
+        if not COMPILED:
+            return False
+        if not _book_c.set_text_levels(self._keys[BID], self._sizes[BID], self._keys[ASK],
+                                       self._sizes[ASK], data, b0, b1, a0, a1,
+                                       -self.price_exp, -self.size_exp):
+            return False
+        self.end_update(update_id, exch_ts_ns)
+        return True
+
     def apply_side(self, side, levels, done=0):
         """Set each level in wire order (a price may repeat in one message: last wins);
         `done`: levels already applied by the compiled loop, which stopped at `levels[done]`."""
@@ -208,7 +229,14 @@ class Book:
         if exch_ts_ns:
             self.exch_ts_ns = exch_ts_ns
         self.updates += 1
-        self.assert_invariants()
+        # The invariants (module essay), here rather than in a method: once per message.
+        bid_sizes, ask_sizes = self._sizes
+        assert len(bid_keys) == len(bid_sizes) and len(ask_keys) == len(ask_sizes)
+        assert len(bid_keys) <= self.levels_max and len(ask_keys) <= self.levels_max
+        assert not bid_sizes or bid_sizes[-1] > 0
+        assert not ask_sizes or ask_sizes[-1] > 0
+        if self.paranoid:
+            self.check()
         if bid_keys and ask_keys and bid_keys[-1] >= -ask_keys[-1]:
             raise BookCrossed(f"{self.name}: crossed book (bid {bid_keys[-1]} >= ask {-ask_keys[-1]})")
 
@@ -331,18 +359,6 @@ class Book:
         return n_bids, n_asks
 
     # -------------------------------------------------------------------------- invariants
-
-    def assert_invariants(self):
-        bid_keys, ask_keys = self._keys
-        bid_sizes, ask_sizes = self._sizes
-        assert len(bid_keys) == len(bid_sizes)
-        assert len(ask_keys) == len(ask_sizes)
-        assert len(bid_keys) <= self.levels_max
-        assert len(ask_keys) <= self.levels_max
-        assert not bid_sizes or bid_sizes[-1] > 0
-        assert not ask_sizes or ask_sizes[-1] > 0
-        if self.paranoid:
-            self.check()
 
     def check(self):
         """Full O(levels) check: strictly sorted sides, no zero or negative sizes, depth.

@@ -28,13 +28,20 @@ from collections import deque
 
 from orjson import JSONDecodeError, loads
 
-from observer.book import ASK, BID, BookUpdate
+from observer.book import ASK, BID, BookCrossed, BookUpdate
+from observer.book import book as book_module
 from observer.feeds.actions import CatchUp, ConnSpec, FeedProtocolError, FetchSnapshot, Reconnect
 from observer.feeds.base import MESSAGE_ERRORS, Adapter
 from observer.feeds.clock import NS_PER_MS
 from observer.feeds.scheduler import SnapshotScheduler, WeightBudget
 from observer.feeds.sync import TRANSITIONS, Kind, State
 
+try:  # the hot path's scanner (observer/feeds/_binance_c.c); `handle`'s orjson path is its reference
+    from observer.feeds._binance_c import scan_diff
+except ImportError:  # built without a C compiler: every message takes the parsed path
+    scan_diff = None
+
+SCAN_LEVELS_MAX = 5000  # a diff that may hold more levels takes the parsed path (and its limits)
 
 # A delta leaves a live book live: on_depth skips the table lookup for that one pair.
 assert TRANSITIONS[(State.LIVE, Kind.DELTA)] is State.LIVE
@@ -87,6 +94,12 @@ class BinanceAdapter(Adapter):
             inflight_max=snapshot_inflight_max, weight_header="x-mbx-used-weight-1m",
             books_kept=len(self.books) if limit_min < limit_pref else 0)
         self.limit_of = {}  # symbol -> the limit its snapshot in flight was asked with
+        # The scanned hot path (`on_scanned_depth`) holds spot's rules: a subclass that
+        # changes them (futures' `pu` chain) parses every message.
+        cls = type(self)
+        spot_rules = all(getattr(cls, name) is getattr(BinanceAdapter, name)
+                         for name in ("handle", "on_depth", "apply_event", "continues"))
+        self.scan = scan_diff if spot_rules and book_module.COMPILED else None
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -126,6 +139,11 @@ class BinanceAdapter(Adapter):
     # ------------------------------------------------------------------------ messages
 
     def handle(self, conn_id, data, recv_ns):
+        scan = self.scan
+        if scan is not None:
+            fields = scan(data, SCAN_LEVELS_MAX)
+            if fields is not None and self.on_scanned_depth(conn_id, data, fields):
+                return
         try:
             msg = loads(data)  # self.loads, without its frame: once per message
         except JSONDecodeError as exc:
@@ -171,6 +189,39 @@ class BinanceAdapter(Adapter):
             sync.buffer_bytes -= len(buffer.popleft())  # still queued: only the last ones matter
         buffer.append(frame)
         sync.buffer_bytes += len(frame)
+
+    def on_scanned_depth(self, conn_id, data, fields):
+        """The hot path: the next diff of a live, bridged book, its levels read from the bytes
+        (`scan_diff` found them). It does what on_depth + apply_event do in that case; any
+        other case returns False having done nothing, and `handle` parses the message.
+
+        Discussion: parsing a diff into a dict of lists of strings (orjson) and reading them
+        back was the largest cost left per message; this path makes no object per level.
+        tests/feeds/test_binance_scan.py feeds recorded and random streams, and broken
+        messages, to this path and to the parsed one and compares books, actions and errors.
+        """
+        native, exch_ms, first_id, last_id, b0, b1, a0, a1 = fields
+        symbol = self.by_native.get(native)
+        if symbol is None:
+            return False
+        sync = self.syncs[symbol]
+        book = self.books[symbol]
+        if (sync.state is not State.LIVE or not sync.bridged or sync.conn_id != conn_id
+                or not first_id <= book.update_id + 1 <= last_id):  # spot's `continues`
+            return False
+        try:
+            if not book.apply_text_diff(data, b0, b1, a0, a1, last_id, exch_ms * NS_PER_MS):
+                return False  # a level that is not plain: untouched, the parsed path decides
+        except BookCrossed:  # as Adapter.apply
+            self.resync(sync, "crossed")
+            return True
+        sync.stats.messages += 1
+        if sync.vouched is not None and self.too_thin(book, sync.vouched):
+            self.resync(sync, "thin")
+        if sync.state is State.LIVE:  # self.publish(sync), without its frame
+            self.queue.append(self.publish_actions[symbol])
+        return True
+
 
     def restart_buffer(self, sync, data):
         """A gap: resync, and the frame starts the new buffer, followed by the frames still

@@ -179,3 +179,31 @@ def test_recorded_streams_leave_the_same_levels(ws_name, http_name):
             pairs[symbol].apply(BookUpdate(False, event["b"], event["a"], event["u"]))
     assert sum(pair.messages for pair in pairs.values()) > 100
     assert all(pair.compiled.depth(BID) > 100 for pair in pairs.values())
+
+
+TEXTS = ["5", "5.", ".5", "0", "000", "0.0", "1" * 18, "1" * 19, "9" * 18, "0.00000001",
+         "0.000000001", "123456789.12345678", "12345678901.2345678", "92233720368.54775807",
+         "92233720368.54775808", "", ".", "1.2.3", "-1", "+1", "1e3", " 1", "1 ", "١", "0x1",
+         "01.10"]
+
+
+@pytest.mark.parametrize("price", ["100.5", "0.00000001", "1" * 19])
+@pytest.mark.parametrize("size", TEXTS)
+def test_text_levels_take_exactly_what_set_levels_takes(price, size):
+    """set_text_levels (a diff's levels read from its bytes) accepts a level exactly when
+    set_levels calls it plain, and leaves the same side; otherwise it leaves the book as it
+    was (all or nothing)."""
+    def side():
+        return [100, 200], [7, 8]
+
+    keys, sizes = side()
+    taken = book_mod._book_c.set_levels(keys, sizes, [[price, size]], 0, False, 8, 8) == 1
+    bids = orjson.dumps([[price, size]])
+    wire = bids + b"[]"                 # the bids' span, then the asks' (empty)
+    text_keys, text_sizes = side()
+    ask_keys, ask_sizes = side()
+    applied = book_mod._book_c.set_text_levels(text_keys, text_sizes, ask_keys, ask_sizes, wire,
+                                               0, len(bids), len(bids), len(wire), 8, 8)
+    assert applied == taken
+    assert (text_keys, text_sizes) == ((keys, sizes) if taken else side())
+    assert (ask_keys, ask_sizes) == side()
