@@ -16,7 +16,7 @@ for i in range(feedbench.MESSAGES):
 
 
 def live():
-    adapter = BinanceAdapter(["BTCUSDT"], snapshot_interval_s=0)
+    adapter = BinanceAdapter(["BTCUSDT"])
     adapter.on_open(0, 0)
     adapter.on_snapshot("BTCUSDT", 200, {}, SNAPSHOT, 1)
     return adapter

@@ -19,7 +19,7 @@ for i in range(feedbench.MESSAGES):
 
 
 def live():
-    adapter = BinanceFuturesAdapter(["BTCUSDT"], snapshot_interval_s=0)
+    adapter = BinanceFuturesAdapter(["BTCUSDT"])
     adapter.on_open(0, 0)
     adapter.on_snapshot("BTCUSDT", 200, {}, SNAPSHOT, 1)
     return adapter

@@ -119,7 +119,7 @@ class Stream:
 
 
 def live_adapter(stream: Stream) -> BinanceAdapter:
-    adapter = BinanceAdapter(stream.symbols, snapshot_interval_s=0, depth=DEPTH_PUBLISHED)
+    adapter = BinanceAdapter(stream.symbols, depth=DEPTH_PUBLISHED)
     pending = adapter.on_open(0, 1)
     while pending:
         action = pending.pop(0)

@@ -161,7 +161,8 @@ def test_a_mirror_naming_no_books_mirrors_every_book_of_the_relay(nats_server, o
     reader = None
     try:
         # The relay's stream lists its books once it has published them.
-        wait_until(lambda: "relaying 2 of its 2 books" in relay.log_text(), 60, "the relay")
+        wait_until(lambda: " observer_attached " in relay.log_text()
+                   and "books_relayed=2 " in relay.log_text(), 60, "the relay")
         started(mirror)
         reader = MirrorReader(mirror, BOOKS)
         assert sorted(b.name for b in reader.client.books()) == sorted(BOOKS)
