@@ -7,12 +7,12 @@ optimistic. This prints, per stream, the share of size and price texts the book'
 already held when they arrived (the book is the real one, pure Python, its cache counted), over
 the first levels of each symbol (as many as the recording has) and over a long obsim stream:
 
-  recording  shared/recordings/BINANCE.ws.1.0 and BINANCE_FUTURES.ws.1.0 (real 2021 traffic),
+  recording  tests/data/recordings/BINANCE.ws.1.0 and BINANCE_FUTURES.ws.1.0 (real 2021 traffic),
              each symbol's depth updates in order
   obsim      obsim's Binance spot venue (in this process, its walk and its text rendering),
              BTCUSDT, 10 changes per event, 1000-level book
 
-Usage: python bench/size_texts.py [--recordings DIR]   (default: ../shared/recordings)
+Usage: python bench/size_texts.py [--recordings DIR]   (default: tests/data/recordings)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from observer.book import Book, BookError, BookUpdate  # noqa: E402
 from obsim import cli as sim_cli  # noqa: E402
 from obsim.binance import BinanceSpot  # noqa: E402
 
-RECORDINGS_DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "recordings"
+RECORDINGS_DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "data" / "recordings"
 OBSIM_LONG_LEVELS = 100_000
 
 

@@ -5,7 +5,7 @@ the pure-Python reference; after every message both must hold the same levels, e
 counters, and a message that fails must fail the same way (type and text) in both. Streams:
 random ones built to hit every branch (new, changed, deleted and unknown levels, repeated
 prices, finer exponents mid-message, odd and bad texts, values past int64, tuples), and the
-real Binance spot and futures recordings (shared/recordings), from their REST snapshots.
+real Binance spot and futures recordings (tests/data/recordings), from their REST snapshots.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     book_mod._book_c is None, reason="observer.book._book_c was not built: no C compiler or "
     "Python headers at install (tests/test_package.py fails if they were there)")
 
-RECORDINGS = Path(__file__).resolve().parents[2] / ".." / "shared" / "recordings"
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"   # in the repo
 
 
 class Pair:
@@ -146,7 +146,7 @@ def test_a_finer_exponent_mid_message_is_handed_back_and_applied_in_order():
 def recorded_depth(name: str) -> list[dict]:
     path = RECORDINGS / name
     if not path.is_file():
-        pytest.skip(f"recording {name} not found: the shared/recordings folder beside the repo is absent")
+        pytest.fail(f"recording {name} not found in tests/data/recordings")
     events = []
     with open(path, encoding="utf-8") as lines:
         for line in lines:

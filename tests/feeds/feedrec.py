@@ -1,21 +1,21 @@
-"""Read the recorded exchange traffic that sits beside the repository (shared/recordings).
+"""Read the recorded exchange traffic that is kept in the repository (tests/data/recordings).
 
 Each line of a `*.ws.*` file is a connection (`<url> <-> <ts>`), a sent message
 (`<url> <- <ts>: <text>`) or a received frame (`<ts>: <text>`); `*.http.*` lines are
-`<url> -> <ts>: <body>`. Tests skip, saying why, when the folder is absent.
+`<url> -> <ts>: <body>`. 
 """
 
 from pathlib import Path
 
 import pytest
 
-RECORDINGS = Path(__file__).resolve().parents[2] / ".." / "shared" / "recordings"
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"   # in the repo
 
 
 def path(name):
     file = RECORDINGS / name
     if not file.is_file():
-        pytest.skip(f"recording {name} not found: the shared/recordings folder beside the repo is absent")
+        pytest.fail(f"recording {name} not found in tests/data/recordings")
     return file
 
 

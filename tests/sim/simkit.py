@@ -19,13 +19,13 @@ from websockets.asyncio.client import connect
 
 from obsim.harness import Obsim
 
-RECORDINGS = Path(__file__).resolve().parents[2] / ".." / "shared" / "recordings"
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"   # in the repo
 TEST_TIMEOUT_S = 60.0
 
 
 def recordings_dir() -> Path:
     if not (RECORDINGS / "README.md").is_file():
-        pytest.skip("the shared/recordings folder beside the repo checkout is absent")
+        pytest.fail("tests/data/recordings is missing its README.md")
     return RECORDINGS.resolve()
 
 
