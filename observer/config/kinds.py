@@ -18,6 +18,7 @@ clipped, so a 10 kB value cannot flood the terminal either.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import re
@@ -52,13 +53,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-class Kind:
+class Kind(abc.ABC):
     """Base: `check` a typed value (TOML), `parse` text (a flag) into one and check it."""
 
     expected = "a value"
 
+    @abc.abstractmethod
     def check(self, value: Any) -> Any:
-        raise NotImplementedError
+        """The value as the config holds it, or a Problem raised saying what was expected."""
 
     def parse(self, text: str) -> Any:
         return self.check(text)
