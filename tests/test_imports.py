@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the server, lowest first
     "observer": (),                                  # observer/__init__.py: a docstring
     "observer.loom": (),
-    "observer.telemetry": ("observer.loom",),
+    "observer.telemetry": ("obproto", "observer.loom"),
     "observer.book": (),
     "observer.net": ("observer.loom",),
     "observer.config": ("obproto", "observer.loom"),

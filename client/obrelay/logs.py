@@ -1,8 +1,8 @@
 r"""obrelay's log lines: one line per event, an event name with fields, as text or JSON.
 
 The same line shape and escaping rules as the observer's log (so one grep or one collector reads
-both), written out here because obrelay ships in the obclient distribution and must not import
-the server:
+both): both use obproto/loglines.py, since obrelay ships in the obclient distribution and must
+not import the server. JSON is the standard library's here (no orjson in this distribution).
 
     log_event(log, "stream_updated", stream="OB_x", subjects="ob.x.>")
 
@@ -10,28 +10,19 @@ Text form: `2026-11-22T01:02:03.456Z INFO obrelay stream_updated stream=OB_x sub
 JSON form: `{"ts":"...","level":"info","logger":"obrelay","event":"stream_updated",...}`
 
 Peers write some of what is logged (a NATS server's error text, an observer's book names, an
-exception's message), so the formatters make every line inert: in text, every control character
-of the message and of each field value is a backslash escape (`\x1b`, `\r`, `\u2028`; a value
-holding one is quoted and its backslashes doubled, so the escape is unambiguous), and the lines
-of a traceback are indented, so a line not starting with a space always starts a record. JSON
-stays valid JSON: what JSON allows raw but a terminal acts on is written as `\u` escapes, and
-lone surrogates (undecodable bytes) are escaped as text instead of failing the line.
+exception's message); the formatters make every line inert (obproto/loglines.py says how).
 
 Plain `logging` calls (nats-py's own, say) still work; their message becomes the event.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
-import time
 from typing import Any
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
-FORMATS = ("text", "json")
+from obproto import loglines
+
 _FIELDS_ATTR = "obrelay_fields"
 
 
@@ -42,109 +33,14 @@ def log_event(logger: logging.Logger, name: str, *, level: int = logging.INFO,
         logger.log(level, name, extra={_FIELDS_ATTR: fields})
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    seconds = int(record.created)
-    millis = int((record.created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-# What a terminal, a pager or a line-based collector would act on instead of showing: the C0
-# controls, DEL, the C1 controls (U+009B is a CSI), the Unicode line and paragraph separators,
-# the bidirectional controls, and lone surrogates (not encodable as UTF-8).
-_INERT_IN_JSON = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
-_UNSAFE = re.compile(f"[\x00-\x1f{_INERT_IN_JSON}\ud800-\udfff]")
-_UNSAFE_IN_JSON = re.compile(f"[{_INERT_IN_JSON}]")      # JSON escapes C0 itself
-_SURROGATES = re.compile("[\ud800-\udfff]")
-_NEEDS_QUOTES = re.compile(f'[\\s"=\\\\\x00-\x1f{_INERT_IN_JSON}\ud800-\udfff]')
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(match: re.Match) -> str:
-    char = match.group()
-    named = _NAMED_ESCAPES.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def escape(text: str) -> str:
-    """`text` with every control character written as a backslash escape: one inert line."""
-    return _UNSAFE.sub(_escape_char, text)
-
-
-def _text_value(value: Any) -> str:
-    text = str(value)
-    if text and _NEEDS_QUOTES.search(text) is None:
-        return text
-    return '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, _FIELDS_ATTR, None) or {}
-        parts = [_timestamp(record), record.levelname, record.name, escape(record.getMessage())]
-        parts.extend(f"{key}={_text_value(value)}" for key, value in fields.items())
-        line = " ".join(parts)
-        if record.exc_info:
-            trace = self.formatException(record.exc_info)
-            line += "".join("\n    " + escape(text) for text in trace.split("\n"))
-        return line
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-            "pid": record.process,
-        }
-        for key, value in (getattr(record, _FIELDS_ATTR, None) or {}).items():
-            out.setdefault(str(key), value)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        text = _dumps(out)
-        if _SURROGATES.search(text):        # lone surrogates: not UTF-8; escape them as text
-            text = _dumps(_json_safe(out))
-        return _UNSAFE_IN_JSON.sub(_json_escape_char, text)
-
-
-def _dumps(value: Any) -> str:
-    # Compact, as the observer's orjson writes it; raw Unicode (ensure_ascii off) keeps lines
-    # greppable, and C0 controls are escaped by json itself.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _json_escape_char(match: re.Match) -> str:
-    """Only inside JSON strings can these appear; `\\uXXXX` there is the same character."""
-    return f"\\u{ord(match.group()):04x}"
-
-
-def _json_safe(value: Any) -> Any:
-    """`value` with every string's lone surrogates escaped (`\\udcff` as text)."""
-    if isinstance(value, str):
-        return _SURROGATES.sub(_escape_char, value)
-    if isinstance(value, dict):
-        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return _json_safe(str(value))
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return getattr(record, _FIELDS_ATTR, None) or {}
 
 
 def setup(log_format: str = "text", level: str = "info", stream: Any = None) -> None:
     """Configure the root logger of this process: one handler, one format."""
-    if log_format not in FORMATS:
-        raise ValueError(f"log format {log_format!r}: expected text or json")
-    if level not in LEVELS:
-        raise ValueError(f"log level {level!r}: expected one of {', '.join(LEVELS)}")
+    loglines.check_setup(log_format, level)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(LEVELS[level])
+    handler.setFormatter(loglines.JsonFormatter(_fields) if log_format == "json"
+                         else loglines.TextFormatter(_fields))
+    loglines.install(handler, level)

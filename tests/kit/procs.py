@@ -101,8 +101,8 @@ import logging
 records = []  # the lines logged under the loggers passed to keep_log, for the child's report
 class Keep(logging.Handler):
     def emit(self, record):
-        from observer.telemetry.logs import TextFormatter      # the event and its fields, as text
-        records.append(TextFormatter().format(record))
+        from observer.telemetry.logs import text_formatter     # the event and its fields, as text
+        records.append(text_formatter().format(record))
 def keep_log(name, level=logging.NOTSET):
     logger = logging.getLogger(name)
     logger.addHandler(Keep())
