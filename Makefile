@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # Two distributions, installed editable: obclient (client/: obclient, obproto, obrelay, obctl)
 # first, then observer (the server and obsim), which depends on it.
 $(STAMP): pyproject.toml setup.py client/pyproject.toml client/setup.py \
-		client/obproto/_latch_c.c observer/book/_book_c.c \
+		client/obproto/_latch_c.c client/obproto/_pyint64.h observer/book/_book_c.c \
 		observer/feeds/_binance_c.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip 'setuptools>=77' wheel

@@ -23,6 +23,8 @@ and a reader's copy is followed by an acquire fence before the sequence is loade
 #include <string.h>
 #include <time.h>
 
+#include "_pyint64.h"
+
 #define RECORD_BYTES 96     /* obproto.layout.RING_RECORD.itemsize */
 #define COPY_HEAD_WORDS 10  /* obproto.layout.COPY_HEAD_FORMAT "<QqqqqQQqqq" */
 #define KIND_UPDATE 1       /* obproto.layout.KIND_UPDATE; checked at import by client/obproto/latch.py */
@@ -175,31 +177,6 @@ static int book_int(PyObject *book, PyObject *name, long long lo, long long hi, 
     return 0;
 }
 
-/* An int of the book's lists as int64; -1 with an exception if it is not one. CPython 3.11
-   keeps an int as 30-bit digits with the sign in ob_size: one or two digits (below 2**60, every
-   price and size in practice) are read here directly, about 10 instructions against 200 for
-   PyLong_AsLongLong, which takes everything else (and every other CPython version). */
-static int int64_of(PyObject *item, int64_t *out) {
-#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
-    if (PyLong_CheckExact(item)) {
-        Py_ssize_t size = Py_SIZE(item);
-        const digit *d = ((PyLongObject *)item)->ob_digit;
-        if (size >= -2 && size <= 2) {
-            int64_t magnitude = size == 0 ? 0 : (int64_t)d[0];
-            if (size == 2 || size == -2)
-                magnitude |= (int64_t)d[1] << PyLong_SHIFT;
-            *out = size < 0 ? -magnitude : magnitude;
-            return 0;
-        }
-    }
-#endif
-    long long v = PyLong_AsLongLong(item);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* One side of `book.top_lists` (ascending towards the best level at the end) into a copy's
    price and size arrays, best first, prices negated for asks: what Book.export_top does with
    numpy. Only the first n entries are written, as there. -1 with an exception if an item is
@@ -214,8 +191,8 @@ static int export_side(PyObject *keys, PyObject *sizes, int negate, char *px, ch
     Py_ssize_t n = len < depth_max ? len : (Py_ssize_t)depth_max;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t key, size;
-        if (int64_of(PyList_GET_ITEM(keys, len - 1 - i), &key) < 0
-            || int64_of(PyList_GET_ITEM(sizes, len - 1 - i), &size) < 0)
+        if (pyint_as_int64(PyList_GET_ITEM(keys, len - 1 - i), &key) < 0
+            || pyint_as_int64(PyList_GET_ITEM(sizes, len - 1 - i), &size) < 0)
             return -1;
         if (negate && key == INT64_MIN) {
             PyErr_SetString(PyExc_OverflowError, "book.top_lists: a key past int64 negated");

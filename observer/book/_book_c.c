@@ -26,6 +26,8 @@ texts and ints are read through exact types only.
 #include <Python.h>
 #include <stdint.h>
 
+#include "_pyint64.h"
+
 #define DIGITS_MAX 18 /* 10**18 - 1 < 2**63: a mantissa of this many digits cannot overflow */
 #define DECIMALS_MAX 18 /* observer.book.fixed.DECIMALS_MAX */
 
@@ -64,35 +66,6 @@ static int plain_value(PyObject *text, int target, int64_t *value) {
     return 0;
 }
 
-/* An int the book stored (a key or a size); -1 with an exception set if it is not one that
-   fits int64, which the book's invariants rule out.
-
-   Discussion: the bisect reads about six stored ints per level, and PyLong_AsLongLong costs
-   about 200 instructions each (type checks, a general digit loop), more than the rest of the
-   level. CPython 3.11 keeps an int as 30-bit digits with the sign in ob_size; every price and
-   size at a book's exponent takes at most two digits (below 2**60) in practice, read here
-   directly. Anything else, and other CPython versions, take the general call. */
-static int stored_value(PyObject *item, int64_t *out) {
-#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
-    if (PyLong_CheckExact(item)) {
-        Py_ssize_t size = Py_SIZE(item);
-        const digit *d = ((PyLongObject *)item)->ob_digit;
-        if (size >= -2 && size <= 2) {
-            int64_t magnitude = size == 0 ? 0 : (int64_t)d[0];
-            if (size == 2 || size == -2)
-                magnitude |= (int64_t)d[1] << PyLong_SHIFT;
-            *out = size < 0 ? -magnitude : magnitude;
-            return 0;
-        }
-    }
-#endif
-    long long v = PyLong_AsLongLong(item);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* bisect_left over keys for `key`, galloping from the end (most changes are near the best
    level, which is there); -1 with an exception if a stored key is not an int64. */
 static Py_ssize_t find_key(PyObject *keys, int64_t key) {
@@ -100,7 +73,7 @@ static Py_ssize_t find_key(PyObject *keys, int64_t key) {
     int64_t v;
     while (step <= n) { /* narrow [lo, hi) from the end: keys[hi - 1] >= key */
         Py_ssize_t probe = n - step;
-        if (stored_value(PyList_GET_ITEM(keys, probe), &v) < 0)
+        if (pyint_as_int64(PyList_GET_ITEM(keys, probe), &v) < 0)
             return -1;
         if (v < key) {
             lo = probe + 1;
@@ -111,7 +84,7 @@ static Py_ssize_t find_key(PyObject *keys, int64_t key) {
     }
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (stored_value(PyList_GET_ITEM(keys, mid), &v) < 0)
+        if (pyint_as_int64(PyList_GET_ITEM(keys, mid), &v) < 0)
             return -1;
         if (v < key)
             lo = mid + 1;
@@ -127,14 +100,14 @@ static int side_set(PyObject *keys, PyObject *sizes, int64_t key, int64_t size) 
     if (i < 0)
         return -1;
     int64_t found = 0;
-    if (i < PyList_GET_SIZE(keys) && stored_value(PyList_GET_ITEM(keys, i), &found) < 0)
+    if (i < PyList_GET_SIZE(keys) && pyint_as_int64(PyList_GET_ITEM(keys, i), &found) < 0)
         return -1;
     if (i < PyList_GET_SIZE(keys) && found == key) {
         if (size == 0)
             return PyList_SetSlice(keys, i, i + 1, NULL) < 0
                    || PyList_SetSlice(sizes, i, i + 1, NULL) < 0 ? -1 : 0;
         int64_t current;
-        if (stored_value(PyList_GET_ITEM(sizes, i), &current) < 0)
+        if (pyint_as_int64(PyList_GET_ITEM(sizes, i), &current) < 0)
             return -1;
         if (current == size)
             return 0;
