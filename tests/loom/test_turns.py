@@ -149,11 +149,8 @@ def test_a_read_that_fills_its_buffer_ends_the_turn(loop):
             progress[0] += loom.recv_into(b, buf)
         watcher.join()
 
-    try:
+    with a, b:                                    # closed whatever happens
         loop.run(main)
-    finally:
-        a.close()
-        b.close()
     steps = [later - earlier for earlier, later in zip(seen, seen[1:])]
     assert sum(steps) >= buffer_bytes * (buffers_n - 2)   # it saw the drain go by
     assert max(steps) <= buffer_bytes                     # one full read per turn at most
