@@ -30,6 +30,8 @@ and may wait (the stream's `before_read` hook) or when it closes, whatever happe
 Actions from anything else (open, close, a tick, a REST snapshot) are followed by `after_frame`
 at once. So a busy feed costs two eventfd writes per read (of up to 64 KiB of messages), not two
 per message, and nothing published waits on the network for its wake-up.
+A connection whose socket holds a backlog (it filled while the loop was busy) parses one
+read of it per loop turn: loom ends a turn at a read that fills its buffer (loom/calls.py).
 
 A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
 connection, to keep a garbage flood from flooding the log; past `ERRORS_LOGGED_MAX` kinds new
@@ -146,7 +148,6 @@ class Session:
         scheduler = getattr(adapter, "scheduler", None)
         self.http_idle_max = max(HTTP_CLIENTS_IDLE_MAX, getattr(scheduler, "inflight_max", 0))
         self.syncing = False  # some book waited for a snapshot at the last tick
-        self.read_turn = -1  # the loop turn of the last socket read (before_read)
         self.loop = None
         self.fibers = []
         self.stopping = False
@@ -241,7 +242,7 @@ class Session:
         self.reconnect_reasons.pop(conn_id, None)
         delivered = False
         reason = "closed"
-        ws.before_read = self.before_read
+        ws.before_read = self.end_batch
         stats = self.stats
         try:
             self.perform(self.adapter_input("on_open", conn_id, self.adapter.resync_conn,
@@ -304,23 +305,6 @@ class Session:
             self.log_once(conn_id, f"internal {type(exc).__name__}", "internal_error",
                           exc_info=exc, level=logging.ERROR, conn=conn_id, where="on_message")
         return self.adapter.drain()
-
-    def before_read(self):
-        """The connection's hook before each read from its socket: the batch ends (its
-        after_frame), and a second read in the same loop turn first lets the others run.
-
-        Discussion: loom lets a fiber whose calls complete at once go on for 64 of them in a
-        turn. A connection whose socket filled while the loop was busy (200 snapshots being
-        applied) then parsed 64 reads of up to 64 KiB, thousands of messages, in one turn: the
-        watchdog's 10-40 ms turns at start-up. One read per turn bounds it at one read's
-        messages; with nobody else ready the yield costs a pass of the loop per 64 KiB.
-        """
-        self.end_batch()
-        turn = self.loop.switches
-        if turn == self.read_turn:
-            loom.sleep(0)
-            turn = self.loop.switches
-        self.read_turn = turn
 
     def adapter_input(self, where, conn_id, recover, call, *args):
         """`call(*args)` (an adapter input other than a message), contained as `parse` contains

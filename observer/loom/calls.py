@@ -12,7 +12,11 @@ op.
 Fairness: a fiber whose calls keep completing at once would never yield, so each turn has a
 budget of `IMMEDIATE_RUN_MAX` (loop.py) such calls (`loop.budget`, spent here and refilled by
 the loop at each turn), after which it ends its turn (`fiber.end_turn`: a yield when another fiber
-is ready or a timer is due, else a zero-timeout poll and no switch).
+is ready or a timer is due, else a zero-timeout poll and no switch). A `recv_into` that completes
+at once and fills the caller's buffer spends the whole budget: the fd holds a backlog, and what
+the caller makes of a buffer's worth (a 64 KiB read is a thousand feed messages to parse) is a
+turn's work, so a fiber draining a backlog reads once per turn. Short reads, the steady state of
+a stream read as fast as it arrives, spend one call each and cost nothing more.
 
 Stopping other fibers: `cancel_and_join(fibers, timeout_s=...)` is the one way; see its notes.
 """
@@ -97,9 +101,12 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
         except BlockingIOError:
             state.in_hint = False
         else:
-            if n < (nbytes or len(buf)) and n and state.short_drains:   # full reads: 1 test
-                state.in_hint = False            # a short stream read drained the socket
-            loop.budget -= 1
+            if n < (nbytes or len(buf)):
+                if n and state.short_drains:
+                    state.in_hint = False        # a short stream read drained the socket
+                loop.budget -= 1
+            else:
+                loop.budget = 0                  # a full read: a backlog, a turn's worth
             if loop.budget <= 0:
                 end_turn(loop.current)
             return n

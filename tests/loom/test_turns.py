@@ -124,3 +124,33 @@ def test_a_reader_waiting_alone_gets_closed_error_when_a_callback_closes_its_fd(
         kick.join()
         for s in (a, b, c, d):
             s.close()
+
+
+def test_a_read_that_fills_its_buffer_ends_the_turn(loop):
+    """A backlog is read one buffer per turn (calls.py, fairness): between two full reads of a
+    fiber draining it, another ready fiber runs; without the rule the drain went on for
+    IMMEDIATE_RUN_MAX reads, a whole backlog of feed messages parsed in one turn."""
+    buffer_bytes, buffers_n = 4096, 16
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    a.sendall(b"x" * (buffer_bytes * buffers_n))  # the backlog, queued before anyone reads
+    progress = [0]
+    seen = []                                     # the reader's progress at each other turn
+
+    def other():
+        while progress[0] < buffer_bytes * buffers_n:
+            seen.append(progress[0])
+            loom.sleep(0)
+
+    def main():
+        watcher = loop.spawn(other)
+        buf = bytearray(buffer_bytes)
+        while progress[0] < buffer_bytes * buffers_n:
+            progress[0] += loom.recv_into(b, buf)
+        watcher.join()
+
+    with a, b:                                    # closed whatever happens
+        loop.run(main)
+    steps = [later - earlier for earlier, later in zip(seen, seen[1:])]
+    assert sum(steps) >= buffer_bytes * (buffers_n - 2)   # it saw the drain go by
+    assert max(steps) <= buffer_bytes                     # one full read per turn at most
