@@ -15,7 +15,8 @@ messages is joined with the last of them, so its latency is that of the newest m
 
 It prints one line per shard (updates/s applied: the sum of its books' update-id steps, and
 publishes/s: its ring records) and one line per latency, p50/p99/p99.9/max in µs:
-  feed->publish   obsim's write to the shard's publish (TLS over loopback, WebSocket, parse,
+  feed->publish   obsim's hand-off of the batch to its socket (stamped after the batch is built,
+                  before TLS and the send: obsim's own queue is not in it) to the shard's publish (TLS over loopback, WebSocket, parse,
                   book apply, export): the observer's added latency up to shared memory
   publish->client the shard's publish to this client holding the record (wake-up, ring read)
   feed->client    the sum: what a strategy sees

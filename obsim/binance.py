@@ -32,10 +32,12 @@ import time
 from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import orjson
 
 from obsim.book import ASK, BID, Instrument
-from obsim.source import stable_seed
+from obsim.framecycle import ID_END, ID_FIRST, FrameCycle, span_ids
+from obsim.source import CycleSource, stable_seed
 from obsim.venue import COMMON_FAULTS, Market, Venue, base_asset, body_response, json_response, pad_json
 from obsim.wire import Conn, text_frame
 
@@ -77,7 +79,8 @@ class BinanceSpot(Venue):
         return Instrument(price_decimals=8, size_decimals=8, tick_int=10 ** 6, lot_int=10 ** 3)
 
     def init_market(self, market: Market) -> None:
-        market.state["u"] = 1_000_000
+        # frames of a precomputed cycle need ids of a fixed width (obsim/framecycle.py)
+        market.state["u"] = ID_FIRST if self.frames_ok(market) else 1_000_000
         market.state["rng"] = random.Random(stable_seed(self.opts.seed, self.name, "ids", market.symbol))
         market.state["history"] = deque(maxlen=HISTORY_LEN)
         # the seeded book is the first kept state: a stale_snapshot right after start-up
@@ -125,9 +128,65 @@ class BinanceSpot(Venue):
                 conn.send(*frame)
                 self.counters["messages_sent"] += 1
 
-    def render_levels(self, market: Market, changes: list) -> tuple[str, str]:
+    def frames_ok(self, market: Market) -> bool:
+        """Whether this market's events may go out as precomputed frames (framecycle.py):
+        spot (futures ids jump at random) from a precomputed cycle."""
+        return not self.futures and isinstance(market.source, CycleSource)
+
+    def step_events(self, market: Market, count: int, now_s: float) -> None:
+        """A precomputed cycle's events as precomputed frames, a batch per connection; one by
+        one where a fault needs them so (a gap, a fragmented frame) or ids outgrow their width."""
+        subs = market.state["subs"]
+        if (not self.frames_ok(market) or market.drop_next or market.state["u"] < ID_FIRST
+                or any(conn.fragment_left for conn in subs)):
+            return super().step_events(market, count, now_s)
+        widths = self.cycle_widths(market)
+        if market.state["u"] + count * int(widths.max()) >= ID_END:
+            return super().step_events(market, count, now_s)
+        market.events_total += count
+        market.last_change_s = now_s
+        now_us = time.time_ns() // 1000
+        for start, stop in market.source.advance(market.book, count):
+            first, last = span_ids(widths, start, stop, market.state["u"])
+            market.state["u"] = int(last[-1])
+            batches: dict = {}
+            for conn, names in subs.items():
+                micros = conn.state["micros"]
+                for name in names:
+                    key = (micros, name if conn.state["combined"] else None)
+                    if key not in batches:
+                        batches[key] = self.frame_cycle(market, key).take(
+                            start, stop, first, last, now_us if micros else now_us // 1000)
+                    conn.send(batches[key])
+                    self.counters["messages_sent"] += stop - start
+
+    def cycle_widths(self, market: Market) -> np.ndarray:
+        """Ids each cycle event takes (its changes, at least 1), as `next_ids` counts them."""
+        widths = market.state.get("widths")
+        if widths is None:
+            widths = market.state["widths"] = np.array(
+                [max(len(event), 1) for event in market.source.events], np.int64)
+        return widths
+
+    def frame_cycle(self, market: Market, key: tuple[bool, str | None]) -> FrameCycle:
+        """The cycle rendered as one stream variant's frames (built at its first use)."""
+        cycles = market.state.setdefault("frame_cycles", {})
+        if key not in cycles:
+            micros, name = key
+            events = market.source.events
+
+            def render(index, first, last, event_ts):
+                bids, asks = self.render_levels(market, events[index], index)
+                data = self.event_payload(market, first, last, first - 1, bids, asks, event_ts)
+                return b'{"stream":"%s","data":%s}' % (name.encode(), data) if name else data
+
+            cycles[key] = FrameCycle(len(events), render, micros)
+        return cycles[key]
+
+    def render_levels(self, market: Market, changes: list, index: int | None = None) -> tuple[str, str]:
         """The "b" and "a" arrays' insides; cached per event when the source is a cycle."""
-        index = getattr(market.source, "index", None)
+        if index is None:
+            index = getattr(market.source, "index", None)
         cache = market.state.setdefault("render", {})
         if index is not None and index in cache:
             return cache[index]
@@ -142,6 +201,9 @@ class BinanceSpot(Venue):
     def event_json(self, market, first, last, prev_u, bids, asks, micros) -> bytes:
         now_us = time.time_ns() // 1000
         event_ts = now_us if micros else now_us // 1000
+        return self.event_payload(market, first, last, prev_u, bids, asks, event_ts)
+
+    def event_payload(self, market, first, last, prev_u, bids, asks, event_ts) -> bytes:
         if self.futures:
             head = f'"E":{event_ts},"T":{event_ts},"s":"{market.symbol}","U":{first},"u":{last},"pu":{prev_u}'
         else:

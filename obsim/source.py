@@ -177,6 +177,21 @@ class CycleSource:
             self.position = 0
         return self.events[self.index]
 
+    def advance(self, book: TrueBook, count: int) -> list[tuple[int, int]]:
+        """Hand out the next `count` events at once, as `step` would one by one: the
+        (start, stop) index ranges of `events` they are, in order (two where the cycle closes)."""
+        spans = []
+        while count > 0:
+            start = self.position
+            stop = min(start + count, len(self.events))
+            spans.append((start, stop))
+            count -= stop - start
+            self.index, self.position = stop - 1, stop
+            if self.position == len(self.events):
+                self._restore(book, 0)
+                self.position = 0
+        return spans
+
     def _restore(self, book: TrueBook, base: int) -> None:
         checkpoint = self.checkpoints[base]
         book.clear()

@@ -7,8 +7,9 @@ channel the benchmark joins on what the observer publishes: the book's symbol an
 (for Bybit, the topic's `u`, which the observer publishes as the book's `update_id`).
 
 Format: fixed 32-byte records, `RECORD` (symbol, NUL-padded ASCII; update id; send ns), one
-per stream message, stamped just before the write of the socket buffer that holds it (so a
-message queued in the same tick as others carries the same stamp). Records are appended with one
+per stream message, stamped just before the write of the socket buffer that holds it, after
+the batch is built and before TLS and the send (so a message queued in the same tick as others
+carries the same stamp; the stamp file is written after the send, outside the measured span). Records are appended with one
 `os.write` per flush of a connection, so a reader sees whole records at any time.
 Only venues that pass a key to `Venue.broadcast` write stamps (Bybit today).
 """
@@ -28,9 +29,9 @@ class StampLog:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.records = 0
 
-    def write(self, keys: list[tuple[bytes, int]]) -> None:
-        """One record per (symbol, update id) in `keys`, all stamped now."""
-        now_ns = time.time_ns()
+    def write(self, keys: list[tuple[bytes, int]], send_ns: int | None = None) -> None:
+        """One record per (symbol, update id) in `keys`, all stamped `send_ns` (default now)."""
+        now_ns = time.time_ns() if send_ns is None else send_ns
         pack = RECORD.pack
         os.write(self.fd, b"".join(pack(symbol, update_id, now_ns) for symbol, update_id in keys))
         self.records += len(keys)

@@ -171,9 +171,13 @@ class Venue(abc.ABC):
             market.due += self.opts.rate * dt_s
             count = min(int(market.due), EVENTS_PER_TICK_MAX)
             market.due = min(market.due - count, 1.0)
-            for _ in range(count):
-                if not self.step_market(market, now_s):
-                    break
+            self.step_events(market, count, now_s)
+
+    def step_events(self, market: Market, count: int, now_s: float) -> None:
+        """The market's next `count` events, one at a time; a venue may send them at once."""
+        for _ in range(count):
+            if not self.step_market(market, now_s):
+                break
 
     def step_market(self, market: Market, now_s: float) -> bool:
         changes = market.source.step(market.book)

@@ -114,10 +114,12 @@ class Conn:
         if transport.get_write_buffer_size() + self.pending_bytes > self.send_bytes_max:
             self.abort("slow consumer (send_bytes_max)")
             return False
+        batch = b"".join(self.pending)
+        send_ns = time.time_ns()                 # the send stamp: just before the hand-off
+        transport.write(batch)
         if self.stamp_keys:
-            self.stamps.write(self.stamp_keys)
+            self.stamps.write(self.stamp_keys, send_ns)
             self.stamp_keys.clear()
-        transport.write(b"".join(self.pending))
         self.pending.clear()
         self.pending_bytes = 0
         self.last_out_s = now_s
