@@ -24,9 +24,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m obsim.demo
 
-# Two workers (pytest-xdist): the tests use run-unique names and share the machine.
+# Two workers (pytest-xdist): the tests use run-unique names and share the machine. loadfile:
+# a module runs on one worker, so its module-scoped fixtures (an obsim, an observer) start once.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -qq -e '.[test,sim,bench]'
