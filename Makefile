@@ -24,10 +24,9 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m obsim.demo
 
-# Two workers (pytest-xdist): the tests use run-unique names and share the machine. loadfile:
-# a module runs on one worker, so its module-scoped fixtures (an obsim, an observer) start once.
+# Two workers (pytest-xdist): the tests use run-unique names and share the machine.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -qq -e '.[test,sim,bench]'
