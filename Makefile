@@ -24,8 +24,9 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m obsim.demo
 
+# Two workers (pytest-xdist): the tests use run-unique names and share the machine.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -qq -e '.[test,sim,bench]'

@@ -40,14 +40,29 @@ class DepthSync:
         self.gaps = 0
         self.noncontiguous = 0
         self.applied = 0        # events applied to the book (not buffered, not dropped)
+        # After a snapshot newer than every buffered event, the next event must still straddle
+        # its id (futures ids are not contiguous: the id can fall inside an event's U..u).
+        self.bridging = False
 
     def on_event(self, ev: dict) -> None:
         if self.first_U is None:
             self.first_U = ev["U"]
         if self.last_u is None:
             self.buffered.append(ev)
+        elif self.bridging:
+            self.bridge(ev)
         else:
             self.apply(ev)
+
+    def bridge(self, ev: dict) -> None:
+        """The first event after a snapshot that no buffered event reached."""
+        if ev["u"] < self.last_u or (not self.futures and ev["u"] == self.last_u):
+            return                      # older than the snapshot
+        self.bridging = False
+        if ev["U"] > (self.last_u if self.futures else self.last_u + 1):
+            self.gaps += 1
+            return self.restart()
+        self.apply(ev, first=True)
 
     def on_snapshot(self, snap: dict) -> bool:
         """Seed from a snapshot; False if it is older than the stream (fetch again)."""
@@ -66,6 +81,7 @@ class DepthSync:
         for price, size in snap["asks"]:
             self.book.set("ask", price, size)
         self.last_u = last_id
+        self.bridging = not pending
         self.buffered = []
         for i, ev in enumerate(pending):
             self.apply(ev, first=i == 0)
@@ -93,6 +109,7 @@ class DepthSync:
 
     def restart(self) -> None:
         self.last_u = None
+        self.bridging = False
         self.first_U = None
         self.buffered = []
 
