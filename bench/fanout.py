@@ -9,7 +9,9 @@ lapped (a KIND_RESYNC record: its ring cursor was overrun).
 What it prints, one line per reader count: the shard's publishes/s (ring records appended) and
 updates/s (the synthetic feed numbers its updates; the published `update_id` is the last one
 applied) over `--window-s`, the ratio to the 1-reader row of the same run, the CPU the observer
-and the readers used, the machine's idle CPU, and what the readers saw: records, holes, laps.
+used and the time its threads spent runnable but waiting for a CPU ('waiting', s/s, from
+/proc schedstat), the readers' CPU, the machine's idle CPU, and what the readers saw: records,
+holes, laps.
 Then one verdict line for the target: publishes/s at 256 readers >= 0.9x at 1, nothing lost or
 lapped.
 
@@ -186,10 +188,10 @@ def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
     if len(results) != readers_n:
         raise RuntimeError(f"{readers_n - len(results)} of {readers_n} readers did not report")
     dt = t1 - t0
-    publishes, updates, observer_cpu, idle = ((b - a) / dt for a, b in zip(c0, c1))
+    publishes, updates, observer_cpu, idle, runq_wait = ((b - a) / dt for a, b in zip(c0, c1))
     histogram = [sum(r[4 + k] for r in results) for k in range(LATENCY_BINS)]
     return {"publishes": publishes, "updates": updates, "observer_cpu": observer_cpu,
-            "idle": idle, "records": sum(r[0] for r in results),
+            "idle": idle, "runq_wait": runq_wait, "records": sum(r[0] for r in results),
             "holes": sum(r[1] for r in results), "laps": sum(r[2] for r in results),
             "stale": sum(r[3] for r in results), "readers_cpu": (r1[0] - r0[0]) / dt,
             "reader_wakes": (r1[1] - r0[1]) / dt / readers_n,
@@ -237,7 +239,25 @@ def _usage(pids) -> tuple[float, int]:
 def _counts(reader, pids) -> tuple:
     head = sum(reader.shard_stats(i)["head"] for i in range(reader.geometry.shards_n))
     update_id = sum(reader.snapshot(b.book_index, 1).update_id for b in reader.books())
-    return head, update_id, sum(_cpu_s(pid) for pid in pids), _idle_s()
+    return (head, update_id, sum(_cpu_s(pid) for pid in pids), _idle_s(),
+            sum(_runq_wait_s(pid) for pid in pids))
+
+
+def _runq_wait_s(pid: int) -> float:
+    """Seconds this process's threads spent runnable but waiting for a CPU (schedstat field
+    2): where a shard's time goes when readers crowd it out, without perf."""
+    total_ns = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total_ns += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total_ns / 1e9
 
 
 def _cpu_s(pid: int) -> float:
@@ -305,7 +325,8 @@ def report(args, counts, runs, load_start: float) -> None:
         rounds = ", ".join(format(r["publishes"], ",.0f") for r in runs[key])
         print(f"fanout {n:4d} readers {mode:<11}  publishes/s "
               f"{m['publishes']:6,.0f} (x{m['publishes'] / base:4.2f})  updates/s "
-              f"{m['updates']:6,.0f}  cpu observer {m['observer_cpu']:4.2f} readers "
+              f"{m['updates']:6,.0f}  cpu observer {m['observer_cpu']:4.2f} waiting "
+              f"{m['runq_wait']:4.2f} readers "
               f"{m['readers_cpu']:4.2f} idle {m['idle']:4.2f}  wakes/reader/s "
               f"{m['reader_wakes']:5,.0f}  latency p50 {m['p50_us']:7,.0f} us p99 "
               f"{m['p99_us']:8,.0f} us  holes {holes}  lapped {laps}  (rounds {rounds})")
