@@ -254,7 +254,7 @@ def test_attach_in_forked_process_writes_visible(make_segment):
     if pid == 0:  # the shard: attach by the inherited fd before the seal, publish after it
         code = 1
         try:
-            shard = Segment.attach_fd(seg.fd, seg.eventfds)
+            shard = Segment.attach_fd(seg.fd, seg.all_eventfds, seg.board_fd)
             os.write(ready_w, b"r")
             os.read(go_r, 1)
             shard.writer(0).publish(0, book_with([(42, 1)], [(43, 1)], update_id=5))
@@ -328,7 +328,7 @@ def test_restarted_shard_writer_resumes_sequences(make_segment):
     first = seg.writer(0)
     for i in range(1, 4):
         first.publish(0, book_with([(100 + i, 1)], [(200, 1)], update_id=i))
-    shard = Segment.attach_fd(seg.fd, seg.eventfds)  # the restarted shard's own mapping
+    shard = Segment.attach_fd(seg.fd, seg.all_eventfds, seg.board_fd)  # the restarted shard's own mapping
     seg.seal()
     try:
         with SegmentReader(seg.reader_fd(), own_fds=True) as reader:
