@@ -32,6 +32,7 @@ Usage: python bench/fanout.py [--readers 1,16,64,256] [--rate 1000] [--window-s 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import signal
@@ -88,6 +89,20 @@ def percentile_us(histogram, q: float) -> float:
     return float("inf")
 
 
+def _connect(socket_path: str, client_name: str):
+    """obclient.connect, again while the listen backlog is full (EAGAIN: 256 readers start at
+    once on a loaded machine), until READY_TIMEOUT_S."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            return obclient.connect(socket_path, client_name=client_name)
+        except obclient.ObserverUnavailable as exc:
+            # obclient names the errno only in its message (it raises `from None`)
+            if f"[Errno {errno.EAGAIN}]" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class _Stop(Exception):
     pass
 
@@ -104,7 +119,7 @@ def reader_child(socket_path: str, k: int, ready_w: int, result_w: int, nice: in
     histogram = [0] * LATENCY_BINS
     try:
         signal.signal(signal.SIGTERM, _on_term)
-        client = obclient.connect(socket_path, client_name=f"fanout{k}")
+        client = _connect(socket_path, f"fanout{k}")
         last_seq: dict[int, int] = {}
         updates = client.updates()
         os.write(ready_w, b"r")
