@@ -270,9 +270,9 @@ class ShardWriter:
         waits for a record).
 
         While pacing (module essay) a flush writes one group, and none inside the slot since
-        the last write or while a wake-up is owed: the first such flush calls the pacer's
-        `on_owed(due_ns)`, which calls `flush_owed()` at `due_ns` (monotonic). True when
-        something was published."""
+        the last write: the first such flush calls the pacer's `on_owed(due_ns)`, which calls
+        `flush_owed(due_ns)` at `due_ns` (monotonic), unless a flush after the slot's end pays
+        it first. True when something was published."""
         if self._ahead:
             self._ahead = False
             self._words[self._ahead_index] = 0
@@ -280,12 +280,12 @@ class ShardWriter:
         if pos == self._flushed_pos:
             return False
         if self._wake_gap_ns:
-            if not self._owed:
-                now_ns = time.monotonic_ns()
-                if now_ns < self._wake_next_ns:
-                    self._owe()
-                else:
-                    self._wake_next_group(pos, now_ns)
+            now_ns = time.monotonic_ns()
+            if now_ns >= self._wake_next_ns:
+                self._owed = False
+                self._wake_next_group(pos, now_ns)
+            elif not self._owed:
+                self._owe()
             return True
         self._owed = False
         self._flushed_pos = pos
@@ -341,18 +341,18 @@ class ShardWriter:
         """Pace wake-ups from PACE_CLIENTS_MIN attached clients on (module essay): each wake
         group at most once per `clients_n * gap_ns_per_client` ns, the groups in turn (0:
         never pace). `on_owed(due_ns)` is called once per deferred wake-up, and must make
-        `flush_owed()` run at monotonic `due_ns`. Takes effect at the next heartbeat, where
+        `flush_owed(due_ns)` run at monotonic `due_ns`. Takes effect at the next heartbeat, where
         the client count is read."""
         assert gap_ns_per_client >= 0
         assert on_owed is not None or gap_ns_per_client == 0
         self._gap_ns_per_client = gap_ns_per_client
         self._on_owed = on_owed
 
-    def flush_owed(self) -> bool:
-        """The pacer's call when a deferred wake-up is due: write the next group now if a
-        wake-up is still owed (one unpaced flush since may have paid it). True when it
-        wrote."""
-        if not self._owed:
+    def flush_owed(self, due_ns: int) -> bool:
+        """The pacer's call at `due_ns`, the due time `on_owed` gave it: write the next group
+        now if that wake-up is still owed. A flush since may have paid it and owe the next
+        one, later (then `on_owed` was called again): nothing now. True when it wrote."""
+        if not self._owed or due_ns < self._wake_next_ns:
             return False
         self._owed = False
         pos = self._ring_pos[0]

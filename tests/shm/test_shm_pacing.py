@@ -75,9 +75,9 @@ def test_flushes_inside_the_gap_defer_one_wake_up_and_flush_owed_pays_it(make_se
         assert writer.flush()
     assert _edges(ep) == 0 and flushes() == 1
     assert len(owed) == 1  # the pacer is told once, with the gap's end
-    assert writer.flush_owed()  # the pacer, at the due time
+    assert writer.flush_owed(owed[-1])  # the pacer, at the due time
     assert _edges(ep) == 1 and flushes() == 2
-    assert not writer.flush_owed()  # paid: nothing more
+    assert not writer.flush_owed(owed[-1])  # paid: nothing more
     assert not writer.flush()  # nothing new
     assert _edges(ep) == 0 and len(owed) == 1
     view.close()

@@ -114,7 +114,7 @@ def test_paced_groups_are_woken_in_turn_one_per_slot(make_segment):
     assert _group_edges(seg, wakes) == [0] * WAKE_GROUPS and len(owed) == 1
     woken = []
     called_ns = time.monotonic_ns()
-    while writer.flush_owed():  # the pacer, at each due time
+    while writer.flush_owed(owed[-1]):  # the pacer, at each due time
         woken += [g for g, e in enumerate(_group_edges(seg, wakes)) if e]
         if len(owed) > len(woken):  # another write owed: due a slot after this one
             assert owed[-1] >= called_ns + slot_ns
@@ -126,9 +126,39 @@ def test_paced_groups_are_woken_in_turn_one_per_slot(make_segment):
     assert writer.flush()  # inside the slot: owed, nothing written
     assert _group_edges(seg, wakes) == [0] * WAKE_GROUPS and len(owed) == 4
     woken = []
-    while writer.flush_owed():
+    while writer.flush_owed(owed[-1]):
         woken += [g for g, e in enumerate(_group_edges(seg, wakes)) if e]
     assert woken == [1, 3, 0]  # the turn goes on where it stopped
+
+
+def test_a_flush_after_the_slot_pays_the_owed_wake_up_and_the_pacer_call_then_writes_nothing(
+        make_segment):
+    """The pacer can run late (a loop's timers): a flush that finds the slot over writes the
+    next group itself, and the pacer's call for the old due time must not write another one
+    at once (two groups back to back). Slots of 1 ms; the test waits them out (it asserts
+    order, never durations)."""
+    seg, writer, owed, wakes = _writer(make_segment, 2 * PACE_CLIENTS_MIN, 0b11, paced=False)
+    writer.pace_wakes(1_000_000 // (2 * PACE_CLIENTS_MIN), owed.append)  # gap 1 ms
+    writer.heartbeat()
+    slot_ns = writer.wake_gap_ns // 2
+    writer.publish(0, _book(1))
+    writer.flush()  # group 0; group 1 owed
+    assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [0] and len(owed) == 1
+    writer.publish(0, _book(2))
+    _wait_past(owed[0])
+    writer.flush()  # the slot is over: the flush writes group 1 and owes group 0 again
+    assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [1] and len(owed) == 2
+    assert owed[1] >= owed[0] + slot_ns
+    assert not writer.flush_owed(owed[0])  # the pacer, late for the old due: nothing
+    assert _group_edges(seg, wakes) == [0] * WAKE_GROUPS
+    _wait_past(owed[1])
+    assert writer.flush_owed(owed[1])
+    assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [0]
+
+
+def _wait_past(due_ns: int) -> None:
+    while time.monotonic_ns() <= due_ns:
+        time.sleep(0.0005)
 
 
 def test_every_group_hears_of_every_record_within_one_turn(make_segment):
@@ -146,15 +176,15 @@ def test_every_group_hears_of_every_record_within_one_turn(make_segment):
             writer.publish(0, _book(update_id))
             writer.flush()
         if burst % 2:
-            writer.flush_owed()  # a slot ends inside the stream
+            writer.flush_owed(owed[-1])  # a slot ends inside the stream
     woken = [g for g, e in enumerate(_group_edges(seg, wakes)) if e]  # by the last flush
     calls = 0
-    while writer.flush_owed():
+    while writer.flush_owed(owed[-1]):
         calls += 1
         woken += [g for g, e in enumerate(_group_edges(seg, wakes)) if e]
     assert sorted(woken) == in_use  # each group in use once, after the last publish
     assert calls <= len(in_use)
-    assert not writer.flush() and not writer.flush_owed()  # nothing more owed
+    assert not writer.flush() and not writer.flush_owed(owed[-1])  # nothing more owed
 
 
 def test_the_supervisor_places_clients_in_groups_and_reuses_room(tmp_path):
