@@ -6,9 +6,10 @@ each) on the run queues of a 2-CPU machine, about 4.6 ms of work, and the shard,
 next message, waited behind them: 0.5-0.6 s of every second runnable but not running
 (bench/fanout.py, the 'waiting' column). Pacing (writer.py) made such bursts rarer, not
 smaller. So each shard has WAKE_GROUPS eventfds; a client's wake fd (segment.py) watches the
-eventfd of one group, and a paced writer writes one group at a time, spread over the wake
-gap: at most WAKE_GROUP_CLIENTS clients are woken by one write, and the shard waits behind at
-most one such burst.
+eventfd of one group, and a paced writer with many clients (ROTATE_CLIENTS_MIN, wake.py)
+writes one group at a time, spread over the wake gap: at most WAKE_GROUP_CLIENTS clients are
+woken by one write, and the shard waits behind at most one such burst (its loop's wait for a
+CPU, per time it ran, at 256 readers: 0.13-0.26 ms against 1.1-1.7 ms).
 
 How clients are placed (`WakeGroups`, the supervisor's, at hello): the first group with fewer
 than WAKE_GROUP_CLIENTS clients, else the least loaded. Filling in order keeps the groups in

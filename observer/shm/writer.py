@@ -26,14 +26,18 @@ client (about 3 µs each, through its wake fd), and each woken client spends 15-
 (a Python reader) before it sleeps again; 256 clients woken 1000 times a second would need
 five CPUs or more, and on two their wake-ups crowd out the shard itself (bench/fanout.py). So
 once a pacer is attached (`pace_wakes`, the shard does it) and at least PACE_CLIENTS_MIN
-clients are attached, a wake-up writes one group, the next in use that has records it was
-not told about, in turn, and the next write waits a slot: the wake gap,
-`clients_n * gap_ns_per_client`, divided by the number of groups in use. So every group is
-woken at most once per gap, every record is announced to every group at most one gap after
-its publish, and one write makes at most a group's clients runnable: the shard, woken for its
-next message, waits behind a few readers, not all of them. A flush inside a slot only records
-that a wake-up is owed, and the pacer pays it at the slot's end (`flush_owed`), writing the
-next group. The CPU all clients spend waking stays below a fixed share whatever the publish
+clients are attached, every client is woken at most once per wake gap,
+`clients_n * gap_ns_per_client`: a wake-up writes every group in use and the next waits a gap.
+From ROTATE_CLIENTS_MIN clients, where waking them all at once would keep the shard waiting
+for a CPU behind all of them, a wake-up writes one group, the next in use that has records it
+was not told about, in turn, and the next write waits a slot: the gap divided by the number of
+groups in use. So every group is still woken at most once per gap, every record is announced
+to every group within a turn of slots after its publish, and one write makes at most a
+group's clients runnable: the shard, woken for its next message, waits behind a few readers.
+A slot lasts at least the loop's timer tick (epoll waits in milliseconds), so with many groups
+a turn can outlast the gap: 17 groups at 256 clients and 40 µs a client take 17-20 ms, not 10.
+A flush inside a gap or slot only records that a wake-up is owed, and the pacer pays it at its
+end (`flush_owed`), or a flush after the end does. The CPU all clients spend waking stays below a fixed share whatever the publish
 rate (40 µs per client and ~20-36 µs per client wake-up: half a CPU to one). Wake-ahead is off
 while pacing: it would wake every client early to spin for a record (PROTOCOL.md).
 
@@ -49,7 +53,7 @@ import time
 
 import numpy as np
 
-from observer.shm.wake import PACE_CLIENTS_MIN, ShardWaker
+from observer.shm.wake import PACE_CLIENTS_MIN, ROTATE_CLIENTS_MIN, ShardWaker
 from observer.shm.wakegroups import WAKE_GROUPS
 from obproto import latch, layout
 from obproto.layout import CopyHead, RecordBody
@@ -96,6 +100,7 @@ class ShardWriter:
         self._flushed_pos = self._ring_pos[0]  # records every group was told about
         self._told = [self._flushed_pos] * WAKE_GROUPS  # per group, while pacing
         self._turn = 0  # the group a paced wake-up tries first
+        self._rotate = False  # paced wake-ups go one group at a time (heartbeat, clients_n)
         self._publish = [self._publisher(i) if mine else None for i, mine in enumerate(self._owned)]
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
@@ -283,7 +288,7 @@ class ShardWriter:
             now_ns = time.monotonic_ns()
             if now_ns >= self._wake_next_ns:
                 self._owed = False
-                self._wake_next_group(pos, now_ns)
+                self._wake_paced(pos, now_ns)
             elif not self._owed:
                 self._owe()
             return True
@@ -310,9 +315,16 @@ class ShardWriter:
                     pass  # as above
                 self._words[self._flushes_index] += 1
 
-    def _wake_next_group(self, pos: int, now_ns: int) -> None:
-        """Paced: write the next group in use, in turn, that was not told about `pos`; owe
-        the next write a slot later if another still was not."""
+    def _wake_paced(self, pos: int, now_ns: int) -> None:
+        """Paced, at the end of a gap (or slot): below ROTATE_CLIENTS_MIN clients every group
+        in use, the next write a gap later; from there the next group in use, in turn, that
+        was not told about `pos`, the next write a slot later, owed if another still was not
+        told (module essay)."""
+        if not self._rotate:
+            self._wake_groups()
+            self._wake_next_ns = now_ns + self._wake_gap_ns
+            self._flushed_pos = pos  # self._told stays behind: at worst one spare write
+            return
         groups = self._board[0] | 1
         told = self._told
         for step in _GROUPS:
@@ -358,7 +370,7 @@ class ShardWriter:
         pos = self._ring_pos[0]
         if pos == self._flushed_pos:
             return False
-        self._wake_next_group(pos, time.monotonic_ns())
+        self._wake_paced(pos, time.monotonic_ns())
         return True
 
     @property
@@ -380,6 +392,7 @@ class ShardWriter:
         self._wake = self._group_wake[0]
         self._wake_gap_ns = (clients_n * self._gap_ns_per_client
                              if clients_n >= PACE_CLIENTS_MIN else 0)
+        self._rotate = clients_n >= ROTATE_CLIENTS_MIN
 
     def book_stats(self, book_index: int) -> "BookStats":
         """The counters of one book, living in the segment, for the shard to update."""

@@ -19,7 +19,7 @@ from obproto.segment import SegmentReader
 from observer import loom
 from observer.shard.runner import Shard
 from observer.shard.tickfeed import TickedFeed
-from observer.shm.wake import PACE_CLIENTS_MIN
+from observer.shm.wake import PACE_CLIENTS_MIN, ROTATE_CLIENTS_MIN
 from obproto import layout
 from obproto.layout import BookDesc
 from shm_doubles import BookDouble
@@ -162,11 +162,13 @@ def _blocking_reader(fd: int, wake_fd: int, ready_w: int, out_w: int) -> None:
         os._exit(code)
 
 
-@pytest.mark.parametrize("groups_n", [1, 3])
-def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(make_segment,
-                                                                              groups_n):
-    """Readers spread over `groups_n` wake groups (observer/shm/wakegroups.py): each group is
-    woken in turn, and a group whose last wake-up were never paid would hang its readers."""
+@pytest.mark.parametrize("groups_n, clients_n", [(1, READERS_N), (3, READERS_N),
+                                                 (3, ROTATE_CLIENTS_MIN)])
+def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(
+        make_segment, groups_n, clients_n):
+    """Readers spread over `groups_n` wake groups (observer/shm/wakegroups.py), woken all at
+    once per gap or, with `clients_n` from ROTATE_CLIENTS_MIN, in turn: a group whose last
+    wake-up were never paid would hang its readers. The gap is the same 0.8 s in all three."""
     seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)], ring_records=4096)
     seg.set_wake_groups((1 << groups_n) - 1)
     fd = seg.reader_fd()
@@ -188,10 +190,10 @@ def test_many_blocking_readers_get_every_record_and_the_last_deferred_wake_up(ma
             chunk = os.read(ready_r, READERS_N)
             assert chunk, "a reader died before it was ready"
             got += chunk
-        seg.set_clients(READERS_N)  # as the supervisor does
+        seg.set_clients(clients_n)  # as the supervisor does (a hint: more than are here)
         writer = seg.writer(0, wake="eventfd")
         shard = Shard(0, writer, [TickedFeed(BurstFeed())], {("x", "BTCUSD"): 0},
-                      wake_gap_us_per_client=GAP_NS_PER_CLIENT // 1000)
+                      wake_gap_us_per_client=GAP_NS_PER_CLIENT * READERS_N // clients_n // 1000)
         results = _run_until_reported(shard, out_r)
         view = _observer(seg)
         flushes = view.shard_stats(0)["flushes"]

@@ -15,7 +15,7 @@ import pytest
 
 from obclient import connect
 from obsim.observerproc import ObserverProcess
-from observer.shm.wake import PACE_CLIENTS_MIN
+from observer.shm.wake import PACE_CLIENTS_MIN, ROTATE_CLIENTS_MIN
 from observer.shm.wakegroups import WAKE_GROUP_CLIENTS, WAKE_GROUPS, WakeGroups
 from obproto.layout import BookDesc
 from shm_doubles import BookDouble
@@ -101,9 +101,21 @@ def test_unpaced_a_flush_writes_every_group_in_use_once(make_segment):
     # supervisor's own reader waits on it
 
 
+def test_paced_below_the_rotation_every_group_in_use_at_once_per_gap(make_segment):
+    seg, writer, owed, wakes = _writer(make_segment, ROTATE_CLIENTS_MIN - 1, 0b101, paced=True)
+    for update_id in (1, 2, 3):
+        writer.publish(0, _book(update_id))
+        writer.flush()
+    assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [0, 2]  # by the first
+    assert len(owed) == 1  # records 2 and 3: owed, a gap after the first write
+    assert writer.flush_owed(owed[-1])
+    assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [0, 2]
+    assert not writer.flush_owed(owed[-1]) and len(owed) == 1
+
+
 def test_paced_groups_are_woken_in_turn_one_per_slot(make_segment):
-    seg, writer, owed, wakes = _writer(make_segment, 3 * PACE_CLIENTS_MIN, 0b1011, paced=True)
-    assert writer.wake_gap_ns == 3 * PACE_CLIENTS_MIN * GAP_NS_PER_CLIENT
+    seg, writer, owed, wakes = _writer(make_segment, ROTATE_CLIENTS_MIN, 0b1011, paced=True)
+    assert writer.wake_gap_ns == ROTATE_CLIENTS_MIN * GAP_NS_PER_CLIENT
     writer.publish(0, _book(1))
     assert writer.flush()  # the first slot is due: the first group in turn
     assert [g for g, e in enumerate(_group_edges(seg, wakes)) if e] == [0]
@@ -137,8 +149,8 @@ def test_a_flush_after_the_slot_pays_the_owed_wake_up_and_the_pacer_call_then_wr
     next group itself, and the pacer's call for the old due time must not write another one
     at once (two groups back to back). Slots of 1 ms; the test waits them out (it asserts
     order, never durations)."""
-    seg, writer, owed, wakes = _writer(make_segment, 2 * PACE_CLIENTS_MIN, 0b11, paced=False)
-    writer.pace_wakes(1_000_000 // (2 * PACE_CLIENTS_MIN), owed.append)  # gap 1 ms
+    seg, writer, owed, wakes = _writer(make_segment, ROTATE_CLIENTS_MIN, 0b11, paced=False)
+    writer.pace_wakes(1_000_000 // ROTATE_CLIENTS_MIN, owed.append)  # gap 1 ms
     writer.heartbeat()
     slot_ns = writer.wake_gap_ns // 2
     writer.publish(0, _book(1))
@@ -167,7 +179,7 @@ def test_every_group_hears_of_every_record_within_one_turn(make_segment):
     one turn of the pacer's calls."""
     mask = 0b1000_0110_0001
     in_use = [g for g in range(WAKE_GROUPS) if mask >> g & 1]
-    seg, writer, owed, wakes = _writer(make_segment, 64, mask, paced=True)
+    seg, writer, owed, wakes = _writer(make_segment, ROTATE_CLIENTS_MIN, mask, paced=True)
     update_id = 0
     for burst in (1, 5, 2, 7, 1):
         for _ in range(burst):
