@@ -37,9 +37,10 @@ group's clients runnable: the shard, woken for its next message, waits behind a 
 A slot lasts at least the loop's timer tick (epoll waits in milliseconds), so with many groups
 a turn can outlast the gap: 17 groups at 256 clients and 40 µs a client take 17-20 ms, not 10.
 A flush inside a gap or slot only records that a wake-up is owed, and the pacer pays it at its
-end (`flush_owed`), or a flush after the end does. The CPU all clients spend waking stays below a fixed share whatever the publish
-rate (40 µs per client and ~20-36 µs per client wake-up: half a CPU to one). Wake-ahead is off
-while pacing: it would wake every client early to spin for a record (PROTOCOL.md).
+end (`flush_owed`), or a flush after the end does. The CPU all clients spend waking stays below
+a fixed share whatever the publish rate (40 µs per client and ~20-36 µs per client wake-up:
+half a CPU to one). Wake-ahead is off while pacing: it would wake every client early to spin
+for a record (PROTOCOL.md).
 
 The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
@@ -274,9 +275,10 @@ class ShardWriter:
         group in use), and end a wake-ahead (also when nothing was published: then no one
         waits for a record).
 
-        While pacing (module essay) a flush writes one group, and none inside the slot since
-        the last write: the first such flush calls the pacer's `on_owed(due_ns)`, which calls
-        `flush_owed(due_ns)` at `due_ns` (monotonic), unless a flush after the slot's end pays
+        While pacing (module essay) a flush writes every group in use, or from
+        ROTATE_CLIENTS_MIN clients the next group in turn, and nothing inside the gap (slot)
+        since the last write: the first such flush calls the pacer's `on_owed(due_ns)`, which
+        calls `flush_owed(due_ns)` at `due_ns` (monotonic), unless a flush after its end pays
         it first. True when something was published."""
         if self._ahead:
             self._ahead = False
@@ -351,10 +353,10 @@ class ShardWriter:
 
     def pace_wakes(self, gap_ns_per_client: int, on_owed) -> None:
         """Pace wake-ups from PACE_CLIENTS_MIN attached clients on (module essay): each wake
-        group at most once per `clients_n * gap_ns_per_client` ns, the groups in turn (0:
-        never pace). `on_owed(due_ns)` is called once per deferred wake-up, and must make
-        `flush_owed(due_ns)` run at monotonic `due_ns`. Takes effect at the next heartbeat, where
-        the client count is read."""
+        group at most once per `clients_n * gap_ns_per_client` ns, the groups in turn from
+        ROTATE_CLIENTS_MIN clients (0: never pace). `on_owed(due_ns)` is called once per
+        deferred wake-up, and must make `flush_owed(due_ns)` run at monotonic `due_ns`. Takes
+        effect at the next heartbeat, where the client count is read."""
         assert gap_ns_per_client >= 0
         assert on_owed is not None or gap_ns_per_client == 0
         self._gap_ns_per_client = gap_ns_per_client
