@@ -30,8 +30,8 @@ AUTO_URING_CLIENTS = 16  # auto: from this many attached clients, wake through i
 PACE_CLIENTS_MIN = 16  # writers that pace wake-ups (writer.py, Pacing) do from this many clients
 ROTATE_CLIENTS_MIN = 128  # and wake one group per slot, in turn, from this many (writer.py):
 # measured (bench/fanout.py, 2 CPUs), 65 clients woken at once cost the shard less than the
-# extra writes of a turn (x0.94-1.00 of its rate alone against x0.76-0.90), 257 cost it half
-# its rate (x0.41-0.53 against x0.80-0.88 in turn)
+# extra writes of a turn (mostly x0.87-1.00 of its rate alone against x0.76-0.90), 257 cost
+# it half its rate and more (x0.31-0.53 against x0.81-0.88 in turn)
 RING_ENTRIES = 16  # writes in flight at most; more means the worker is behind: write directly
 _IOSQE_ASYNC = 1 << 4  # always punt to an io-wq worker, never complete inline in the enter
 # The 8 bytes every write sends. Module-level, so it outlives any ring: a write still with the

@@ -9,7 +9,7 @@ smaller. So each shard has WAKE_GROUPS eventfds; a client's wake fd (segment.py)
 eventfd of one group, and a paced writer with many clients (ROTATE_CLIENTS_MIN, wake.py)
 writes one group at a time, spread over the wake gap: at most WAKE_GROUP_CLIENTS clients are
 woken by one write, and the shard waits behind at most one such burst (its loop's wait for a
-CPU, per time it ran, at 256 readers: 0.13-0.26 ms against 1.1-1.7 ms).
+CPU, per time it ran, at 256 readers: 0.13-0.27 ms against 1.1-2.5 ms).
 
 How clients are placed (`WakeGroups`, the supervisor's, at hello): the first group with fewer
 than WAKE_GROUP_CLIENTS clients, else the least loaded. Filling in order keeps the groups in
