@@ -10,7 +10,8 @@ What it prints, one line per reader count: the shard's publishes/s (ring records
 updates/s (the synthetic feed numbers its updates; the published `update_id` is the last one
 applied) over `--window-s`, the ratio to the 1-reader row of the same run, the CPU the observer
 used and the time its threads spent runnable but waiting for a CPU ('waiting', s/s, from
-/proc schedstat), the readers' CPU, the machine's idle CPU, and what the readers saw: records,
+/proc schedstat; 'loop': the shard loop's thread alone, its wait per time it ran), the
+readers' CPU, the machine's idle CPU, and what the readers saw: records,
 holes, laps.
 Then one verdict line for the target: publishes/s at 256 readers >= 0.9x at 1, nothing lost or
 lapped.
@@ -27,11 +28,13 @@ asking for short scheduler slices ('paced+slice', shard_slice_us) and with pacin
 Usage: python bench/fanout.py [--readers 1,16,64,256] [--rate 1000] [--window-s 3] [--rounds 2]
        [--sliced 256] [--slice-us 100] [--unpaced 256] [--readers-nice 0]
        [--cores 0] (a pinned shard process instead of the shard in the supervisor's loop)
+       [--wake eventfd] (the observer's wake mode)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import signal
@@ -88,6 +91,20 @@ def percentile_us(histogram, q: float) -> float:
     return float("inf")
 
 
+def _connect(socket_path: str, client_name: str):
+    """obclient.connect, again while the listen backlog is full (EAGAIN: 256 readers start at
+    once on a loaded machine), until READY_TIMEOUT_S."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            return obclient.connect(socket_path, client_name=client_name)
+        except obclient.ObserverUnavailable as exc:
+            # obclient names the errno only in its message (it raises `from None`)
+            if f"[Errno {errno.EAGAIN}]" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class _Stop(Exception):
     pass
 
@@ -104,7 +121,7 @@ def reader_child(socket_path: str, k: int, ready_w: int, result_w: int, nice: in
     histogram = [0] * LATENCY_BINS
     try:
         signal.signal(signal.SIGTERM, _on_term)
-        client = obclient.connect(socket_path, client_name=f"fanout{k}")
+        client = _connect(socket_path, f"fanout{k}")
         last_seq: dict[int, int] = {}
         updates = client.updates()
         os.write(ready_w, b"r")
@@ -145,6 +162,8 @@ MODES = {"paced": PACED, "unpaced": "wake_gap_us_per_client = 0\n",
 def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
     config = os.path.join(workdir, f"fanout-{readers_n}-{mode}.toml")
     pacing = MODES[mode].format(slice_us=args.slice_us)
+    if args.wake:
+        pacing += f"wake = \"{args.wake}\"\n"
     with open(config, "w") as f:
         f.write(f"[observer]\nclients_max = {readers_n + 8}\nclients_per_uid_max = "
                 f"{readers_n + 8}\nlog_level = \"warning\"\n{pacing}\n"
@@ -172,9 +191,12 @@ def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
             reader = harness._att.reader
             observer_pids = {obs.proc.pid, *(reader.shard_stats(i)["writer_pid"]
                                              for i in range(reader.geometry.shards_n))}
-            t0, c0, r0 = time.perf_counter(), _counts(reader, observer_pids), _usage(pids)
+            shard_pid = reader.shard_stats(0)["writer_pid"]
+            t0, c0, r0 = (time.perf_counter(), _counts(reader, observer_pids, shard_pid),
+                          _usage(pids))
             time.sleep(args.window_s)
-            t1, c1, r1 = time.perf_counter(), _counts(reader, observer_pids), _usage(pids)
+            t1, c1, r1 = (time.perf_counter(), _counts(reader, observer_pids, shard_pid),
+                          _usage(pids))
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGTERM)
@@ -188,10 +210,12 @@ def measure(readers_n: int, mode: str, args, workdir: str) -> dict:
     if len(results) != readers_n:
         raise RuntimeError(f"{readers_n - len(results)} of {readers_n} readers did not report")
     dt = t1 - t0
-    publishes, updates, observer_cpu, idle, runq_wait = ((b - a) / dt for a, b in zip(c0, c1))
+    publishes, updates, observer_cpu, idle, runq_wait, loop_wait, loop_waits = (
+        (b - a) / dt for a, b in zip(c0, c1))
     histogram = [sum(r[4 + k] for r in results) for k in range(LATENCY_BINS)]
     return {"publishes": publishes, "updates": updates, "observer_cpu": observer_cpu,
             "idle": idle, "runq_wait": runq_wait, "records": sum(r[0] for r in results),
+            "loop_wait_us": loop_wait / max(loop_waits, 1.0) * 1e6,
             "holes": sum(r[1] for r in results), "laps": sum(r[2] for r in results),
             "stale": sum(r[3] for r in results), "readers_cpu": (r1[0] - r0[0]) / dt,
             "reader_wakes": (r1[1] - r0[1]) / dt / readers_n,
@@ -236,11 +260,23 @@ def _usage(pids) -> tuple[float, int]:
     return cpu_s, switches
 
 
-def _counts(reader, pids) -> tuple:
+def _counts(reader, pids, shard_pid: int) -> tuple:
     head = sum(reader.shard_stats(i)["head"] for i in range(reader.geometry.shards_n))
     update_id = sum(reader.snapshot(b.book_index, 1).update_id for b in reader.books())
     return (head, update_id, sum(_cpu_s(pid) for pid in pids), _idle_s(),
-            sum(_runq_wait_s(pid) for pid in pids))
+            sum(_runq_wait_s(pid) for pid in pids), *_loop_wait(shard_pid))
+
+
+def _loop_wait(pid: int) -> tuple[float, int]:
+    """The shard loop's thread alone (the process's main thread): seconds runnable but
+    waiting for a CPU, and how many times it ran (schedstat fields 2 and 3), so the wait per
+    wake-up of the shard is a ratio of the two deltas."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[1]) / 1e9, int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0
 
 
 def _runq_wait_s(pid: int) -> float:
@@ -288,6 +324,8 @@ def main(argv=None) -> int:
     p.add_argument("--sliced", default="256", help="reader counts to run again with "
                    "shard_slice_us = --slice-us (observer/shard/schedslice.py); '' for none")
     p.add_argument("--slice-us", type=int, default=100)
+    p.add_argument("--wake", default="", help="the observer's wake mode (auto, eventfd, "
+                   "io_uring; default: the observer's default)")
     p.add_argument("--unpaced", default="256", help="reader counts to run again with pacing "
                    "off (wake_gap_us_per_client = 0), for the before/after ratio; '' for none")
     args = p.parse_args(argv)
@@ -311,7 +349,7 @@ def report(args, counts, runs, load_start: float) -> None:
           f"{args.window_s} s windows, median of {args.rounds} interleaved rounds; "
           f"'paced': wake_gap_us_per_client = 40, 'unpaced': 0 (the default), '+slice': shard_slice_us = "
           f"{args.slice_us}; readers at nice "
-          f"+{args.readers_nice}; cpu in CPUs; latency: "
+          f"+{args.readers_nice}; wake {args.wake or 'default'}; cpu in CPUs; latency: "
           f"publish to reader, all readers' records; load {load_start:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end")
     med = {key: {name: statistics.median(r[name] for r in runs[key]) for name in runs[key][0]}
@@ -326,7 +364,7 @@ def report(args, counts, runs, load_start: float) -> None:
         print(f"fanout {n:4d} readers {mode:<11}  publishes/s "
               f"{m['publishes']:6,.0f} (x{m['publishes'] / base:4.2f})  updates/s "
               f"{m['updates']:6,.0f}  cpu observer {m['observer_cpu']:4.2f} waiting "
-              f"{m['runq_wait']:4.2f} readers "
+              f"{m['runq_wait']:4.2f} (loop {m['loop_wait_us']:5,.0f} us a run) readers "
               f"{m['readers_cpu']:4.2f} idle {m['idle']:4.2f}  wakes/reader/s "
               f"{m['reader_wakes']:5,.0f}  latency p50 {m['p50_us']:7,.0f} us p99 "
               f"{m['p99_us']:8,.0f} us  holes {holes}  lapped {laps}  (rounds {rounds})")

@@ -51,6 +51,7 @@ from observer.server.control import ControlServer
 from observer.shard.runner import STOP_JOIN_S
 from observer.process.shardmanager import exit_reason
 from observer.shm import Segment, ShardWriter
+from observer.shm.wakegroups import WakeGroups
 from observer.process.zygote import Zygote
 from obproto import layout
 from obproto import messages as m
@@ -87,6 +88,8 @@ class Supervisor:
         self.failure = ""                       # why, when it could not
         self._books: list = []                  # BookInfo per index, fixed at start-up
         self._book_keys: list = []
+        self._wake_groups = WakeGroups()        # which wake group each new client joins
+        self._wake_group_of: dict[int, int] = {}  # conn_id -> its wake group
         self.server = ControlServer(loop, self, socket_path, allow_uids=allow_uids,
                                     allow_gids=allow_gids, limits=client_limits)
         self.started_s = time.monotonic()
@@ -116,7 +119,8 @@ class Supervisor:
                                       self.depth_max, RING_RECORDS,
                                       heartbeat_period_s=self.heartbeat_period_s)
         if self.shard_processes:               # before the seal: see the module essay
-            self.zygote = Zygote(self.name, self.segment.fd, self.segment.eventfds)
+            self.zygote = Zygote(self.name, self.segment.fd, self.segment.all_eventfds,
+                                 self.segment.board_fd)
         self.segment.seal()
         self.reader_fd = self.segment.reader_fd()
         self.reader = SegmentReader(self.reader_fd, self.segment.eventfds)   # EPOLLET on each
@@ -214,10 +218,27 @@ class Supervisor:
                 "layout_hash": layout.LAYOUT_HASH, "n_eventfds": len(self.segment.eventfds),
                 "heartbeat_period_s": self.heartbeat_period_s}
 
-    def handout_fds(self) -> list[int]:
-        """New fds for one client (Segment.client_fds); the control server closes them once
-        sent."""
-        return self.segment.client_fds()
+    def handout_fds(self, conn_id: int) -> list[int]:
+        """New fds for connection `conn_id` (Segment.client_fds), its wake fds on the group it
+        joins (observer/shm/wakegroups.py); the control server closes them once sent. The
+        board says the group has a client before the client can wait on it."""
+        group = self._wake_groups.join()
+        try:
+            self.segment.set_wake_groups(self._wake_groups.mask)
+            fds = self.segment.client_fds(group)
+        except BaseException:
+            self._wake_groups.leave(group)
+            raise
+        self._wake_group_of[conn_id] = group
+        return fds
+
+    def client_gone(self, conn_id: int) -> None:
+        """Connection `conn_id` closed: its wake group has one client less."""
+        group = self._wake_group_of.pop(conn_id, None)
+        if group is not None:
+            self._wake_groups.leave(group)
+            if self.segment is not None:
+                self.segment.set_wake_groups(self._wake_groups.mask)
 
     def book_keys(self) -> list[list]:
         """[index, exchange, symbol, native] per book, for name resolution (fixed at start-up)."""

@@ -149,11 +149,11 @@ class ZygoteGone(OSError):
 class Zygote:
     """The supervisor's handle: start it before the seal, then `serve` it from the loop."""
 
-    def __init__(self, name: str, segment_fd: int, eventfds: list[int]):
+    def __init__(self, name: str, segment_fd: int, eventfds: list[int], board_fd: int):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock = ours
         try:
-            self.proc = _start_process(name, theirs.fileno(), segment_fd, eventfds)
+            self.proc = _start_process(name, theirs.fileno(), segment_fd, eventfds, board_fd)
         finally:
             theirs.close()
         self.pid = self.proc.pid
@@ -301,15 +301,17 @@ class Zygote:
                 self.returncode = self.proc.wait()
 
 
-def _start_process(name: str, control_fd: int, segment_fd: int,
-                   eventfds: list[int]) -> subprocess.Popen:
+def _start_process(name: str, control_fd: int, segment_fd: int, eventfds: list[int],
+                   board_fd: int) -> subprocess.Popen:
     # Discussion: PR_SET_PDEATHSIG fires when the THREAD that forked the child ends. The
     # supervisor starts the zygote from its main thread, before the loop runs.
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")   # numpy must start no thread here
     args = [sys.executable, "-m", "observer.process.zygote", "--name", name,
             "--parent-pid", str(os.getpid()), "--control-fd", str(control_fd),
-            "--segment-fd", str(segment_fd), "--eventfds", ",".join(map(str, eventfds))]
-    return subprocess.Popen(args, pass_fds=(control_fd, segment_fd, *eventfds), close_fds=True,
+            "--segment-fd", str(segment_fd), "--eventfds", ",".join(map(str, eventfds)),
+            "--board-fd", str(board_fd)]
+    return subprocess.Popen(args, pass_fds=(control_fd, segment_fd, board_fd, *eventfds),
+                            close_fds=True,
                             stdin=subprocess.DEVNULL, env=env)
 
 
@@ -323,6 +325,7 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--segment-fd", type=int, required=True)
     p.add_argument("--eventfds", required=True)
+    p.add_argument("--board-fd", type=int, required=True)
     return p.parse_args(argv)
 
 
@@ -346,8 +349,9 @@ def main(argv=None) -> int:
     prctl.set_name("ob-zygote")
     from observer.shm import Segment
 
-    segment = Segment.attach_fd(args.segment_fd, eventfds)
+    segment = Segment.attach_fd(args.segment_fd, eventfds, args.board_fd)
     os.close(args.segment_fd)
+    os.close(args.board_fd)             # the mapping of the board stays, as the segment's
     segment.close_fd()                  # the mapping stays; nothing forked from here holds an fd
     control = socket.socket(fileno=args.control_fd)
     try:

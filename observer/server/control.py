@@ -195,6 +195,7 @@ class ControlServer:
         """The transport closed: its slot is free (called once, from ClientTransport.abort)."""
         del self.clients[client.proto.conn_id]
         self.admission.remove(client.proto.peer)
+        self.catalog.client_gone(client.proto.conn_id)   # its wake group has room again
         assert self.admission.clients == len(self.clients)
 
     def _sweep_loop(self) -> None:

@@ -181,7 +181,7 @@ class ServerConnection:
         self.version = version
         self.client_name = req.client_name
         info = self.catalog.hello_info()
-        fds = tuple(self.catalog.handout_fds()) if req.want_fds else ()
+        fds = tuple(self.catalog.handout_fds(self.conn_id)) if req.want_fds else ()
         welcome = m.Welcome(req.req_id, version, info["server_name"], info["pid"],
                             info["generation"], info["segment_bytes"], info["layout_version"],
                             info["layout_hash"], info["n_eventfds"], bool(fds),

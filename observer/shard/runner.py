@@ -101,4 +101,4 @@ class Shard:
             due_ns = owed.wait()
             owed.clear()
             loom.sleep(max(0.0, (due_ns - time.monotonic_ns()) / 1e9))
-            self.writer.flush_owed()
+            self.writer.flush_owed(due_ns)

@@ -1,4 +1,4 @@
-"""The segment: one sealed memfd per observer instance, plus one eventfd per shard.
+"""The segment: one sealed memfd per observer instance, plus a shard's wake-group eventfds.
 
 Why this module. The supervisor creates the segment once at start-up, sized from the book list
 and the limits in `obproto.layout`, and never resizes it (a shrinking mapping kills readers with
@@ -22,8 +22,8 @@ default: nobody has a reason to reopen it writable, even before the seal).
 What a client gets (`client_fds()`, all new fds the caller closes once passed):
 - an `O_RDONLY` reopen of the memfd (`reader_fd()`), its own open file description, which can
   only be mapped PROT_READ;
-- per shard, a private epoll instance watching that shard's eventfd, level-triggered
-  (`wake_fd()`). The eventfds themselves never leave the observer's processes: a client holding
+- per shard, a private epoll instance watching the eventfd of the client's wake group in that
+  shard, level-triggered (`wake_fd()`; observer/shm/wakegroups.py says why groups). The eventfds themselves never leave the observer's processes: a client holding
   one could saturate it (2**64 - 2, so the shard's write fails and nobody wakes), read it in a
   loop, or clear O_NONBLOCK on its shared description so the shard's write blocks. Its epoll
   gives it the same edges (every eventfd write wakes every epoll watching it, and a client that
@@ -33,8 +33,11 @@ What a client gets (`client_fds()`, all new fds the caller closes once passed):
   kernel frees it, and its watch on the eventfd, when the client's last copy goes.
 
 Process model (C1). A process that inherited the read-write fd before the seal attaches with
-`Segment.attach_fd(shm_fd, eventfds)`, which validates the header like a reader does; a forked
-process simply keeps the parent's mapping.
+`Segment.attach_fd(shm_fd, all_eventfds, board_fd)`, which validates the header like a reader
+does; a forked process simply keeps the parent's mapping. `all_eventfds` is every shard's
+WAKE_GROUPS eventfds, shard 0's first; `eventfds` is each shard's group 0 (the supervisor's
+own reader waits on those); the board is the private word that says which groups have clients
+(observer/shm/wakegroups.py).
 
 Eventfds are created non-blocking, so a writer can never block on one, and no process outside
 the observer holds them; nobody reads them (the observer's own reader waits with EPOLLET, C6),
@@ -53,6 +56,7 @@ import numpy as np
 
 from obproto import latch, layout
 from obproto.layout import BookDesc, Geometry, LayoutError
+from observer.shm.wakegroups import WAKE_GROUPS, board_create, board_map
 from observer.shm.writer import ShardWriter
 
 HEARTBEAT_PERIOD_S_DEFAULT = 0.1
@@ -70,12 +74,17 @@ SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL
 class Segment:
     """A mapped segment (read-write) and its eventfds. Create with `create` or `attach_fd`."""
 
-    def __init__(self, name: str | None, shm_fd: int, eventfds: list[int], owner: bool):
+    def __init__(self, name: str | None, shm_fd: int, all_eventfds: list[int], board_fd: int,
+                 owner: bool):
         latch.require_tso()
         self.name = name
         self.fd = shm_fd
-        self.eventfds = list(eventfds)
-        self._owner = owner  # created the eventfds, so closes them
+        self.all_eventfds = list(all_eventfds)  # per shard, WAKE_GROUPS of them, group 0 first
+        self.eventfds = self.all_eventfds[::WAKE_GROUPS]  # each shard's group 0
+        self.board_fd = board_fd
+        self._owner = owner  # created the eventfds and the board, so closes them
+        self.board = board_map(board_fd)
+        self.board_words = memoryview(self.board).cast("Q")  # [0]: wake groups with clients
         size_bytes = os.fstat(shm_fd).st_size
         self.map = mmap.mmap(shm_fd, size_bytes, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
@@ -90,19 +99,22 @@ class Segment:
                ring_records: int, *, generation: int | None = None,
                heartbeat_period_s: float = HEARTBEAT_PERIOD_S_DEFAULT,
                mode: int = SEGMENT_MODE_DEFAULT) -> "Segment":
-        """Create the segment (a memfd; `name` is only its label in /proc) and one eventfd per
-        shard. It is not sealed yet: call `seal()` once every writer has mapped it."""
+        """Create the segment (a memfd; `name` is only its label in /proc), WAKE_GROUPS
+        eventfds per shard and the wake-group board. It is not sealed yet: call `seal()` once
+        every writer has mapped it."""
         geometry = layout.plan_geometry(len(book_descs), shards_n, depth_max, ring_records)
         _check_descs(book_descs, shards_n)
         shm_fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        eventfds: list[int] = []
+        fds: list[int] = []
         try:
             os.fchmod(shm_fd, mode)
             os.ftruncate(shm_fd, geometry.segment_bytes)
-            eventfds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(shards_n)]
-            segment = cls(name, shm_fd, eventfds, owner=True)
+            fds.append(board_create(name))
+            fds += [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                    for _ in range(shards_n * WAKE_GROUPS)]
+            segment = cls(name, shm_fd, fds[1:], fds[0], owner=True)
         except BaseException:
-            for fd in eventfds:
+            for fd in fds:
                 os.close(fd)
             os.close(shm_fd)
             raise
@@ -110,12 +122,12 @@ class Segment:
         return segment
 
     @classmethod
-    def attach_fd(cls, shm_fd: int, eventfds: list[int]) -> "Segment":
+    def attach_fd(cls, shm_fd: int, all_eventfds: list[int], board_fd: int) -> "Segment":
         """Map an existing, not yet sealed segment read-write from an inherited fd (kept open:
-        this takes its own dup)."""
+        this takes its own dup), with the creator's `all_eventfds` and `board_fd`."""
         dup_fd = fcntl.fcntl(shm_fd, fcntl.F_DUPFD_CLOEXEC, 0)
         try:
-            segment = cls(None, dup_fd, eventfds, owner=False)
+            segment = cls(None, dup_fd, all_eventfds, board_fd, owner=False)
         except BaseException:
             os.close(dup_fd)
             raise
@@ -124,9 +136,10 @@ class Segment:
         except LayoutError:
             segment.close()
             raise
-        if len(eventfds) != segment.geometry.shards_n:
+        if len(all_eventfds) != segment.geometry.shards_n * WAKE_GROUPS:
             segment.close()
-            raise ValueError(f"{len(eventfds)} eventfds for {segment.geometry.shards_n} shards")
+            raise ValueError(f"{len(all_eventfds)} eventfds for {segment.geometry.shards_n} "
+                             f"shards of {WAKE_GROUPS} wake groups")
         return segment
 
     def _init_header(self, geometry: Geometry, book_descs: list[BookDesc],
@@ -175,23 +188,33 @@ class Segment:
             raise ValueError("reader_fd before seal(): a client could map the segment writable")
         return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
 
-    def wake_fd(self, shard_index: int) -> int:
-        """A new epoll fd watching shard `shard_index`'s eventfd, level-triggered (module
-        essay): what a client waits on instead of the eventfd itself."""
+    def group_eventfds(self, shard_index: int) -> list[int]:
+        """Shard `shard_index`'s WAKE_GROUPS eventfds, group 0 first (its writer's)."""
+        return self.all_eventfds[shard_index * WAKE_GROUPS:(shard_index + 1) * WAKE_GROUPS]
+
+    def wake_fd(self, shard_index: int, group: int = 0) -> int:
+        """A new epoll fd watching the eventfd of wake group `group` of shard `shard_index`,
+        level-triggered (module essay): what a client waits on instead of the eventfd."""
         watch = select.epoll(1, select.EPOLL_CLOEXEC)
         try:
-            watch.register(self.eventfds[shard_index], select.EPOLLIN)
+            watch.register(self.group_eventfds(shard_index)[group], select.EPOLLIN)
             return fcntl.fcntl(watch.fileno(), fcntl.F_DUPFD_CLOEXEC, 0)
         finally:
             watch.close()          # the dup keeps the instance
 
-    def client_fds(self) -> list[int]:
-        """Everything one client is handed: `reader_fd()`, then one `wake_fd` per shard, shard
-        0 first. All new; the caller closes them once passed (the client has its own copies)."""
+    def set_wake_groups(self, mask: int) -> None:
+        """Store which wake groups have clients (bit g: group g; the supervisor, before it
+        hands a client of a new group its fds)."""
+        self.board_words[0] = mask
+
+    def client_fds(self, group: int = 0) -> list[int]:
+        """Everything one client of wake group `group` is handed: `reader_fd()`, then one
+        `wake_fd` per shard, shard 0 first. All new; the caller closes them once passed (the
+        client has its own copies)."""
         fds = [self.reader_fd()]
         try:
             for shard_index in range(len(self.eventfds)):
-                fds.append(self.wake_fd(shard_index))
+                fds.append(self.wake_fd(shard_index, group))
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -256,9 +279,14 @@ class Segment:
             except BufferError:
                 pass  # a caller still holds a view; the mapping goes when that view does
         self.close_fd()
+        if self.board is not None:
+            self.board_words.release()
+            self.board.close()
+            self.board = None
         if self._owner:
-            for fd in self.eventfds:
+            for fd in (*self.all_eventfds, self.board_fd):
                 os.close(fd)
+        self.all_eventfds = []
         self.eventfds = []
 
     def __enter__(self) -> "Segment":

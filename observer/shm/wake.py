@@ -1,7 +1,8 @@
 """How a shard's flush wakes its clients: one eventfd write, done here or by a kernel worker.
 
-Why two ways. A flush is one `write` of 1 to the shard's eventfd whatever the number of clients
-(C6), but inside that write the kernel wakes every client asleep on it: about 1 µs per sleeping
+Why two ways. A flush is one `write` of 1 to an eventfd per wake group in use, whatever the
+number of clients (C6; observer/shm/wakegroups.py: each group's eventfd has its own waker
+here), but inside that write the kernel wakes every client asleep on it: about 1 µs per sleeping
 client measured here, so 100 sleeping clients make a 20 µs flush a 120 µs one, on the shard's
 own thread. `UringWaker` hands the same write to io_uring with IOSQE_ASYNC: a kernel io-wq
 worker thread performs it (and the wake-ups), and the shard pays a submission whose cost does
@@ -27,6 +28,10 @@ from observer.loom import uring as ur
 
 AUTO_URING_CLIENTS = 16  # auto: from this many attached clients, wake through io_uring
 PACE_CLIENTS_MIN = 16  # writers that pace wake-ups (writer.py, Pacing) do from this many clients
+ROTATE_CLIENTS_MIN = 128  # and wake one group per slot, in turn, from this many (writer.py):
+# measured (bench/fanout.py, 2 CPUs), 65 clients woken at once cost the shard less than the
+# extra writes of a turn (mostly x0.87-1.00 of its rate alone against x0.76-0.90), 257 cost
+# it half its rate and more (x0.31-0.53 against x0.81-0.88 in turn)
 RING_ENTRIES = 16  # writes in flight at most; more means the worker is behind: write directly
 _IOSQE_ASYNC = 1 << 4  # always punt to an io-wq worker, never complete inline in the enter
 # The 8 bytes every write sends. Module-level, so it outlives any ring: a write still with the

@@ -16,18 +16,31 @@ may wait for the next (observer/feeds/session.py). `wake_ahead()` writes it once
 first message of such a batch arrives, before it is parsed, so that waking sleeping clients
 overlaps parsing and publishing (PROTOCOL.md).
 
+Wake groups (observer/shm/wakegroups.py). A shard has WAKE_GROUPS eventfds and each client
+waits on one of them; the board word says which groups have clients (group 0 always counts:
+the supervisor's own reader). Unpaced, a flush writes every group in use, one write each: with
+fewer than WAKE_GROUP_CLIENTS clients that is group 0 alone, one write, as before groups.
+
 Pacing (many clients). A wake-up is not free for the machine: the kernel wakes every waiting
-client (about 3 µs each, through its wake fd), and each woken client spends 15-20 µs of CPU
+client (about 3 µs each, through its wake fd), and each woken client spends 15-40 µs of CPU
 (a Python reader) before it sleeps again; 256 clients woken 1000 times a second would need
-five CPUs, and on two their wake-ups crowd out the shard itself (bench/fanout.py). So once a
-pacer is attached (`pace_wakes`, the shard does it) and at least PACE_CLIENTS_MIN clients are
-attached, a flush wakes at most once per `clients_n * gap_ns_per_client`: a flush inside that
-gap only records that a wake-up is owed, and the pacer pays it at the gap's end
-(`flush_owed`), so every record is announced at most one gap after its publish, and the CPU
-all clients spend waking stays below a fixed share whatever the publish rate (with the
-default 40 µs per client and ~20 µs per client wake-up, half a CPU). A slower publish rate
-than one per gap is not delayed at all. Wake-ahead is off while pacing: it would wake every
-client early to spin for a record (PROTOCOL.md).
+five CPUs or more, and on two their wake-ups crowd out the shard itself (bench/fanout.py). So
+once a pacer is attached (`pace_wakes`, the shard does it) and at least PACE_CLIENTS_MIN
+clients are attached, every client is woken at most once per wake gap,
+`clients_n * gap_ns_per_client`: a wake-up writes every group in use and the next waits a gap.
+From ROTATE_CLIENTS_MIN clients, where waking them all at once would keep the shard waiting
+for a CPU behind all of them, a wake-up writes one group, the next in use that has records it
+was not told about, in turn, and the next write waits a slot: the gap divided by the number of
+groups in use. So every group is still woken at most once per gap, every record is announced
+to every group within a turn of slots after its publish, and one write makes at most a
+group's clients runnable: the shard, woken for its next message, waits behind a few readers.
+A slot lasts at least the loop's timer tick (epoll waits in milliseconds), so with many groups
+a turn can outlast the gap: 17 groups at 256 clients and 40 µs a client take 17-20 ms, not 10.
+A flush inside a gap or slot only records that a wake-up is owed, and the pacer pays it at its
+end (`flush_owed`), or a flush after the end does. The CPU all clients spend waking stays below
+a fixed share whatever the publish rate (40 µs per client and ~20-36 µs per client wake-up:
+half a CPU to one). Wake-ahead is off while pacing: it would wake every client early to spin
+for a record (PROTOCOL.md).
 
 The order of stores that makes readers safe is in client/obproto/latch.py; this module only says what
 goes into a copy and a record.
@@ -41,7 +54,8 @@ import time
 
 import numpy as np
 
-from observer.shm.wake import PACE_CLIENTS_MIN, ShardWaker
+from observer.shm.wake import PACE_CLIENTS_MIN, ROTATE_CLIENTS_MIN, ShardWaker
+from observer.shm.wakegroups import WAKE_GROUPS
 from obproto import latch, layout
 from obproto.layout import CopyHead, RecordBody
 
@@ -57,6 +71,8 @@ _NOTE_OFFSET = layout.COPY_HEAD.fields["note"][1]
 # flags by (stale + 2 * lagging)
 _FLAGS = tuple(layout.FLAG_PUBLISHED | (layout.FLAG_STALE if k & 1 else 0)
                | (layout.FLAG_LAGGING if k & 2 else 0) for k in range(4))
+_GROUP_MASK = WAKE_GROUPS - 1
+_GROUPS = range(WAKE_GROUPS)
 
 
 class ShardWriter:
@@ -70,9 +86,10 @@ class ShardWriter:
         self._map = memoryview(segment.map)
         self._words = self._map.cast("Q")  # sequence words, heads (unsigned)
         self._swords = self._map.cast("q")  # counters and timestamps (signed)
-        self._eventfd = segment.eventfds[shard_index]
-        self._waker = ShardWaker(self._eventfd, wake)  # observer/shm/wake.py
-        self._wake = self._waker.wake
+        self._wakers = [ShardWaker(fd, wake) for fd in segment.group_eventfds(shard_index)]
+        self._group_wake = [waker.wake for waker in self._wakers]  # observer/shm/wake.py
+        self._wake = self._group_wake[0]
+        self._board = segment.board_words  # [0]: the wake groups that have clients
         self._clients_index = layout.HEADER.fields["clients_n"][1] // _WORD_BYTES
         descs = segment.books()
         self._owned = [d.shard_index == shard_index for d in descs]
@@ -81,7 +98,10 @@ class ShardWriter:
         self._stats_word0 = [(g.stats_offset + i * layout.BOOK_STATS.itemsize) // _WORD_BYTES
                              for i in range(g.books_n)]
         self._locate_ring(g)
-        self._flushed_pos = self._ring_pos[0]  # records appended at the last flush
+        self._flushed_pos = self._ring_pos[0]  # records every group was told about
+        self._told = [self._flushed_pos] * WAKE_GROUPS  # per group, while pacing
+        self._turn = 0  # the group a paced wake-up tries first
+        self._rotate = False  # paced wake-ups go one group at a time (heartbeat, clients_n)
         self._publish = [self._publisher(i) if mine else None for i, mine in enumerate(self._owned)]
         shard_word0 = (g.shards_offset + shard_index * layout.SHARD.itemsize) // _WORD_BYTES
         self._heartbeat_index = shard_word0 + layout.SHARD.fields["heartbeat_ns"][1] // 8
@@ -248,18 +268,18 @@ class ShardWriter:
             return
         self._ahead = True
         self._words[self._ahead_index] = 1  # before the write: a woken client sees it
-        try:
-            self._wake()
-        except BlockingIOError:
-            pass  # counter saturated (2**64 - 2 writes): every reader has a wake-up pending
+        self._wake_groups()
 
     def flush(self) -> bool:
-        """Wake every waiting client with one eventfd write if anything was published, and
-        end a wake-ahead (also when nothing was published: then no one waits for a record).
+        """Wake every waiting client if anything was published (one eventfd write per wake
+        group in use), and end a wake-ahead (also when nothing was published: then no one
+        waits for a record).
 
-        While pacing (module essay), a flush inside the gap since the last wake-up defers it:
-        the first such flush calls the pacer's `on_owed(due_ns)`, which calls `flush_owed()`
-        at `due_ns` (monotonic). True when something was published."""
+        While pacing (module essay) a flush writes every group in use, or from
+        ROTATE_CLIENTS_MIN clients the next group in turn, and nothing inside the gap (slot)
+        since the last write: the first such flush calls the pacer's `on_owed(due_ns)`, which
+        calls `flush_owed(due_ns)` at `due_ns` (monotonic), unless a flush after its end pays
+        it first. True when something was published."""
         if self._ahead:
             self._ahead = False
             self._words[self._ahead_index] = 0
@@ -268,38 +288,92 @@ class ShardWriter:
             return False
         if self._wake_gap_ns:
             now_ns = time.monotonic_ns()
-            if now_ns < self._wake_next_ns:
-                if not self._owed:
-                    self._owed = True
-                    self._on_owed(self._wake_next_ns)
-                return True
-            self._wake_next_ns = now_ns + self._wake_gap_ns
+            if now_ns >= self._wake_next_ns:
+                self._owed = False
+                self._wake_paced(pos, now_ns)
+            elif not self._owed:
+                self._owe()
+            return True
         self._owed = False
         self._flushed_pos = pos
-        try:
-            self._wake()
-        except BlockingIOError:
-            pass  # as in wake_ahead
-        self._words[self._flushes_index] += 1
+        self._wake_groups()
         return True
 
+    def _wake_groups(self) -> None:
+        """One eventfd write per wake group in use (group 0 alone: the one write of old)."""
+        groups = self._board[0] | 1
+        if groups == 1:
+            try:
+                self._wake()
+            except BlockingIOError:
+                pass  # counter saturated (2**64 - 2 unread writes): a wake-up is pending
+            self._words[self._flushes_index] += 1
+            return
+        for group in _GROUPS:
+            if groups >> group & 1:
+                try:
+                    self._group_wake[group]()
+                except BlockingIOError:
+                    pass  # as above
+                self._words[self._flushes_index] += 1
+
+    def _wake_paced(self, pos: int, now_ns: int) -> None:
+        """Paced, at the end of a gap (or slot): below ROTATE_CLIENTS_MIN clients every group
+        in use, the next write a gap later; from there the next group in use, in turn, that
+        was not told about `pos`, the next write a slot later, owed if another still was not
+        told (module essay)."""
+        if not self._rotate:
+            self._wake_groups()
+            self._wake_next_ns = now_ns + self._wake_gap_ns
+            self._flushed_pos = pos  # self._told stays behind: at worst one spare write
+            return
+        groups = self._board[0] | 1
+        told = self._told
+        for step in _GROUPS:
+            group = (self._turn + step) & _GROUP_MASK
+            if groups >> group & 1 and told[group] != pos:
+                told[group] = pos
+                self._turn = group + 1
+                try:
+                    self._group_wake[group]()
+                except BlockingIOError:
+                    pass  # as in _wake_groups
+                self._words[self._flushes_index] += 1
+                self._wake_next_ns = now_ns + self._wake_gap_ns // groups.bit_count()
+                break
+        for group in _GROUPS:
+            if groups >> group & 1 and told[group] != pos:
+                self._owe()
+                return
+        self._flushed_pos = pos
+
+    def _owe(self) -> None:
+        self._owed = True
+        self._on_owed(self._wake_next_ns)
+
     def pace_wakes(self, gap_ns_per_client: int, on_owed) -> None:
-        """Pace wake-ups from PACE_CLIENTS_MIN attached clients on (module essay): at most one
-        per `clients_n * gap_ns_per_client` ns (0: never pace). `on_owed(due_ns)` is called
-        once per deferred wake-up, and must make `flush_owed()` run at monotonic `due_ns`.
-        Takes effect at the next heartbeat, where the client count is read."""
+        """Pace wake-ups from PACE_CLIENTS_MIN attached clients on (module essay): each wake
+        group at most once per `clients_n * gap_ns_per_client` ns, the groups in turn from
+        ROTATE_CLIENTS_MIN clients (0: never pace). `on_owed(due_ns)` is called once per
+        deferred wake-up, and must make `flush_owed(due_ns)` run at monotonic `due_ns`. Takes
+        effect at the next heartbeat, where the client count is read."""
         assert gap_ns_per_client >= 0
         assert on_owed is not None or gap_ns_per_client == 0
         self._gap_ns_per_client = gap_ns_per_client
         self._on_owed = on_owed
 
-    def flush_owed(self) -> bool:
-        """The pacer's call when a deferred wake-up is due: write it now if still owed (a
-        flush since may have paid it). True when it wrote."""
-        if not self._owed:
+    def flush_owed(self, due_ns: int) -> bool:
+        """The pacer's call at `due_ns`, the due time `on_owed` gave it: write the next group
+        now if that wake-up is still owed. A flush since may have paid it and owe the next
+        one, later (then `on_owed` was called again): nothing now. True when it wrote."""
+        if not self._owed or due_ns < self._wake_next_ns:
             return False
-        self._wake_next_ns = 0
-        return self.flush()
+        self._owed = False
+        pos = self._ring_pos[0]
+        if pos == self._flushed_pos:
+            return False
+        self._wake_paced(pos, time.monotonic_ns())
+        return True
 
     @property
     def wake_gap_ns(self) -> int:
@@ -313,9 +387,14 @@ class ShardWriter:
         header)."""
         self._swords[self._heartbeat_index] = time.time_ns() if now_ns is None else now_ns
         clients_n = self._words[self._clients_index]
-        self._wake = self._waker.choose(clients_n)
+        groups = self._board[0] | 1
+        for group, waker in enumerate(self._wakers):
+            if groups >> group & 1:  # a group not in use keeps the plain write: no ring made
+                self._group_wake[group] = waker.choose(clients_n)
+        self._wake = self._group_wake[0]
         self._wake_gap_ns = (clients_n * self._gap_ns_per_client
                              if clients_n >= PACE_CLIENTS_MIN else 0)
+        self._rotate = clients_n >= ROTATE_CLIENTS_MIN
 
     def book_stats(self, book_index: int) -> "BookStats":
         """The counters of one book, living in the segment, for the shard to update."""
@@ -331,7 +410,10 @@ class ShardWriter:
         self._views = []
         self._publish = []
         self._copy_bytes = []
-        self._waker.close()
+        for waker in self._wakers:
+            waker.close()
+        self._group_wake = []
+        self._board = None
         self._words.release()
         self._swords.release()
         self._map.release()

@@ -27,8 +27,11 @@ class TableCatalog:
         return {"server_name": "t", "pid": os.getpid(), "generation": 7, "segment_bytes": 4096,
                 "layout_version": 1, "layout_hash": 99, "n_eventfds": 1, "heartbeat_period_s": 0.1}
 
-    def handout_fds(self):
+    def handout_fds(self, conn_id):
         return [11, 12]
+
+    def client_gone(self, conn_id):
+        pass
 
     def book_infos(self):
         return self.infos

@@ -65,7 +65,7 @@ def test_sealed_segment_refuses_every_new_writer_and_keeps_the_old_one(make_segm
         "grow": lambda: os.ftruncate(segment.fd, size * 2),
         "fallocate punch-hole": lambda: _fallocate_punch(segment.fd, size),
         "add a seal": lambda: fcntl.fcntl(segment.fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE),
-        "attach_fd": lambda: Segment.attach_fd(segment.fd, segment.eventfds),
+        "attach_fd": lambda: Segment.attach_fd(segment.fd, segment.all_eventfds, segment.board_fd),
     }
     for what, attempt in refused.items():
         with pytest.raises(PermissionError):

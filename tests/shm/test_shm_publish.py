@@ -11,6 +11,7 @@ import pytest
 
 from obproto.segment import SegmentReader
 from observer.shm import Segment
+from observer.shm.wake import ROTATE_CLIENTS_MIN
 from obproto import layout
 from obproto.layout import BookDesc
 from shm_doubles import BookDouble
@@ -254,7 +255,7 @@ def test_attach_in_forked_process_writes_visible(make_segment):
     if pid == 0:  # the shard: attach by the inherited fd before the seal, publish after it
         code = 1
         try:
-            shard = Segment.attach_fd(seg.fd, seg.eventfds)
+            shard = Segment.attach_fd(seg.fd, seg.all_eventfds, seg.board_fd)
             os.write(ready_w, b"r")
             os.read(go_r, 1)
             shard.writer(0).publish(0, book_with([(42, 1)], [(43, 1)], update_id=5))
@@ -278,8 +279,17 @@ def test_attach_in_forked_process_writes_visible(make_segment):
         assert reader.shard_stats(0)["writer_pid"] == pid
 
 
-def test_publish_allocates_nothing_once_warm(seg):
+@pytest.mark.parametrize("groups", ["one", "three", "three paced"])
+def test_publish_allocates_nothing_once_warm(seg, groups):
+    """Also when a flush writes several wake groups, or one in turn while pacing
+    (observer/shm/wakegroups.py)."""
+    if groups != "one":
+        seg.set_wake_groups(0b1101)
+        seg.set_clients(ROTATE_CLIENTS_MIN)  # paced: one group per slot, in turn
     w = seg.writer(1)
+    if groups == "three paced":
+        w.pace_wakes(1, _no_pacer)  # 1 ns a client: every flush is past its slot
+    w.heartbeat()
     book = book_with([(100 - k, 1 + k) for k in range(4)], [(101 + k, 1) for k in range(4)])
     for _ in range(1000):  # warm-up
         w.publish(1, book, recv_ts_ns=1)
@@ -301,6 +311,10 @@ def test_publish_allocates_nothing_once_warm(seg):
     grown = [d for d in after.compare_to(before, "lineno") if d.size_diff > 0]
     assert sum(d.size_diff for d in grown) <= 1024, grown[:5]  # nothing retained per publish
     assert all(d.count_diff < 20 for d in grown), grown[:5]  # nor one object per publish
+
+
+def _no_pacer(due_ns: int) -> None:
+    pass  # the flushes pay every owed wake-up themselves (see the caller)
 
 
 def test_segment_refuses_bad_descriptors(segment_name):
@@ -328,7 +342,7 @@ def test_restarted_shard_writer_resumes_sequences(make_segment):
     first = seg.writer(0)
     for i in range(1, 4):
         first.publish(0, book_with([(100 + i, 1)], [(200, 1)], update_id=i))
-    shard = Segment.attach_fd(seg.fd, seg.eventfds)  # the restarted shard's own mapping
+    shard = Segment.attach_fd(seg.fd, seg.all_eventfds, seg.board_fd)  # the restarted shard's own mapping
     seg.seal()
     try:
         with SegmentReader(seg.reader_fd(), own_fds=True) as reader:

@@ -248,7 +248,7 @@ def test_wake_ahead_can_be_turned_off(make_segment):
 def test_auto_follows_the_number_of_clients(make_segment):
     seg = make_segment([BookDesc("x", "BTCUSD", "btcusd", 0)])
     writer = seg.writer(0)  # auto is the default
-    assert writer._wake is writer._waker.direct
+    assert writer._wake is writer._wakers[0].direct
     for clients_n, uring in ((AUTO_URING_CLIENTS - 1, False), (AUTO_URING_CLIENTS, True),
                              (500, True), (1, False)):
         seg.set_clients(clients_n)
