@@ -13,10 +13,12 @@ Fairness: a fiber whose calls keep completing at once would never yield, so each
 budget of `IMMEDIATE_RUN_MAX` (loop.py) such calls (`loop.budget`, spent here and refilled by
 the loop at each turn), after which it ends its turn (`fiber.end_turn`: a yield when another fiber
 is ready or a timer is due, else a zero-timeout poll and no switch). A `recv_into` that completes
-at once and fills the caller's buffer spends the whole budget: the fd holds a backlog, and what
-the caller makes of a buffer's worth (a 64 KiB read is a thousand feed messages to parse) is a
-turn's work, so a fiber draining a backlog reads once per turn. Short reads, the steady state of
-a stream read as fast as it arrives, spend one call each and cost nothing more.
+at once and fills a buffer of at least `FULL_READ_TURN_BYTES` spends the whole budget: the fd
+holds a backlog, and what the caller makes of a buffer's worth (a 64 KiB read is a thousand feed
+messages to parse) is a turn's work, so a fiber draining a backlog reads once per turn. Short
+reads, the steady state of a stream read as fast as it arrives, and full reads of small buffers
+(one message per read, where ending the turn on each would cost a poll per message: +37 % CPU
+per message in bench/loop_echo.py's permsg) spend one call each.
 
 Stopping other fibers: `cancel_and_join(fibers, timeout_s=...)` is the one way; see its notes.
 """
@@ -36,6 +38,7 @@ from ._common import (ACCEPT, CONNECT, POLL_IN, POLL_OUT, READ, RECV, SEND, WRIT
 from .fiber import current_fiber, end_turn, join_fiber, suspend, timeout, yield_now
 
 CONNECT_RETRY_S = 0.001        # a unix listener with a full backlog: retry this often
+FULL_READ_TURN_BYTES = 4096    # a read filling a buffer this big or bigger ends the turn (notes)
 
 log = logging.getLogger("observer.loom")
 
@@ -105,8 +108,10 @@ def recv_into(sock, buf, nbytes: int = 0) -> int:
                 if n and state.short_drains:
                     state.in_hint = False        # a short stream read drained the socket
                 loop.budget -= 1
-            else:
+            elif n >= FULL_READ_TURN_BYTES:
                 loop.budget = 0                  # a full read: a backlog, a turn's worth
+            else:
+                loop.budget -= 1                 # a full small buffer: one message
             if loop.budget <= 0:
                 end_turn(loop.current)
             return n

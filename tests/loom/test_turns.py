@@ -10,6 +10,7 @@ import pytest
 
 from observer import loom
 from observer.loom import fiber as fibers
+from observer.loom.calls import FULL_READ_TURN_BYTES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,11 +127,8 @@ def test_a_reader_waiting_alone_gets_closed_error_when_a_callback_closes_its_fd(
             s.close()
 
 
-def test_a_read_that_fills_its_buffer_ends_the_turn(loop):
-    """A backlog is read one buffer per turn (calls.py, fairness): between two full reads of a
-    fiber draining it, another ready fiber runs; without the rule the drain went on for
-    IMMEDIATE_RUN_MAX reads, a whole backlog of feed messages parsed in one turn."""
-    buffer_bytes, buffers_n = 4096, 16
+def _drain_steps(loop, buffer_bytes: int, buffers_n: int) -> list[int]:
+    """Bytes a fiber draining a queued backlog read between two turns of another fiber."""
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     a.sendall(b"x" * (buffer_bytes * buffers_n))  # the backlog, queued before anyone reads
@@ -151,6 +149,23 @@ def test_a_read_that_fills_its_buffer_ends_the_turn(loop):
 
     with a, b:                                    # closed whatever happens
         loop.run(main)
-    steps = [later - earlier for earlier, later in zip(seen, seen[1:])]
-    assert sum(steps) >= buffer_bytes * (buffers_n - 2)   # it saw the drain go by
+    assert len(seen) >= 3, seen                   # the other fiber saw the drain go by
+    return [later - earlier for earlier, later in zip(seen, seen[1:])]
+
+
+def test_a_read_that_fills_its_buffer_ends_the_turn(loop):
+    """A backlog is read one buffer per turn (calls.py, fairness): between two full reads of a
+    fiber draining it, another ready fiber runs; without the rule the drain went on for
+    IMMEDIATE_RUN_MAX reads, a whole backlog of feed messages parsed in one turn."""
+    buffer_bytes, buffers_n = FULL_READ_TURN_BYTES, 16
+    steps = _drain_steps(loop, buffer_bytes, buffers_n)
+    assert sum(steps) >= buffer_bytes * (buffers_n - 2)   # it saw every read but the ends
     assert max(steps) <= buffer_bytes                     # one full read per turn at most
+
+
+def test_full_reads_of_a_small_buffer_spend_one_call_each(loop):
+    """One message per read (a buffer below FULL_READ_TURN_BYTES, filled every time) is not a
+    backlog's worth: such reads spend the turn's budget one call each, as short reads do, so
+    the drain goes on for several reads between the other fiber's turns."""
+    buffer_bytes = 100
+    assert max(_drain_steps(loop, buffer_bytes, 400)) > buffer_bytes
