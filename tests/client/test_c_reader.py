@@ -232,8 +232,10 @@ def test_a_lapped_reader_resyncs_from_the_slot_and_goes_on_without_a_hole(obread
 
                 _wait_for(lambda: lines, "the reader's first record")
                 proc.send_signal(signal.SIGSTOP)
-                lapped_at = head() + 2 * RING_RECORDS
-                _wait_for(lambda: head() > lapped_at, "the shard to write two rings")
+                # Its next record is at most the head now: a ring more overwrites it (and a
+                # quarter more leaves no doubt), whatever the reader had read before the stop.
+                lapped_at = head() + RING_RECORDS + RING_RECORDS // 4
+                _wait_for(lambda: head() > lapped_at, "the shard to write over a ring")
                 proc.send_signal(signal.SIGCONT)
                 _wait_for(lambda: _after_resync(lines, 20), "20 records after a resync")
         finally:
