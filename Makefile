@@ -24,9 +24,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m obsim.demo
 
-# Two workers (pytest-xdist): the tests use run-unique names and share the machine.
+# Two workers (pytest-xdist): the tests use run-unique names and share the machine. loadgroup:
+# the tests of one xdist_group mark run on one worker, one after another (tests that keep the
+# cores busy on purpose, and those they would slow down).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -qq -e '.[test,sim,bench]'

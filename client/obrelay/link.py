@@ -52,11 +52,19 @@ CONFIRM_FRACTION = 4           # a PING goes out once a quarter of the window is
 JS_TIMEOUT_S = 5.0
 JS_READY_TIMEOUT_S = 30.0      # JetStream may take this long to answer after a cluster starts
 JS_RETRY_S = 0.5
+# "no suitable peers for placement": fewer JetStream servers than the stream's replicas, so far.
+# A cluster says it for a second or two after a node answers clients and before it has joined
+# as a peer (at start, or a node coming back): not yet, like a 503 while leaders are elected.
+JS_NO_PEERS_ERR_CODE = 10005
 _PUB_OVERHEAD_BYTES = len(b"PUB  \r\n\r\n")   # nats-py's PUB line around subject and size
 
 
 class LinkError(RuntimeError):
     """The link cannot work as configured (authorisation, TLS, JetStream); not retried."""
+
+
+class _PeersMissing(Exception):
+    """JetStream refused the stream for want of peers (JS_NO_PEERS_ERR_CODE), for now."""
 
 
 def _refusal(exc: BaseException) -> str | None:
@@ -257,6 +265,13 @@ class NatsLink:
         while True:
             try:
                 return await self._ensure_stream_once(observer)
+            except _PeersMissing as exc:
+                if asyncio.get_running_loop().time() > deadline_s:
+                    raise LinkError(f"cannot create stream {wire.stream_name(observer)}: "
+                                    f"{exc} (fewer JetStream servers than --stream-replicas "
+                                    f"{self.config.stream_replicas})") from None
+                log_event(log, "jetstream_retrying", error=str(exc))
+                await asyncio.sleep(JS_RETRY_S)
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
                 if getattr(exc, "code", 0) is None:      # no responders: no JetStream at all
                     raise LinkError("JetStream is not enabled for us on the NATS server (start "
@@ -305,6 +320,8 @@ class NatsLink:
         except nats.js.errors.ServiceUnavailableError:
             raise                     # transient: ensure_stream retries
         except nats.js.errors.APIError as exc:
+            if exc.err_code == JS_NO_PEERS_ERR_CODE:
+                raise _PeersMissing(exc.description or str(exc)) from None   # retried too
             raise LinkError(f"cannot {what} stream {config.name}: {exc}") from None
 
     async def last_heartbeat(self, observer: str) -> bytes | None:

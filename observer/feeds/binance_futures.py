@@ -29,7 +29,12 @@ class BinanceFuturesAdapter(BinanceAdapter):
         return book.update_id  # drop u < lastUpdateId
 
     def accepts_first(self, update_id, event):
-        return event["U"] <= update_id <= event["u"]
+        # Or the event right after the snapshot (`pu == lastUpdateId`): the snapshot's own last
+        # event never reached us (sent before this connection subscribed, or not yet read when
+        # the snapshot was taken in), and the chain proves the next one follows it. Refusing it
+        # resynced every such book at its first event (and after a held stream, instead of
+        # publishing it lagging).
+        return event["U"] <= update_id <= event["u"] or event["pu"] == update_id
 
     def continues(self, update_id, event):
         return event["pu"] == update_id

@@ -41,6 +41,8 @@ import socket
 import stat
 import struct
 
+from observer import loom
+
 FD_SCAN_MAX = 65536
 _IDENTITY = struct.Struct("<QQ")      # st_dev, st_ino of the bound socket file
 
@@ -68,10 +70,22 @@ class Reaper:
             self._write_fd = -1
         if self.pid > 0:
             try:
-                os.waitpid(self.pid, 0)
+                _reap(self.pid)
             except ChildProcessError:
                 pass
             self.pid = 0
+
+
+def _reap(pid: int) -> None:
+    """Wait for the child. From a fiber (the clean stop runs in one), on the loop's thread pool:
+    on a busy machine the child may wait a while for a CPU, and a blocking waitpid stopped the
+    loop meanwhile (the watchdog reported the stopping fiber stalled)."""
+    try:
+        loom.current_fiber()
+    except loom.LoomError:
+        os.waitpid(pid, 0)                # plain code: no loop to keep running
+        return
+    loom.run_in_thread(os.waitpid, pid, 0)
 
 
 def _child(read_fd: int, path: str) -> None:

@@ -23,6 +23,10 @@ from obproto import relay as wire
 LIST_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 2
 JS_TIMEOUT_S = 5.0
+# nats-py's first connect goes round the server pool until every server has failed more than
+# max_reconnect_attempts times, and 0 turns that limit off: a refused connect was retried every
+# 2 s (its default wait) until LIST_TIMEOUT_S. With 1, each server is tried twice, this far apart.
+CONNECT_RETRY_WAIT_S = 0.1
 
 
 def with_relay_books(config: cfg.ObserverConfig) -> cfg.ObserverConfig:
@@ -59,24 +63,32 @@ def list_books(feed_cfg: cfg.FeedConfig, where: str) -> list[str]:
     return sorted(names)
 
 
-async def _quiet(exc) -> None:
-    """nats-py's default logs each failed attempt with a traceback; the caller's one line
-    says what failed."""
-
-
 async def _list(feed_cfg: cfg.FeedConfig, stream: str) -> list[str]:
     import nats
 
     from observer.shard.natsmirror import tls_context
 
+    connect_errors = []
+
+    async def keep_quiet(exc) -> None:
+        """nats-py's default logs each failed attempt with a traceback; the caller's one line
+        says what failed."""
+        connect_errors.append(exc)
+
     options = dict(servers=list(feed_cfg.url), connect_timeout=CONNECT_TIMEOUT_S,
-                   allow_reconnect=False, max_reconnect_attempts=0, error_cb=_quiet)
+                   allow_reconnect=False, max_reconnect_attempts=1,
+                   reconnect_time_wait=CONNECT_RETRY_WAIT_S, error_cb=keep_quiet)
     tls = tls_context(feed_cfg)
     if tls is not None:
         options["tls"] = tls
     if feed_cfg.creds:
         options["user_credentials"] = feed_cfg.creds
-    nc = await nats.connect(**options)
+    try:
+        nc = await nats.connect(**options)
+    except nats.errors.NoServersError:    # says less than why the last try failed
+        if connect_errors:
+            raise connect_errors[-1] from None
+        raise
     try:
         info = await nc.jsm(timeout=JS_TIMEOUT_S).stream_info(
             stream, subjects_filter=wire.books_wildcard(feed_cfg.subject_prefix, feed_cfg.relay))

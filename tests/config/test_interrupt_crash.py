@@ -214,6 +214,10 @@ def busy_cores():
             burner.wait()
 
 
+# Keeps both cores busy on purpose: `make test` (--dist loadgroup) runs it on the worker that
+# runs the rest of this group, one after the other, never beside test_shards' kill -9 cycles
+# (7 s alone, 64 s beside it).
+@pytest.mark.xdist_group("busy_cores")
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("pure_python", [False, True], ids=["compiled", "pure-python"])
 def test_stop_signals_at_cpu_instants_of_start_up_and_stop(tmp_path, busy_cores, pure_python):

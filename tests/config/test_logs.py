@@ -31,7 +31,6 @@ def test_json_line_parses():
     assert first["event"] == "client_connect" and first["level"] == "info"
     assert first["uid"] == 1000 and first["logger"] == "server"
     assert second["event"] == "plain message"
-    logs.setup("text", "warning")  # leave the root logger quiet for other tests
 
 
 def test_static_fields_tag_every_line_unless_the_event_sets_them():
@@ -45,7 +44,6 @@ def test_static_fields_tag_every_line_unless_the_event_sets_them():
     assert first["shard"] == 1 and first["reason"] == "gap"
     assert second["shard"] == 1 and second["event"] == "plain message"
     assert third["shard"] == 0
-    logs.setup("text", "warning")  # leave the root logger quiet for other tests
 
 
 # Every kind of character a peer could use to forge or hide a line, or to drive a terminal.
@@ -59,7 +57,6 @@ def test_text_escapes_every_control_character_in_fields_and_message():
     log = logging.getLogger("server")
     logs.log_event(log, "client_disconnected", client=HOSTILE, reason="ok")
     log.warning("feed said: %s", HOSTILE)
-    logs.setup("text", "warning")
     first, second, end = stream.getvalue().split("\n")       # two records, two lines
     assert end == ""
     assert not UNSAFE_CHARS.intersection(first + second)
@@ -72,7 +69,6 @@ def test_text_escapes_are_unambiguous():
     log is always an ESC character and never four typed characters."""
     stream = _capture("text")
     logs.log_event(logging.getLogger("server"), "e", typed="x\\x1by", real="x\x1by", q='say "hi"')
-    logs.setup("text", "warning")
     assert stream.getvalue().rstrip("\n").endswith(
         r' e typed="x\\x1by" real="x\x1by" q="say \"hi\""')
 
@@ -83,7 +79,6 @@ def test_a_traceback_cannot_forge_a_record():
         raise ValueError("bad\n2026-01-01T00:00:00.000Z INFO forged line\x1b[0m")
     except ValueError:
         logging.getLogger("server").exception("request failed")
-    logs.setup("text", "warning")
     lines = stream.getvalue().rstrip("\n").split("\n")
     assert lines[0].endswith(" ERROR server request failed")
     assert all(line.startswith("    ") for line in lines[1:])      # only records start a line
@@ -95,7 +90,6 @@ def test_json_stays_valid_and_exact_with_hostile_text():
     log = logging.getLogger("server")
     logs.log_event(log, "client_disconnected", client=HOSTILE, nested={"k": [HOSTILE]})
     log.warning("feed said: %s", HOSTILE)
-    logs.setup("text", "warning")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2                  # a lone surrogate used to fail the whole line
     for line in lines:
@@ -111,7 +105,6 @@ def test_json_keeps_c1_and_separators_exact():
     stream = _capture("json")
     text = "x\x85\x9b\u2028\u202ey"
     logs.log_event(logging.getLogger("server"), "e", v=text)
-    logs.setup("text", "warning")
     line = stream.getvalue().strip()
     assert not set("\x85\x9b\u2028\u202e").intersection(line)
     assert orjson.loads(line)["v"] == text
@@ -173,4 +166,3 @@ def test_a_plain_logging_call_with_a_dict_is_an_event_with_fields():
     stream = _capture("text")
     logging.getLogger("observer.loom").warning("fiber_stalled", {"fiber": "a b"})
     assert stream.getvalue().rstrip().endswith('WARNING observer.loom fiber_stalled fiber="a b"')
-    logs.setup("text", "warning")

@@ -251,7 +251,11 @@ def test_venue_through_every_fault_ends_equal_to_the_true_book(sim, obs, client,
     marks = {name: ring.mark(name) for name in v.names}
     v.wait_live("start")
     for fault in faults_of(exchange, obs):
-        fault(v)
+        try:
+            fault(v)
+        except BaseException:
+            print_evidence(obs, v)
+            raise
         ring.check()
     sim.pause(exchange)
     try:
@@ -266,3 +270,12 @@ def test_venue_through_every_fault_ends_equal_to_the_true_book(sim, obs, client,
     stats = v.stats()
     assert all(row["reconnects"] >= 1 for row in stats.values()), stats
     assert stats[v.names[0]]["resyncs"] >= 1, stats          # the book the gaps were aimed at
+
+
+def print_evidence(obs, v):
+    """What a failed fault leaves to go on, shown with the failure (pytest prints a failed
+    test's output): the venue's stats, obsim's counters, and what the observer logged of it."""
+    print("stats:", v.stats())
+    print("obsim counters:", v.sim.counters(v.exchange))
+    print("\n".join(line for line in obs.log_text().splitlines()
+                    if f"{v.exchange}:" in line or f"exchange={v.exchange} " in line))

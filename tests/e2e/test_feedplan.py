@@ -115,8 +115,13 @@ def load(feed, symbol, exch_ts_ns):
     book.apply(BookUpdate(True, [("100.5", "1.25")], [("101", "2")], 7, exch_ts_ns))
 
 
+def feed_events(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "observer.feeds"]
+
+
 def test_sink_publishes_live_then_stale_and_flags_lag_once(wired, caplog):
     feed, reader = wired
+    caplog.set_level(logging.INFO, logger="observer.feeds")   # whatever level earlier tests left
     assert reader.snapshot(0).stale and reader.snapshot(1).stale      # nothing live before sync
     now_ns = time.time_ns()
     load(feed, "BTCUSDT", now_ns - 5 * NS_PER_MS)
@@ -125,21 +130,21 @@ def test_sink_publishes_live_then_stale_and_flags_lag_once(wired, caplog):
     assert not snap.stale and not snap.lagging
     assert snap.bids.tolist() == [[100.5, 1.25]] and snap.update_id == 7
     assert reader.book_stats(0)["lag_ns"] == 5 * NS_PER_MS
-    with caplog.at_level(logging.INFO, logger="observer.feeds"):
-        for behind_ms in (400, 300):
-            load(feed, "BTCUSDT", now_ns - behind_ms * NS_PER_MS)
-            feed.sink([Publish("BTCUSDT")], now_ns)
-            assert reader.snapshot(0).lagging
-        assert [r.getMessage() for r in caplog.records] == ["book_lagging"]   # logged once
-        assert reader.book_stats(0)["lagging_count"] == 1
-        assert reader.book_stats(0)["lag_max_ns"] == 400 * NS_PER_MS
-        load(feed, "BTCUSDT", now_ns - 80 * NS_PER_MS)                 # under the bound, not
-        feed.sink([Publish("BTCUSDT")], now_ns)                         # yet under half of it
-        assert reader.snapshot(0).lagging
-        load(feed, "BTCUSDT", now_ns - 1 * NS_PER_MS)
+    assert feed_events(caplog) == ["book_live"]
+    for behind_ms in (400, 300):
+        load(feed, "BTCUSDT", now_ns - behind_ms * NS_PER_MS)
         feed.sink([Publish("BTCUSDT")], now_ns)
-        assert not reader.snapshot(0).lagging
-        assert [r.getMessage() for r in caplog.records] == ["book_lagging", "book_caught_up"]
+        assert reader.snapshot(0).lagging
+    assert feed_events(caplog) == ["book_live", "book_lagging"]          # logged once
+    assert reader.book_stats(0)["lagging_count"] == 1
+    assert reader.book_stats(0)["lag_max_ns"] == 400 * NS_PER_MS
+    load(feed, "BTCUSDT", now_ns - 80 * NS_PER_MS)                     # under the bound, not
+    feed.sink([Publish("BTCUSDT")], now_ns)                             # yet under half of it
+    assert reader.snapshot(0).lagging
+    load(feed, "BTCUSDT", now_ns - 1 * NS_PER_MS)
+    feed.sink([Publish("BTCUSDT")], now_ns)
+    assert not reader.snapshot(0).lagging
+    assert feed_events(caplog) == ["book_live", "book_lagging", "book_caught_up"]
     feed.adapter.syncs["BTCUSDT"].stats.gaps = 3
     feed.adapter.syncs["BTCUSDT"].stats.resyncs = 2
     feed.sink([Stale("BTCUSDT", "gap")], now_ns)

@@ -260,9 +260,19 @@ def test_futures_pu_chain_with_noncontiguous_ids(futures):
 
 def test_futures_first_event_must_span_last_update_id(futures):
     snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(100), 12 * NS)
-    actions = futures.on_message(0, depth("BTCUSDT", 101, 110, prev=100), 13 * NS)
-    # U <= lastUpdateId <= u fails (101 > 100): spot's +1 rule must not be used here.
+    actions = futures.on_message(0, depth("BTCUSDT", 101, 110, prev=95), 13 * NS)
+    # U <= lastUpdateId <= u fails (101 > 100), and pu is not 100: spot's +1 rule must not
+    # be used here.
     assert Stale("BTCUSDT", "gap") in actions
+
+
+def test_futures_event_right_after_the_snapshot_bridges_by_its_pu(futures):
+    """The snapshot's own last event (u == lastUpdateId) never reached us, e.g. sent before
+    the connection subscribed: the next one names it as `pu`, which proves it follows."""
+    snapshot_synced(futures, "BTCUSDT", 200, {}, snapshot(100), 12 * NS)
+    actions = futures.on_message(0, depth("BTCUSDT", 120, 130, prev=100), 13 * NS)
+    assert actions == [Publish("BTCUSDT")]
+    assert futures.books["BTCUSDT"].update_id == 130
 
 
 def test_futures_requires_pu():

@@ -179,6 +179,7 @@ LIVE_EVERY = 5           # every 5th cycle waits until the shards serve before t
 
 
 @needs_two_cores
+@pytest.mark.xdist_group("busy_cores")     # never beside test_interrupt_crash's burners (why there)
 def test_kill_9_cycles_of_the_multi_shard_observer_leave_nothing(tmp_path):
     name = unique_name("m")
     path = str(tmp_path / "observer.sock")

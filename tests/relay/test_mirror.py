@@ -184,6 +184,7 @@ def test_a_mirror_naming_no_books_needs_nats_at_start_and_says_so(workdir, tmp_p
         assert mirror.proc.wait(60) == 2
         lines = [line for line in mirror.log_text().splitlines() if line.strip()]
         assert "cannot list the books of relay nobody" in lines[-1], lines
+        assert "Connect call failed" in lines[-1], lines          # the refusal, not a timeout
         assert lines[-1].endswith("name them in symbols"), lines
         assert "Traceback" not in mirror.log_text()
     finally:

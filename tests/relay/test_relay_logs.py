@@ -23,19 +23,6 @@ TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARN
                        r"obrelay [a-z][a-z0-9_]*( [a-z_]+=\S+)*")
 
 
-@pytest.fixture(autouse=True)
-def _root_logger_restored():
-    """These tests configure this process's root logger; put it back as it was."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def _capture(fmt: str) -> io.StringIO:
     stream = io.StringIO()
     logs.setup(fmt, "debug", stream=stream)

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,6 +28,38 @@ def test_signal_stops_cleanly_and_removes_socket_and_segment(signum):
         wait_until(lambda: not processes_with(obs.name), WAIT_S, "the reaper to exit")
         assert shm_entries(obs.name) == []
         assert "Traceback" not in obs.log_text()
+
+
+REAPER_HELD_S = 0.3      # the watchdog's bound (50 ms) six times over
+
+
+def test_a_clean_stop_waiting_for_a_slow_reaper_keeps_its_loop_running():
+    """The clean stop waits for the reaper child, which on a busy machine may wait a while for
+    a CPU. Held stopped (SIGSTOP) through the stop here: the observer still exits 0, and its
+    loop ran meanwhile (a blocking waitpid in the stopping fiber was reported stalled)."""
+    with ObserverProcess() as obs:
+        obs.wait_ready().close()
+        (reaper,) = children_of(obs.proc.pid)
+        os.kill(reaper, signal.SIGSTOP)
+        try:
+            obs.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: not os.path.exists(obs.socket_path), WAIT_S,
+                       "the stop to remove the socket (the reaper is next)")
+            time.sleep(REAPER_HELD_S)          # what is held, not a wait for something
+        finally:
+            os.kill(reaper, signal.SIGCONT)
+        assert obs.proc.wait(WAIT_S) == 0
+        assert "observer_stopping" in obs.log_text()
+        assert "fiber_stalled" not in obs.log_text()
+
+
+def children_of(pid: int) -> list[int]:
+    task_dir = f"/proc/{pid}/task"
+    found = []
+    for tid in os.listdir(task_dir):
+        with open(f"{task_dir}/{tid}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
 
 
 def test_second_observer_with_same_name_refuses_while_first_lives():

@@ -20,7 +20,7 @@ from obproto import messages as m
 from test_server_hostile import (REPLY_WAIT_S, await_reply, hello, open_fds, raw_connect,
                                  read_messages, read_until_closed)
 
-IDLE_S = 3.0                     # small, so that several idle periods pass in a test
+IDLE_S = 1.5                     # small, so that several idle periods pass in a test
 PER_PID_DEFAULT = 32             # observer/config/settings.py CLIENTS_PER_PID_MAX, the shipped default
 STALE_AFTER_S = 60.0             # only the socket may detach these clients, not a starved heartbeat
 
