@@ -101,7 +101,7 @@ class SymbolSync:
     """State, counters and the per-exchange sequence memory of one book."""
 
     __slots__ = ("symbol", "native", "conn_id", "state", "stats", "seq", "bridged", "buffer",
-                 "buffer_bytes", "catching_up", "vouched", "waiting_since_ns")
+                 "buffer_bytes", "catching_up", "caught_up_to_bytes", "vouched", "waiting_since_ns")
 
     def __init__(self, symbol, native, conn_id):
         self.symbol = symbol
@@ -114,6 +114,7 @@ class SymbolSync:
         self.buffer = deque()  # frames (bytes) held while a REST snapshot is fetched (Binance)
         self.buffer_bytes = 0
         self.catching_up = False  # the snapshot is in, buffered frames are being applied
+        self.caught_up_to_bytes = 0  # buffer_bytes when the last catch-up chunk ended
         self.vouched = None  # (worst bid, worst ask) a depth-limited REST snapshot covered
         self.waiting_since_ns = None  # first tick that saw the book unsynced (base.on_tick)
 
