@@ -10,8 +10,8 @@ a REST snapshot (`lastUpdateId`). Per symbol:
    allows, the limit chosen from the published depth: `choose_limits`; Retry-After honoured).
 3. A snapshot older than the first buffered event (`lastUpdateId + 1 < U`) is fetched again.
 4. Buffered events with `u <= lastUpdateId` are dropped; the rest are applied by the live rule,
-   `catch_up_bytes` of frames per loop turn (`CatchUp`), and the book goes live once none is
-   left.
+   `catch_up_bytes` of frames per loop turn plus what arrived since the last (`CatchUp`), and
+   the book goes live once none is left.
 5. Live rule: `u <= book.update_id` is stale (dropped, counted); `U > book.update_id + 1` is a
    gap: the book goes stale and is fetched again while the WebSocket stays open and the event
    starts the new buffer. Otherwise the levels are applied and `update_id := u`.
