@@ -143,7 +143,7 @@ SHARD = np.dtype(
         ("pad_head", "<u8", (7,)),
         ("heartbeat_ns", "<i8"),  # bumped by the shard's writer at its heartbeat period
         ("writer_pid", "<i8"),
-        ("flushes", "<u8"),  # eventfd writes so far (one per batch, C6)
+        ("flushes", "<u8"),  # eventfd writes after batches (one per wake group in use, C6)
         ("wake_ahead", "<u8"),  # 1 from a wake-ahead write until the flush that follows it
         ("reserved", "<u8", (4,)),
     ]

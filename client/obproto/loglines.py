@@ -130,7 +130,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def _json_escape_char(match: re.Match) -> str:
-    """Only inside JSON strings can these appear; `\\uXXXX` there is the same character."""
+    """Only inside JSON strings can these appear; there a `\\u` escape of four hex digits is
+    the same character."""
     return f"\\u{ord(match.group()):04x}"
 
 

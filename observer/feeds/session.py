@@ -31,7 +31,8 @@ Actions from anything else (open, close, a tick, a REST snapshot) are followed b
 at once. So a busy feed costs two eventfd writes per read (of up to 64 KiB of messages), not two
 per message, and nothing published waits on the network for its wake-up.
 A connection whose socket holds a backlog (it filled while the loop was busy) parses one
-read of it per loop turn: loom ends a turn at a read that fills its buffer (loom/calls.py).
+read of it per loop turn: loom ends a turn at a read that fills its buffer of 4 KiB or
+more (loom/calls.py).
 
 A `FeedProtocolError` from the adapter is counted and logged (once per kind of error per
 connection, to keep a garbage flood from flooding the log; past `ERRORS_LOGGED_MAX` kinds new

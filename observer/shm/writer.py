@@ -268,7 +268,7 @@ class ShardWriter:
             return
         self._ahead = True
         self._words[self._ahead_index] = 1  # before the write: a woken client sees it
-        self._wake_groups()
+        self._wake_groups()                 # not counted in `flushes`: writes after batches
 
     def flush(self) -> bool:
         """Wake every waiting client if anything was published (one eventfd write per wake
@@ -296,26 +296,31 @@ class ShardWriter:
             return True
         self._owed = False
         self._flushed_pos = pos
-        self._wake_groups()
+        self._words[self._flushes_index] += self._wake_groups()
         return True
 
-    def _wake_groups(self) -> None:
-        """One eventfd write per wake group in use (group 0 alone: the one write of old)."""
+    def _wake_groups(self) -> int:
+        """One eventfd write per wake group in use (group 0 alone: the one write of old);
+        returns the writes made."""
         groups = self._board[0] | 1
         if groups == 1:
             try:
                 self._wake()
             except BlockingIOError:
                 pass  # counter saturated (2**64 - 2 unread writes): a wake-up is pending
-            self._words[self._flushes_index] += 1
-            return
+            return 1
+        writes = 0
         for group in _GROUPS:
             if groups >> group & 1:
-                try:
-                    self._group_wake[group]()
-                except BlockingIOError:
-                    pass  # as above
-                self._words[self._flushes_index] += 1
+                self._wake_group(group)
+                writes += 1
+        return writes
+
+    def _wake_group(self, group: int) -> None:
+        try:
+            self._group_wake[group]()
+        except BlockingIOError:
+            pass  # as in _wake_groups
 
     def _wake_paced(self, pos: int, now_ns: int) -> None:
         """Paced, at the end of a gap (or slot): below ROTATE_CLIENTS_MIN clients every group
@@ -323,7 +328,7 @@ class ShardWriter:
         was not told about `pos`, the next write a slot later, owed if another still was not
         told (module essay)."""
         if not self._rotate:
-            self._wake_groups()
+            self._words[self._flushes_index] += self._wake_groups()
             self._wake_next_ns = now_ns + self._wake_gap_ns
             self._flushed_pos = pos  # self._told stays behind: at worst one spare write
             return
@@ -334,10 +339,7 @@ class ShardWriter:
             if groups >> group & 1 and told[group] != pos:
                 told[group] = pos
                 self._turn = group + 1
-                try:
-                    self._group_wake[group]()
-                except BlockingIOError:
-                    pass  # as in _wake_groups
+                self._wake_group(group)
                 self._words[self._flushes_index] += 1
                 self._wake_next_ns = now_ns + self._wake_gap_ns // groups.bit_count()
                 break
